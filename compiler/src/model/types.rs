@@ -1,0 +1,286 @@
+//! The resolved model: what the manifest means, with every name resolved and the access table
+//! computed. Emitters read only this; they never see KDL.
+//!
+//! **Invariant: a `Model` exists only for a manifest with no errors.** Every reference in it
+//! points at something that exists, every name has been checked for safe use in SQL, pg_hba and
+//! file paths, and every collection is ordered (`BTreeMap`, sorted `Vec`) so output is
+//! reproducible.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+pub use dbward_frozen::{NameSet, Provision};
+
+/// A whole, valid manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// The `dbward version=N` the manifest declared.
+    pub version: u32,
+    pub relay: Relay,
+    pub clouds: BTreeMap<String, Cloud>,
+    pub databases: BTreeMap<String, Database>,
+    pub roles: BTreeMap<String, Role>,
+    pub users: BTreeMap<String, User>,
+    /// The access table, keyed by (person, database). A pair that is absent allows nothing;
+    /// a pair whose entry allows nothing is not stored.
+    pub access: BTreeMap<(String, String), Access>,
+}
+
+/// The `relay { … }` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// `listen "host:port"`, validated as a socket address.
+    pub listen: String,
+    /// `public-name`: the DNS name clients use; databases are `<db>.<public-name>`.
+    pub public_name: String,
+    /// `client-cert-ttl`: lifetime of user certificates from `dbward cert issue`.
+    pub client_cert_ttl: Duration,
+    pub audit: Option<Audit>,
+    /// `metrics "host:port"`.
+    pub metrics: Option<String>,
+}
+
+/// `audit PATH queries=BOOL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    pub path: String,
+    pub queries: bool,
+}
+
+/// A `cloud NAME { … }` binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cloud {
+    pub name: String,
+    pub kind: CloudKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudKind {
+    /// `aws account=… region=…` and `relay-role ARN`.
+    Aws {
+        account: String,
+        region: String,
+        relay_role: Option<String>,
+    },
+    /// `gcp project=…` and `relay-service-account EMAIL`.
+    Gcp {
+        project: String,
+        relay_service_account: Option<String>,
+    },
+    /// `azure subscription=… tenant=…` and `relay-identity client-id=…`.
+    Azure {
+        subscription: String,
+        tenant: String,
+        relay_client_id: Option<String>,
+    },
+}
+
+/// A `database NAME { … }`: one PostgreSQL server (or cluster) and what lives on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Database {
+    pub name: String,
+    pub postgres: Postgres,
+    /// `labels key=value …`, matched by role selectors.
+    pub labels: BTreeMap<String, String>,
+    pub kind: DatabaseKind,
+    pub admin_user: Option<AdminUser>,
+    /// `db-role NAME { … }`: group roles with privileges, by name.
+    pub db_roles: BTreeMap<String, DbRole>,
+    /// `db-user NAME { … }`: login roles clients may connect as, by name.
+    pub db_users: BTreeMap<String, DbUser>,
+}
+
+/// `postgres host=… port=… version=…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Postgres {
+    /// Required for `self-hosted` and `aws-rds`; cloud kinds without it derive their endpoint.
+    pub host: Option<String>,
+    /// Defaults to 5432.
+    pub port: u16,
+    /// Major version, when declared.
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// `self-hosted { server-names …; config-dir … }`.
+    SelfHosted {
+        server_names: Vec<String>,
+        config_dir: String,
+    },
+    /// `aws-rds cloud=… resource-id=…`.
+    AwsRds { cloud: String, resource_id: String },
+    /// `cloud-sql cloud=… instance="project:region:instance"`.
+    CloudSql { cloud: String, instance: String },
+    /// `azure-postgres cloud=… server=…`.
+    AzurePostgres { cloud: String, server: String },
+}
+
+impl DatabaseKind {
+    /// The cloud binding this database uses, if any.
+    pub fn cloud(&self) -> Option<&str> {
+        match self {
+            DatabaseKind::SelfHosted { .. } => None,
+            DatabaseKind::AwsRds { cloud, .. }
+            | DatabaseKind::CloudSql { cloud, .. }
+            | DatabaseKind::AzurePostgres { cloud, .. } => Some(cloud),
+        }
+    }
+}
+
+/// `admin-user NAME default-database=…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminUser {
+    pub name: String,
+    /// Defaults to `postgres`.
+    pub default_database: String,
+}
+
+/// `db-role NAME { grant …; member-of … }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbRole {
+    pub name: String,
+    /// Other db-roles of the same database this one is a member of (resolved).
+    pub member_of: Vec<String>,
+    pub grants: Vec<Grant>,
+}
+
+/// `db-user NAME { member-of … }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbUser {
+    pub name: String,
+    /// db-roles of the same database this user is a member of (resolved).
+    pub member_of: Vec<String>,
+}
+
+/// `grant PRIV… on=KIND schema=… [table=…]`, and a role's `permission` with the same shape.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Grant {
+    /// Upper-case privilege keywords, in manifest order, each valid for `on`.
+    pub privileges: Vec<Privilege>,
+    pub on: ObjectKind,
+    /// Required for every kind but `database`.
+    pub schema: Option<String>,
+    /// For `table`/`sequence`/`function`: one object. `None` means every object of that kind in
+    /// the schema (`permission SELECT on=table schema=public`).
+    pub object: Option<String>,
+}
+
+/// The PostgreSQL privileges the manifest may grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Privilege {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    References,
+    Trigger,
+    Usage,
+    Create,
+    Connect,
+    Temporary,
+    Execute,
+    All,
+}
+
+impl Privilege {
+    /// The SQL keyword.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Privilege::Select => "SELECT",
+            Privilege::Insert => "INSERT",
+            Privilege::Update => "UPDATE",
+            Privilege::Delete => "DELETE",
+            Privilege::Truncate => "TRUNCATE",
+            Privilege::References => "REFERENCES",
+            Privilege::Trigger => "TRIGGER",
+            Privilege::Usage => "USAGE",
+            Privilege::Create => "CREATE",
+            Privilege::Connect => "CONNECT",
+            Privilege::Temporary => "TEMPORARY",
+            Privilege::Execute => "EXECUTE",
+            Privilege::All => "ALL PRIVILEGES",
+        }
+    }
+}
+
+/// The object kinds of `on=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    /// `on=database`: the database the statement runs in.
+    Database,
+    /// `on=schema`.
+    Schema,
+    /// `on=table` (one table with `table=`, or every table in the schema without it).
+    Table,
+    /// `on=all-tables`: every table in the schema.
+    AllTables,
+    /// `on=sequence`.
+    Sequence,
+    /// `on=all-sequences`.
+    AllSequences,
+    /// `on=function`.
+    Function,
+    /// `on=all-functions`.
+    AllFunctions,
+}
+
+/// A `role NAME { … }` as written, with references resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub provision: Provision,
+    pub allow: Vec<Rule>,
+    pub deny: Vec<Rule>,
+}
+
+/// One `allow { … }` or `deny { … }` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub databases: Selector,
+    /// `db-users`; `None` when the block does not mention them.
+    pub db_users: Option<NameSet>,
+    /// `db-names`; `None` when the block does not mention them.
+    pub db_names: Option<NameSet>,
+    /// `db-roles`; `None` when the block does not mention them.
+    pub db_roles: Option<NameSet>,
+    /// `permission …` lines.
+    pub permissions: Vec<Grant>,
+}
+
+/// `databases "*"`, `databases orders analytics`, or `databases env=prod team=data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// Every database.
+    Any,
+    /// These databases by name.
+    Names(BTreeSet<String>),
+    /// Databases carrying every one of these labels.
+    Labels(BTreeMap<String, String>),
+}
+
+/// A `user NAME { roles … }`: a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub roles: Vec<String>,
+}
+
+/// What one person may do on one database, after combining all their roles and applying deny.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub user: String,
+    pub database: String,
+    /// Database users they may log in as. `"*"` in the manifest has been resolved to the
+    /// database's declared `db-user`s, so this is always explicit (least privilege).
+    pub db_users: BTreeSet<String>,
+    /// Database names they may open.
+    pub db_names: NameSet,
+    /// db-roles granted to their provisioned user (only meaningful when provisioning is on).
+    pub db_roles: BTreeSet<String>,
+    /// Permissions granted to their provisioned user.
+    pub permissions: Vec<Grant>,
+    /// Provisioning: on when any of their roles that reaches this database provisions.
+    pub provision: Provision,
+}

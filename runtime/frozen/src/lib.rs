@@ -1,0 +1,379 @@
+//! The frozen runtime configuration: the only input `dbward-relay` accepts.
+//!
+//! The compiler (`dbward apply`) makes every access decision ahead of time and writes it here as
+//! `relay/frozen.json`; the relay loads it, checks its format version and its checksum, and
+//! refuses anything it does not understand (`deny_unknown_fields` everywhere). This crate is
+//! deliberately light — serde, a hash and nothing async — so the relay never links the
+//! compiler's dependencies.
+//!
+//! **Invariants**
+//! - **Serialization is canonical**: maps are `BTreeMap`s and sets are sorted `Vec`s, so the same
+//!   config always serializes to the same bytes, and the checksum can be recomputed by the reader.
+//! - **Paths are relative to the directory holding `frozen.json`**, so an output directory can be
+//!   moved or mounted elsewhere as a whole. [`Config::resolve_path`] turns them into real paths.
+//! - **No secret is stored inline**: keys are referenced by path, never embedded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The format version this build writes and reads. A relay refuses any other.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The whole frozen configuration, as written to `relay/frozen.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Always [`FORMAT_VERSION`] for configs this build writes.
+    pub format_version: u32,
+    /// `sha256:<hex>` of the canonical JSON of this config with `checksum` set to `""`.
+    pub checksum: String,
+    pub relay: Relay,
+    /// Every database the relay can reach, by manifest name.
+    pub databases: BTreeMap<String, Database>,
+    /// The compiled access table: one entry per (person, database) pair that allows anything.
+    /// A pair that is absent allows nothing.
+    pub access: Vec<Access>,
+}
+
+/// How the relay listens and presents itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// Socket address to listen on, e.g. `0.0.0.0:6432`.
+    pub listen: String,
+    /// DNS name clients use; a database is selected by SNI `<database>.<public_name>`.
+    pub public_name: String,
+    /// The relay's own server certificate and key, and the CA that signs user certificates.
+    pub tls: ServerTls,
+    /// The certificate the relay presents to self-hosted upstreams (mutual TLS).
+    pub upstream_identity: Option<TlsIdentity>,
+    pub audit: Option<Audit>,
+    /// Address of the `/metrics`, `/livez`, `/readyz` HTTP endpoint, when enabled.
+    pub metrics: Option<String>,
+    pub limits: Limits,
+}
+
+/// Server-side TLS material for client connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM certificate chain for `*.<public_name>` and `<public_name>`.
+    pub cert: PathBuf,
+    /// PEM private key of `cert` (mode 0600).
+    pub key: PathBuf,
+    /// PEM CA certificate that issues user certificates; clients must present one it signed.
+    pub client_ca: PathBuf,
+}
+
+/// A certificate and its key, presented as a TLS client identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where audit events go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// JSON-lines file the relay appends to. Absolute, or relative to `frozen.json`'s directory.
+    pub path: PathBuf,
+    /// Whether to record one `session.query` event per Query or Parse message.
+    pub queries: bool,
+}
+
+/// Operational limits of the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Concurrent client connections accepted; further ones are refused.
+    pub max_connections: u32,
+    /// Time allowed from accept to a completed startup (TLS + StartupMessage).
+    pub handshake_timeout_ms: u64,
+    /// Time SIGTERM waits for sessions to end before exiting anyway.
+    pub drain_timeout_ms: u64,
+    /// Time allowed to connect and authenticate to an upstream.
+    pub upstream_connect_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
+            drain_timeout_ms: 30_000,
+            upstream_connect_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// One upstream PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    pub auth: UpstreamAuth,
+    /// Login the relay uses for automatic provisioning, when the manifest names one.
+    pub admin_user: Option<AdminUser>,
+}
+
+/// How the relay verifies the upstream server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Name the server certificate must be valid for (`verify-full`); a DNS name or an IP.
+    pub server_name: String,
+    /// PEM CA bundle that must have issued the server certificate. `None` means the platform's
+    /// well-known roots (cloud databases whose CA is public).
+    pub ca: Option<PathBuf>,
+}
+
+/// How the relay authenticates to the upstream server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "method")]
+pub enum UpstreamAuth {
+    /// Mutual TLS with [`Relay::upstream_identity`]; PostgreSQL maps it via `pg_ident.conf`.
+    Mtls,
+    /// An RDS IAM auth token (SigV4) used as the password.
+    RdsIam { region: String },
+    /// A Google OAuth access token for `service_account` used as the password.
+    CloudSqlIam { relay_service_account: String },
+    /// A Microsoft Entra ID token for the relay's identity used as the password.
+    AzureEntra { tenant: String, client_id: String },
+}
+
+/// The admin login of a database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUser {
+    pub name: String,
+    pub default_database: String,
+}
+
+/// What one person may do on one database. Deny rules have already been applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    /// The person: the subject CN of their client certificate.
+    pub identity: String,
+    /// The manifest name of the database.
+    pub database: String,
+    /// Database users this person may log in as (sorted). With provisioning on, the person's
+    /// own name is allowed in addition.
+    pub db_users: Vec<String>,
+    /// Database names (PostgreSQL `dbname`) this person may open.
+    pub db_names: NameSet,
+    /// Automatic user provisioning for this person on this database.
+    pub provision: Provision,
+    /// Roles granted to a provisioned user (sorted).
+    pub db_roles: Vec<String>,
+    /// Privileges granted to a provisioned user, as SQL GRANT statements with `{user}` for the
+    /// quoted user name.
+    pub grants: Vec<String>,
+}
+
+/// A set of names, or every name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum NameSet {
+    /// The manifest said `"*"`.
+    Any,
+    /// Exactly these names (sorted).
+    Only(Vec<String>),
+}
+
+impl NameSet {
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            NameSet::Any => true,
+            NameSet::Only(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// Automatic user provisioning mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provision {
+    Off,
+    Keep,
+    BestEffortDrop,
+}
+
+/// Why a frozen config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid frozen config: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path} has format version {found}, this relay understands only {FORMAT_VERSION}; \
+         recompile it with a matching `dbward apply`"
+    )]
+    Version { path: PathBuf, found: u32 },
+    #[error(
+        "{path} has been modified since it was compiled (checksum mismatch); \
+         regenerate it with `dbward apply` instead of editing it"
+    )]
+    Checksum { path: PathBuf },
+}
+
+impl Config {
+    /// Computes and stores the checksum. Call after every change, before writing.
+    pub fn seal(&mut self) {
+        self.checksum = self.compute_checksum();
+    }
+
+    /// The checksum the config should carry, computed over its canonical JSON.
+    pub fn compute_checksum(&self) -> String {
+        let mut unsealed = self.clone();
+        unsealed.checksum = String::new();
+        // Serializing these types cannot fail: no maps with non-string keys, no floats.
+        let bytes = serde_json::to_vec(&unsealed).expect("frozen config serializes");
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+    }
+
+    /// Pretty, canonical JSON with a trailing newline, as written to `frozen.json`.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("frozen config serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Parses and verifies a config from JSON text (format version and checksum).
+    pub fn from_json(path: &Path, text: &str) -> Result<Config, LoadError> {
+        // Check the version first, so an old or new format gets the version error rather
+        // than a confusing unknown-field error.
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            format_version: u32,
+        }
+        let version: VersionOnly =
+            serde_json::from_str(text).map_err(|source| LoadError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
+        if version.format_version != FORMAT_VERSION {
+            return Err(LoadError::Version {
+                path: path.to_owned(),
+                found: version.format_version,
+            });
+        }
+        let config: Config = serde_json::from_str(text).map_err(|source| LoadError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        if config.checksum != config.compute_checksum() {
+            return Err(LoadError::Checksum {
+                path: path.to_owned(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Reads, parses and verifies `frozen.json`.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_json(path, &text)
+    }
+
+    /// Resolves a path from the config against the directory of `frozen.json`.
+    pub fn resolve_path(config_path: &Path, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            config_path
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join(path)
+        }
+    }
+
+    /// The access entry for a person on a database, if any.
+    pub fn access_for(&self, identity: &str, database: &str) -> Option<&Access> {
+        self.access
+            .iter()
+            .find(|a| a.identity == identity && a.database == database)
+    }
+
+    /// The JSON Schema of this format, as checked in at `schemas/frozen.schema.json`.
+    pub fn json_schema() -> String {
+        let schema = schemars::schema_for!(Config);
+        let mut text = serde_json::to_string_pretty(&schema).expect("schema serializes");
+        text.push('\n');
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Config {
+        let mut config = Config {
+            format_version: FORMAT_VERSION,
+            checksum: String::new(),
+            relay: Relay {
+                listen: "127.0.0.1:6432".into(),
+                public_name: "db.example.com".into(),
+                tls: ServerTls {
+                    cert: "server.crt".into(),
+                    key: "server.key".into(),
+                    client_ca: "users-ca.crt".into(),
+                },
+                upstream_identity: None,
+                audit: None,
+                metrics: None,
+                limits: Limits::default(),
+            },
+            databases: BTreeMap::new(),
+            access: vec![],
+        };
+        config.seal();
+        config
+    }
+
+    #[test]
+    fn round_trips_and_verifies() {
+        let config = sample();
+        let back = Config::from_json(Path::new("f.json"), &config.to_json()).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn detects_tampering() {
+        let text = sample().to_json().replace("127.0.0.1:6432", "0.0.0.0:6432");
+        let err = Config::from_json(Path::new("f.json"), &text).unwrap_err();
+        assert!(matches!(err, LoadError::Checksum { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_other_versions_and_unknown_fields() {
+        let text = sample().to_json().replace("\"format_version\": 1", "\"format_version\": 2");
+        let err = Config::from_json(Path::new("f.json"), &text).unwrap_err();
+        assert!(matches!(err, LoadError::Version { found: 2, .. }), "{err}");
+
+        let text = sample()
+            .to_json()
+            .replacen('{', "{\n  \"surprise\": true,", 1);
+        let err = Config::from_json(Path::new("f.json"), &text).unwrap_err();
+        assert!(matches!(err, LoadError::Parse { .. }), "{err}");
+    }
+}

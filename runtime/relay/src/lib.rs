@@ -1,0 +1,1 @@
+//! dbward-relay: the PostgreSQL relay (placeholder until its issue lands).

@@ -1,0 +1,398 @@
+//! Test harness: real PostgreSQL clusters, real `psql`, and the workspace's own binaries.
+//!
+//! A [`Cluster`] is a throw-away PostgreSQL data directory in a temp dir, started on a free
+//! loopback port with its Unix socket inside the temp dir, and stopped (`immediate`) and deleted
+//! when dropped — also when a test panics. PostgreSQL refuses to run as root, so when the tests
+//! run as root the server runs as the `postgres` OS user (`runuser -u postgres --`) and the
+//! temp dir is handed to that user.
+//!
+//! **A test that cannot find PostgreSQL fails with instructions; it never skips.**
+
+use std::fs;
+use std::io;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to install what the end-to-end tests need, shown whenever something is missing.
+pub const INSTALL_HINT: &str = "the end-to-end tests need the PostgreSQL server binaries \
+    (initdb, pg_ctl, postgres) and psql: on Debian/Ubuntu run \
+    `apt-get install -y postgresql-15 postgresql-client-15` (or any version >= 13), \
+    or set DBWARD_PG_BIN to the directory holding initdb and pg_ctl";
+
+/// The directory holding `initdb` and `pg_ctl`: `$DBWARD_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/*/bin`. Panics with [`INSTALL_HINT`] when there is none.
+pub fn pg_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DBWARD_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("initdb").exists(),
+            "DBWARD_PG_BIN={} has no initdb; {INSTALL_HINT}",
+            dir.display()
+        );
+        return dir;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    match versions.pop() {
+        Some((_, bin)) => bin,
+        None => panic!("no PostgreSQL server found under /usr/lib/postgresql; {INSTALL_HINT}"),
+    }
+}
+
+/// The `psql` to use: the one next to the server binaries, else the one on `PATH`.
+pub fn psql_path() -> PathBuf {
+    let beside = pg_bin_dir().join("psql");
+    if beside.exists() {
+        return beside;
+    }
+    match Command::new("psql").arg("--version").output() {
+        Ok(out) if out.status.success() => PathBuf::from("psql"),
+        _ => panic!("psql not found; {INSTALL_HINT}"),
+    }
+}
+
+/// A free TCP port on 127.0.0.1, picked by binding port 0.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Path of a binary built from this workspace (`dbward`, `dbward-relay`), next to the test
+/// executable's `deps/` directory. `cargo nextest run --workspace` builds them before tests run.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo nextest run --workspace` \
+         (or `cargo build --workspace` first)",
+        path.display()
+    );
+    path
+}
+
+/// Whether this process runs as root, in which case PostgreSQL runs as `postgres`.
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `(uid, gid)` of the `postgres` OS user.
+fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run id");
+        assert!(
+            out.status.success(),
+            "there is no `postgres` OS user to run PostgreSQL as (tests run as root); {INSTALL_HINT}"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("numeric id")
+    };
+    (id("-u"), id("-g"))
+}
+
+/// Builds a command that runs as the user owning the cluster.
+fn as_cluster_user(program: &Path, as_root: bool) -> Command {
+    if as_root {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A throw-away PostgreSQL cluster.
+pub struct Cluster {
+    /// Owns the whole tree; deleted on drop after the server stops.
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    as_root: bool,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    running: bool,
+}
+
+impl Cluster {
+    /// Runs `initdb` (superuser `postgres`, `trust` for local socket connections only) in a new
+    /// temp dir. The server is not started; install configuration first, then [`Cluster::start`].
+    pub fn init() -> Cluster {
+        let bin = pg_bin_dir();
+        let as_root = running_as_root();
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-pg-")
+            .tempdir()
+            .expect("create temp dir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let cluster = Cluster {
+            dir,
+            bin,
+            as_root,
+            port: free_port(),
+            running: false,
+        };
+        fs::create_dir_all(cluster.socket_dir()).expect("socket dir");
+        fs::create_dir_all(cluster.config_dir()).expect("config dir");
+        cluster.chown_tree();
+        let out = as_cluster_user(&cluster.bin.join("initdb"), as_root)
+            .arg("-D")
+            .arg(cluster.data_dir())
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=reject",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run initdb: {e}; {INSTALL_HINT}"));
+        assert!(
+            out.status.success(),
+            "initdb failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.append_conf(&format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
+             fsync = off\nlog_connections = on\n",
+            cluster.port,
+            cluster.socket_dir().display()
+        ));
+        cluster
+    }
+
+    /// Root of the temp dir.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The data directory (`PGDATA`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.root().join("data")
+    }
+
+    /// Where the Unix socket lives.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root().join("run")
+    }
+
+    /// A directory readable by the server for generated configuration and certificates
+    /// (use it as the manifest's `config-dir`).
+    pub fn config_dir(&self) -> PathBuf {
+        self.root().join("conf")
+    }
+
+    /// The server log.
+    pub fn log_path(&self) -> PathBuf {
+        self.root().join("server.log")
+    }
+
+    /// The server log's contents, for assertion messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Appends lines to the data directory's `postgresql.conf`.
+    pub fn append_conf(&self, text: &str) {
+        use std::io::Write;
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(self.data_dir().join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        writeln!(file, "{text}").expect("append postgresql.conf");
+    }
+
+    /// Copies a file into the cluster's tree (e.g. `conf/server.key`) with the given mode,
+    /// owned by the server's user.
+    pub fn install_file(&self, relative: &str, bytes: &[u8], mode: u32) -> PathBuf {
+        let path = self.root().join(relative);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).expect("create parent");
+        }
+        fs::write(&path, bytes).expect("write file");
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+        self.chown_tree();
+        path
+    }
+
+    /// Hands the whole tree to the `postgres` user when running as root.
+    pub fn chown_tree(&self) {
+        if !self.as_root {
+            return;
+        }
+        let (uid, gid) = postgres_ids();
+        fn walk(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+            if path.is_dir() && !path.is_symlink() {
+                for entry in fs::read_dir(path)? {
+                    walk(&entry?.path(), uid, gid)?;
+                }
+            }
+            Ok(())
+        }
+        walk(self.root(), uid, gid).expect("chown cluster tree to postgres");
+    }
+
+    /// Starts the server and waits until it accepts connections. Panics with the server log
+    /// when it does not start.
+    pub fn start(&mut self) {
+        self.chown_tree();
+        let out = self.pg_ctl(&["start", "-w", "-t", "60"]);
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not start:\n{}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        self.running = true;
+    }
+
+    /// Tries to start the server; returns the server log on failure instead of panicking.
+    pub fn try_start(&mut self) -> Result<(), String> {
+        self.chown_tree();
+        let out = self.pg_ctl(&["start", "-w", "-t", "60"]);
+        if out.status.success() {
+            self.running = true;
+            Ok(())
+        } else {
+            Err(format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            ))
+        }
+    }
+
+    /// Stops the server (`fast` mode).
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl(&["stop", "-m", "fast", "-w"]);
+            self.running = false;
+        }
+    }
+
+    /// Restarts the server (`fast` mode), e.g. to test sessions that lose their upstream.
+    pub fn restart(&mut self) {
+        let out = self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not restart:\n{}",
+            self.log()
+        );
+        self.running = true;
+    }
+
+    /// Asks the server to re-read its configuration (pg_hba.conf, pg_ident.conf).
+    pub fn reload(&self) {
+        let out = self.pg_ctl(&["reload"]);
+        assert!(out.status.success(), "pg_ctl reload failed: {}", self.log());
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Output {
+        as_cluster_user(&self.bin.join("pg_ctl"), self.as_root)
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.log_path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl")
+    }
+
+    /// Runs SQL as the superuser over the Unix socket with `psql -v ON_ERROR_STOP=1`.
+    /// Returns stdout; panics with stderr on failure.
+    pub fn sql(&self, database: &str, sql: &str) -> String {
+        let out = self.try_sql(database, sql);
+        match out {
+            Ok(stdout) => stdout,
+            Err(stderr) => panic!("psql as superuser failed:\n{stderr}\nSQL:\n{sql}"),
+        }
+    }
+
+    /// Like [`Cluster::sql`], returning stderr on failure.
+    pub fn try_sql(&self, database: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(psql_path())
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+            .args(["-c", sql])
+            .env_remove("PGSERVICEFILE")
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs a SQL file as the superuser, stopping at the first error.
+    pub fn sql_file(&self, database: &str, path: &Path) -> Result<String, String> {
+        let out = Command::new(psql_path())
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+            .arg("-f")
+            .arg(path)
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

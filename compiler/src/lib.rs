@@ -9,6 +9,7 @@
 //! 5. [`apply`] — write a plan to disk atomically.
 
 pub mod apply;
+pub mod cli;
 pub mod emit;
 pub mod model;
 pub mod plan;

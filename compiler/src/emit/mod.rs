@@ -20,7 +20,146 @@
 //! iam/{aws,gcp,azure}/<cloud>.json
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{DatabaseKind, Model, Provision};
+
+pub mod frozen;
+pub mod iam;
+pub mod postgres;
+pub mod quote;
+pub mod sql;
+
+/// Why the artifacts could not be produced. The front end rejects almost everything first;
+/// these are the checks that only make sense while writing a particular file.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error(
+        "database `{database}`: the name `{name}` cannot be written to pg_hba.conf/pg_ident.conf \
+         (they have no way to quote `\"` or control characters); rename it in the manifest"
+    )]
+    UnquotableName { database: String, name: String },
+    #[error(
+        "database `{database}`: host `{host}` is not one of its server-names, so the relay \
+         could not verify the server certificate; add \"{host}\" to `server-names`"
+    )]
+    HostNotInServerNames { database: String, host: String },
+    #[error("database `{database}` has no host; add `postgres host=\"…\"` to its block")]
+    MissingHost { database: String },
+    #[error(
+        "cloud `{cloud}` (used by database `{database}`) is not declared or is not a {expected} \
+         cloud; point `cloud=` at a `cloud NAME {{ {expected} … }}` block"
+    )]
+    WrongCloud {
+        database: String,
+        cloud: String,
+        expected: &'static str,
+    },
+    #[error(
+        "cloud `{cloud}` has no {what}; add `{node}` to its block so the relay can authenticate"
+    )]
+    MissingRelayIdentity {
+        cloud: String,
+        what: &'static str,
+        node: &'static str,
+    },
+    #[error(
+        "person `{name}` cannot be used in a provisioning GRANT template (it contains `$`); \
+         rename the user in the manifest"
+    )]
+    UnsafePersonName { name: String },
+}
+
+/// Who may log in to one database through the relay: the union, over the access table, of what
+/// any person may do there. pg_hba.conf, pg_ident.conf and the AWS policy are built from it, so
+/// the database and the cloud enforce the same least privilege as the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logins {
+    /// Database users any person may log in as, plus the names of people whose users are
+    /// provisioned on this database. Excludes the admin user.
+    pub db_users: BTreeSet<String>,
+    /// Database names any person may open; `None` when some person may open every name (`"*"`).
+    pub db_names: Option<BTreeSet<String>>,
+    /// The admin user, when the relay needs it: provisioning is on for someone on this database.
+    pub admin: Option<String>,
+}
+
+impl Logins {
+    /// Computes the logins of `database` from the model's access table.
+    pub fn of(model: &Model, database: &str) -> Logins {
+        let mut db_users = BTreeSet::new();
+        let mut db_names = Some(BTreeSet::new());
+        let mut provisioning = false;
+        for access in model.access.values().filter(|a| a.database == database) {
+            db_users.extend(access.db_users.iter().cloned());
+            if access.provision != Provision::Off {
+                provisioning = true;
+                db_users.insert(access.user.clone());
+            }
+            match (&access.db_names, &mut db_names) {
+                (crate::model::NameSet::Any, _) => db_names = None,
+                (crate::model::NameSet::Only(names), Some(set)) => {
+                    set.extend(names.iter().cloned())
+                }
+                (crate::model::NameSet::Only(_), None) => {}
+            }
+        }
+        let admin = model
+            .databases
+            .get(database)
+            .and_then(|db| db.admin_user.as_ref())
+            .filter(|_| provisioning)
+            .map(|admin| admin.name.clone());
+        if let Some(admin) = &admin {
+            db_users.remove(admin);
+        }
+        Logins {
+            db_users,
+            db_names,
+            admin,
+        }
+    }
+}
+
+/// Every artifact that is text computed from the model alone: the PostgreSQL configuration
+/// and setup.sql of each database, the IAM JSON of each cloud and the frozen relay config.
+/// Certificates and keys (which need the environment) come from `pki::emit`.
+pub fn emit_text(model: &Model) -> Result<Artifacts, EmitError> {
+    let mut out = Artifacts::new();
+    for (name, db) in &model.databases {
+        let logins = Logins::of(model, name);
+        if let DatabaseKind::SelfHosted { config_dir, .. } = &db.kind {
+            let file = |f: &str| layout::database_file(name, f);
+            out.insert(
+                file(postgres::CONF),
+                Artifact::text(postgres::conf(db, config_dir)),
+            );
+            out.insert(
+                file(postgres::HBA),
+                Artifact::text(postgres::hba(db, &logins)?),
+            );
+            out.insert(
+                file(postgres::IDENT),
+                Artifact::text(postgres::ident(db, &logins)?),
+            );
+        }
+        out.insert(
+            layout::database_file(name, sql::SETUP),
+            Artifact::text(sql::setup(model, db)?),
+        );
+    }
+    for (path, text) in iam::emit(model)? {
+        out.insert(path, Artifact::text(text));
+    }
+    out.insert(
+        layout::FROZEN.to_owned(),
+        Artifact::text(frozen::build(model)?.to_json()),
+    );
+    Ok(out)
+}
+
+pub mod env;
+pub mod pki;
 
 /// Relative paths of the fixed artifacts, shared by every emitter that refers to them.
 pub mod layout {

@@ -1,0 +1,270 @@
+//! `relay/frozen.json`: the model turned into the relay's only input, a sealed
+//! [`dbward_frozen::Config`].
+//!
+//! Paths in it are relative to `relay/` (where the relay's certificate files sit next to it),
+//! so an output directory can be mounted anywhere. Every access decision is here already; the
+//! relay only looks entries up.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use dbward_frozen as frozen;
+
+use super::{EmitError, sql};
+use crate::model::{CloudKind, Database, DatabaseKind, Model, Provision};
+
+/// Placeholder for the quoted user name in provisioning GRANT templates.
+pub const USER_PLACEHOLDER: &str = "{user}";
+
+/// The frozen config of a model, sealed (checksum set).
+pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
+    let mut databases = std::collections::BTreeMap::new();
+    for (name, db) in &model.databases {
+        databases.insert(name.clone(), database(model, db)?);
+    }
+    let mut access = Vec::new();
+    for entry in model.access.values() {
+        if entry.provision != Provision::Off && entry.user.contains('$') {
+            return Err(EmitError::UnsafePersonName {
+                name: entry.user.clone(),
+            });
+        }
+        // `{user}` is replaced by the relay with the quoted name; in the database grant it sits
+        // inside a dollar-quoted literal, which is why a person name may not contain `$`.
+        let grantee_literal = format!("$dbward_user${USER_PLACEHOLDER}$dbward_user$");
+        let grants = entry
+            .permissions
+            .iter()
+            .flat_map(|grant| sql::grant_sql(grant, USER_PLACEHOLDER, &grantee_literal))
+            .collect();
+        access.push(frozen::Access {
+            identity: entry.user.clone(),
+            database: entry.database.clone(),
+            db_users: entry.db_users.iter().cloned().collect(),
+            db_names: entry.db_names.clone(),
+            provision: entry.provision,
+            db_roles: entry.db_roles.iter().cloned().collect(),
+            grants,
+        });
+    }
+    let relay = &model.relay;
+    let mut config = frozen::Config {
+        format_version: frozen::FORMAT_VERSION,
+        checksum: String::new(),
+        relay: frozen::Relay {
+            listen: relay.listen.clone(),
+            public_name: relay.public_name.clone(),
+            tls: frozen::ServerTls {
+                cert: relative(super::layout::RELAY_SERVER_CERT),
+                key: relative(super::layout::RELAY_SERVER_KEY),
+                client_ca: relative(super::layout::RELAY_USERS_CA),
+            },
+            upstream_identity: Some(frozen::TlsIdentity {
+                cert: relative(super::layout::RELAY_UPSTREAM_CERT),
+                key: relative(super::layout::RELAY_UPSTREAM_KEY),
+            }),
+            audit: relay.audit.as_ref().map(|audit| frozen::Audit {
+                path: PathBuf::from(&audit.path),
+                queries: audit.queries,
+            }),
+            metrics: relay.metrics.clone(),
+            limits: frozen::Limits::default(),
+        },
+        databases,
+        access,
+    };
+    config.seal();
+    Ok(config)
+}
+
+/// A `relay/…` layout path relative to `relay/`, where frozen.json lives.
+fn relative(layout_path: &str) -> PathBuf {
+    PathBuf::from(layout_path.strip_prefix("relay/").unwrap_or(layout_path))
+}
+
+/// One upstream: where it is, how its certificate is verified, how the relay authenticates.
+fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError> {
+    let cloud = |expected: &'static str| {
+        db.kind
+            .cloud()
+            .and_then(|name| model.clouds.get(name))
+            .ok_or_else(|| EmitError::WrongCloud {
+                database: db.name.clone(),
+                cloud: db.kind.cloud().unwrap_or_default().to_owned(),
+                expected,
+            })
+    };
+    let wrong = |expected: &'static str| EmitError::WrongCloud {
+        database: db.name.clone(),
+        cloud: db.kind.cloud().unwrap_or_default().to_owned(),
+        expected,
+    };
+    let host = db.postgres.host.clone();
+    let (host, tls, auth) = match &db.kind {
+        DatabaseKind::SelfHosted { server_names, .. } => {
+            let host = host.ok_or_else(|| EmitError::MissingHost {
+                database: db.name.clone(),
+            })?;
+            if !names_cover(server_names, &host) {
+                return Err(EmitError::HostNotInServerNames {
+                    database: db.name.clone(),
+                    host,
+                });
+            }
+            let tls = frozen::UpstreamTls {
+                server_name: host.clone(),
+                ca: Some(relative(super::layout::RELAY_SERVER_CA)),
+            };
+            (host, tls, frozen::UpstreamAuth::Mtls)
+        }
+        DatabaseKind::AwsRds { .. } => {
+            let CloudKind::Aws { region, .. } = &cloud("aws")?.kind else {
+                return Err(wrong("aws"));
+            };
+            let host = host.ok_or_else(|| EmitError::MissingHost {
+                database: db.name.clone(),
+            })?;
+            let tls = frozen::UpstreamTls {
+                server_name: host.clone(),
+                ca: None,
+            };
+            let auth = frozen::UpstreamAuth::RdsIam {
+                region: region.clone(),
+            };
+            (host, tls, auth)
+        }
+        DatabaseKind::CloudSql { instance, .. } => {
+            let CloudKind::Gcp {
+                relay_service_account,
+                ..
+            } = &cloud("gcp")?.kind
+            else {
+                return Err(wrong("gcp"));
+            };
+            let relay_service_account =
+                relay_service_account
+                    .clone()
+                    .ok_or_else(|| EmitError::MissingRelayIdentity {
+                        cloud: db.kind.cloud().unwrap_or_default().to_owned(),
+                        what: "relay service account",
+                        node: "relay-service-account EMAIL",
+                    })?;
+            // Without an explicit host, the instance connection name stands for the endpoint:
+            // Cloud SQL's server certificates name the instance as `project:instance`, and
+            // its address is looked up through the Cloud SQL Admin API (as Google's connectors do).
+            let (host, server_name) = match host {
+                Some(host) => (host.clone(), host),
+                None => {
+                    let mut parts = instance.split(':');
+                    let project = parts.next().unwrap_or_default();
+                    let id = parts.next_back().unwrap_or_default();
+                    (instance.clone(), format!("{project}:{id}"))
+                }
+            };
+            let tls = frozen::UpstreamTls {
+                server_name,
+                ca: None,
+            };
+            let auth = frozen::UpstreamAuth::CloudSqlIam {
+                relay_service_account,
+            };
+            (host, tls, auth)
+        }
+        DatabaseKind::AzurePostgres { server, .. } => {
+            let CloudKind::Azure {
+                tenant,
+                relay_client_id,
+                ..
+            } = &cloud("azure")?.kind
+            else {
+                return Err(wrong("azure"));
+            };
+            let client_id =
+                relay_client_id
+                    .clone()
+                    .ok_or_else(|| EmitError::MissingRelayIdentity {
+                        cloud: db.kind.cloud().unwrap_or_default().to_owned(),
+                        what: "relay identity",
+                        node: "relay-identity client-id=\"…\"",
+                    })?;
+            // Flexible servers are reached at a fixed, publicly trusted name.
+            let host = host.unwrap_or_else(|| format!("{server}.postgres.database.azure.com"));
+            let tls = frozen::UpstreamTls {
+                server_name: host.clone(),
+                ca: None,
+            };
+            let auth = frozen::UpstreamAuth::AzureEntra {
+                tenant: tenant.clone(),
+                client_id,
+            };
+            (host, tls, auth)
+        }
+    };
+    Ok(frozen::Database {
+        host,
+        port: db.postgres.port,
+        tls,
+        auth,
+        admin_user: db.admin_user.as_ref().map(|admin| frozen::AdminUser {
+            name: admin.name.clone(),
+            default_database: admin.default_database.clone(),
+        }),
+    })
+}
+
+/// Whether a certificate for `names` is valid for `host`: an exact name or IP (IPs compared
+/// as addresses), or a `*.` wildcard covering exactly one label.
+fn names_cover(names: &[String], host: &str) -> bool {
+    let host_ip = host.parse::<IpAddr>().ok();
+    names.iter().any(|name| {
+        if let (Some(a), Ok(b)) = (host_ip, name.parse::<IpAddr>()) {
+            return a == b;
+        }
+        if name.eq_ignore_ascii_case(host) {
+            return true;
+        }
+        match (name.strip_prefix("*."), host.split_once('.')) {
+            (Some(suffix), Some((label, rest))) => {
+                !label.is_empty() && host_ip.is_none() && rest.eq_ignore_ascii_case(suffix)
+            }
+            _ => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_cover_hosts() {
+        let names = vec![
+            "pg.internal".to_owned(),
+            "10.0.0.1".to_owned(),
+            "*.db.lan".to_owned(),
+        ];
+        assert!(names_cover(&names, "pg.internal"));
+        assert!(names_cover(&names, "PG.internal"));
+        assert!(names_cover(&names, "10.0.0.1"));
+        assert!(names_cover(&names, "a.db.lan"));
+        assert!(!names_cover(&names, "a.b.db.lan"));
+        assert!(!names_cover(&names, "10.0.0.2"));
+        assert!(!names_cover(&names, "other"));
+    }
+
+    #[test]
+    fn schema_file_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/frozen.schema.json");
+        let expected = dbward_frozen::Config::json_schema();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, &expected).unwrap();
+            return;
+        }
+        let actual = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "schemas/frozen.schema.json is stale: run `UPDATE_GOLDEN=1 cargo nextest run -p dbward \
+             schema_file_is_current` and commit the result"
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! The AWS IAM policy for the relay's role: `rds-db:connect` for exactly the database users
+//! the manifest allows on each RDS/Aurora database (never a wildcard user), plus the read-only
+//! describe calls the relay uses to look up endpoints.
+
+use serde_json::{Value, json};
+
+use super::super::{EmitError, Logins};
+use crate::model::{Cloud, CloudKind, Database, DatabaseKind, Model};
+
+/// The IAM policy document (attach it to the relay's role).
+pub fn policy(model: &Model, cloud: &Cloud, databases: &[&Database]) -> Result<Value, EmitError> {
+    let CloudKind::Aws {
+        account, region, ..
+    } = &cloud.kind
+    else {
+        return Err(EmitError::WrongCloud {
+            database: databases
+                .first()
+                .map(|d| d.name.clone())
+                .unwrap_or_default(),
+            cloud: cloud.name.clone(),
+            expected: "aws",
+        });
+    };
+    let mut resources = Vec::new();
+    for db in databases {
+        let DatabaseKind::AwsRds { resource_id, .. } = &db.kind else {
+            return Err(EmitError::WrongCloud {
+                database: db.name.clone(),
+                cloud: cloud.name.clone(),
+                expected: "aws-rds",
+            });
+        };
+        let logins = Logins::of(model, &db.name);
+        for user in logins.db_users.iter().chain(logins.admin.iter()) {
+            resources.push(format!(
+                "arn:aws:rds-db:{region}:{account}:dbuser:{resource_id}/{user}"
+            ));
+        }
+    }
+    resources.sort();
+    resources.dedup();
+    let mut statements = Vec::new();
+    if !resources.is_empty() {
+        statements.push(json!({
+            "Sid": "DbwardRelayConnect",
+            "Effect": "Allow",
+            "Action": "rds-db:connect",
+            "Resource": resources,
+        }));
+    }
+    statements.push(json!({
+        "Sid": "DbwardRelayDescribe",
+        "Effect": "Allow",
+        "Action": ["rds:DescribeDBClusters", "rds:DescribeDBInstances"],
+        "Resource": [
+            format!("arn:aws:rds:{region}:{account}:cluster:*"),
+            format!("arn:aws:rds:{region}:{account}:db:*"),
+        ],
+    }));
+    Ok(json!({
+        "Version": "2012-10-17",
+        "Statement": statements,
+    }))
+}

@@ -2,16 +2,66 @@
 //!
 //! The pipeline, one phase per module:
 //!
-//! 1. [`syntax`] — KDL text ([`source::Source`]) to a spanned `ast::Manifest`, plus diagnostics.
-//! 2. [`model`] — resolve names, evaluate selectors and compute the access table: [`model::Model`].
+//! 1. [`syntax`] — KDL text ([`source::Source`]) to a spanned [`syntax::ast::Manifest`], plus
+//!    diagnostics: [`syntax::parse`] returns a [`syntax::Parsed`].
+//! 2. [`model`] — check the manifest against the language ([`syntax::vocabulary`]) and the
+//!    validation rules ([`model::rules`]), resolve names, evaluate selectors and compute the access
+//!    table: [`model::resolve`] returns an `Option<`[`model::Model`]`>` and diagnostics.
 //! 3. [`emit`] — pure functions from `Model` to `Artifacts` (files with bytes, mode, sensitivity).
 //! 4. [`plan`] — compare artifacts with what exists on disk: a `Plan` of changes with diffs.
 //! 5. [`apply`] — write a plan to disk atomically.
+//!
+//! [`check`] runs phases 1 and 2 in one call: it is the front end every subcommand uses.
+//! [`diag`] holds the diagnostics and their rendering (human, with miette, and JSON); [`cli`]
+//! the subcommands of the `dbward` binary.
 
 pub mod apply;
 pub mod cli;
+pub mod diag;
 pub mod emit;
+pub mod fmt;
 pub mod model;
 pub mod plan;
 pub mod source;
 pub mod syntax;
+
+use diag::Diagnostic;
+use model::Model;
+use source::Source;
+
+/// The front end's result: the model when the manifest has no error, and every diagnostic
+/// (errors and warnings, sorted by position).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// `Some` only when no diagnostic is an error (warnings allowed).
+    pub model: Option<Model>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Checked {
+    pub fn has_errors(&self) -> bool {
+        diag::has_errors(&self.diagnostics)
+    }
+
+    pub fn has_warnings(&self) -> bool {
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == diag::Severity::Warning)
+    }
+}
+
+/// Parses and resolves a manifest: the one-shot front end.
+pub fn check(source: &Source) -> Checked {
+    let parsed = syntax::parse(source);
+    let mut diagnostics = parsed.diagnostics;
+    let mut model = None;
+    if let Some(manifest) = &parsed.manifest {
+        let (resolved, more) = model::resolve(manifest);
+        diagnostics.extend(more);
+        model = resolved;
+    }
+    if diag::has_errors(&diagnostics) {
+        model = None;
+    }
+    Checked { model, diagnostics }
+}

@@ -1,15 +1,163 @@
-//! `dbward check` (placeholder until its issue lands).
+//! `dbward check FILE`: validates a manifest and reports every problem at once.
+//!
+//! Exit code 0 when the manifest is valid, 1 when it is not (warnings count only with
+//! `--deny-warnings`). Diagnostics go to stderr for people (`--format human`, coloured only on a
+//! terminal without `NO_COLOR`) or to stdout as JSON for CI annotations (`--format json`).
 
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+
+use crate::diag;
+
+/// Width diagnostics are wrapped at: stable, so output does not depend on the terminal.
+pub const RENDER_WIDTH: usize = 100;
+
 /// Arguments of `dbward check`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// Remaining arguments (placeholder).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+    /// The manifest to check.
+    pub file: PathBuf,
+    /// Treat warnings as errors (exit 1 when there is any).
+    #[arg(long)]
+    pub deny_warnings: bool,
+    /// How to print diagnostics.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
 }
 
-pub fn run(_args: CheckArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`dbward check` is not implemented yet")
+/// Output format of `dbward check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Rendered diagnostics on stderr.
+    Human,
+    /// A JSON array of diagnostics on stdout (file, line, column, code, severity, message, help).
+    Json,
+}
+
+/// What one check produced, separated from where it is printed so tests can run it in-process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub stderr: String,
+    /// 0 valid, 1 invalid.
+    pub code: u8,
+}
+
+/// Checks manifest bytes as `dbward check` does and returns what it would print.
+pub fn check_bytes(name: &str, bytes: Vec<u8>, args: &CheckArgs, color: bool) -> Outcome {
+    let (source, mut diagnostics) = crate::syntax::decode(name, bytes);
+    let mut summary = None;
+    // Text that is not UTF-8 is not parsed further: every later error would be noise.
+    if diagnostics.is_empty() {
+        let checked = crate::check(&source);
+        summary = checked.model.as_ref().map(|m| {
+            format!(
+                "{name}: valid ({} databases, {} roles, {} users, {} access entries)",
+                m.databases.len(),
+                m.roles.len(),
+                m.users.len(),
+                m.access.len()
+            )
+        });
+        diagnostics = checked.diagnostics;
+    }
+    let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = diagnostics.len() - errors;
+    let failed = errors > 0 || (args.deny_warnings && warnings > 0);
+    let mut out = Outcome {
+        stdout: String::new(),
+        stderr: String::new(),
+        code: u8::from(failed),
+    };
+    match args.format {
+        Format::Json => {
+            let json = diag::to_json(&source, &diagnostics);
+            out.stdout = format!(
+                "{}\n",
+                serde_json::to_string_pretty(&json).unwrap_or_default()
+            );
+        }
+        Format::Human => {
+            out.stderr = diag::render(&source, &diagnostics, RENDER_WIDTH, color);
+            let counts = format!(
+                "{errors} error{}, {warnings} warning{}",
+                if errors == 1 { "" } else { "s" },
+                if warnings == 1 { "" } else { "s" }
+            );
+            if failed {
+                let why = if errors == 0 {
+                    " (warnings denied)"
+                } else {
+                    ""
+                };
+                out.stderr
+                    .push_str(&format!("{name}: invalid: {counts}{why}\n"));
+            } else if let Some(summary) = summary {
+                out.stdout = format!("{summary}\n");
+                if warnings > 0 {
+                    out.stderr.push_str(&format!("{name}: {counts}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether stderr should be coloured: a terminal, and `NO_COLOR` unset or empty.
+pub fn use_color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}; check the path", args.file.display()))?;
+    let name = args.file.display().to_string();
+    let outcome = check_bytes(&name, bytes, &args, use_color());
+    std::io::stdout().write_all(outcome.stdout.as_bytes())?;
+    std::io::stderr().write_all(outcome.stderr.as_bytes())?;
+    Ok(ExitCode::from(outcome.code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(format: Format, deny_warnings: bool) -> CheckArgs {
+        CheckArgs {
+            file: PathBuf::from("m.kdl"),
+            deny_warnings,
+            format,
+        }
+    }
+
+    #[test]
+    fn invalid_is_exit_one_and_json_has_positions() {
+        let out = check_bytes(
+            "m.kdl",
+            b"dbward version=2\n".to_vec(),
+            &args(Format::Json, false),
+            false,
+        );
+        assert_eq!(out.code, 1);
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        let first = &json[0];
+        assert_eq!(first["file"], "m.kdl");
+        assert!(first["line"].as_u64().is_some());
+        assert!(first["code"].as_str().unwrap_or("").starts_with("dbward::"));
+    }
+
+    #[test]
+    fn not_utf8_is_exit_one() {
+        let out = check_bytes(
+            "m.kdl",
+            b"dbward \xff\xfe".to_vec(),
+            &args(Format::Human, false),
+            false,
+        );
+        assert_eq!(out.code, 1);
+        assert!(out.stderr.contains("dbward::not_utf8"), "{}", out.stderr);
+    }
 }

@@ -1,0 +1,177 @@
+//! Validation rules, one per file. Each file's doc comment says what it catches, why it matters,
+//! an example and how to fix it; each has its own tests.
+//!
+//! Rules read the AST (so they can point at spans) and push [`Diagnostic`]s; none stops at the
+//! first problem. [`check`] runs the rules that decide whether a model can be built at all;
+//! [`check_model`] runs those that need the resolved model and its access table.
+
+pub mod durations;
+pub mod value_types;
+pub mod version;
+pub mod vocabulary;
+
+use std::collections::BTreeMap;
+
+use super::access::WildcardNarrowing;
+use super::types::Model;
+use crate::diag::Diagnostic;
+use crate::syntax::ast::{Manifest, Node};
+use crate::syntax::{NodeSpec, spec};
+
+/// Runs every rule that works on the AST alone.
+pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
+    version::check(manifest, diags);
+    vocabulary::check(manifest, diags);
+    value_types::check(manifest, diags);
+    durations::check(manifest, diags);
+}
+
+/// Runs the rules that need the model and the access computation.
+pub fn check_model(
+    manifest: &Manifest,
+    model: &Model,
+    narrowings: &[WildcardNarrowing],
+    diags: &mut Vec<Diagnostic>,
+) {
+}
+
+/// Calls `f` on every node whose path the vocabulary knows, with its spec (children of unknown
+/// nodes are skipped: the vocabulary rule has already reported their parent).
+pub fn walk_known<'a>(manifest: &'a Manifest, mut f: impl FnMut(&'a Node, &'static NodeSpec)) {
+    fn go<'a>(nodes: &'a [Node], parent: &str, f: &mut impl FnMut(&'a Node, &'static NodeSpec)) {
+        for node in nodes {
+            let path = if parent.is_empty() {
+                node.name().to_string()
+            } else {
+                format!("{parent}/{}", node.name())
+            };
+            if let Some(spec) = spec(&path) {
+                f(node, spec);
+                go(node.children(), &path, f);
+            }
+        }
+    }
+    go(&manifest.nodes, "", &mut f);
+}
+
+/// The closest candidate to `word`, if one is close enough to be a likely typo.
+pub fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
+    let lower = word.to_lowercase();
+    let mut best: Option<(f64, &str)> = None;
+    for candidate in candidates {
+        if candidate == word {
+            continue;
+        }
+        let score = if candidate.to_lowercase() == lower {
+            1.0
+        } else {
+            strsim::normalized_damerau_levenshtein(&lower, &candidate.to_lowercase())
+                .max(strsim::jaro_winkler(&lower, &candidate.to_lowercase()) - 0.15)
+        };
+        if score >= 0.7 && best.is_none_or(|(s, _)| score > s) {
+            best = Some((score, candidate));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// " (did you mean `x`?)" or "".
+pub fn suggestion<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> String {
+    did_you_mean(word, candidates)
+        .map(|c| format!("did you mean `{c}`?"))
+        .unwrap_or_default()
+}
+
+/// Top-level nodes of one kind, by their name argument (the first wins; duplicates are a rule).
+pub fn by_name<'a>(manifest: &'a Manifest, kind: &'a str) -> BTreeMap<&'a str, &'a Node> {
+    let mut map = BTreeMap::new();
+    for node in manifest.nodes_named(kind) {
+        if let Some(name) = node.first_str() {
+            map.entry(name).or_insert(node);
+        }
+    }
+    map
+}
+
+/// The string value of a database's `labels`, by key.
+pub fn labels_of(db: &Node) -> BTreeMap<&str, &str> {
+    db.children_named("labels")
+        .flat_map(|l| l.props.iter())
+        .filter_map(|p| Some((p.name.text.as_str(), p.value.as_str()?)))
+        .collect()
+}
+
+/// The databases (nodes) a `databases` selector node matches, evaluated on the AST.
+pub fn selected<'a>(manifest: &'a Manifest, selector: &Node) -> Vec<&'a Node> {
+    let wanted: Vec<(&str, &str)> = selector
+        .props
+        .iter()
+        .filter_map(|p| Some((p.name.text.as_str(), p.value.as_str()?)))
+        .collect();
+    let names: Vec<&str> = selector.str_args().map(|(s, _)| s).collect();
+    manifest
+        .nodes_named("database")
+        .filter(|db| {
+            if !selector.props.is_empty() {
+                let labels = labels_of(db);
+                wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+            } else if names.contains(&"*") {
+                true
+            } else {
+                db.first_str().is_some_and(|n| names.contains(&n))
+            }
+        })
+        .collect()
+}
+
+/// Names declared by children `kind` of a node (`db-user` of a database).
+pub fn declared<'a>(node: &'a Node, kind: &'a str) -> Vec<&'a str> {
+    node.children_named(kind)
+        .filter_map(Node::first_str)
+        .collect()
+}
+
+#[cfg(test)]
+pub mod test_support {
+    //! Runs the whole front end on a snippet, for the rules' own tests.
+    use crate::diag::Diagnostic;
+    use crate::source::Source;
+
+    /// A valid manifest prefix (version and relay) so snippets only write what they test.
+    pub const PRELUDE: &str = "dbward version=1\nrelay {\n    listen \"0.0.0.0:6432\"\n    public-name \"db.example.com\"\n}\n";
+
+    /// All diagnostics of `PRELUDE + body`.
+    pub fn diags(body: &str) -> Vec<Diagnostic> {
+        let source = Source::new("test.kdl", format!("{PRELUDE}{body}"));
+        crate::check(&source).diagnostics
+    }
+
+    /// The codes of all diagnostics of `PRELUDE + body`.
+    pub fn codes(body: &str) -> Vec<&'static str> {
+        diags(body).iter().map(|d| d.code).collect()
+    }
+
+    /// Asserts that `body` yields a diagnostic with `code` whose message contains `text`.
+    #[track_caller]
+    pub fn expect(body: &str, code: &str, text: &str) {
+        let all = diags(body);
+        assert!(
+            all.iter()
+                .any(|d| d.code == code && d.message.contains(text)),
+            "expected {code} containing {text:?}, got: {all:#?}"
+        );
+    }
+
+    /// Asserts that `body` yields no diagnostic with `code`.
+    #[track_caller]
+    pub fn absent(body: &str, code: &str) {
+        let all = diags(body);
+        assert!(
+            all.iter().all(|d| d.code != code),
+            "expected no {code}, got: {all:#?}"
+        );
+    }
+}

@@ -1,1 +1,296 @@
-//! (placeholder: filled in by its issue)
+//! Apply: writes a [`Plan`] to disk so that a failure at any point leaves every previous file
+//! intact and no temporary file behind.
+//!
+//! **Two phases.** First every new file is *staged*: written to a temp file in its target's
+//! own directory (so the final rename never crosses a filesystem), created with mode 0600 (so
+//! a key is never readable by others, not even briefly), then given its final mode and
+//! fsynced. Only when every file is staged are they *committed*: each temp file is renamed
+//! over its target and each touched directory is fsynced. A failure while staging (disk full,
+//! permission denied, a directory where a file should be) drops the staged temp files, which
+//! deletes them, and touches nothing else. Removals and the state record come last.
+
+use std::collections::BTreeSet;
+use std::fs::{self, DirBuilder, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+use crate::emit::env::{STATE_DIR, TEMP_PREFIX};
+use crate::plan::state::state_path;
+use crate::plan::{Action, Plan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(
+        "{} file(s) were changed outside dbward since the last apply: {}; nothing was written. \
+         Restore them, or re-run with --force to overwrite (or remove) them",
+        .0.len(), .0.join(", ")
+    )]
+    Drift(Vec<String>),
+    #[error("refusing to write outside the output directory: {0:?} is not a plain relative path")]
+    UnsafePath(String),
+    #[error("cannot {action} {path}: {source}; nothing was changed")]
+    Stage {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot {action} {path}: {source}; files committed before this point are in place, the \
+         rest keep their previous content: fix the cause and apply again"
+    )]
+    Commit {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub written: usize,
+    pub removed: usize,
+    /// Whether `.dbward/state.json` was rewritten.
+    pub state_written: bool,
+}
+
+/// Writes `plan` under `out`. Without `force`, refuses (writing nothing) when any change
+/// overwrites or removes a file edited outside dbward.
+pub fn apply(out: &Path, plan: &Plan, force: bool) -> Result<Applied, ApplyError> {
+    let drifted: Vec<String> = plan.drifted().map(|c| c.path.clone()).collect();
+    if !drifted.is_empty() && !force {
+        return Err(ApplyError::Drift(drifted));
+    }
+    for change in &plan.changes {
+        check_relative(&change.path)?;
+    }
+
+    let mut created_dirs = Vec::new();
+    let staged = match stage_all(out, plan, &mut created_dirs) {
+        Ok(staged) => staged,
+        Err(e) => {
+            // The staged temp files are already gone (dropped); remove directories this apply
+            // created, deepest first, so a failed apply leaves the tree as it found it.
+            for dir in created_dirs.iter().rev() {
+                let _ = fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+    };
+
+    let mut applied = Applied::default();
+    let mut dirs = BTreeSet::new();
+    for (target, temp) in staged {
+        temp.persist(&target).map_err(|e| ApplyError::Commit {
+            action: "rename into place",
+            path: target.clone(),
+            source: e.error,
+        })?;
+        if let Some(parent) = target.parent() {
+            dirs.insert(parent.to_path_buf());
+        }
+        applied.written += 1;
+    }
+    for change in plan.changes.iter().filter(|c| c.action == Action::Remove) {
+        let target = out.join(&change.path);
+        match fs::remove_file(&target) {
+            Ok(()) => applied.removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ApplyError::Commit {
+                    action: "remove",
+                    path: target,
+                    source,
+                });
+            }
+        }
+        remove_empty_parents(out, &target, &mut dirs);
+    }
+    for dir in &dirs {
+        sync_dir(dir).map_err(|source| ApplyError::Commit {
+            action: "fsync directory",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+
+    if plan.state_outdated || !plan.is_empty() {
+        write_state(out, plan)?;
+        applied.state_written = true;
+    }
+    Ok(applied)
+}
+
+/// Writes a single file atomically (temp file, fsync, rename, fsync of the directory), e.g.
+/// a plan file or the state record. The file has `mode` from creation on when `mode` is
+/// 0600; otherwise it is widened only after the content is complete.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ApplyError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut created = Vec::new();
+    let temp = match ensure_dir(&parent, &parent, &mut created)
+        .and_then(|()| stage(&parent, path, bytes, mode))
+    {
+        Ok(temp) => temp,
+        Err(e) => {
+            for dir in created.iter().rev() {
+                let _ = fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+    };
+    temp.persist(path).map_err(|e| ApplyError::Commit {
+        action: "rename into place",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    sync_dir(&parent).map_err(|source| ApplyError::Commit {
+        action: "fsync directory",
+        path: parent,
+        source,
+    })
+}
+
+fn write_state(out: &Path, plan: &Plan) -> Result<(), ApplyError> {
+    ensure_dir(out, &out.join(STATE_DIR), &mut Vec::new())?;
+    write_atomic(&state_path(out), &plan.next_state.to_bytes(), 0o644)
+}
+
+/// Refuses absolute paths, `..`, and anything else that could leave `--out` (plan files are
+/// read from disk and could have been edited).
+fn check_relative(path: &str) -> Result<(), ApplyError> {
+    let p = Path::new(path);
+    let plain = !path.is_empty()
+        && p.components().all(|c| matches!(c, Component::Normal(_)))
+        && !path
+            .split('/')
+            .any(|part| part == STATE_DIR || part.starts_with(TEMP_PREFIX));
+    if plain {
+        Ok(())
+    } else {
+        Err(ApplyError::UnsafePath(path.to_string()))
+    }
+}
+
+/// Phase one: every add/change written to a synced temp file beside its target.
+fn stage_all(
+    out: &Path,
+    plan: &Plan,
+    created_dirs: &mut Vec<PathBuf>,
+) -> Result<Vec<(PathBuf, NamedTempFile)>, ApplyError> {
+    let mut staged = Vec::new();
+    for change in &plan.changes {
+        let Some(after) = &change.after else {
+            continue;
+        };
+        let target = out.join(&change.path);
+        let parent = target.parent().unwrap_or(out).to_path_buf();
+        ensure_dir(out, &parent, created_dirs)?;
+        // A directory (or anything but a file or symlink) where the file goes would make the
+        // rename fail halfway through the commit; find it now, before anything changed.
+        if let Ok(meta) = fs::symlink_metadata(&target)
+            && meta.is_dir()
+        {
+            return Err(ApplyError::Stage {
+                action: "replace",
+                path: target,
+                source: io::Error::new(io::ErrorKind::IsADirectory, "a directory is in the way"),
+            });
+        }
+        staged.push((
+            target.clone(),
+            stage(&parent, &target, &after.bytes, after.mode)?,
+        ));
+    }
+    Ok(staged)
+}
+
+/// Writes `bytes` to a new temp file in `dir`, sets `mode`, fsyncs it.
+fn stage(dir: &Path, target: &Path, bytes: &[u8], mode: u32) -> Result<NamedTempFile, ApplyError> {
+    let err = |action: &'static str| {
+        let path = target.to_path_buf();
+        move |source| ApplyError::Stage {
+            action,
+            path,
+            source,
+        }
+    };
+    // tempfile creates the file with mode 0600, so secrets are private from the first byte.
+    let mut temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(err("create a temporary file for"))?;
+    temp.write_all(bytes).map_err(err("write"))?;
+    if mode != 0o600 {
+        temp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(err("set the mode of"))?;
+    }
+    temp.as_file().sync_all().map_err(err("fsync"))?;
+    Ok(temp)
+}
+
+/// Creates `dir` and missing parents (recording each one created). `ca/` and `.dbward/` are
+/// private (0700): CA keys never leave `--out`, and the state reveals what is there.
+fn ensure_dir(out: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> Result<(), ApplyError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+        && dir != out
+    {
+        ensure_dir(out, parent, created)?;
+    }
+    let private = dir
+        .file_name()
+        .is_some_and(|name| name == "ca" || name == STATE_DIR)
+        && dir.parent() == Some(out);
+    let mode = if private { 0o700 } else { 0o755 };
+    match DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {
+            created.push(dir.to_path_buf());
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(source) => Err(ApplyError::Stage {
+            action: "create the directory",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// After removing `target`, removes its now-empty parent directories up to `out`.
+fn remove_empty_parents(out: &Path, target: &Path, dirs: &mut BTreeSet<PathBuf>) {
+    let mut dir = target.parent();
+    while let Some(d) = dir {
+        if d == out || !d.starts_with(out) {
+            dirs.insert(d.to_path_buf());
+            break;
+        }
+        if fs::remove_dir(d).is_err() {
+            // Not empty (or not ours to remove): sync it instead, as its entry list changed.
+            dirs.insert(d.to_path_buf());
+            break;
+        }
+        dirs.remove(d);
+        dir = d.parent();
+    }
+}
+
+/// fsync of a directory, so a rename or removal in it survives a crash.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests;

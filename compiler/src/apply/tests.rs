@@ -1,0 +1,155 @@
+//! Tests of atomic, all-or-nothing writes on a real filesystem.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+use crate::emit::env::read_tree;
+use crate::emit::{Artifact, Artifacts};
+use crate::plan::{self, State};
+
+fn plan_for(out: &Path, wanted: &Artifacts) -> Plan {
+    let existing = read_tree(out).unwrap();
+    let state = State::load(out).unwrap();
+    plan::compute(wanted, &existing, &state)
+}
+
+fn wanted(entries: &[(&str, Artifact)]) -> Artifacts {
+    entries
+        .iter()
+        .map(|(p, a)| (p.to_string(), a.clone()))
+        .collect()
+}
+
+/// Every path under `dir`, including temp files and `.dbward/`.
+fn all_paths(dir: &Path) -> Vec<String> {
+    let mut paths = Vec::new();
+    fn walk(root: &Path, dir: &Path, paths: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            paths.push(path.strip_prefix(root).unwrap().display().to_string());
+            if path.is_dir() {
+                walk(root, &path, paths);
+            }
+        }
+    }
+    walk(dir, dir, &mut paths);
+    paths.sort();
+    paths
+}
+
+#[test]
+fn apply_writes_modes_and_state_and_twice_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let files = wanted(&[
+        ("ca/x.key", Artifact::secret("K")),
+        ("relay/frozen.json", Artifact::text("{}\n")),
+    ]);
+    let applied = apply(&out, &plan_for(&out, &files), false).unwrap();
+    assert_eq!(applied.written, 2);
+    let mode = |p: &str| fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("ca/x.key"), 0o600);
+    assert_eq!(mode("ca"), 0o700);
+    assert_eq!(mode("relay/frozen.json"), 0o644);
+    let before: BTreeMap<String, Vec<u8>> = all_paths(&out)
+        .into_iter()
+        .filter(|p| out.join(p).is_file())
+        .map(|p| (p.clone(), fs::read(out.join(&p)).unwrap()))
+        .collect();
+    let again = plan_for(&out, &files);
+    assert!(again.is_empty() && !again.state_outdated, "{again:?}");
+    assert_eq!(apply(&out, &again, false).unwrap(), Applied::default());
+    let after: BTreeMap<String, Vec<u8>> = all_paths(&out)
+        .into_iter()
+        .filter(|p| out.join(p).is_file())
+        .map(|p| (p.clone(), fs::read(out.join(&p)).unwrap()))
+        .collect();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn removed_artifacts_are_deleted_with_their_empty_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let first = wanted(&[
+        ("databases/old/pg_hba.conf", Artifact::text("x\n")),
+        ("relay/frozen.json", Artifact::text("{}\n")),
+    ]);
+    apply(out, &plan_for(out, &first), false).unwrap();
+    let second = wanted(&[("relay/frozen.json", Artifact::text("{}\n"))]);
+    let plan = plan_for(out, &second);
+    assert_eq!(plan.counts(), (0, 0, 1));
+    apply(out, &plan, false).unwrap();
+    assert!(!out.join("databases").exists());
+    assert!(plan_for(out, &second).is_empty());
+}
+
+#[test]
+fn drift_is_refused_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let files = wanted(&[("x.conf", Artifact::text("a\n"))]);
+    apply(out, &plan_for(out, &files), false).unwrap();
+    fs::write(out.join("x.conf"), "hand edit\n").unwrap();
+    let plan = plan_for(out, &files);
+    let err = apply(out, &plan, false).unwrap_err();
+    assert!(
+        matches!(err, ApplyError::Drift(ref p) if p == &["x.conf"]),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("x.conf")).unwrap(),
+        "hand edit\n"
+    );
+    apply(out, &plan, true).unwrap();
+    assert_eq!(fs::read_to_string(out.join("x.conf")).unwrap(), "a\n");
+}
+
+#[test]
+fn a_failure_while_staging_changes_nothing_and_leaves_no_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let first = wanted(&[
+        ("a/one.conf", Artifact::text("1\n")),
+        ("b/two.conf", Artifact::text("2\n")),
+    ]);
+    apply(out, &plan_for(out, &first), false).unwrap();
+    let before = all_paths(out);
+    // A directory where a new file must go: staging fails after other files were staged.
+    fs::create_dir_all(out.join("c/three.conf")).unwrap();
+    let second = wanted(&[
+        ("a/one.conf", Artifact::text("1 changed\n")),
+        ("b/two.conf", Artifact::text("2 changed\n")),
+        ("c/three.conf", Artifact::text("3\n")),
+        ("d/new/four.conf", Artifact::text("4\n")),
+    ]);
+    let err = apply(out, &plan_for(out, &second), false).unwrap_err();
+    assert!(err.to_string().contains("c/three.conf"), "{err}");
+    assert_eq!(fs::read_to_string(out.join("a/one.conf")).unwrap(), "1\n");
+    assert_eq!(fs::read_to_string(out.join("b/two.conf")).unwrap(), "2\n");
+    let mut expected = before;
+    expected.extend(["c".to_string(), "c/three.conf".to_string()]);
+    expected.sort();
+    assert_eq!(all_paths(out), expected);
+}
+
+#[test]
+fn paths_that_leave_the_output_directory_are_refused() {
+    for bad in ["../x", "/etc/passwd", "a/../../x", "", ".dbward/state.json"] {
+        assert!(check_relative(bad).is_err(), "{bad}");
+    }
+    assert!(check_relative("databases/orders/pg_hba.conf").is_ok());
+}
+
+#[test]
+fn write_atomic_creates_secrets_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    write_atomic(&path, b"secret", 0o600).unwrap();
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(all_paths(dir.path()), ["plan.json"]);
+}

@@ -1,0 +1,116 @@
+//! The plan as a versioned JSON document for CI bots (`dbward plan --json`). It never carries
+//! file content of sensitive files, nor even their hashes.
+
+use serde::Serialize;
+
+use super::{Action, Drift, Plan, sha256};
+
+/// Version of the plan JSON document; bumped on any incompatible change.
+pub const PLAN_JSON_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+pub struct PlanJson {
+    pub format_version: u32,
+    /// `true` when `changes` is not empty.
+    pub has_changes: bool,
+    pub summary: Summary,
+    pub changes: Vec<ChangeJson>,
+}
+
+#[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub destroy: usize,
+    /// Changes that overwrite or remove a hand edit (apply needs `--force`).
+    pub drifted: usize,
+}
+
+#[derive(Debug, Serialize)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+pub struct ChangeJson {
+    pub path: String,
+    /// `add`, `change` or `remove`.
+    pub action: String,
+    pub sensitive: bool,
+    /// `edited` (changed by hand since the last apply), `unmanaged` (never written by dbward),
+    /// or absent.
+    pub drift: Option<String>,
+    pub mode_before: Option<u32>,
+    pub mode_after: Option<u32>,
+    /// `sha256:<hex>` of the content before and after; absent for sensitive files.
+    pub sha256_before: Option<String>,
+    pub sha256_after: Option<String>,
+    /// Unified diff for changed text files that are not sensitive.
+    pub diff: Option<String>,
+}
+
+/// The JSON document of a plan.
+pub fn to_json(plan: &Plan) -> PlanJson {
+    let (add, change, destroy) = plan.counts();
+    let changes = plan
+        .changes
+        .iter()
+        .map(|c| {
+            let hash = |v: &Option<super::FileVersion>| {
+                if c.sensitive {
+                    None
+                } else {
+                    v.as_ref().map(|v| sha256(&v.bytes))
+                }
+            };
+            let diff = match (&c.before, &c.after) {
+                (Some(before), Some(after)) if !c.sensitive => {
+                    match (
+                        std::str::from_utf8(&before.bytes),
+                        std::str::from_utf8(&after.bytes),
+                    ) {
+                        (Ok(old), Ok(new)) if old != new => Some(
+                            similar::TextDiff::from_lines(old, new)
+                                .unified_diff()
+                                .header(&format!("a/{}", c.path), &format!("b/{}", c.path))
+                                .to_string(),
+                        ),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            ChangeJson {
+                path: c.path.clone(),
+                action: match c.action {
+                    Action::Add => "add",
+                    Action::Change => "change",
+                    Action::Remove => "remove",
+                }
+                .into(),
+                sensitive: c.sensitive,
+                drift: c.drift.map(|d| {
+                    match d {
+                        Drift::Edited => "edited",
+                        Drift::Unmanaged => "unmanaged",
+                    }
+                    .into()
+                }),
+                mode_before: c.before.as_ref().map(|v| v.mode),
+                mode_after: c.after.as_ref().map(|v| v.mode),
+                sha256_before: hash(&c.before),
+                sha256_after: hash(&c.after),
+                diff,
+            }
+        })
+        .collect();
+    PlanJson {
+        format_version: PLAN_JSON_VERSION,
+        has_changes: !plan.is_empty(),
+        summary: Summary {
+            add,
+            change,
+            destroy,
+            drifted: plan.drifted().count(),
+        },
+        changes,
+    }
+}

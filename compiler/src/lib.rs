@@ -19,6 +19,7 @@ pub mod apply;
 pub mod cli;
 pub mod diag;
 pub mod emit;
+pub mod explain;
 pub mod fmt;
 pub mod model;
 pub mod plan;

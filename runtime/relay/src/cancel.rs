@@ -1,0 +1,119 @@
+//! Cancel keys: the relay gives each client its own random (pid, secret) and maps it to the
+//! upstream backend's key, so a CancelRequest sent to the relay reaches the right server while
+//! the upstream's key never leaves the relay.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::protocol::{BackendKey, ClientKey};
+use crate::upstream::{self, Target};
+
+/// Where a cancel for one relay-issued key goes.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub upstream: Arc<Target>,
+    /// The key the upstream backend gave us.
+    pub backend: BackendKey,
+}
+
+/// Relay-issued keys of live sessions.
+#[derive(Debug)]
+pub struct CancelMap {
+    keys: Mutex<HashMap<ClientKey, CancelTarget>>,
+    random: SystemRandom,
+}
+
+impl Default for CancelMap {
+    fn default() -> Self {
+        CancelMap {
+            keys: Mutex::new(HashMap::new()),
+            random: SystemRandom::new(),
+        }
+    }
+}
+
+/// Removes its key from the map when the session ends (dropped), however it ends.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    map: &'a CancelMap,
+    pub key: ClientKey,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.map.lock().remove(&self.key);
+    }
+}
+
+impl CancelMap {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, CancelTarget>> {
+        // A panic while holding the lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Issues a fresh random key for a session and remembers where it cancels.
+    pub fn register(&self, target: CancelTarget) -> Result<Registration<'_>, CancelError> {
+        let mut keys = self.lock();
+        loop {
+            let mut bytes = [0u8; 8];
+            self.random
+                .fill(&mut bytes)
+                .map_err(|_| CancelError::Random)?;
+            let key = ClientKey {
+                pid: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+                secret: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+            };
+            // A pid of 0 looks like "no backend" to some clients; collisions are retried.
+            if key.pid != 0 && !keys.contains_key(&key) {
+                keys.insert(key, target);
+                return Ok(Registration { map: self, key });
+            }
+        }
+    }
+
+    /// Where a client key cancels, if it belongs to a live session.
+    pub fn lookup(&self, key: ClientKey) -> Option<CancelTarget> {
+        self.lock().get(&key).cloned()
+    }
+
+    /// Number of live keys (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Handles a CancelRequest: forwards it upstream when the key is known, and silently does
+    /// nothing otherwise (as PostgreSQL does, so keys cannot be probed).
+    pub async fn cancel(&self, key: ClientKey, timeout: Duration) {
+        let Some(target) = self.lookup(key) else {
+            tracing::debug!("cancel request with an unknown key ignored");
+            return;
+        };
+        match tokio::time::timeout(
+            timeout,
+            upstream::send_cancel(&target.upstream, target.backend),
+        )
+        .await
+        {
+            Ok(Ok(())) => tracing::debug!(upstream = %target.upstream.address, "cancel forwarded"),
+            Ok(Err(error)) => {
+                tracing::warn!(upstream = %target.upstream.address, %error, "cancel not forwarded")
+            }
+            Err(_) => tracing::warn!(upstream = %target.upstream.address, "cancel timed out"),
+        }
+    }
+}
+
+/// Why a key could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("the system random number generator failed")]
+    Random,
+}

@@ -1,0 +1,675 @@
+//! One client connection, from its first byte to its end:
+//! negotiate TLS → identify (certificate, SNI) → authorize (access table) → upstream → relay.
+//!
+//! **Invariants**
+//! - Nothing is dialled upstream before the access check has passed.
+//! - Every refusal is a PostgreSQL ErrorResponse that says what was refused and why, a
+//!   `session.denied` audit event and a metric; nothing else leaves the relay for it.
+//! - The session uses one config snapshot from accept to end, so a reload never changes the
+//!   rules under a running session.
+//! - After startup the bytes are relayed as they are; only frame headers (and the SQL text of
+//!   Query/Parse messages, when audit asks for it) are looked at.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dbward_frozen::Provision;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::audit::{QueryMessage, SessionInfo};
+use crate::cancel::CancelTarget;
+use crate::metrics::DenyReason;
+use crate::protocol::backend::{self, CONNECTION_FAILURE, INVALID_AUTHORIZATION};
+use crate::protocol::frames::{QueryKind, QueryScanner};
+use crate::protocol::options::{self, DATABASE_OPTION};
+use crate::protocol::startup::PROTOCOL_3_0;
+use crate::protocol::{ClientKey, Startup, StartupError, StartupMessage};
+use crate::state::{Loaded, Shared};
+use crate::tls::ALPN_POSTGRESQL;
+use crate::upstream::{self, Target, Upstream, UpstreamError};
+
+/// The first byte of a TLS record (handshake): a PostgreSQL 17 client using direct TLS.
+const TLS_HANDSHAKE_BYTE: u8 = 0x16;
+
+/// Relay buffer sizes: small while a session is quiet, growing while a result streams.
+const SMALL_BUFFER: usize = 2 * 1024;
+const LARGE_BUFFER: usize = 64 * 1024;
+
+/// How long closing one side may take once the other has ended.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a connection ended during its handshake without a refusal message.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("connection closed by the client")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error("invalid startup packet: {0}")]
+    Startup(#[from] StartupError),
+    #[error("protocol violation: {0}")]
+    Violation(&'static str),
+}
+
+/// A refusal: what the client is told, and how it is counted and audited.
+#[derive(Debug)]
+struct Denial {
+    reason: DenyReason,
+    code: &'static str,
+    message: String,
+    hint: Option<String>,
+}
+
+impl Denial {
+    fn access(reason: DenyReason, message: String, hint: Option<String>) -> Denial {
+        Denial {
+            reason,
+            code: INVALID_AUTHORIZATION,
+            message,
+            hint,
+        }
+    }
+}
+
+/// What the handshake produced.
+enum Negotiated {
+    /// A TLS session with its StartupMessage (and any bytes the client sent after it).
+    Session {
+        tls: Box<TlsStream<TcpStream>>,
+        startup: StartupMessage,
+        leftover: Vec<u8>,
+    },
+    /// A CancelRequest, plaintext or inside TLS.
+    Cancel(ClientKey),
+    /// The connection was answered and ended (a refusal already sent).
+    Done,
+}
+
+/// Serves one accepted connection to its end. Never panics on client input; every outcome is
+/// logged, counted and (for refusals and sessions) audited.
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let loaded = shared.current();
+    let mut info = SessionInfo::new(shared.next_session_id(), peer);
+    let limits = &loaded.config.relay.limits;
+    let handshake_timeout = Duration::from_millis(limits.handshake_timeout_ms);
+    let _ = tcp.set_nodelay(true);
+
+    let negotiated = tokio::time::timeout(
+        handshake_timeout,
+        negotiate(tcp, &loaded, &shared, &mut info),
+    )
+    .await;
+    let (tls, mut startup, leftover) = match negotiated {
+        Err(_) => {
+            shared.metrics.handshake_failed();
+            tracing::debug!(session = info.id, %peer, "handshake timed out");
+            return;
+        }
+        Ok(Err(error)) => {
+            shared.metrics.handshake_failed();
+            tracing::debug!(session = info.id, %peer, %error, "handshake failed");
+            if matches!(
+                error,
+                HandshakeError::Startup(_) | HandshakeError::Violation(_)
+            ) {
+                shared
+                    .audit
+                    .session_denied(&info, DenyReason::Protocol, &error.to_string());
+                shared.metrics.session_denied(DenyReason::Protocol);
+            }
+            return;
+        }
+        Ok(Ok(Negotiated::Done)) => return,
+        Ok(Ok(Negotiated::Cancel(key))) => {
+            let timeout = Duration::from_millis(limits.upstream_connect_timeout_ms);
+            shared.cancel.cancel(key, timeout).await;
+            return;
+        }
+        Ok(Ok(Negotiated::Session {
+            tls,
+            startup,
+            leftover,
+        })) => (tls, startup, leftover),
+    };
+
+    let target = match authorize(&loaded, &tls, &mut startup, &mut info) {
+        Ok(target) => target,
+        Err(denial) => return refuse(tls, &shared, &info, denial).await,
+    };
+    if !shared.audit.admits_new_sessions() {
+        let denial = Denial {
+            reason: DenyReason::AuditUnavailable,
+            code: CONNECTION_FAILURE,
+            message: "the relay cannot write its audit log, so it accepts no new sessions".into(),
+            hint: Some(
+                "tell the relay's operator; sessions resume once the log is writable".into(),
+            ),
+        };
+        return refuse(tls, &shared, &info, denial).await;
+    }
+    session(tls, startup, leftover, target, &loaded, &shared, info).await;
+}
+
+/// Reads the first packet(s), answers SSLRequest/GSSENCRequest, runs the TLS handshake and
+/// reads the StartupMessage inside TLS.
+async fn negotiate(
+    mut tcp: TcpStream,
+    loaded: &Loaded,
+    shared: &Shared,
+    info: &mut SessionInfo,
+) -> Result<Negotiated, HandshakeError> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 0 {
+        return Err(HandshakeError::Closed);
+    }
+    let direct = first[0] == TLS_HANDSHAKE_BYTE;
+    if !direct {
+        let mut buf = Vec::with_capacity(256);
+        let mut declined_gss = false;
+        loop {
+            match read_startup(&mut tcp, &mut buf).await? {
+                Startup::Ssl => {
+                    // Anything the client sent after SSLRequest, before our answer, would be
+                    // taken as if it came through TLS (CVE-2021-23214): refuse it.
+                    if !buf.is_empty() {
+                        return Err(HandshakeError::Violation(
+                            "data sent after SSLRequest before the TLS handshake",
+                        ));
+                    }
+                    tcp.write_all(b"S").await?;
+                    break;
+                }
+                Startup::GssEnc if !declined_gss && buf.is_empty() => {
+                    tcp.write_all(b"N").await?;
+                    declined_gss = true;
+                }
+                Startup::GssEnc => {
+                    return Err(HandshakeError::Violation("repeated GSSENCRequest"));
+                }
+                Startup::Cancel(key) => return Ok(Negotiated::Cancel(key)),
+                Startup::Startup(message) => {
+                    info.db_user = message.get("user").map(str::to_owned);
+                    let denial = Denial::access(
+                        DenyReason::TlsRequired,
+                        "TLS required: the dbward relay accepts only TLS connections with a \
+                         client certificate"
+                            .into(),
+                        Some(
+                            "connect with sslmode=verify-full, sslcert= and sslkey= set to the \
+                             certificate from `dbward cert issue`"
+                                .into(),
+                        ),
+                    );
+                    refuse(tcp, shared, info, denial).await;
+                    return Ok(Negotiated::Done);
+                }
+            }
+        }
+    }
+    let mut tls = TlsAcceptor::from(loaded.server_tls.config.clone())
+        .accept(tcp)
+        .await?;
+    if direct && tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+        // PostgreSQL itself insists on ALPN for direct TLS, so that a TLS connection meant for
+        // another protocol can never be mistaken for a PostgreSQL session.
+        return Err(HandshakeError::Violation(
+            "direct TLS connection without ALPN protocol \"postgresql\"",
+        ));
+    }
+    let mut buf = Vec::with_capacity(256);
+    match read_startup(&mut tls, &mut buf).await? {
+        Startup::Startup(startup) => Ok(Negotiated::Session {
+            tls: Box::new(tls),
+            startup,
+            leftover: buf,
+        }),
+        Startup::Cancel(key) => Ok(Negotiated::Cancel(key)),
+        Startup::Ssl | Startup::GssEnc => Err(HandshakeError::Violation(
+            "SSLRequest or GSSENCRequest inside TLS",
+        )),
+    }
+}
+
+/// Reads one first packet into `buf` and removes it; bytes after it stay in `buf`.
+async fn read_startup<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<Startup, HandshakeError> {
+    loop {
+        if let Some((packet, used)) = Startup::parse(buf)? {
+            buf.drain(..used);
+            return Ok(packet);
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(HandshakeError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Decides from the client certificate, SNI and startup parameters, with the access table of
+/// `loaded` only. Normalizes the startup message for forwarding: `user` and `database` set as
+/// decided, `dbward.database` removed from `options`.
+fn authorize(
+    loaded: &Loaded,
+    tls: &TlsStream<TcpStream>,
+    startup: &mut StartupMessage,
+    info: &mut SessionInfo,
+) -> Result<Arc<Target>, Denial> {
+    let conn = tls.get_ref().1;
+    let config = &loaded.config;
+    let public_name = config.relay.public_name.to_ascii_lowercase();
+
+    // Who.
+    let identity = loaded
+        .server_tls
+        .check
+        .check(conn.peer_certificates())
+        .map_err(|refusal| Denial::access(DenyReason::Certificate, refusal.to_string(), None))?;
+    info.identity = Some(identity.clone());
+
+    // Where: SNI first, else `-c dbward.database=…` in options. The option is always removed
+    // before forwarding, since PostgreSQL would refuse an unknown setting.
+    let from_sni = conn.server_name().and_then(|sni| {
+        let sni = sni.to_ascii_lowercase();
+        sni.strip_suffix(&public_name)?
+            .strip_suffix('.')
+            .filter(|db| !db.is_empty())
+            .map(str::to_owned)
+    });
+    let from_options = match startup.get("options") {
+        Some(opts) => {
+            let split = options::split(opts);
+            if split.rest.is_empty() {
+                startup.remove("options");
+            } else {
+                startup.set("options", split.rest);
+            }
+            split.database
+        }
+        None => None,
+    };
+    let database = match (from_sni, from_options) {
+        (Some(sni), Some(opt)) if sni != opt => {
+            return Err(Denial::access(
+                DenyReason::UnknownDatabase,
+                format!("the server name selects database \"{sni}\" but options select \"{opt}\""),
+                Some(format!(
+                    "drop {DATABASE_OPTION} from options, or make them agree"
+                )),
+            ));
+        }
+        (Some(db), _) | (None, Some(db)) => db,
+        (None, None) => {
+            return Err(Denial::access(
+                DenyReason::UnknownDatabase,
+                "no database selected: the relay could not tell which database you want".into(),
+                Some(format!(
+                    "connect to host <database>.{public_name}, or, when connecting by address, \
+                     add options='-c {DATABASE_OPTION}=<database>'"
+                )),
+            ));
+        }
+    };
+    info.database = Some(database.clone());
+    if !config.databases.contains_key(&database) {
+        return Err(Denial::access(
+            DenyReason::UnknownDatabase,
+            format!("database \"{database}\" is not in this relay's manifest"),
+            Some(format!(
+                "check the name in host <database>.{public_name}; the manifest decides which \
+                 databases exist"
+            )),
+        ));
+    }
+
+    // As whom: PostgreSQL requires a user and defaults the database name to it.
+    let user = startup.get("user").unwrap_or_default().to_owned();
+    if user.is_empty() {
+        return Err(Denial::access(
+            DenyReason::Protocol,
+            "no PostgreSQL user name specified in startup packet".into(),
+            Some("set user= in the connection string".into()),
+        ));
+    }
+    let db_name = match startup.get("database") {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => user.clone(),
+    };
+    startup.set("database", db_name.clone());
+    info.db_user = Some(user.clone());
+    info.db_name = Some(db_name.clone());
+
+    // The decision: from the compiled access table only.
+    let Some(access) = config.access_for(&identity, &database) else {
+        return Err(Denial::access(
+            DenyReason::NoAccess,
+            format!("{identity} has no access to database \"{database}\""),
+            Some("ask for a role that allows this database in the manifest".into()),
+        ));
+    };
+    let own_user = access.provision != Provision::Off && user == identity;
+    if !own_user && !access.db_users.contains(&user) {
+        return Err(Denial::access(
+            DenyReason::DbUserNotAllowed,
+            format!(
+                "{identity} is not allowed to log in to database \"{database}\" as user \"{user}\""
+            ),
+            Some(format!("allowed users: {}", access.db_users.join(", "))),
+        ));
+    }
+    if !access.db_names.contains(&db_name) {
+        let allowed = match &access.db_names {
+            dbward_frozen::NameSet::Any => "any".to_owned(),
+            dbward_frozen::NameSet::Only(names) => names.join(", "),
+        };
+        return Err(Denial::access(
+            DenyReason::DbNameNotAllowed,
+            format!(
+                "{identity} is not allowed to open database name \"{db_name}\" on database \
+                 \"{database}\""
+            ),
+            Some(format!("allowed database names: {allowed}")),
+        ));
+    }
+    match loaded.upstreams.get(&database) {
+        Some(Upstream::Ready(target)) => Ok(target.clone()),
+        Some(Upstream::Unsupported(reason)) => Err(Denial {
+            reason: DenyReason::Upstream,
+            code: CONNECTION_FAILURE,
+            message: reason.clone(),
+            hint: None,
+        }),
+        None => Err(Denial::access(
+            DenyReason::UnknownDatabase,
+            format!("database \"{database}\" has no upstream in this relay's config"),
+            None,
+        )),
+    }
+}
+
+/// Sends a refusal, audits and counts it, and closes the connection.
+async fn refuse<S: AsyncWrite + Unpin>(
+    mut stream: S,
+    shared: &Shared,
+    info: &SessionInfo,
+    denial: Denial,
+) {
+    tracing::info!(
+        session = info.id,
+        peer = %info.client_addr,
+        identity = info.identity.as_deref().unwrap_or("-"),
+        database = info.database.as_deref().unwrap_or("-"),
+        reason = denial.reason.as_str(),
+        message = %denial.message,
+        "session refused"
+    );
+    shared
+        .audit
+        .session_denied(info, denial.reason, &denial.message);
+    shared.metrics.session_denied(denial.reason);
+    let frame = backend::fatal(denial.code, &denial.message, denial.hint.as_deref());
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        stream.write_all(&frame).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Opens the upstream session, completes the client's startup, and relays until either side
+/// ends.
+async fn session(
+    tls: Box<TlsStream<TcpStream>>,
+    mut startup: StartupMessage,
+    leftover: Vec<u8>,
+    target: Arc<Target>,
+    loaded: &Loaded,
+    shared: &Shared,
+    info: SessionInfo,
+) {
+    // The relay speaks protocol 3.0 upstream; a client asking for a newer minor version is told
+    // so (NegotiateProtocolVersion), as PostgreSQL would, and its `_pq_.` options are dropped.
+    let mut negotiate = Vec::new();
+    if startup.version != PROTOCOL_3_0 {
+        let unsupported: Vec<String> = startup
+            .params
+            .iter()
+            .filter(|(n, _)| n.starts_with("_pq_."))
+            .map(|(n, _)| n.clone())
+            .collect();
+        startup.params.retain(|(n, _)| !n.starts_with("_pq_."));
+        startup.version = PROTOCOL_3_0;
+        negotiate = negotiate_protocol_version(&unsupported);
+    }
+
+    let limits = &loaded.config.relay.limits;
+    let connect_started = Instant::now();
+    let connected = tokio::time::timeout(
+        Duration::from_millis(limits.upstream_connect_timeout_ms),
+        upstream::connect(&target, &startup),
+    )
+    .await;
+    let database = info.database.clone().unwrap_or_default();
+    let mut upstream = match connected {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(UpstreamError::Refused { frame, message })) => {
+            // The database's own refusal (e.g. no such role) is relayed as it is.
+            tracing::info!(session = info.id, %message, "upstream refused the session");
+            shared
+                .audit
+                .session_denied(&info, DenyReason::Upstream, &message);
+            shared.metrics.session_denied(DenyReason::Upstream);
+            let mut tls = tls;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                tls.write_all(&frame).await?;
+                tls.flush().await?;
+                tls.shutdown().await
+            })
+            .await;
+            return;
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(session = info.id, upstream = %target.address, %error, "upstream failed");
+            let denial = Denial {
+                reason: DenyReason::Upstream,
+                code: CONNECTION_FAILURE,
+                message: format!("cannot open a session on database \"{database}\": {error}"),
+                hint: None,
+            };
+            return refuse(tls, shared, &info, denial).await;
+        }
+        Err(_) => {
+            let denial = Denial {
+                reason: DenyReason::Upstream,
+                code: CONNECTION_FAILURE,
+                message: format!(
+                    "cannot open a session on database \"{database}\": {} did not answer \
+                     within {} ms",
+                    target.address, limits.upstream_connect_timeout_ms
+                ),
+                hint: None,
+            };
+            return refuse(tls, shared, &info, denial).await;
+        }
+    };
+    shared.metrics.upstream_connected(connect_started.elapsed());
+
+    // The client's key is the relay's own; the upstream's never leaves the relay.
+    let registration = match upstream.backend_key {
+        Some(backend) => match shared.cancel.register(CancelTarget {
+            upstream: target.clone(),
+            backend,
+        }) {
+            Ok(registration) => Some(registration),
+            Err(error) => {
+                tracing::warn!(session = info.id, %error, "no cancel key for this session");
+                None
+            }
+        },
+        None => None,
+    };
+
+    // The whole startup reply in one write: AuthenticationOk, ParameterStatus…, BackendKeyData,
+    // ReadyForQuery.
+    let mut reply = negotiate;
+    reply.reserve(upstream.greeting.len() + 64 + upstream.leftover.len());
+    reply.extend_from_slice(&backend::AUTHENTICATION_OK);
+    reply.extend_from_slice(&upstream.greeting);
+    if let Some(registration) = &registration {
+        reply.extend_from_slice(&backend::backend_key_data(registration.key));
+    }
+    reply.extend_from_slice(&upstream.ready);
+    reply.extend_from_slice(&upstream.leftover);
+    let mut client = tls;
+    if write_flush(&mut client, &reply).await.is_err() {
+        return;
+    }
+    drop(reply);
+    upstream.greeting = Vec::new();
+    if !leftover.is_empty() && write_flush(&mut upstream.stream, &leftover).await.is_err() {
+        return;
+    }
+
+    let info = Arc::new(info);
+    let started = Instant::now();
+    shared.audit.session_start(&info);
+    shared.metrics.session_started();
+    tracing::info!(
+        session = info.id,
+        peer = %info.client_addr,
+        identity = info.identity.as_deref().unwrap_or("-"),
+        database = %database,
+        db_user = info.db_user.as_deref().unwrap_or("-"),
+        "session started"
+    );
+
+    let audit_queries = loaded
+        .config
+        .relay
+        .audit
+        .as_ref()
+        .is_some_and(|audit| audit.queries);
+    let mut on_query = |kind: QueryKind, sql: &[u8]| {
+        let message = match kind {
+            QueryKind::Query => QueryMessage::Query,
+            QueryKind::Parse => QueryMessage::Parse,
+        };
+        shared.audit.session_query(&info, message, sql);
+    };
+    let (from_client, to_client) = relay(
+        *client,
+        upstream.stream,
+        audit_queries.then_some(&mut on_query),
+    )
+    .await;
+    drop(registration);
+
+    shared
+        .audit
+        .session_end(&info, started.elapsed(), from_client, to_client);
+    shared.metrics.session_ended(from_client, to_client);
+    tracing::info!(
+        session = info.id,
+        duration_ms = started.elapsed().as_millis() as u64,
+        from_client,
+        to_client,
+        "session ended"
+    );
+}
+
+/// NegotiateProtocolVersion: the relay's newest minor version (0) and the options it ignored.
+fn negotiate_protocol_version(unsupported: &[String]) -> Vec<u8> {
+    let mut out = vec![b'v', 0, 0, 0, 0];
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&(unsupported.len() as u32).to_be_bytes());
+    for name in unsupported {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+    }
+    let len = (out.len() - 1) as u32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Called with the SQL text of every Query and Parse message the client sends.
+pub type OnQuery<'a> = dyn FnMut(QueryKind, &[u8]) + Send + 'a;
+
+/// Relays both directions until either side ends, then closes both. Returns the bytes relayed
+/// from the client and to the client.
+pub async fn relay<C, U>(client: C, upstream: U, on_query: Option<&mut OnQuery<'_>>) -> (u64, u64)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let mut from_client = 0u64;
+    let mut to_client = 0u64;
+    let mut scanner = on_query.map(|callback| (QueryScanner::default(), callback));
+    tokio::select! {
+        result = pump(&mut client_read, &mut upstream_write, &mut from_client, scanner.as_mut()) => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "client side ended");
+            }
+        }
+        result = pump(&mut upstream_read, &mut client_write, &mut to_client, None) => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "upstream side ended");
+            }
+        }
+    }
+    // Whichever side ended, end the other: a client that quit ends its backend, a backend that
+    // went away (restart, termination) ends the client's session after its last message.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = upstream_write.shutdown().await;
+        let _ = client_write.shutdown().await;
+    })
+    .await;
+    (from_client, to_client)
+}
+
+/// Copies `reader` to `writer` until end of stream. The buffer starts small, grows while reads
+/// fill it (bulk results), and shrinks back after a small read, so an idle session holds
+/// little memory and a busy one moves large chunks.
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    bytes: &mut u64,
+    mut scan: Option<&mut (QueryScanner, &mut OnQuery<'_>)>,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; SMALL_BUFFER];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some((scanner, on_query)) = scan.as_mut() {
+            scanner.feed(&buf[..n], |kind, sql| on_query(kind, sql));
+        }
+        writer.write_all(&buf[..n]).await?;
+        writer.flush().await?;
+        *bytes += n as u64;
+        if n == buf.len() && buf.len() < LARGE_BUFFER {
+            buf = vec![0u8; (buf.len() * 4).min(LARGE_BUFFER)];
+        } else if n < SMALL_BUFFER && buf.len() > SMALL_BUFFER {
+            buf = vec![0u8; SMALL_BUFFER];
+        }
+    }
+}

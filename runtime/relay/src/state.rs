@@ -1,0 +1,99 @@
+//! The relay's runtime state, shared by the listener, every session and the operations code.
+//!
+//! [`Shared`] lives for the whole process. Its [`Loaded`] config is swapped as a whole on reload
+//! (SIGHUP): a session takes one snapshot when it starts and keeps it to its end, so sessions in
+//! flight are never affected by a reload, and new ones use the new config.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use dbward_frozen::Config;
+
+use crate::audit::AuditSink;
+use crate::cancel::CancelMap;
+use crate::metrics::Metrics;
+use crate::tls::{ServerTls, TlsError};
+use crate::upstream::Upstream;
+
+/// A frozen config together with everything built from it once per load: TLS configs and
+/// upstream targets. Never mutated; replaced whole on reload.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Where the config was read from; relative paths inside it resolve against its directory.
+    pub path: PathBuf,
+    pub config: Config,
+    /// What clients meet.
+    pub server_tls: ServerTls,
+    /// How to reach each database, by manifest name.
+    pub upstreams: BTreeMap<String, Upstream>,
+}
+
+impl Loaded {
+    /// Builds the TLS configs and upstream targets of a verified config read from `path`.
+    /// Fails when a certificate, key or CA cannot be read or used.
+    pub fn build(path: &Path, config: Config) -> Result<Loaded, TlsError> {
+        let resolve = |p: &Path| Config::resolve_path(path, p);
+        let tls = &config.relay.tls;
+        let server_tls = ServerTls::build(
+            &resolve(&tls.cert),
+            &resolve(&tls.key),
+            &resolve(&tls.client_ca),
+        )?;
+        let mut upstreams = BTreeMap::new();
+        for (name, database) in &config.databases {
+            upstreams.insert(
+                name.clone(),
+                Upstream::build(path, &config, name, database)?,
+            );
+        }
+        Ok(Loaded {
+            path: path.to_owned(),
+            config,
+            server_tls,
+            upstreams,
+        })
+    }
+}
+
+/// State shared by the whole process.
+#[derive(Debug)]
+pub struct Shared {
+    /// The config in force; swap it with [`Shared::replace_config`] to reload.
+    pub config: ArcSwap<Loaded>,
+    /// Relay-issued cancel keys of the sessions alive now.
+    pub cancel: CancelMap,
+    pub audit: AuditSink,
+    pub metrics: Metrics,
+    /// Source of session ids.
+    next_session_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(loaded: Loaded, audit: AuditSink, metrics: Metrics) -> Shared {
+        Shared {
+            config: ArcSwap::from_pointee(loaded),
+            cancel: CancelMap::default(),
+            audit,
+            metrics,
+            next_session_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The config new sessions use now.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.config.load_full()
+    }
+
+    /// Makes `loaded` the config of every session that starts from now on.
+    pub fn replace_config(&self, loaded: Loaded) {
+        self.config.store(Arc::new(loaded));
+    }
+
+    /// A fresh session id.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,277 @@
+//! TLS for both sides of the relay: the server config clients meet, the post-handshake check of
+//! their certificate, and the client configs used towards upstreams.
+//!
+//! Everything here is built once per config load (see [`crate::state::Loaded`]), never per
+//! session: building a rustls config parses PEM files and certificate stores.
+//!
+//! **Why the client certificate is verified after the handshake.** A failed certificate check
+//! inside the handshake ends in a bare TLS alert (`certificate unknown`), which tells a person
+//! nothing. Instead, the handshake asks for a certificate and checks its proof of possession
+//! (the CertificateVerify signature), and [`ClientCertCheck::check`] then verifies the chain
+//! against the users' CA with rustls' own WebPKI verifier. A session whose check fails is refused
+//! with a PostgreSQL ErrorResponse that says what is wrong with the certificate; no byte of it is
+//! ever relayed upstream.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+
+/// The ALPN protocol name PostgreSQL 17 uses for direct TLS (`sslnegotiation=direct`).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "cannot read certificate {path}: {reason}; check the path and that the relay may read it"
+    )]
+    Cert { path: PathBuf, reason: String },
+    #[error("{path} holds no certificate; regenerate it with `dbward apply`")]
+    NoCert { path: PathBuf },
+    #[error(
+        "cannot read private key {path}: {reason}; check the path and that the relay may read it"
+    )]
+    Key { path: PathBuf, reason: String },
+    #[error("invalid CA certificate in {path}: {reason}; regenerate it with `dbward apply`")]
+    Ca { path: PathBuf, reason: String },
+    #[error("cannot build the TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The crypto provider both sides use: ring, with the key-exchange groups reordered so that
+/// P-256 comes first. PostgreSQL's default `ssl_ecdh_curve` is `prime256v1`, and offering
+/// X25519 first would cost every upstream handshake a HelloRetryRequest round trip.
+pub fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::{default_provider, kx_group};
+    let mut provider = default_provider();
+    provider.kx_groups = vec![kx_group::SECP256R1, kx_group::X25519, kx_group::SECP384R1];
+    Arc::new(provider)
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key. The error never includes key material.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A root store holding every certificate of a PEM CA bundle.
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::Ca {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The server-side TLS of the relay, built once per config load.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Used for every client handshake.
+    pub config: Arc<ServerConfig>,
+    /// Verifies the client's certificate chain once the handshake is done.
+    pub check: Arc<ClientCertCheck>,
+}
+
+impl ServerTls {
+    /// Builds the server config: our certificate, a client certificate requested (and checked
+    /// by [`ClientCertCheck`]), no TLS 1.3 tickets and no session cache (libpq never resumes, so
+    /// both would only cost memory and CPU), and ALPN `postgresql` for direct TLS.
+    pub fn build(cert: &Path, key: &Path, client_ca: &Path) -> Result<ServerTls, TlsError> {
+        let provider = provider();
+        let roots = Arc::new(load_roots(client_ca)?);
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| TlsError::Ca {
+                path: client_ca.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let check = Arc::new(ClientCertCheck { inner });
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(check.clone())
+            .with_single_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| TlsError::Key {
+                path: key.to_owned(),
+                reason: e.to_string(),
+            })?;
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        Ok(ServerTls {
+            config: Arc::new(config),
+            check,
+        })
+    }
+}
+
+/// Asks for a client certificate during the handshake and verifies it afterwards.
+///
+/// As a rustls verifier it accepts any chain (and no chain) but checks the handshake signature,
+/// so a client that presents a certificate proves it holds the key. [`ClientCertCheck::check`]
+/// must be called before the session is used; the session code does so before anything else.
+#[derive(Debug)]
+pub struct ClientCertCheck {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+/// Why a client certificate was refused, in words a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertRefusal {
+    #[error(
+        "no client certificate was presented; connect with sslcert= and sslkey= set to the \
+         certificate from `dbward cert issue`"
+    )]
+    Missing,
+    #[error("the client certificate has expired; get a new one with `dbward cert issue`")]
+    Expired,
+    #[error("the client certificate is not valid yet; check the clock of this machine")]
+    NotYetValid,
+    #[error(
+        "the client certificate was not issued by this relay's users' CA; get one with \
+         `dbward cert issue` from the manifest this relay runs"
+    )]
+    UnknownIssuer,
+    #[error("the client certificate was refused ({0}); get a new one with `dbward cert issue`")]
+    Invalid(String),
+    #[error("the client certificate has no subject common name (CN) naming a person")]
+    NoCommonName,
+}
+
+impl ClientCertCheck {
+    /// Verifies the peer's chain against the users' CA now and returns the identity: the
+    /// subject common name of the end-entity certificate.
+    pub fn check(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<String, CertRefusal> {
+        let Some((end_entity, intermediates)) = chain.and_then(|c| c.split_first()) else {
+            return Err(CertRefusal::Missing);
+        };
+        if let Err(error) =
+            self.inner
+                .verify_client_cert(end_entity, intermediates, UnixTime::now())
+        {
+            return Err(match error {
+                rustls::Error::InvalidCertificate(e) => match e {
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                        CertRefusal::Expired
+                    }
+                    CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                        CertRefusal::NotYetValid
+                    }
+                    CertificateError::UnknownIssuer => CertRefusal::UnknownIssuer,
+                    other => CertRefusal::Invalid(format!("{other:?}")),
+                },
+                other => CertRefusal::Invalid(other.to_string()),
+            });
+        }
+        common_name(end_entity).ok_or(CertRefusal::NoCommonName)
+    }
+}
+
+/// The subject CN of a DER certificate.
+pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+impl ClientCertVerifier for ClientCertCheck {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        // A missing certificate is refused after the handshake with a readable message.
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Deferred to `ClientCertCheck::check`, which every session runs first.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A client config for one upstream: trust `ca`, present `identity` when given (mutual TLS).
+pub fn upstream_client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = load_roots(ca)?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(|e| TlsError::Key {
+                path: key.to_owned(),
+                reason: e.to_string(),
+            })?,
+        None => builder.with_no_client_auth(),
+    };
+    // PostgreSQL does not resume sessions; keeping tickets would only cost memory.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}

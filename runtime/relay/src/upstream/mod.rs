@@ -1,0 +1,309 @@
+//! Upstream PostgreSQL servers: how to reach each database, and connecting + authenticating.
+//!
+//! Each way of authenticating is one module. Self-hosted databases use [`mtls`]: the relay's
+//! client certificate, mapped by `pg_ident.conf`. Cloud token upstreams (RDS, Cloud SQL, Azure)
+//! will each add a module that produces a password and share the connect and startup code here.
+
+pub mod mtls;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use dbward_frozen::{Config, Database, UpstreamAuth};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::protocol::backend::{self, tag};
+use crate::protocol::frames::{Frame, FrameReader};
+use crate::protocol::startup::{cancel_request, ssl_request};
+use crate::protocol::{BackendKey, StartupMessage};
+use crate::tls::{TlsError, upstream_client_config};
+
+/// The largest message accepted from an upstream during startup.
+const MAX_STARTUP_MESSAGE: usize = 64 * 1024;
+
+/// How the relay reaches one database, built once per config load.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// Ready to connect.
+    Ready(Arc<Target>),
+    /// The config names something this build cannot do; sessions to it are refused with
+    /// this reason.
+    Unsupported(String),
+}
+
+/// An upstream the relay can dial.
+#[derive(Debug)]
+pub struct Target {
+    /// `host:port`.
+    pub address: String,
+    /// The name its certificate must be valid for (`verify-full`).
+    pub server_name: ServerName<'static>,
+    /// Trusts the database's CA; presents the relay's client certificate for mutual TLS.
+    pub tls: Arc<ClientConfig>,
+    pub auth: UpstreamAuth,
+}
+
+impl Upstream {
+    /// Builds the target for `database` of a config read from `config_path`.
+    pub fn build(
+        config_path: &Path,
+        config: &Config,
+        name: &str,
+        database: &Database,
+    ) -> Result<Upstream, TlsError> {
+        let resolve = |p: &Path| Config::resolve_path(config_path, p);
+        let Some(ca) = &database.tls.ca else {
+            return Ok(Upstream::Unsupported(format!(
+                "database {name} trusts the platform's root certificates, which this relay \
+                 build does not support yet"
+            )));
+        };
+        let identity = match &database.auth {
+            UpstreamAuth::Mtls => {
+                let Some(identity) = &config.relay.upstream_identity else {
+                    return Ok(Upstream::Unsupported(format!(
+                        "database {name} uses mutual TLS but the config has no relay upstream \
+                         identity; recompile it with `dbward apply`"
+                    )));
+                };
+                Some((resolve(&identity.cert), resolve(&identity.key)))
+            }
+            other => {
+                return Ok(Upstream::Unsupported(format!(
+                    "database {name} uses {}, which this relay build does not support yet",
+                    auth_name(other)
+                )));
+            }
+        };
+        let server_name = ServerName::try_from(database.tls.server_name.clone()).map_err(|e| {
+            TlsError::Config(format!(
+                "database {name} has an invalid server name {:?}: {e}",
+                database.tls.server_name
+            ))
+        })?;
+        let tls = upstream_client_config(
+            &resolve(ca),
+            identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        )?;
+        Ok(Upstream::Ready(Arc::new(Target {
+            address: format!("{}:{}", database.host, database.port),
+            server_name,
+            tls,
+            auth: database.auth.clone(),
+        })))
+    }
+}
+
+fn auth_name(auth: &UpstreamAuth) -> &'static str {
+    match auth {
+        UpstreamAuth::Mtls => "mutual TLS",
+        UpstreamAuth::RdsIam { .. } => "RDS IAM authentication",
+        UpstreamAuth::CloudSqlIam { .. } => "Cloud SQL IAM authentication",
+        UpstreamAuth::AzureEntra { .. } => "Azure Entra ID authentication",
+    }
+}
+
+/// Why an upstream session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {address}: {source}")]
+    Connect { address: String, source: io::Error },
+    #[error("the server at {address} does not accept TLS; it must have `ssl = on`")]
+    NoTls { address: String },
+    #[error(
+        "the server at {address} sent data before the TLS handshake (protocol violation); \
+         connection aborted"
+    )]
+    Violation { address: String },
+    #[error("TLS with {address} failed: {source}")]
+    Tls { address: String, source: io::Error },
+    /// The upstream refused the session with an ErrorResponse, relayed to the client as is.
+    #[error("the database refused the session: {message}")]
+    Refused { frame: Vec<u8>, message: String },
+    #[error("{0}")]
+    Auth(String),
+    #[error("the server at {address} broke the protocol during startup: {reason}")]
+    Protocol { address: String, reason: String },
+}
+
+/// An authenticated upstream session, ready to relay.
+#[derive(Debug)]
+pub struct Connected {
+    pub stream: TlsStream<TcpStream>,
+    /// The upstream backend's cancel key (absent if the server sent none).
+    pub backend_key: Option<BackendKey>,
+    /// ParameterStatus and NoticeResponse messages, in order, for the client.
+    pub greeting: Vec<u8>,
+    /// The ReadyForQuery message that ended startup.
+    pub ready: Vec<u8>,
+    /// Bytes the server sent after ReadyForQuery (normally none), for the client.
+    pub leftover: Vec<u8>,
+}
+
+/// TCP + SSLRequest + TLS to an upstream, checking that nothing arrives before the handshake.
+async fn tls_connect(target: &Target) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    let address = || target.address.clone();
+    let mut tcp = TcpStream::connect(&target.address)
+        .await
+        .map_err(|source| UpstreamError::Connect {
+            address: address(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let tls_error = |source| UpstreamError::Tls {
+        address: address(),
+        source,
+    };
+    tcp.write_all(&ssl_request()).await.map_err(tls_error)?;
+    // Read into a larger buffer so that any byte sent after the answer is seen: a server (or
+    // someone in between) that sends data before the handshake is a CVE-2021-23214-class
+    // injection attempt.
+    let mut answer = [0u8; 64];
+    let n = tcp.read(&mut answer).await.map_err(tls_error)?;
+    match &answer[..n] {
+        b"S" => {}
+        [b'S', ..] => return Err(UpstreamError::Violation { address: address() }),
+        _ => return Err(UpstreamError::NoTls { address: address() }),
+    }
+    TlsConnector::from(target.tls.clone())
+        .connect(target.server_name.clone(), tcp)
+        .await
+        .map_err(tls_error)
+}
+
+/// Opens an authenticated session on `target` with the client's (already rewritten) startup
+/// parameters. The caller applies the connect timeout.
+pub async fn connect(
+    target: &Target,
+    startup: &StartupMessage,
+) -> Result<Connected, UpstreamError> {
+    let mut stream = tls_connect(target).await?;
+    let protocol = |reason: String| UpstreamError::Protocol {
+        address: target.address.clone(),
+        reason,
+    };
+    let io_error = |e: io::Error| protocol(e.to_string());
+    stream
+        .write_all(&startup.encode())
+        .await
+        .map_err(io_error)?;
+    stream.flush().await.map_err(io_error)?;
+
+    let mut reader = FrameReader::default();
+    let mut next = async |stream: &mut TlsStream<TcpStream>| -> Result<Frame, UpstreamError> {
+        match reader.next(stream, MAX_STARTUP_MESSAGE).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(protocol("the server closed the connection".into())),
+            Err(e) => Err(protocol(e.to_string())),
+        }
+    };
+    // Authentication.
+    loop {
+        let frame = next(&mut stream).await?;
+        match frame.tag {
+            tag::AUTHENTICATION => {
+                let code = frame
+                    .body()
+                    .get(..4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or_else(|| protocol("short authentication message".into()))?;
+                if code == 0 {
+                    break;
+                }
+                let reply = match &target.auth {
+                    UpstreamAuth::Mtls => mtls::respond(code, &target.address)?,
+                    other => {
+                        return Err(UpstreamError::Auth(format!(
+                            "{} is not supported by this relay build",
+                            auth_name(other)
+                        )));
+                    }
+                };
+                stream.write_all(&reply).await.map_err(io_error)?;
+                stream.flush().await.map_err(io_error)?;
+            }
+            tag::ERROR_RESPONSE => {
+                let message = backend::error_message(frame.body());
+                return Err(UpstreamError::Refused {
+                    frame: frame.bytes,
+                    message,
+                });
+            }
+            tag::NEGOTIATE_PROTOCOL_VERSION | tag::NOTICE_RESPONSE => {}
+            other => {
+                return Err(protocol(format!(
+                    "unexpected message {:?} during authentication",
+                    other as char
+                )));
+            }
+        }
+    }
+    // Parameters, the backend key, then ReadyForQuery.
+    let mut greeting = Vec::with_capacity(512);
+    let mut backend_key = None;
+    loop {
+        let frame = next(&mut stream).await?;
+        match frame.tag {
+            tag::PARAMETER_STATUS | tag::NOTICE_RESPONSE => {
+                greeting.extend_from_slice(&frame.bytes)
+            }
+            tag::BACKEND_KEY_DATA => {
+                let body = frame.body();
+                if body.len() != 8 {
+                    return Err(protocol("invalid BackendKeyData".into()));
+                }
+                backend_key = Some(BackendKey {
+                    pid: u32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+                    secret: u32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+                });
+            }
+            tag::READY_FOR_QUERY => {
+                return Ok(Connected {
+                    stream,
+                    backend_key,
+                    greeting,
+                    ready: frame.bytes,
+                    leftover: reader.leftover().to_vec(),
+                });
+            }
+            tag::ERROR_RESPONSE => {
+                let message = backend::error_message(frame.body());
+                return Err(UpstreamError::Refused {
+                    frame: frame.bytes,
+                    message,
+                });
+            }
+            other => {
+                return Err(protocol(format!(
+                    "unexpected message {:?} during startup",
+                    other as char
+                )));
+            }
+        }
+    }
+}
+
+/// Sends a CancelRequest for `key` to `target` over a fresh TLS connection (the same TLS as
+/// sessions, so the server's pg_hba.conf `hostssl` lines apply), then waits for the server to
+/// close the connection, which it does once it has read the request.
+pub async fn send_cancel(target: &Target, key: BackendKey) -> Result<(), UpstreamError> {
+    let mut stream = tls_connect(target).await?;
+    let io_error = |source| UpstreamError::Tls {
+        address: target.address.clone(),
+        source,
+    };
+    stream
+        .write_all(&cancel_request(key))
+        .await
+        .map_err(io_error)?;
+    stream.flush().await.map_err(io_error)?;
+    let mut sink = [0u8; 64];
+    while stream.read(&mut sink).await.map_err(io_error)? > 0 {}
+    Ok(())
+}

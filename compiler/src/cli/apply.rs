@@ -1,15 +1,136 @@
-//! `dbward apply` (placeholder until its issue lands).
+//! `dbward apply MANIFEST --out DIR [--auto-approve] [--force]` and `dbward apply PLANFILE`:
+//! writes the artifacts. With a manifest it shows the plan and asks first (refusing when there
+//! is no terminal to ask and no `--auto-approve`); with a saved plan it applies exactly that
+//! plan, after checking that neither the manifest nor the directory moved since.
 
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
+
+use super::plan::{prepare, read_optional};
+use crate::apply;
+use crate::emit::env::read_tree;
+use crate::plan::planfile::PlanFile;
+use crate::plan::render::render;
+use crate::plan::state::state_path;
+use crate::plan::{Plan, State};
+
 /// Arguments of `dbward apply`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ApplyArgs {
-    /// Remaining arguments (placeholder).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+    /// A manifest, or a plan file saved by `dbward plan -o`.
+    pub target: PathBuf,
+    /// The output directory (required with a manifest; with a plan file, must match it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Apply without asking.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Overwrite or remove files that were changed outside dbward since the last apply.
+    #[arg(long)]
+    pub force: bool,
 }
 
-pub fn run(_args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`dbward apply` is not implemented yet")
+pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.target)
+        .with_context(|| format!("cannot read {}; check the path", args.target.display()))?;
+    if PlanFile::sniff(&bytes) {
+        return apply_planfile(&args, &bytes);
+    }
+    let Some(out) = &args.out else {
+        anyhow::bail!(
+            "--out DIR is required when applying a manifest: it names the directory to write to"
+        );
+    };
+    let prepared = prepare(&args.target, out)?;
+    let plan = prepared.plan();
+    print!("{}", render(&plan));
+    if plan.is_empty() {
+        if plan.state_outdated {
+            apply::apply(&prepared.out, &plan, args.force)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let drifted = plan.drifted().count();
+    if drifted > 0 && !args.force {
+        // Refuse before asking: the answer could not change anything.
+        apply::apply(&prepared.out, &plan, false)?;
+    }
+    if !args.auto_approve && !confirm(&prepared.out)? {
+        anyhow::bail!("apply cancelled; nothing was written");
+    }
+    finish(&prepared.out, &plan, args.force)
+}
+
+fn finish(out: &Path, plan: &Plan, force: bool) -> anyhow::Result<ExitCode> {
+    let applied = apply::apply(out, plan, force)?;
+    println!(
+        "Apply complete: {} written, {} removed, in {}.",
+        applied.written,
+        applied.removed,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks on the terminal; refuses when stdin is not one.
+fn confirm(out: &Path) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        anyhow::bail!(
+            "refusing to apply without confirmation: stdin is not a terminal. Review the plan and \
+             pass --auto-approve, or save it with `dbward plan -o PLANFILE` and run \
+             `dbward apply PLANFILE`"
+        );
+    }
+    print!(
+        "\nApply these changes to {}? Only 'yes' or 'y' is accepted: ",
+        out.display()
+    );
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "yes"))
+}
+
+fn apply_planfile(args: &ApplyArgs, bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    let saved = PlanFile::from_bytes(&args.target, bytes)?;
+    if let Some(out) = &args.out {
+        let out = std::path::absolute(out)?;
+        if out != saved.out {
+            anyhow::bail!(
+                "the plan was made for {}, not {}: drop --out or make a new plan",
+                saved.out.display(),
+                out.display()
+            );
+        }
+    }
+    let manifest_bytes = read_optional(&saved.manifest)?;
+    let existing = read_tree(&saved.out)?;
+    let state_bytes = read_optional(&state_path(&saved.out))?;
+    let stale = saved.staleness(manifest_bytes.as_deref(), &existing, state_bytes.as_deref());
+    if !stale.is_empty() {
+        let reasons: Vec<String> = stale.iter().take(10).map(|s| format!("  - {s}")).collect();
+        anyhow::bail!(
+            "the saved plan {} is stale, nothing was written:\n{}{}\nrun `dbward plan -o` again",
+            args.target.display(),
+            reasons.join("\n"),
+            if stale.len() > 10 {
+                format!("\n  … and {} more", stale.len() - 10)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let state = match &state_bytes {
+        Some(b) => State::from_bytes(b).map_err(|reason| {
+            anyhow::anyhow!("{} is corrupt: {reason}", state_path(&saved.out).display())
+        })?,
+        None => State::default(),
+    };
+    let plan = saved.to_plan(&existing, &state)?;
+    print!("{}", render(&plan));
+    finish(&saved.out, &plan, args.force)
 }

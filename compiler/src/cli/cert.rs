@@ -1,15 +1,211 @@
-//! `dbward cert` (placeholder until its issue lands).
+//! `dbward cert issue MANIFEST --out DIR --user NAME [--ttl 8h] --dest DIR`: signs a person's
+//! client certificate with the users CA that `apply` wrote under DIR, and writes what `psql`
+//! needs to reach every database the person may use through the relay.
 
+use std::fmt::Write as _;
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use time::format_description::well_known::Rfc3339;
+
+use super::plan::load_model;
+use crate::apply::write_atomic;
+use crate::emit::env::Env;
+use crate::emit::layout;
+use crate::emit::pki;
+use crate::model::{Model, NameSet};
 
 /// Arguments of `dbward cert`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CertArgs {
-    /// Remaining arguments (placeholder).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+    #[command(subcommand)]
+    pub command: CertCommand,
 }
 
-pub fn run(_args: CertArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`dbward cert` is not implemented yet")
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CertCommand {
+    /// Issue a client certificate for a person, with a pg_service.conf to use it.
+    Issue(IssueArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IssueArgs {
+    /// The manifest.
+    pub manifest: PathBuf,
+    /// The output directory `dbward apply` wrote (holds the users CA).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The person (a `user` of the manifest).
+    #[arg(long)]
+    pub user: String,
+    /// Lifetime, e.g. `8h`, `30m`, `1d` (default: the relay's `client-cert-ttl`).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Where to write postgresql.crt, postgresql.key, root.crt and pg_service.conf.
+    #[arg(long)]
+    pub dest: PathBuf,
+}
+
+pub fn run(args: CertArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        CertCommand::Issue(args) => issue(&args),
+    }
+}
+
+fn issue(args: &IssueArgs) -> anyhow::Result<ExitCode> {
+    let (_, model) = load_model(&args.manifest)?;
+    if !model.users.contains_key(&args.user) {
+        let hint = match crate::model::rules::did_you_mean(
+            &args.user,
+            model.users.keys().map(String::as_str),
+        ) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => format!(
+                "the users are: {}",
+                model.users.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        anyhow::bail!(
+            "there is no user `{}` in {}; {hint}",
+            args.user,
+            args.manifest.display(),
+        );
+    }
+    let ttl = match &args.ttl {
+        Some(text) => crate::model::rules::durations::parse_duration(text)
+            .map_err(|e| anyhow::anyhow!("--ttl: {e}; write it like `8h`, `30m` or `1d`"))?,
+        None => model.relay.client_cert_ttl,
+    };
+    let read_ca = |relative: &str| {
+        let path = args.out.join(relative);
+        fs::read(&path).with_context(|| {
+            format!(
+                "cannot read {}: run `dbward apply {} --out {}` first",
+                path.display(),
+                args.manifest.display(),
+                args.out.display()
+            )
+        })
+    };
+    let ca_cert = read_ca(layout::USERS_CA_CERT)?;
+    let ca_key = read_ca(layout::USERS_CA_KEY)?;
+    let root = read_ca(layout::SERVER_CA_CERT)?;
+
+    let env = Env::new(
+        time::OffsetDateTime::now_utc(),
+        Default::default(),
+        crate::emit::env::KeySource::Random,
+    );
+    let person = pki::issue_person(&env, &ca_cert, &ca_key, &args.user, ttl)?;
+
+    if !args.dest.is_dir() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&args.dest)
+            .with_context(|| format!("cannot create {}", args.dest.display()))?;
+    }
+    let dest = fs::canonicalize(&args.dest)
+        .with_context(|| format!("cannot resolve {}", args.dest.display()))?;
+    write_atomic(
+        &dest.join("postgresql.key"),
+        person.key_pem.as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &dest.join("postgresql.crt"),
+        person.cert_pem.as_bytes(),
+        0o644,
+    )?;
+    write_atomic(&dest.join("root.crt"), &root, 0o644)?;
+    let (services, first) = service_file(&model, &args.user, &dest);
+    write_atomic(&dest.join("pg_service.conf"), services.as_bytes(), 0o644)?;
+
+    let until = person
+        .not_after
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| person.not_after.to_string());
+    println!(
+        "Issued a certificate for {} valid until {until} ({}).",
+        args.user,
+        human(ttl)
+    );
+    println!(
+        "Wrote {0}/postgresql.crt, {0}/postgresql.key (0600), {0}/root.crt and {0}/pg_service.conf.",
+        dest.display()
+    );
+    match first {
+        Some(service) => println!(
+            "Connect with:\n  PGSERVICEFILE={}/pg_service.conf psql \"service={service}\"",
+            dest.display()
+        ),
+        None => println!(
+            "{} may not reach any database yet: grant a role in the manifest and apply it.",
+            args.user
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One `pg_service.conf` stanza per database the person may reach, and the first service name.
+pub fn service_file(model: &Model, user: &str, dest: &Path) -> (String, Option<String>) {
+    let port = model
+        .relay
+        .listen
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .unwrap_or("5432");
+    let mut text = format!(
+        "# Written by `dbward cert issue` for {user}. One service per database they may reach\n\
+         # through the relay; use with PGSERVICEFILE=<this file> psql \"service=<database>\".\n"
+    );
+    let mut first = None;
+    for ((person, database), access) in &model.access {
+        if person != user {
+            continue;
+        }
+        first.get_or_insert_with(|| database.clone());
+        let dbname = match &access.db_names {
+            NameSet::Only(names) if !names.contains(database) => names.first().cloned(),
+            _ => Some(database.clone()),
+        };
+        // Provisioned sessions log in as the person; otherwise the first allowed login.
+        let login = if access.provision != crate::model::Provision::Off {
+            Some(user.to_string())
+        } else {
+            access.db_users.iter().next().cloned()
+        };
+        let _ = write!(
+            text,
+            "\n[{database}]\nhost={database}.{public}\nport={port}\n",
+            public = model.relay.public_name
+        );
+        if let Some(dbname) = dbname {
+            let _ = writeln!(text, "dbname={dbname}");
+        }
+        if let Some(login) = login {
+            let _ = writeln!(text, "user={login}");
+        }
+        let _ = write!(
+            text,
+            "sslmode=verify-full\nsslcert={0}/postgresql.crt\nsslkey={0}/postgresql.key\n\
+             sslrootcert={0}/root.crt\n",
+            dest.display()
+        );
+    }
+    (text, first)
+}
+
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }

@@ -1,0 +1,204 @@
+//! Loading a frozen config the way the relay trusts it: format version and checksum
+//! ([`dbward_frozen::Config::load`]), then every file it names — certificates and keys readable
+//! and parseable, private keys not readable by group or others, the audit log writable, the
+//! addresses valid — and finally the TLS configs built once ([`Loaded::build`]).
+//!
+//! The same function serves `--check`, startup and SIGHUP reload, so a config that passes
+//! `--check` is exactly a config the relay would run, and a reload can never install a config
+//! that startup would have refused.
+
+use std::fmt;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use dbward_frozen::{Config, LoadError};
+
+use crate::state::Loaded;
+use crate::tls::{self, TlsError};
+
+/// Why a config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable, not JSON, another format version, or a checksum mismatch.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Files or values the config names are unusable; every problem is listed.
+    #[error("{config} cannot be used:\n{problems}")]
+    Files { config: PathBuf, problems: Problems },
+    /// The TLS configs could not be built from otherwise readable files (e.g. a key that does
+    /// not match its certificate).
+    #[error("{config} cannot be used: {source}")]
+    Tls { config: PathBuf, source: TlsError },
+}
+
+/// Every problem found while verifying the files of one config, one per line.
+#[derive(Debug)]
+pub struct Problems(pub Vec<String>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and verifies `frozen.json` and everything it names, and builds what sessions need.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let config = Config::load(path)?;
+    let problems = verify_files(path, &config);
+    if !problems.is_empty() {
+        return Err(ConfigError::Files {
+            config: path.to_owned(),
+            problems: Problems(problems),
+        });
+    }
+    Loaded::build(path, config).map_err(|source| ConfigError::Tls {
+        config: path.to_owned(),
+        source,
+    })
+}
+
+/// The audit log of a config, resolved against its directory.
+pub fn audit_path(loaded: &Loaded) -> Option<PathBuf> {
+    let audit = loaded.config.relay.audit.as_ref()?;
+    Some(Config::resolve_path(&loaded.path, &audit.path))
+}
+
+/// Checks every file and address the config names; returns one message per problem, each
+/// naming the file and saying how to fix it. Checking everything (instead of stopping at the
+/// first problem) lets `--check` show an operator the whole list at once.
+fn verify_files(config_path: &Path, config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let resolve = |p: &Path| Config::resolve_path(config_path, p);
+    let relay = &config.relay;
+
+    if relay.listen.parse::<SocketAddr>().is_err() {
+        problems.push(format!(
+            "relay.listen {:?} is not an IP address and port (e.g. 0.0.0.0:6432); fix `listen` \
+             in the manifest and run `dbward apply`",
+            relay.listen
+        ));
+    }
+    if let Some(metrics) = &relay.metrics
+        && metrics.parse::<SocketAddr>().is_err()
+    {
+        problems.push(format!(
+            "relay.metrics {metrics:?} is not an IP address and port (e.g. 127.0.0.1:9187); fix \
+             `metrics` in the manifest and run `dbward apply`"
+        ));
+    }
+
+    let mut certs = vec![&relay.tls.cert, &relay.tls.client_ca];
+    let mut keys = vec![&relay.tls.key];
+    if let Some(identity) = &relay.upstream_identity {
+        certs.push(&identity.cert);
+        keys.push(&identity.key);
+    }
+    certs.extend(
+        config
+            .databases
+            .values()
+            .filter_map(|db| db.tls.ca.as_ref()),
+    );
+    for cert in certs {
+        if let Err(error) = tls::load_certs(&resolve(cert)) {
+            problems.push(error.to_string());
+        }
+    }
+    for key in keys {
+        let key = resolve(key);
+        if let Some(problem) = key_mode_problem(&key) {
+            problems.push(problem);
+        } else if let Err(error) = tls::load_key(&key) {
+            problems.push(error.to_string());
+        }
+    }
+
+    if let Some(audit) = &relay.audit
+        && let Some(problem) = audit_problem(&resolve(&audit.path))
+    {
+        problems.push(problem);
+    }
+    problems
+}
+
+/// A private key must not be readable (or writable) by group or others.
+fn key_mode_problem(key: &Path) -> Option<String> {
+    match fs::metadata(key) {
+        Err(error) => Some(format!(
+            "cannot read private key {}: {error}; check the path and that the relay may read it",
+            key.display()
+        )),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then(|| {
+                format!(
+                    "private key {} is accessible by group or others (mode {mode:04o}); run \
+                     `chmod 600 {}`",
+                    key.display(),
+                    key.display()
+                )
+            })
+        }
+    }
+}
+
+/// The audit log must be appendable, or creatable in an existing directory. Checked without
+/// creating it, so `--check` changes nothing on disk.
+fn audit_problem(path: &Path) -> Option<String> {
+    let result = if path.exists() {
+        fs::OpenOptions::new().append(true).open(path).map(drop)
+    } else {
+        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("directory {} does not exist", dir.display()),
+            )),
+            _ => Ok(()),
+        }
+    };
+    result.err().map(|error| {
+        format!(
+            "cannot append to the audit log {}: {error}; create its directory and make it \
+             writable by the relay, or change `audit` in the manifest",
+            path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_modes_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("server.key");
+        fs::write(&key, "not a key").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let problem = key_mode_problem(&key).unwrap();
+        assert!(problem.contains("mode 0644"), "{problem}");
+        assert!(problem.contains("chmod 600"), "{problem}");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(key_mode_problem(&key), None);
+        let missing = key_mode_problem(&dir.path().join("nope.key")).unwrap();
+        assert!(missing.contains("nope.key"), "{missing}");
+    }
+
+    #[test]
+    fn audit_log_must_be_appendable() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(audit_problem(&dir.path().join("audit.jsonl")), None);
+        let problem = audit_problem(&dir.path().join("missing/audit.jsonl")).unwrap();
+        assert!(problem.contains("does not exist"), "{problem}");
+        // `--check` must not create the log.
+        assert!(!dir.path().join("audit.jsonl").exists());
+    }
+}

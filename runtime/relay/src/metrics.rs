@@ -1,0 +1,321 @@
+//! Prometheus metrics: lock-free counters updated on the hot path, rendered as text on demand.
+//!
+//! Every counter is a plain atomic, so a session pays one relaxed `fetch_add` per update and
+//! never takes a lock; the text encoder runs only when `/metrics` is scraped. The HTTP endpoint
+//! that serves it, with `/livez` and `/readyz`, is [`crate::http`]. The audit log's own counters
+//! live with it ([`crate::audit::AuditSink::render_metrics`]) and are appended by the endpoint.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Why a connection was refused. Each reason is one label value of
+/// `dbward_sessions_denied_total` and the `reason` field of a `session.denied` audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// A plaintext StartupMessage: the relay requires TLS.
+    TlsRequired,
+    /// No client certificate, or one that is expired, not yet valid, from another CA, or
+    /// without a subject CN.
+    Certificate,
+    /// The startup packet was malformed, oversized, too slow, or violated the protocol.
+    Protocol,
+    /// The SNI name or `dbward.database` option names no database of the manifest.
+    UnknownDatabase,
+    /// The person has no access entry for this database.
+    NoAccess,
+    /// The requested database user is not allowed for this person.
+    DbUserNotAllowed,
+    /// The requested database name is not allowed for this person.
+    DbNameNotAllowed,
+    /// The relay is at `limits.max_connections`.
+    ConnectionLimit,
+    /// The audit log cannot be written, so new sessions are refused (fail closed).
+    AuditUnavailable,
+    /// The upstream could not be reached or refused the relay.
+    Upstream,
+}
+
+impl DenyReason {
+    /// Every reason, in the order they are rendered.
+    pub const ALL: [DenyReason; 10] = [
+        DenyReason::TlsRequired,
+        DenyReason::Certificate,
+        DenyReason::Protocol,
+        DenyReason::UnknownDatabase,
+        DenyReason::NoAccess,
+        DenyReason::DbUserNotAllowed,
+        DenyReason::DbNameNotAllowed,
+        DenyReason::ConnectionLimit,
+        DenyReason::AuditUnavailable,
+        DenyReason::Upstream,
+    ];
+
+    /// The stable snake_case name used as a metric label and in audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::TlsRequired => "tls_required",
+            DenyReason::Certificate => "certificate",
+            DenyReason::Protocol => "protocol",
+            DenyReason::UnknownDatabase => "unknown_database",
+            DenyReason::NoAccess => "no_access",
+            DenyReason::DbUserNotAllowed => "db_user_not_allowed",
+            DenyReason::DbNameNotAllowed => "db_name_not_allowed",
+            DenyReason::ConnectionLimit => "connection_limit",
+            DenyReason::AuditUnavailable => "audit_unavailable",
+            DenyReason::Upstream => "upstream",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Upper bounds, in seconds, of the upstream connect latency buckets. Connecting includes TCP,
+/// TLS and authentication, so the range spans a LAN (1 ms) to a slow cloud login (10 s).
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A fixed-bucket histogram of durations, lock-free.
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let slot = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (slot, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[slot].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1_000_000.0;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
+    }
+}
+
+/// Every relay metric. All methods take `&self` and cost one or two relaxed atomic adds.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    sessions_active: AtomicI64,
+    sessions_total: AtomicU64,
+    denied: [AtomicU64; DenyReason::ALL.len()],
+    bytes_client_to_server: AtomicU64,
+    bytes_server_to_client: AtomicU64,
+    handshake_failures: AtomicU64,
+    upstream_connect: Histogram,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// A session passed its access check and reached its upstream. Pair with
+    /// [`Metrics::session_ended`].
+    pub fn session_started(&self) {
+        self.sessions_total.fetch_add(1, Ordering::Relaxed);
+        self.sessions_active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A started session ended, having relayed these many bytes each way.
+    pub fn session_ended(&self, bytes_from_client: u64, bytes_to_client: u64) {
+        self.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        self.bytes_client_to_server
+            .fetch_add(bytes_from_client, Ordering::Relaxed);
+        self.bytes_server_to_client
+            .fetch_add(bytes_to_client, Ordering::Relaxed);
+    }
+
+    /// Sessions currently relayed.
+    pub fn sessions_active(&self) -> i64 {
+        self.sessions_active.load(Ordering::Relaxed)
+    }
+
+    /// A connection was refused, for `reason`.
+    pub fn session_denied(&self, reason: DenyReason) {
+        self.denied[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many connections were refused for `reason` so far.
+    pub fn denied_count(&self, reason: DenyReason) -> u64 {
+        self.denied[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// A connection failed before its startup completed (TLS error, bad packet, timeout).
+    pub fn handshake_failed(&self) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was refused because the connection limit was reached.
+    pub fn connection_refused(&self) {
+        self.session_denied(DenyReason::ConnectionLimit);
+    }
+
+    /// Time to connect and authenticate to an upstream.
+    pub fn upstream_connected(&self, elapsed: Duration) {
+        self.upstream_connect.observe(elapsed);
+    }
+
+    /// A SIGHUP reload finished, successfully or not.
+    pub fn config_reloaded(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Appends every metric in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, out: &mut String) {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        gauge(
+            out,
+            "dbward_sessions_active",
+            "Sessions currently relayed.",
+            self.sessions_active.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "dbward_sessions_total",
+            "Sessions that passed the access check and reached their upstream.",
+            load(&self.sessions_total),
+        );
+        let name = "dbward_sessions_denied_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections refused, by reason.\n# TYPE {name} counter"
+        );
+        for reason in DenyReason::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                load(&self.denied[reason.index()])
+            );
+        }
+        counter(
+            out,
+            "dbward_client_to_server_bytes_total",
+            "Bytes relayed from clients to upstream servers, counted when a session ends.",
+            load(&self.bytes_client_to_server),
+        );
+        counter(
+            out,
+            "dbward_server_to_client_bytes_total",
+            "Bytes relayed from upstream servers to clients, counted when a session ends.",
+            load(&self.bytes_server_to_client),
+        );
+        counter(
+            out,
+            "dbward_handshake_failures_total",
+            "Connections that failed before their startup completed (TLS errors, bad packets, \
+             timeouts).",
+            load(&self.handshake_failures),
+        );
+        self.upstream_connect.render(
+            out,
+            "dbward_upstream_connect_seconds",
+            "Time to connect and authenticate to an upstream server.",
+        );
+        let name = "dbward_config_reloads_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Configuration reloads (SIGHUP), by result.\n# TYPE {name} counter"
+        );
+        let _ = writeln!(out, "{name}{{result=\"ok\"}} {}", load(&self.reloads_ok));
+        let _ = writeln!(
+            out,
+            "{name}{{result=\"failed\"}} {}",
+            load(&self.reloads_failed)
+        );
+    }
+}
+
+/// Writes one counter with its HELP and TYPE lines.
+pub(crate) fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+/// Writes one gauge with its HELP and TYPE lines.
+pub(crate) fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_render_as_prometheus_text() {
+        let metrics = Metrics::new();
+        metrics.session_started();
+        assert_eq!(metrics.sessions_active(), 1);
+        metrics.session_ended(10, 2000);
+        metrics.session_denied(DenyReason::NoAccess);
+        metrics.session_denied(DenyReason::NoAccess);
+        metrics.connection_refused();
+        metrics.upstream_connected(Duration::from_millis(3));
+        metrics.upstream_connected(Duration::from_secs(60));
+        metrics.config_reloaded(false);
+        let mut text = String::new();
+        metrics.render(&mut text);
+        for line in [
+            "dbward_sessions_active 0",
+            "dbward_sessions_total 1",
+            "dbward_sessions_denied_total{reason=\"no_access\"} 2",
+            "dbward_sessions_denied_total{reason=\"connection_limit\"} 1",
+            "dbward_sessions_denied_total{reason=\"tls_required\"} 0",
+            "dbward_client_to_server_bytes_total 10",
+            "dbward_server_to_client_bytes_total 2000",
+            "dbward_upstream_connect_seconds_bucket{le=\"0.0025\"} 0",
+            "dbward_upstream_connect_seconds_bucket{le=\"0.005\"} 1",
+            "dbward_upstream_connect_seconds_bucket{le=\"10\"} 1",
+            "dbward_upstream_connect_seconds_bucket{le=\"+Inf\"} 2",
+            "dbward_upstream_connect_seconds_sum 60.003",
+            "dbward_upstream_connect_seconds_count 2",
+            "dbward_config_reloads_total{result=\"failed\"} 1",
+            "dbward_config_reloads_total{result=\"ok\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        // Every sample line is `name{labels} value` with a numeric value.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
+        }
+    }
+}

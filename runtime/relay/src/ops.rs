@@ -1,0 +1,254 @@
+//! Running the relay as a process: `--check`, startup, SIGHUP reload, SIGTERM drain.
+//!
+//! [`serve`] is what `dbward-relay --config …` does: load and verify the config, start the audit
+//! writer, bind the relay and metrics listeners, run the accept loop, and react to signals:
+//!
+//! - **SIGHUP** reloads the config with [`reload`]: sessions in flight keep the snapshot they
+//!   started with; new sessions use the new one; a bad file keeps the old config and logs why.
+//! - **SIGTERM** (or SIGINT) drains: `/readyz` turns 503, the listener closes, running sessions
+//!   may finish until `limits.drain_timeout_ms`, then the process exits 0. A second SIGTERM
+//!   exits at once with status 1.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{AuditSink, OpenError};
+use crate::config::{self, ConfigError};
+use crate::metrics::Metrics;
+use crate::state::Shared;
+
+/// Process-level health, read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// True from the first SIGTERM on: `/readyz` answers 503 so load balancers stop sending.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Appends `dbward_draining` in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        crate::metrics::gauge(
+            out,
+            "dbward_draining",
+            "1 after SIGTERM while sessions drain, else 0.",
+            i64::from(self.is_draining()),
+        );
+    }
+}
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Audit(#[from] OpenError),
+    #[error(
+        "cannot listen on {addr} ({what}): {source}; free the port or change `{what}` in the \
+         manifest"
+    )]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the relay stopped: {0}")]
+    Run(String),
+}
+
+/// What `--check` found valid, for its one-line summary.
+#[derive(Debug)]
+pub struct CheckSummary {
+    pub databases: usize,
+    pub access_entries: usize,
+}
+
+/// `--check`: everything startup verifies, without listening or writing anything.
+pub fn check(config_path: &Path) -> Result<CheckSummary, ConfigError> {
+    let loaded = config::load(config_path)?;
+    Ok(CheckSummary {
+        databases: loaded.config.databases.len(),
+        access_entries: loaded.config.access.len(),
+    })
+}
+
+/// SIGHUP: loads `config_path` again and, if it verifies, makes it the config of new sessions.
+/// A config that fails keeps the old one in force; the reason is logged at error level.
+/// Returns whether the new config was installed.
+pub fn reload(shared: &Shared, config_path: &Path) -> bool {
+    let started = Instant::now();
+    match config::load(config_path) {
+        Ok(loaded) => {
+            let old = shared.current();
+            if loaded.config.relay.listen != old.config.relay.listen
+                || loaded.config.relay.metrics != old.config.relay.metrics
+            {
+                tracing::warn!(
+                    "the new config changes `listen` or `metrics`; addresses change only on \
+                     restart, the rest of the config is in force now"
+                );
+            }
+            // Reopen even when the path is unchanged, so `logrotate` + SIGHUP works.
+            shared.audit.reopen(config::audit_path(&loaded));
+            let checksum = loaded.config.checksum.clone();
+            shared.replace_config(loaded);
+            shared.metrics.config_reloaded(true);
+            tracing::info!(
+                %checksum,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "config reloaded; new sessions use it, sessions in flight keep theirs"
+            );
+            true
+        }
+        Err(error) => {
+            shared.metrics.config_reloaded(false);
+            tracing::error!(
+                %error,
+                "config reload failed; keeping the previous config"
+            );
+            false
+        }
+    }
+}
+
+/// Runs the relay until SIGTERM/SIGINT and the drain that follows.
+pub async fn serve(config_path: PathBuf) -> Result<(), ServeError> {
+    let started = Instant::now();
+    let loaded = config::load(&config_path)?;
+    let audit = AuditSink::start(config::audit_path(&loaded))?;
+    let listen = loaded.config.relay.listen.clone();
+    let metrics_addr = loaded.config.relay.metrics.clone();
+    let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()));
+    let health = Arc::new(Health::default());
+
+    // Install signal handlers before listening, so a SIGTERM right after "listening" drains
+    // rather than killing the process with the default action.
+    let mut hangup = install(SignalKind::hangup(), "SIGHUP")?;
+    let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
+
+    if let Some(addr) = &metrics_addr {
+        let listener = bind(addr, "metrics").await?;
+        tracing::info!(addr = %local(&listener), "metrics endpoint listening");
+        tokio::spawn(crate::http::serve(
+            listener,
+            Arc::clone(&shared),
+            Arc::clone(&health),
+        ));
+    }
+    let listener = bind(&listen, "listen").await?;
+    tracing::info!(
+        addr = %local(&listener),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "dbward-relay listening"
+    );
+
+    let shutdown = CancellationToken::new();
+    let mut relay = tokio::spawn(crate::run(listener, Arc::clone(&shared), shutdown.clone()));
+
+    // Serve, reloading on SIGHUP, until the first SIGTERM/SIGINT (or the relay fails).
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                reload(&shared, &config_path);
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            finished = &mut relay => {
+                tokio::task::block_in_place(|| shared.audit.flush());
+                return match finished {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(ServeError::Run(error.to_string())),
+                    Err(error) => Err(ServeError::Run(error.to_string())),
+                };
+            }
+        }
+    }
+
+    // Drain: not ready, stop accepting, let sessions finish within the drain timeout.
+    health.start_draining();
+    shutdown.cancel();
+    let drain = Duration::from_millis(shared.current().config.relay.limits.drain_timeout_ms);
+    tracing::info!(
+        sessions = shared.metrics.sessions_active(),
+        timeout_ms = drain.as_millis() as u64,
+        "draining: the listener is closed; waiting for sessions to end"
+    );
+    let deadline = tokio::time::sleep(drain);
+    tokio::pin!(deadline);
+    tokio::select! {
+        finished = &mut relay => {
+            if let Ok(Err(error)) = finished {
+                tracing::warn!(%error, "the relay reported an error while draining");
+            }
+            tracing::info!("drained: every session ended; exiting");
+        }
+        _ = &mut deadline => {
+            tracing::warn!(
+                sessions = shared.metrics.sessions_active(),
+                "drain timeout passed; exiting with sessions still open"
+            );
+        }
+        _ = terminate.recv() => second_signal(&shared),
+        _ = interrupt.recv() => second_signal(&shared),
+    }
+    tokio::task::block_in_place(|| shared.audit.flush());
+    Ok(())
+}
+
+/// A second SIGTERM/SIGINT while draining: exit now.
+fn second_signal(shared: &Shared) -> ! {
+    tracing::warn!(
+        sessions = shared.metrics.sessions_active(),
+        "second termination signal: exiting at once"
+    );
+    tokio::task::block_in_place(|| shared.audit.flush());
+    std::process::exit(1)
+}
+
+fn install(
+    kind: SignalKind,
+    name: &'static str,
+) -> Result<tokio::signal::unix::Signal, ServeError> {
+    signal(kind).map_err(|source| ServeError::Signal {
+        signal: name,
+        source,
+    })
+}
+
+async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what,
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+fn local(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into())
+}

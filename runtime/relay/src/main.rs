@@ -1,6 +1,67 @@
-//! The `dbward-relay` binary (placeholder until its issue lands).
+//! The `dbward-relay` binary: parses arguments, sets up logging, and calls
+//! [`dbward_relay::ops::check`] or [`dbward_relay::ops::serve`].
 
-fn main() {
-    eprintln!("dbward-relay: not yet implemented");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use dbward_relay::logging::{self, LogFormat};
+use dbward_relay::ops;
+
+/// The dbward PostgreSQL relay: executes the frozen config that `dbward apply` wrote.
+#[derive(Debug, Parser)]
+#[command(name = "dbward-relay", version)]
+struct Args {
+    /// The frozen config, `OUT/relay/frozen.json` of `dbward apply`.
+    #[arg(long, value_name = "PATH")]
+    config: PathBuf,
+    /// Verify the config (format version, checksum, certificates, keys and their modes, audit
+    /// log) and exit 0 or 1 without listening.
+    #[arg(long)]
+    check: bool,
+    /// Log line format on stderr; the level comes from RUST_LOG (default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.check {
+        return match ops::check(&args.config) {
+            Ok(summary) => {
+                println!(
+                    "{}: ok ({} databases, {} access entries)",
+                    args.config.display(),
+                    summary.databases,
+                    summary.access_entries
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(error) = logging::init(args.log_format) {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ops::serve(args.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "dbward-relay stopped");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -130,11 +130,21 @@ pub fn allowed(roles: &[&Role], db: &Database) -> Option<Access> {
     Some(acc)
 }
 
-/// Applies one deny block. Returns false when the deny removes the database entirely, and
-/// `Err(())` when it lists db-names against an allowed `"*"`.
-pub fn apply_deny(acc: &mut Access, deny: &Rule, db: &Database) -> Result<bool, ()> {
+/// What one deny block did to an access entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyEffect {
+    /// It subtracted the dimensions it lists (possibly nothing).
+    Subtracted,
+    /// It lists no dimension: the whole database is removed.
+    RemovesDatabase,
+    /// It lists db-names against an allowed `"*"`, which cannot be expressed.
+    CannotNarrowWildcard,
+}
+
+/// Applies one deny block to an entry.
+pub fn apply_deny(acc: &mut Access, deny: &Rule, db: &Database) -> DenyEffect {
     if deny.db_users.is_none() && deny.db_names.is_none() && deny.db_roles.is_none() {
-        return Ok(false);
+        return DenyEffect::RemovesDatabase;
     }
     if let Some(users) = &deny.db_users {
         let remove = resolve_declared(users, db.db_users.keys());
@@ -147,9 +157,12 @@ pub fn apply_deny(acc: &mut Access, deny: &Rule, db: &Database) -> Result<bool, 
             .retain(|r| !remove.contains(r) && !matches!(roles, NameSet::Any));
     }
     if let Some(names) = &deny.db_names {
-        acc.db_names = subtract(&acc.db_names, names).ok_or(())?;
+        match subtract(&acc.db_names, names) {
+            Some(rest) => acc.db_names = rest,
+            None => return DenyEffect::CannotNarrowWildcard,
+        }
     }
-    Ok(true)
+    DenyEffect::Subtracted
 }
 
 /// Whether an access entry allows anything (and so is stored).
@@ -179,9 +192,9 @@ pub fn compute(model: &Model) -> (BTreeMap<(String, String), Access>, Vec<Wildca
                         continue;
                     }
                     match apply_deny(&mut acc, deny, db) {
-                        Ok(true) => {}
-                        Ok(false) => removed = true,
-                        Err(()) => problems.push(WildcardNarrowing {
+                        DenyEffect::Subtracted => {}
+                        DenyEffect::RemovesDatabase => removed = true,
+                        DenyEffect::CannotNarrowWildcard => problems.push(WildcardNarrowing {
                             user: user.name.clone(),
                             database: db.name.clone(),
                             role: role.name.clone(),

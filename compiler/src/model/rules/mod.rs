@@ -5,7 +5,21 @@
 //! first problem. [`check`] runs the rules that decide whether a model can be built at all;
 //! [`check_model`] runs those that need the resolved model and its access table.
 
+pub mod access_blocks;
+pub mod addresses;
+pub mod allow_emptied_by_deny;
+pub mod cloud_ids;
+pub mod cloud_kind;
+pub mod database_kind;
+pub mod deny_narrows_wildcard;
+pub mod duplicate_names;
 pub mod durations;
+pub mod privileges;
+pub mod provisioning;
+pub mod references;
+pub mod role_matches_nothing;
+pub mod safe_names;
+pub mod user_without_roles;
 pub mod value_types;
 pub mod version;
 pub mod vocabulary;
@@ -23,7 +37,17 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     version::check(manifest, diags);
     vocabulary::check(manifest, diags);
     value_types::check(manifest, diags);
+    duplicate_names::check(manifest, diags);
+    references::check(manifest, diags);
+    cloud_kind::check(manifest, diags);
+    database_kind::check(manifest, diags);
+    cloud_ids::check(manifest, diags);
+    safe_names::check(manifest, diags);
     durations::check(manifest, diags);
+    addresses::check(manifest, diags);
+    privileges::check(manifest, diags);
+    access_blocks::check(manifest, diags);
+    provisioning::check(manifest, diags);
 }
 
 /// Runs the rules that need the model and the access computation.
@@ -33,6 +57,10 @@ pub fn check_model(
     narrowings: &[WildcardNarrowing],
     diags: &mut Vec<Diagnostic>,
 ) {
+    deny_narrows_wildcard::check(manifest, narrowings, diags);
+    role_matches_nothing::check(manifest, model, diags);
+    user_without_roles::check(manifest, diags);
+    allow_emptied_by_deny::check(manifest, model, diags);
 }
 
 /// Calls `f` on every node whose path the vocabulary knows, with its spec (children of unknown

@@ -182,21 +182,21 @@ fn check_node(node: &Node, spec: &crate::syntax::NodeSpec, diags: &mut Vec<Diagn
                     .help(format!("write `{name} <{}>`: {}", args.what, spec.doc)),
                 );
             }
-            if let Some(max) = args.max {
-                if let Some(extra) = node.args.get(max) {
-                    diags.push(
-                        Diagnostic::error(
-                            "dbward::unexpected_argument",
-                            format!(
-                                "`{name}` takes {} {}",
-                                if max == 1 { "one" } else { "at most these" },
-                                args.what
-                            ),
-                        )
-                        .label(extra.span, "one too many")
-                        .help("remove the extra value, or write another node for it"),
-                    );
-                }
+            if let Some(max) = args.max
+                && let Some(extra) = node.args.get(max)
+            {
+                diags.push(
+                    Diagnostic::error(
+                        "dbward::unexpected_argument",
+                        format!(
+                            "`{name}` takes {} {}",
+                            if max == 1 { "one" } else { "at most these" },
+                            args.what
+                        ),
+                    )
+                    .label(extra.span, "one too many")
+                    .help("remove the extra value, or write another node for it"),
+                );
             }
         }
     }

@@ -344,7 +344,14 @@ impl Cluster {
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .arg("-h")
             .arg(self.socket_dir())
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
             .args(["-c", sql])
             .env_remove("PGSERVICEFILE")
             .output()
@@ -362,7 +369,14 @@ impl Cluster {
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
             .arg("-h")
             .arg(self.socket_dir())
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
             .arg("-f")
             .arg(path)
             .output()
@@ -372,6 +386,73 @@ impl Cluster {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+}
+
+impl Cluster {
+    /// Runs a SQL file as the superuser over the Unix socket, with psql running as the server's
+    /// OS user, so `local all postgres peer` (what dbward's generated pg_hba.conf keeps)
+    /// authenticates it. Stops at the first error; returns stdout, or stderr on failure.
+    pub fn peer_sql_file(&self, database: &str, path: &Path) -> Result<String, String> {
+        // psql must be able to read the file as the cluster's user: copy it into the tree.
+        let local = self.root().join(format!(
+            "peer-{}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("script.sql")
+        ));
+        fs::copy(path, &local).map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+        self.chown_tree();
+        let out = as_cluster_user(&psql_path(), self.as_root)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .arg("-f")
+            .arg(&local)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        let _ = fs::remove_file(&local);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Installs the PostgreSQL configuration dbward generated for `database` (under `out`, an
+    /// apply's output directory) into this cluster: every file of `databases/<database>/`
+    /// except setup.sql goes to [`Cluster::config_dir`] (keys 0600, owned by the server's
+    /// user), and the data directory's postgresql.conf includes the generated snippet. The
+    /// manifest's `config-dir` must be this cluster's `config_dir()`. Start the server after.
+    pub fn install_dbward(&self, out: &Path, database: &str) {
+        let dir = out.join("databases").join(database);
+        let entries = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("no generated files in {}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("read dir entry").path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name == "setup.sql" {
+                continue;
+            }
+            let bytes = fs::read(&path).expect("read generated file");
+            let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+            self.install_file(&format!("conf/{name}"), &bytes, mode);
+        }
+        self.append_conf(&format!(
+            "include '{}'",
+            self.config_dir().join("postgresql.conf").display()
+        ));
     }
 }
 

@@ -24,11 +24,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{DatabaseKind, Model, Provision};
 
+pub mod env;
 pub mod frozen;
 pub mod iam;
+pub mod pki;
 pub mod postgres;
 pub mod quote;
 pub mod sql;
+
+pub use env::Env;
 
 /// Why the artifacts could not be produced. The front end rejects almost everything first;
 /// these are the checks that only make sense while writing a particular file.
@@ -68,6 +72,16 @@ pub enum EmitError {
          rename the user in the manifest"
     )]
     UnsafePersonName { name: String },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+}
+
+/// Every artifact of a model: the text files ([`emit_text`]) and the certificates and keys
+/// ([`pki::emit`], which keeps existing ones from `env` byte for byte while they are valid).
+pub fn emit(model: &Model, env: &Env) -> Result<Artifacts, EmitError> {
+    let mut out = emit_text(model)?;
+    pki::emit(model, env, &mut out)?;
+    Ok(out)
 }
 
 /// Who may log in to one database through the relay: the union, over the access table, of what
@@ -157,9 +171,6 @@ pub fn emit_text(model: &Model) -> Result<Artifacts, EmitError> {
     );
     Ok(out)
 }
-
-pub mod env;
-pub mod pki;
 
 /// Relative paths of the fixed artifacts, shared by every emitter that refers to them.
 pub mod layout {

@@ -1,0 +1,678 @@
+//! The generated PostgreSQL configuration, certificates and setup.sql, proved against a real
+//! PostgreSQL with tokio-postgres (rustls) and real psql.
+//!
+//! A manifest shaped like `examples/quickstart.kdl` is compiled and emitted; its postgresql.conf
+//! snippet, pg_hba.conf, pg_ident.conf, server certificate/key and client CA are installed into
+//! a fresh cluster; setup.sql runs as the superuser over the local socket. Then the relay's
+//! client certificate logs in as every allowed database user, and everything else — other
+//! users, other database names, no certificate, another CA's certificate, a person's
+//! certificate, no TLS — is refused by PostgreSQL itself.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbward::emit::{Artifacts, Env, layout};
+use dbward::source::Source;
+use dbward_tests::{Cluster, psql_path};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_postgres::error::SqlState;
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
+
+/// The allowed login whose name is written to be hostile: it must still be data everywhere.
+const HOSTILE: &str = "x'; DROP ROLE y; --";
+
+fn manifest(cluster: &Cluster) -> String {
+    format!(
+        r#"dbward version=1
+relay {{
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "12h"
+}}
+database shop {{
+    postgres host="127.0.0.1" port={port} version=15
+    labels env=dev
+    self-hosted {{
+        server-names "localhost" "127.0.0.1"
+        config-dir "{config_dir}"
+    }}
+    admin-user "dbward-admin" default-database=postgres
+    db-role reader {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT on=all-tables schema=public
+    }}
+    db-role writer {{
+        member-of reader
+        grant INSERT UPDATE DELETE on=all-tables schema=public
+    }}
+    db-user app {{
+        member-of writer
+    }}
+    db-user readonly {{
+        member-of reader
+    }}
+    db-user "{HOSTILE}" {{
+        member-of reader
+    }}
+    // Declared, but no role lets anyone log in as it: PostgreSQL must refuse it.
+    db-user batch {{
+        member-of writer
+    }}
+}}
+role developer {{
+    allow {{
+        databases env=dev
+        db-users app readonly "{HOSTILE}"
+        db-names shop
+    }}
+}}
+user alice {{
+    roles developer
+}}
+"#,
+        port = cluster.port,
+        config_dir = cluster.config_dir().display(),
+    )
+}
+
+/// Compiles and emits a manifest (the same calls `dbward apply` makes), writing every artifact
+/// under `out` with its mode. Returns the artifacts.
+fn generate(text: &str, out: &Path) -> Artifacts {
+    let source = Source::new("test.kdl", text);
+    let checked = dbward::check(&source);
+    let model = checked.model.unwrap_or_else(|| {
+        panic!(
+            "the test manifest does not compile:\n{}",
+            dbward::diag::render(&source, &checked.diagnostics, 100, false)
+        )
+    });
+    let env = Env::read_dir(out).expect("read output dir");
+    let artifacts = dbward::emit::emit(&model, &env).expect("emit");
+    for (path, artifact) in &artifacts {
+        let target = out.join(path);
+        fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+        fs::write(&target, &artifact.bytes).expect("write artifact");
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&target, fs::Permissions::from_mode(artifact.mode)).expect("chmod");
+    }
+    artifacts
+}
+
+/// Runs SQL as the superuser over the local socket, as pg_hba.conf's `peer` line requires.
+fn superuser_sql(cluster: &Cluster, database: &str, sql: &str) -> String {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    fs::write(file.path(), sql).expect("write sql");
+    cluster
+        .peer_sql_file(database, file.path())
+        .unwrap_or_else(|e| {
+            panic!(
+                "superuser SQL failed: {e}\nSQL: {sql}\nlog:\n{}",
+                cluster.log()
+            )
+        })
+}
+
+fn superuser_query(cluster: &Cluster, database: &str, sql: &str) -> String {
+    superuser_sql(
+        cluster,
+        database,
+        &format!("\\pset tuples_only on\n\\pset format unaligned\n{sql}"),
+    )
+    .trim()
+    .to_owned()
+}
+
+/// A client identity: certificate and key PEM files.
+struct Identity {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// What a connection attempt presents.
+struct Attempt<'a> {
+    server_name: &'a str,
+    user: &'a str,
+    dbname: &'a str,
+    identity: Option<&'a Identity>,
+}
+
+fn client_config(root_ca: &Path, identity: Option<&Identity>) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(root_ca).expect("read root CA") {
+        roots.add(cert.expect("root CA PEM")).expect("add root CA");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    match identity {
+        Some(id) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&id.cert)
+                .expect("read cert")
+                .map(|c| c.expect("cert PEM"))
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&id.key).expect("read key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client identity")
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// Connects with tokio-postgres over rustls, verifying the server certificate against
+/// `root_ca` for `server_name` (verify-full), and runs `sql`, returning the first column of
+/// each row.
+fn tokio_query(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    root_ca: &Path,
+    attempt: &Attempt<'_>,
+    sql: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let tls =
+        tokio_postgres_rustls::MakeRustlsConnect::new(client_config(root_ca, attempt.identity));
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(attempt.server_name)
+        .hostaddr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .port(port)
+        .user(attempt.user)
+        .dbname(attempt.dbname)
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
+        .connect_timeout(Duration::from_secs(10));
+    rt.block_on(async {
+        let (client, connection) = config.connect(tls).await?;
+        let driver = tokio::spawn(connection);
+        let rows = client.simple_query(sql).await;
+        drop(client);
+        let _ = driver.await;
+        let mut values = Vec::new();
+        for message in rows? {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                values.push(row.get(0).unwrap_or_default().to_owned());
+            }
+        }
+        Ok(values)
+    })
+}
+
+/// A libpq connection-string value, single-quoted with `\` and `'` escaped.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Runs real psql with a connection string; returns stdout or stderr.
+fn psql(conninfo: &str, sql: &str, home: &Path) -> Result<String, String> {
+    let out = Command::new(psql_path())
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ])
+        // No stray defaults: no ~/.postgresql certificates, no service file, no password.
+        .env("HOME", home)
+        .env_remove("PGSERVICEFILE")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSSLMODE")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn psql_conninfo(port: u16, user: &str, dbname: &str, tls: &str) -> String {
+    format!(
+        "host=localhost hostaddr=127.0.0.1 port={port} user={} dbname={} {tls}",
+        conninfo_value(user),
+        conninfo_value(dbname)
+    )
+}
+
+fn parse_cert(pem: &[u8]) -> X509Certificate<'static> {
+    let der = CertificateDer::from_pem_slice(pem).expect("certificate PEM");
+    let der: &'static [u8] = Box::leak(der.as_ref().to_vec().into_boxed_slice());
+    X509Certificate::from_der(der).expect("certificate DER").1
+}
+
+fn common_name(name: &x509_parser::x509::X509Name<'_>) -> String {
+    name.iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Asserts what the certificates PostgreSQL and the relay use say: names, issuers, validity,
+/// P-256 keys; and that PostgreSQL trusts only relay-client-ca.
+fn check_certificates(artifacts: &Artifacts) {
+    let pem = |path: &str| -> &[u8] {
+        &artifacts
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} was not emitted"))
+            .bytes
+    };
+    let server_ca = parse_cert(pem(layout::SERVER_CA_CERT));
+    let relay_client_ca = parse_cert(pem(layout::RELAY_CLIENT_CA_CERT));
+    let users_ca = parse_cert(pem(layout::USERS_CA_CERT));
+    let server = parse_cert(pem(&layout::database_file("shop", "server.crt")));
+    let upstream = parse_cert(pem(layout::RELAY_UPSTREAM_CERT));
+
+    assert_eq!(
+        server.issuer(),
+        server_ca.subject(),
+        "server-ca signs database certificates"
+    );
+    assert_eq!(upstream.issuer(), relay_client_ca.subject());
+    assert_eq!(common_name(upstream.subject()), layout::RELAY_UPSTREAM_CN);
+    assert_ne!(relay_client_ca.subject(), users_ca.subject());
+    assert_ne!(relay_client_ca.subject(), server_ca.subject());
+    assert_eq!(
+        pem(&layout::database_file("shop", "client-ca.crt")),
+        pem(layout::RELAY_CLIENT_CA_CERT),
+        "PostgreSQL trusts relay-client-ca, and only it"
+    );
+
+    let mut sans = Vec::new();
+    for ext in server.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::DNSName(dns) => sans.push(dns.to_string()),
+                    GeneralName::IPAddress(ip) => sans.push(format!("ip:{ip:?}")),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(sans.contains(&"localhost".to_owned()), "{sans:?}");
+    assert!(sans.contains(&"ip:[127, 0, 0, 1]".to_owned()), "{sans:?}");
+
+    for cert in [&server, &upstream, &server_ca, &relay_client_ca, &users_ca] {
+        assert!(
+            cert.validity().is_valid(),
+            "{} is not valid now",
+            common_name(cert.subject())
+        );
+        let spki = cert.public_key();
+        assert_eq!(
+            spki.algorithm.algorithm.to_id_string(),
+            "1.2.840.10045.2.1",
+            "ECDSA key"
+        );
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|oid| oid.to_id_string());
+        assert_eq!(curve.as_deref(), Some("1.2.840.10045.3.1.7"), "P-256");
+    }
+    let key = &artifacts[&layout::database_file("shop", "server.key")];
+    assert!(
+        key.sensitive && key.mode == 0o600,
+        "server.key is a 0600 secret"
+    );
+}
+
+#[test]
+fn generated_config_enforces_the_manifest_in_real_postgres() {
+    let mut cluster = Cluster::init();
+    let out = tempfile::tempdir().expect("out dir");
+    let home = tempfile::tempdir().expect("home dir");
+    let artifacts = generate(&manifest(&cluster), out.path());
+    check_certificates(&artifacts);
+
+    cluster.install_dbward(out.path(), "shop");
+    if let Err(log) = cluster.try_start() {
+        panic!("PostgreSQL refused the generated configuration:\n{log}");
+    }
+
+    // The generated files parse without a single error.
+    let hba_errors = superuser_query(
+        &cluster,
+        "postgres",
+        "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL",
+    );
+    assert_eq!(hba_errors, "0", "pg_hba.conf has errors");
+    let ident_errors = superuser_query(
+        &cluster,
+        "postgres",
+        "SELECT count(*) FROM pg_ident_file_mappings WHERE error IS NOT NULL",
+    );
+    assert_eq!(ident_errors, "0", "pg_ident.conf has errors");
+    assert_eq!(superuser_query(&cluster, "postgres", "SHOW ssl"), "on");
+
+    // The database name the manifest allows, a table that exists before setup.sql (GRANT ON ALL
+    // TABLES) and one created after it (ALTER DEFAULT PRIVILEGES).
+    superuser_sql(&cluster, "postgres", "CREATE DATABASE shop;");
+    superuser_sql(&cluster, "shop", "CREATE TABLE items (name text);");
+    let setup = out.path().join("databases/shop/setup.sql");
+    cluster
+        .peer_sql_file("shop", &setup)
+        .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+    // Idempotent: a second run succeeds and changes nothing.
+    let roles_before = superuser_query(
+        &cluster,
+        "shop",
+        "SELECT string_agg(rolname || ':' || rolcanlogin, ',' ORDER BY rolname) FROM pg_roles \
+         WHERE rolname !~ '^pg_'",
+    );
+    cluster
+        .peer_sql_file("shop", &setup)
+        .unwrap_or_else(|e| panic!("setup.sql failed on its second run: {e}"));
+    let roles_after = superuser_query(
+        &cluster,
+        "shop",
+        "SELECT string_agg(rolname || ':' || rolcanlogin, ',' ORDER BY rolname) FROM pg_roles \
+         WHERE rolname !~ '^pg_'",
+    );
+    assert_eq!(roles_before, roles_after);
+    superuser_sql(&cluster, "shop", "CREATE TABLE later_items (name text);");
+
+    // The hostile name is a role, nothing was dropped, nothing else was created.
+    for role in [
+        HOSTILE,
+        "app",
+        "readonly",
+        "batch",
+        "reader",
+        "writer",
+        "dbward-admin",
+    ] {
+        let found = superuser_query(
+            &cluster,
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_roles WHERE rolname = {}",
+                dbward::emit::quote::literal(role)
+            ),
+        );
+        assert_eq!(found, "1", "role {role:?} exists");
+    }
+    assert!(
+        roles_after.contains("dbward-admin:t") && roles_after.contains("reader:f"),
+        "{roles_after}"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let port = cluster.port;
+    let server_ca = out.path().join(layout::RELAY_SERVER_CA);
+    let relay = Identity {
+        cert: out.path().join(layout::RELAY_UPSTREAM_CERT),
+        key: out.path().join(layout::RELAY_UPSTREAM_KEY),
+    };
+    let as_relay = |user: &'static str, dbname: &'static str, server_name: &'static str| Attempt {
+        server_name,
+        user,
+        dbname,
+        identity: Some(&relay),
+    };
+
+    // Every allowed database user logs in, verify-full against a DNS name and an IP SAN.
+    for user in ["app", "readonly", HOSTILE] {
+        for server_name in ["localhost", "127.0.0.1"] {
+            let who = tokio_query(
+                &rt,
+                port,
+                &server_ca,
+                &as_relay(user, "shop", server_name),
+                "SELECT current_user",
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{user} via {server_name} was refused: {e:?}\n{}",
+                    cluster.log()
+                )
+            });
+            assert_eq!(who, [user]);
+        }
+    }
+    // readonly reads but cannot write; app writes, also into a table created after setup.sql.
+    let app = as_relay("app", "shop", "localhost");
+    let readonly = as_relay("readonly", "shop", "localhost");
+    tokio_query(
+        &rt,
+        port,
+        &server_ca,
+        &app,
+        "INSERT INTO items VALUES ('from app')",
+    )
+    .expect("app inserts");
+    tokio_query(
+        &rt,
+        port,
+        &server_ca,
+        &app,
+        "INSERT INTO later_items VALUES ('later')",
+    )
+    .expect("app inserts into a table created after setup.sql");
+    let rows = tokio_query(&rt, port, &server_ca, &readonly, "SELECT name FROM items")
+        .expect("readonly selects");
+    assert_eq!(rows, ["from app"]);
+    let rows = tokio_query(
+        &rt,
+        port,
+        &server_ca,
+        &readonly,
+        "SELECT name FROM later_items",
+    )
+    .expect("readonly selects from a table created after setup.sql");
+    assert_eq!(rows, ["later"]);
+    let err = tokio_query(
+        &rt,
+        port,
+        &server_ca,
+        &readonly,
+        "INSERT INTO items VALUES ('no')",
+    )
+    .expect_err("readonly must not insert");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{err:?}"
+    );
+
+    // PostgreSQL refuses what the manifest does not allow, even with the relay's certificate.
+    for (user, dbname) in [
+        ("batch", "shop"),
+        ("postgres", "shop"),
+        ("dbward-admin", "shop"),
+        ("app", "postgres"),
+    ] {
+        let err = tokio_query(
+            &rt,
+            port,
+            &server_ca,
+            &as_relay(user, dbname, "localhost"),
+            "SELECT 1",
+        )
+        .expect_err(&format!("{user} into {dbname} must be refused"));
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+            "{user} into {dbname}: {err:?}"
+        );
+    }
+    // verify-full: a name the server certificate does not carry fails on the client side.
+    tokio_query(
+        &rt,
+        port,
+        &server_ca,
+        &as_relay("app", "shop", "db.example.com"),
+        "SELECT 1",
+    )
+    .expect_err("a server name outside server-names must not verify");
+    // No client certificate.
+    let no_cert = Attempt {
+        identity: None,
+        ..as_relay("app", "shop", "localhost")
+    };
+    let err = tokio_query(&rt, port, &server_ca, &no_cert, "SELECT 1").expect_err("no certificate");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{err:?}"
+    );
+
+    // A certificate with the relay's CN from another CA (a second, independent PKI), and a
+    // person's certificate from users-ca: PostgreSQL trusts neither.
+    let other = tempfile::tempdir().expect("other pki");
+    generate(&manifest(&cluster), other.path());
+    let foreign = Identity {
+        cert: other.path().join(layout::RELAY_UPSTREAM_CERT),
+        key: other.path().join(layout::RELAY_UPSTREAM_KEY),
+    };
+    let env = Env::read_dir(out.path()).expect("env");
+    let person = dbward::emit::pki::issue_person(
+        &env,
+        &artifacts[layout::USERS_CA_CERT].bytes,
+        &artifacts[layout::USERS_CA_KEY].bytes,
+        "alice",
+        Duration::from_secs(3600),
+    )
+    .expect("issue a person certificate");
+    let person_dir = tempfile::tempdir().expect("person dir");
+    let alice = Identity {
+        cert: person_dir.path().join("postgresql.crt"),
+        key: person_dir.path().join("postgresql.key"),
+    };
+    fs::write(&alice.cert, &person.cert_pem).expect("write");
+    fs::write(&alice.key, &person.key_pem).expect("write");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&alice.key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    for (what, identity) in [("another CA", &foreign), ("users-ca", &alice)] {
+        let attempt = Attempt {
+            identity: Some(identity),
+            ..as_relay("app", "shop", "localhost")
+        };
+        tokio_query(&rt, port, &server_ca, &attempt, "SELECT 1")
+            .expect_err(&format!("a certificate from {what} must be refused"));
+    }
+
+    // The same with real psql.
+    let tls = |id: &Identity| {
+        format!(
+            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            conninfo_value(&server_ca.display().to_string()),
+            conninfo_value(&id.cert.display().to_string()),
+            conninfo_value(&id.key.display().to_string())
+        )
+    };
+    for user in ["app", "readonly", HOSTILE] {
+        let who = psql(
+            &psql_conninfo(port, user, "shop", &tls(&relay)),
+            "SELECT current_user",
+            home.path(),
+        )
+        .unwrap_or_else(|e| panic!("psql as {user} was refused: {e}"));
+        assert_eq!(who, user);
+    }
+    psql(
+        &psql_conninfo(port, "app", "shop", &tls(&relay)),
+        "INSERT INTO items VALUES ('psql')",
+        home.path(),
+    )
+    .expect("app inserts with psql");
+    let err = psql(
+        &psql_conninfo(port, "readonly", "shop", &tls(&relay)),
+        "INSERT INTO items VALUES ('no')",
+        home.path(),
+    )
+    .expect_err("readonly must not insert with psql");
+    assert!(err.contains("permission denied"), "{err}");
+    let err = psql(
+        &psql_conninfo(port, "batch", "shop", &tls(&relay)),
+        "SELECT 1",
+        home.path(),
+    )
+    .expect_err("batch must be refused");
+    assert!(err.contains("pg_hba.conf rejects connection"), "{err}");
+    let missing = home.path().join("none");
+    let no_cert = format!(
+        "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        conninfo_value(&server_ca.display().to_string()),
+        conninfo_value(&missing.join("c.crt").display().to_string()),
+        conninfo_value(&missing.join("c.key").display().to_string()),
+    );
+    let err = psql(
+        &psql_conninfo(port, "app", "shop", &no_cert),
+        "SELECT 1",
+        home.path(),
+    )
+    .expect_err("no client certificate must be refused");
+    assert!(err.contains("certificate"), "{err}");
+    let err = psql(
+        &psql_conninfo(port, "app", "shop", "sslmode=disable"),
+        "SELECT 1",
+        home.path(),
+    )
+    .expect_err("no TLS must be refused");
+    assert!(
+        err.contains("no encryption") || err.contains("rejects"),
+        "{err}"
+    );
+    for (what, identity) in [("another CA", &foreign), ("users-ca", &alice)] {
+        psql(
+            &psql_conninfo(port, "app", "shop", &tls(identity)),
+            "SELECT 1",
+            home.path(),
+        )
+        .expect_err(&format!(
+            "psql with a certificate from {what} must be refused"
+        ));
+    }
+
+    // The rows really came from the allowed users.
+    let rows = superuser_query(
+        &cluster,
+        "shop",
+        "SELECT string_agg(name, ',' ORDER BY name) FROM items",
+    );
+    assert_eq!(rows, "from app,psql");
+}
+
+/// The front end rejects a name pg_hba.conf cannot quote, before any file is written.
+#[test]
+fn a_double_quote_in_a_name_is_rejected_at_check_time() {
+    let text = r#"dbward version=1
+relay {
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "12h"
+}
+database shop {
+    postgres host="127.0.0.1"
+    self-hosted {
+        server-names "127.0.0.1"
+        config-dir "/tmp/x"
+    }
+    db-user "x\"; DROP ROLE y; --"
+}
+"#;
+    let checked = dbward::check(&Source::new("hostile.kdl", text));
+    assert!(checked.model.is_none(), "a name with `\"` must not compile");
+    assert!(checked.has_errors());
+}

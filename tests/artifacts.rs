@@ -15,9 +15,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbward::emit::{Artifacts, Env, layout};
+use std::collections::BTreeMap;
+
+use dbward::emit::layout;
 use dbward::source::Source;
-use dbward_tests::{Cluster, psql_path};
+use dbward_tests::{Cluster, psql_path, workspace_bin};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_postgres::error::SqlState;
@@ -81,27 +83,47 @@ user alice {{
     )
 }
 
-/// Compiles and emits a manifest (the same calls `dbward apply` makes), writing every artifact
-/// under `out` with its mode. Returns the artifacts.
-fn generate(text: &str, out: &Path) -> Artifacts {
-    let source = Source::new("test.kdl", text);
-    let checked = dbward::check(&source);
-    let model = checked.model.unwrap_or_else(|| {
-        panic!(
-            "the test manifest does not compile:\n{}",
-            dbward::diag::render(&source, &checked.diagnostics, 100, false)
-        )
-    });
-    let env = Env::read_dir(out).expect("read output dir");
-    let artifacts = dbward::emit::emit(&model, &env).expect("emit");
-    for (path, artifact) in &artifacts {
-        let target = out.join(path);
-        fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
-        fs::write(&target, &artifact.bytes).expect("write artifact");
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&target, fs::Permissions::from_mode(artifact.mode)).expect("chmod");
+/// Every file under an output directory, by `/`-separated relative path: bytes and mode.
+type Tree = BTreeMap<String, (Vec<u8>, u32)>;
+
+/// Compiles a manifest and writes every artifact under `out` through the real `dbward apply`
+/// binary, as an operator would. Returns what it wrote.
+fn apply(text: &str, out: &Path) -> Tree {
+    let manifest = out.with_extension("kdl");
+    fs::write(&manifest, text).expect("write manifest");
+    let run = Command::new(workspace_bin("dbward"))
+        .arg("apply")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(out)
+        .arg("--auto-approve")
+        .output()
+        .expect("run dbward apply");
+    assert!(
+        run.status.success(),
+        "dbward apply failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut tree = Tree::new();
+    fn walk(root: &Path, dir: &Path, tree: &mut Tree) {
+        for entry in fs::read_dir(dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, tree);
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                let relative = path.strip_prefix(root).expect("under root");
+                let mode = entry.metadata().expect("metadata").permissions().mode() & 0o777;
+                tree.insert(
+                    relative.to_string_lossy().into_owned(),
+                    (fs::read(&path).expect("read artifact"), mode),
+                );
+            }
+        }
     }
-    artifacts
+    walk(out, out, &mut tree);
+    tree
 }
 
 /// Runs SQL as the superuser over the local socket, as pg_hba.conf's `peer` line requires.
@@ -126,6 +148,18 @@ fn superuser_query(cluster: &Cluster, database: &str, sql: &str) -> String {
     )
     .trim()
     .to_owned()
+}
+
+/// Every non-system role with its login flag and the roles it is a direct member of.
+fn roles_snapshot(cluster: &Cluster) -> String {
+    superuser_query(
+        cluster,
+        "postgres",
+        "SELECT string_agg(r.rolname || ':' || r.rolcanlogin || ':' || r.rolcreaterole || ':' || \
+         coalesce((SELECT string_agg(g.rolname, '+' ORDER BY g.rolname) FROM pg_auth_members m \
+         JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), ''), ',' ORDER BY r.rolname) \
+         FROM pg_roles r WHERE r.rolname !~ '^pg_'",
+    )
 }
 
 /// A client identity: certificate and key PEM files.
@@ -262,12 +296,12 @@ fn common_name(name: &x509_parser::x509::X509Name<'_>) -> String {
 
 /// Asserts what the certificates PostgreSQL and the relay use say: names, issuers, validity,
 /// P-256 keys; and that PostgreSQL trusts only relay-client-ca.
-fn check_certificates(artifacts: &Artifacts) {
+fn check_certificates(artifacts: &Tree) {
     let pem = |path: &str| -> &[u8] {
         &artifacts
             .get(path)
-            .unwrap_or_else(|| panic!("{path} was not emitted"))
-            .bytes
+            .unwrap_or_else(|| panic!("{path} was not written"))
+            .0
     };
     let server_ca = parse_cert(pem(layout::SERVER_CA_CERT));
     let relay_client_ca = parse_cert(pem(layout::RELAY_CLIENT_CA_CERT));
@@ -325,22 +359,25 @@ fn check_certificates(artifacts: &Artifacts) {
             .map(|oid| oid.to_id_string());
         assert_eq!(curve.as_deref(), Some("1.2.840.10045.3.1.7"), "P-256");
     }
-    let key = &artifacts[&layout::database_file("shop", "server.key")];
-    assert!(
-        key.sensitive && key.mode == 0o600,
-        "server.key is a 0600 secret"
-    );
+    for key in [
+        layout::database_file("shop", "server.key"),
+        layout::RELAY_UPSTREAM_KEY.to_owned(),
+        layout::RELAY_CLIENT_CA_KEY.to_owned(),
+    ] {
+        assert_eq!(artifacts[&key].1, 0o600, "{key} must be mode 0600");
+    }
 }
 
 #[test]
 fn generated_config_enforces_the_manifest_in_real_postgres() {
     let mut cluster = Cluster::init();
-    let out = tempfile::tempdir().expect("out dir");
+    let work = tempfile::tempdir().expect("work dir");
+    let out = work.path().join("out");
     let home = tempfile::tempdir().expect("home dir");
-    let artifacts = generate(&manifest(&cluster), out.path());
+    let artifacts = apply(&manifest(&cluster), &out);
     check_certificates(&artifacts);
 
-    cluster.install_dbward(out.path(), "shop");
+    cluster.install_dbward(&out, "shop");
     if let Err(log) = cluster.try_start() {
         panic!("PostgreSQL refused the generated configuration:\n{log}");
     }
@@ -364,27 +401,29 @@ fn generated_config_enforces_the_manifest_in_real_postgres() {
     // TABLES) and one created after it (ALTER DEFAULT PRIVILEGES).
     superuser_sql(&cluster, "postgres", "CREATE DATABASE shop;");
     superuser_sql(&cluster, "shop", "CREATE TABLE items (name text);");
-    let setup = out.path().join("databases/shop/setup.sql");
+    let setup = out.join("databases/shop/setup.sql");
     cluster
         .peer_sql_file("shop", &setup)
         .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
-    // Idempotent: a second run succeeds and changes nothing.
-    let roles_before = superuser_query(
-        &cluster,
-        "shop",
-        "SELECT string_agg(rolname || ':' || rolcanlogin, ',' ORDER BY rolname) FROM pg_roles \
-         WHERE rolname !~ '^pg_'",
-    );
+    // Idempotent: a second run succeeds and changes no role, attribute or membership.
+    let before = roles_snapshot(&cluster);
     cluster
         .peer_sql_file("shop", &setup)
         .unwrap_or_else(|e| panic!("setup.sql failed on its second run: {e}"));
-    let roles_after = superuser_query(
+    let roles_after = roles_snapshot(&cluster);
+    assert_eq!(before, roles_after);
+    // Convergent: a membership granted by hand between managed roles is revoked, an attribute
+    // changed by hand is restored, a membership removed by hand comes back.
+    superuser_sql(
         &cluster,
         "shop",
-        "SELECT string_agg(rolname || ':' || rolcanlogin, ',' ORDER BY rolname) FROM pg_roles \
-         WHERE rolname !~ '^pg_'",
+        "GRANT writer TO readonly; ALTER ROLE app NOLOGIN; REVOKE reader FROM writer;",
     );
-    assert_eq!(roles_before, roles_after);
+    assert_ne!(roles_snapshot(&cluster), before);
+    cluster
+        .peer_sql_file("shop", &setup)
+        .unwrap_or_else(|e| panic!("setup.sql failed on its third run: {e}"));
+    assert_eq!(roles_snapshot(&cluster), before);
     superuser_sql(&cluster, "shop", "CREATE TABLE later_items (name text);");
 
     // The hostile name is a role, nothing was dropped, nothing else was created.
@@ -408,7 +447,9 @@ fn generated_config_enforces_the_manifest_in_real_postgres() {
         assert_eq!(found, "1", "role {role:?} exists");
     }
     assert!(
-        roles_after.contains("dbward-admin:t") && roles_after.contains("reader:f"),
+        roles_after.contains("dbward-admin:true:true:")
+            && roles_after.contains("reader:false:false:,")
+            && roles_after.contains("writer:false:false:reader,"),
         "{roles_after}"
     );
 
@@ -417,10 +458,10 @@ fn generated_config_enforces_the_manifest_in_real_postgres() {
         .build()
         .expect("tokio runtime");
     let port = cluster.port;
-    let server_ca = out.path().join(layout::RELAY_SERVER_CA);
+    let server_ca = out.join(layout::RELAY_SERVER_CA);
     let relay = Identity {
-        cert: out.path().join(layout::RELAY_UPSTREAM_CERT),
-        key: out.path().join(layout::RELAY_UPSTREAM_KEY),
+        cert: out.join(layout::RELAY_UPSTREAM_CERT),
+        key: out.join(layout::RELAY_UPSTREAM_KEY),
     };
     let as_relay = |user: &'static str, dbname: &'static str, server_name: &'static str| Attempt {
         server_name,
@@ -537,32 +578,31 @@ fn generated_config_enforces_the_manifest_in_real_postgres() {
 
     // A certificate with the relay's CN from another CA (a second, independent PKI), and a
     // person's certificate from users-ca: PostgreSQL trusts neither.
-    let other = tempfile::tempdir().expect("other pki");
-    generate(&manifest(&cluster), other.path());
+    let other = work.path().join("other");
+    apply(&manifest(&cluster), &other);
     let foreign = Identity {
-        cert: other.path().join(layout::RELAY_UPSTREAM_CERT),
-        key: other.path().join(layout::RELAY_UPSTREAM_KEY),
+        cert: other.join(layout::RELAY_UPSTREAM_CERT),
+        key: other.join(layout::RELAY_UPSTREAM_KEY),
     };
-    let env = Env::read_dir(out.path()).expect("env");
-    let person = dbward::emit::pki::issue_person(
-        &env,
-        &artifacts[layout::USERS_CA_CERT].bytes,
-        &artifacts[layout::USERS_CA_KEY].bytes,
-        "alice",
-        Duration::from_secs(3600),
-    )
-    .expect("issue a person certificate");
-    let person_dir = tempfile::tempdir().expect("person dir");
+    let person_dir = work.path().join("alice");
+    let issued = Command::new(workspace_bin("dbward"))
+        .args(["cert", "issue"])
+        .arg(out.with_extension("kdl"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--user", "alice", "--dest"])
+        .arg(&person_dir)
+        .output()
+        .expect("run dbward cert issue");
+    assert!(
+        issued.status.success(),
+        "dbward cert issue failed: {}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
     let alice = Identity {
-        cert: person_dir.path().join("postgresql.crt"),
-        key: person_dir.path().join("postgresql.key"),
+        cert: person_dir.join("postgresql.crt"),
+        key: person_dir.join("postgresql.key"),
     };
-    fs::write(&alice.cert, &person.cert_pem).expect("write");
-    fs::write(&alice.key, &person.key_pem).expect("write");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&alice.key, fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
     for (what, identity) in [("another CA", &foreign), ("users-ca", &alice)] {
         let attempt = Attempt {
             identity: Some(identity),

@@ -205,7 +205,7 @@ fn create_login(db: &Database, name: &str, who: Login) -> String {
             let project = instance.split(':').next().unwrap_or(instance);
             let message = format!(
                 "database user {name} does not exist: create the IAM user first with \
-                 `gcloud sql users create {name}.gserviceaccount.com --instance={instance_id} \
+                 `gcloud sql users create {name} --instance={instance_id} \
                  --project={project} --type=cloud_iam_service_account`, then run setup.sql again"
             );
             // RAISE formats `%`; pass the message as an argument so it is never a format.

@@ -12,11 +12,11 @@ DO $dbward$
 BEGIN
   -- db-user `ledger-reader@acme-prod.iam`: people log in as it through the relay.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ledger-reader@acme-prod.iam') THEN
-    RAISE EXCEPTION '%', 'database user ledger-reader@acme-prod.iam does not exist: create the IAM user first with `gcloud sql users create ledger-reader@acme-prod.iam.gserviceaccount.com --instance=ledger --project=acme-prod --type=cloud_iam_service_account`, then run setup.sql again';
+    RAISE EXCEPTION '%', 'database user ledger-reader@acme-prod.iam does not exist: create the IAM user first with `gcloud sql users create ledger-reader@acme-prod.iam --instance=ledger --project=acme-prod --type=cloud_iam_service_account`, then run setup.sql again';
   END IF;
   -- db-user `ledger-writer@acme-prod.iam`: people log in as it through the relay.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ledger-writer@acme-prod.iam') THEN
-    RAISE EXCEPTION '%', 'database user ledger-writer@acme-prod.iam does not exist: create the IAM user first with `gcloud sql users create ledger-writer@acme-prod.iam.gserviceaccount.com --instance=ledger --project=acme-prod --type=cloud_iam_service_account`, then run setup.sql again';
+    RAISE EXCEPTION '%', 'database user ledger-writer@acme-prod.iam does not exist: create the IAM user first with `gcloud sql users create ledger-writer@acme-prod.iam --instance=ledger --project=acme-prod --type=cloud_iam_service_account`, then run setup.sql again';
   END IF;
 END
 $dbward$;

@@ -12,7 +12,7 @@ DO $dbward$
 BEGIN
   -- db-user `cloudsql-user@acme-prod.iam`: people log in as it through the relay.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'cloudsql-user@acme-prod.iam') THEN
-    RAISE EXCEPTION '%', 'database user cloudsql-user@acme-prod.iam does not exist: create the IAM user first with `gcloud sql users create cloudsql-user@acme-prod.iam.gserviceaccount.com --instance=ledger --project=acme-prod --type=cloud_iam_service_account`, then run setup.sql again';
+    RAISE EXCEPTION '%', 'database user cloudsql-user@acme-prod.iam does not exist: create the IAM user first with `gcloud sql users create cloudsql-user@acme-prod.iam --instance=ledger --project=acme-prod --type=cloud_iam_service_account`, then run setup.sql again';
   END IF;
 END
 $dbward$;

@@ -8,9 +8,15 @@
 //! - `artifacts`: the generated postgresql.conf, pg_hba.conf, pg_ident.conf, certificates and
 //!   setup.sql, installed into a real PostgreSQL: allowed logins work, everything else is refused.
 //! - `golden`: every text emitter over every example, against checked-in golden files.
+//! - `plan_apply`: `dbward plan`/`apply` on a real filesystem: no-change re-apply, drift, saved
+//!   plans and staleness, removals, and an apply that fails halfway (EFBIG) changing nothing.
+//! - `cert`: `dbward cert issue` files used by real `psql` with verify-full against a real
+//!   PostgreSQL presenting the relay's certificate.
 
 mod artifacts;
+mod cert;
 mod examples;
 mod golden;
 mod harness;
+mod plan_apply;
 mod schema;

@@ -71,7 +71,8 @@ pub fn apply(out: &Path, plan: &Plan, force: bool) -> Result<Applied, ApplyError
     }
 
     let mut created_dirs = Vec::new();
-    let staged = match stage_all(out, plan, &mut created_dirs) {
+    let write_state = plan.state_outdated || !plan.is_empty();
+    let staged = match stage_all(out, plan, write_state, &mut created_dirs) {
         Ok(staged) => staged,
         Err(e) => {
             // The staged temp files are already gone (dropped); remove directories this apply
@@ -85,15 +86,8 @@ pub fn apply(out: &Path, plan: &Plan, force: bool) -> Result<Applied, ApplyError
 
     let mut applied = Applied::default();
     let mut dirs = BTreeSet::new();
-    for (target, temp) in staged {
-        temp.persist(&target).map_err(|e| ApplyError::Commit {
-            action: "rename into place",
-            path: target.clone(),
-            source: e.error,
-        })?;
-        if let Some(parent) = target.parent() {
-            dirs.insert(parent.to_path_buf());
-        }
+    for (target, temp) in staged.files {
+        commit(&target, temp, &mut dirs)?;
         applied.written += 1;
     }
     for change in plan.changes.iter().filter(|c| c.action == Action::Remove) {
@@ -111,6 +105,12 @@ pub fn apply(out: &Path, plan: &Plan, force: bool) -> Result<Applied, ApplyError
         }
         remove_empty_parents(out, &target, &mut dirs);
     }
+    // The record goes last: if anything above failed, the next plan still compares against
+    // the previous record and shows what is left to do.
+    if let Some((target, temp)) = staged.state {
+        commit(&target, temp, &mut dirs)?;
+        applied.state_written = true;
+    }
     for dir in &dirs {
         sync_dir(dir).map_err(|source| ApplyError::Commit {
             action: "fsync directory",
@@ -118,12 +118,24 @@ pub fn apply(out: &Path, plan: &Plan, force: bool) -> Result<Applied, ApplyError
             source,
         })?;
     }
-
-    if plan.state_outdated || !plan.is_empty() {
-        write_state(out, plan)?;
-        applied.state_written = true;
-    }
     Ok(applied)
+}
+
+/// Renames a staged temp file over its target and remembers its directory for the fsync.
+fn commit(
+    target: &Path,
+    temp: NamedTempFile,
+    dirs: &mut BTreeSet<PathBuf>,
+) -> Result<(), ApplyError> {
+    temp.persist(target).map_err(|e| ApplyError::Commit {
+        action: "rename into place",
+        path: target.to_path_buf(),
+        source: e.error,
+    })?;
+    if let Some(parent) = target.parent() {
+        dirs.insert(parent.to_path_buf());
+    }
+    Ok(())
 }
 
 /// Writes a single file atomically (temp file, fsync, rename, fsync of the directory), e.g.
@@ -158,11 +170,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ApplyErr
     })
 }
 
-fn write_state(out: &Path, plan: &Plan) -> Result<(), ApplyError> {
-    ensure_dir(out, &out.join(STATE_DIR), &mut Vec::new())?;
-    write_atomic(&state_path(out), &plan.next_state.to_bytes(), 0o644)
-}
-
 /// Refuses absolute paths, `..`, and anything else that could leave `--out` (plan files are
 /// read from disk and could have been edited).
 fn check_relative(path: &str) -> Result<(), ApplyError> {
@@ -179,12 +186,21 @@ fn check_relative(path: &str) -> Result<(), ApplyError> {
     }
 }
 
-/// Phase one: every add/change written to a synced temp file beside its target.
+/// Temp files ready to be renamed into place.
+struct Staged {
+    files: Vec<(PathBuf, NamedTempFile)>,
+    /// `.dbward/state.json`, committed after everything else.
+    state: Option<(PathBuf, NamedTempFile)>,
+}
+
+/// Phase one: every add/change (and the new state record) written to a synced temp file
+/// beside its target.
 fn stage_all(
     out: &Path,
     plan: &Plan,
+    with_state: bool,
     created_dirs: &mut Vec<PathBuf>,
-) -> Result<Vec<(PathBuf, NamedTempFile)>, ApplyError> {
+) -> Result<Staged, ApplyError> {
     let mut staged = Vec::new();
     for change in &plan.changes {
         let Some(after) = &change.after else {
@@ -209,7 +225,19 @@ fn stage_all(
             stage(&parent, &target, &after.bytes, after.mode)?,
         ));
     }
-    Ok(staged)
+    let state = if with_state {
+        let target = state_path(out);
+        let dir = out.join(STATE_DIR);
+        ensure_dir(out, &dir, created_dirs)?;
+        let temp = stage(&dir, &target, &plan.next_state.to_bytes(), 0o644)?;
+        Some((target, temp))
+    } else {
+        None
+    };
+    Ok(Staged {
+        files: staged,
+        state,
+    })
 }
 
 /// Writes `bytes` to a new temp file in `dir`, sets `mode`, fsyncs it.

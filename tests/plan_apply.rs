@@ -1,0 +1,371 @@
+//! `dbward plan` and `dbward apply` as a user runs them: the real binary on real manifests and
+//! a real filesystem, including an apply that fails halfway through writing.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use dbward_tests::workspace_bin;
+
+/// The quickstart example, from the repository.
+pub fn quickstart() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.kdl");
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Runs `dbward` with `args` in `dir`, stdin closed (no terminal).
+pub fn dbward(dir: &Path, args: &[&str]) -> Output {
+    Command::new(workspace_bin("dbward"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run dbward")
+}
+
+/// Like [`dbward`], asserting success; returns stdout.
+pub fn dbward_ok(dir: &Path, args: &[&str]) -> String {
+    let out = dbward(dir, args);
+    assert!(
+        out.status.success(),
+        "dbward {args:?} failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every entry under `dir` (files with bytes and mode, directories with their mode), including
+/// `.dbward/` and any temp file: what "no byte differs" and "nothing left behind" compare.
+fn snapshot(dir: &Path) -> Snapshot {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, Option<Vec<u8>>)>) {
+        for entry in fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = fs::symlink_metadata(&path).expect("metadata");
+            let rel = path
+                .strip_prefix(root)
+                .expect("prefix")
+                .display()
+                .to_string();
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.is_dir() {
+                out.insert(rel, (mode, None));
+                walk(root, &path, out);
+            } else {
+                out.insert(rel, (mode, Some(fs::read(&path).expect("read"))));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+type Snapshot = BTreeMap<String, (u32, Option<Vec<u8>>)>;
+
+/// Asserts two snapshots are equal, naming the paths that differ (not dumping bytes).
+fn assert_same(before: &Snapshot, after: &Snapshot, what: &str) {
+    let differing: Vec<&String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|p| before.get(*p) != after.get(*p))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{what}: these paths differ: {differing:?}"
+    );
+}
+
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new(manifest: &str) -> Workspace {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("m.kdl"), manifest).expect("write manifest");
+        Workspace { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn out(&self) -> PathBuf {
+        self.path().join("out")
+    }
+    fn set_manifest(&self, manifest: &str) {
+        fs::write(self.path().join("m.kdl"), manifest).expect("write manifest");
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        dbward(self.path(), args)
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        dbward_ok(self.path(), args)
+    }
+}
+
+/// The quickstart with a second self-hosted database `inventory` and another public name.
+fn quickstart_grown() -> String {
+    let base = quickstart().replace(
+        "public-name \"db.localhost\"",
+        "public-name \"db2.localhost\"",
+    );
+    format!(
+        "{base}\ndatabase inventory {{\n    postgres host=\"10.0.0.9\" port=5432\n    labels env=dev\n    \
+         self-hosted {{\n        server-names \"10.0.0.9\" \"inventory.internal\"\n        \
+         config-dir \"/etc/dbward\"\n    }}\n    db-user readonly\n}}\n"
+    )
+}
+
+#[test]
+fn apply_twice_changes_nothing_and_no_byte_differs() {
+    let ws = Workspace::new(&quickstart());
+    let plan = ws.run(&["plan", "m.kdl", "--out", "out", "--detailed-exitcode"]);
+    let (stdout, _) = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("  + ca/users-ca.key (sensitive)\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("PRIVATE KEY"), "{stdout}");
+    assert!(
+        stdout.ends_with("to add, 0 to change, 0 to destroy.\n"),
+        "{stdout}"
+    );
+    assert!(!ws.out().exists(), "plan must not write");
+
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    let first = snapshot(&ws.out());
+    for (path, (mode, bytes)) in &first {
+        if path.ends_with(".key") {
+            assert_eq!(*mode, 0o600, "{path}");
+        } else if bytes.is_some() {
+            assert_eq!(*mode, 0o644, "{path}");
+        }
+    }
+    assert_eq!(first["ca"].0, 0o700);
+
+    let again = ws.run(&["plan", "m.kdl", "--out", "out", "--detailed-exitcode"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(text(&again).0, "No changes.\n");
+    let stdout = ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    assert_eq!(stdout, "No changes.\n");
+    assert_same(&first, &snapshot(&ws.out()), "a second apply changed bytes");
+}
+
+#[test]
+fn without_a_terminal_or_auto_approve_apply_refuses() {
+    let ws = Workspace::new(&quickstart());
+    let out = ws.run(&["apply", "m.kdl", "--out", "out"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("stdin is not a terminal") && stderr.contains("--auto-approve"),
+        "{stderr}"
+    );
+    assert!(!ws.out().exists());
+}
+
+#[test]
+fn a_bad_manifest_writes_nothing() {
+    let ws = Workspace::new(&quickstart().replace("roles developer", "roles developr"));
+    let out = ws.run(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("developr") && stderr.contains("nothing was written"),
+        "{stderr}"
+    );
+    assert!(!ws.out().exists());
+    let plan = ws.run(&["plan", "m.kdl", "--out", "out", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(1));
+}
+
+#[test]
+fn removed_databases_are_destroyed_and_json_never_holds_a_secret() {
+    let ws = Workspace::new(&quickstart_grown());
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    // A file dbward never wrote must survive everything.
+    fs::write(ws.out().join("NOTES.txt"), "mine\n").unwrap();
+    ws.set_manifest(&quickstart());
+
+    let stdout = ws.ok(&["plan", "m.kdl", "--out", "out"]);
+    assert!(
+        stdout.contains("  - databases/inventory/server.key (sensitive)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  - databases/inventory/setup.sql\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  ~ relay/server.crt\n      (certificate reissued)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("db2.localhost"),
+        "frozen.json diff expected: {stdout}"
+    );
+    assert!(
+        stdout.ends_with("Plan: 0 to add, 3 to change, 7 to destroy.\n"),
+        "{stdout}"
+    );
+
+    let json_text = ws.ok(&["plan", "m.kdl", "--out", "out", "--json"]);
+    assert!(!json_text.contains("PRIVATE KEY"));
+    let json: serde_json::Value = serde_json::from_str(&json_text).expect("plan json");
+    assert_eq!(json["format_version"], 1);
+    assert_eq!(json["summary"]["destroy"], 7);
+    for change in json["changes"].as_array().unwrap() {
+        if change["sensitive"] == true {
+            assert!(
+                change["sha256_before"].is_null() && change["diff"].is_null(),
+                "{change}"
+            );
+        }
+    }
+
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    assert!(!ws.out().join("databases/inventory").exists());
+    assert_eq!(
+        fs::read_to_string(ws.out().join("NOTES.txt")).unwrap(),
+        "mine\n"
+    );
+    assert_eq!(ws.ok(&["plan", "m.kdl", "--out", "out"]), "No changes.\n");
+}
+
+#[test]
+fn hand_edits_are_shown_and_kept_unless_forced() {
+    let ws = Workspace::new(&quickstart());
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    let hba = ws.out().join("databases/shop/pg_hba.conf");
+    let original = fs::read_to_string(&hba).unwrap();
+    fs::write(&hba, format!("{original}host all all 0.0.0.0/0 trust\n")).unwrap();
+
+    let plan = ws.ok(&["plan", "m.kdl", "--out", "out"]);
+    assert!(
+        plan.contains("~ databases/shop/pg_hba.conf (edited by hand since the last apply)"),
+        "{plan}"
+    );
+    assert!(plan.contains("-host all all 0.0.0.0/0 trust"), "{plan}");
+    let refused = ws.run(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused).1.contains("--force"), "{}", text(&refused).1);
+    assert!(fs::read_to_string(&hba).unwrap().ends_with("trust\n"));
+
+    ws.ok(&[
+        "apply",
+        "m.kdl",
+        "--out",
+        "out",
+        "--auto-approve",
+        "--force",
+    ]);
+    assert_eq!(fs::read_to_string(&hba).unwrap(), original);
+}
+
+#[test]
+fn a_saved_plan_is_applied_exactly_and_refused_when_stale() {
+    let ws = Workspace::new(&quickstart());
+    ws.ok(&["plan", "m.kdl", "--out", "out", "-o", "tfplan"]);
+    let saved = ws.path().join("tfplan");
+    assert_eq!(
+        fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let plan: serde_json::Value =
+        serde_json::from_slice(&fs::read(&saved).unwrap()).expect("plan file is JSON");
+    let key_hex = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "databases/shop/server.key")
+        .and_then(|c| c["content_hex"].as_str())
+        .expect("the plan holds the key it will write")
+        .to_string();
+
+    ws.ok(&["apply", "tfplan"]);
+    let written = fs::read(ws.out().join("databases/shop/server.key")).unwrap();
+    assert_eq!(
+        hex_encode(&written),
+        key_hex,
+        "apply wrote something else than the plan"
+    );
+    // Applied once, the same plan is stale: the directory moved on.
+    let again = ws.run(&["apply", "tfplan"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again).1.contains("stale"), "{}", text(&again).1);
+
+    // A manifest edited after planning makes the plan stale, and nothing is written.
+    ws.ok(&["plan", "m.kdl", "--out", "out", "-o", "tfplan2"]);
+    ws.set_manifest(&quickstart_grown());
+    let before = snapshot(&ws.out());
+    let stale = ws.run(&["apply", "tfplan2"]);
+    let (_, stderr) = text(&stale);
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(
+        stderr.contains("m.kdl changed since the plan was made"),
+        "{stderr}"
+    );
+    assert_same(
+        &before,
+        &snapshot(&ws.out()),
+        "a stale plan changed the directory",
+    );
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A real write failure halfway through an apply: the file-size limit (RLIMIT_FSIZE, which
+/// binds root too) makes writing a file larger than 1 KiB fail with EFBIG, as a full disk
+/// would, after smaller files were already staged (the new database's client-ca.crt, in a
+/// directory this apply created, before its larger pg_hba.conf). Every previous file must be intact, and
+/// no temp file or new directory left behind.
+#[test]
+fn a_write_failure_leaves_every_previous_file_intact_and_no_temp_files() {
+    let ws = Workspace::new(&quickstart());
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    let before = snapshot(&ws.out());
+    ws.set_manifest(&quickstart_grown());
+
+    let bin = workspace_bin("dbward");
+    let failed = Command::new("bash")
+        .arg("-c")
+        // Ignoring SIGXFSZ turns the limit into a plain EFBIG error from write(2).
+        .arg("trap '' XFSZ; ulimit -f 1; exec \"$0\" apply m.kdl --out out --auto-approve")
+        .arg(&bin)
+        .current_dir(ws.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash");
+    let (stdout, stderr) = text(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("File too large")
+            && stderr.contains("databases/inventory/pg_hba.conf")
+            && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        snapshot(&ws.out()),
+        before,
+        "a failed apply changed the directory"
+    );
+
+    // Without the limit, the same apply goes through.
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    assert!(ws.out().join("databases/inventory/setup.sql").exists());
+    assert_eq!(ws.ok(&["plan", "m.kdl", "--out", "out"]), "No changes.\n");
+}

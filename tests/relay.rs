@@ -1,0 +1,854 @@
+//! The relay end to end: `dbward apply` on a test manifest → a real PostgreSQL started with the
+//! generated configuration → the relay (in-process, through `dbward_relay::run`) on the
+//! generated `frozen.json` → person certificates from `dbward cert issue` → real `psql` and
+//! tokio-postgres through the relay. Covers access, every refusal (message + audit event),
+//! cancel, an upstream restart, 200 concurrent sessions and reload.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dbward_relay::audit::AuditSink;
+use dbward_relay::metrics::Metrics;
+use dbward_relay::state::Shared;
+use dbward_tests::{Cluster, free_port, psql_path, wait_for, workspace_bin};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_util::sync::CancellationToken;
+
+/// The public name of the test relay; databases are `<db>.db.localhost`.
+const PUBLIC_NAME: &str = "db.localhost";
+
+/// The test manifest. `shop` is the real database; `vault` exists only in the manifest (no
+/// server behind it: nothing may ever dial it in these tests). `{extra}` lets a test add
+/// access for a reload.
+fn manifest(cluster: &Cluster, relay_port: u16, audit: &Path, extra: &str) -> String {
+    format!(
+        r#"dbward version=1
+relay {{
+    listen "127.0.0.1:{relay_port}"
+    public-name "{PUBLIC_NAME}"
+    client-cert-ttl "1h"
+    audit "{audit}" queries=#true
+}}
+database shop {{
+    postgres host="127.0.0.1" port={pg_port} version=15
+    labels env=dev
+    self-hosted {{
+        server-names "localhost" "127.0.0.1"
+        config-dir "{config_dir}"
+    }}
+    admin-user "dbward-admin" default-database=postgres
+    db-role reader {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT on=all-tables schema=public
+    }}
+    db-user app {{
+        member-of reader
+    }}
+    db-user readonly {{
+        member-of reader
+    }}
+}}
+database vault {{
+    postgres host="127.0.0.1" port={vault_port} version=15
+    labels env=prod
+    self-hosted {{
+        server-names "localhost" "127.0.0.1"
+        config-dir "/var/lib/dbward-test/vault"
+    }}
+    db-user keeper
+}}
+role developer {{
+    allow {{
+        databases env=dev
+        db-users app
+        db-names shop
+    }}
+}}
+role guard {{
+    allow {{
+        databases env=prod
+        db-users keeper
+        db-names vault
+    }}
+}}
+role no-dev {{
+    deny {{
+        databases env=dev
+    }}
+}}
+user alice {{
+    roles developer
+}}
+user bob {{
+    roles guard
+}}
+user carol {{
+    roles developer no-dev
+}}
+{extra}
+"#,
+        audit = audit.display(),
+        pg_port = cluster.port,
+        config_dir = cluster.config_dir().display(),
+        vault_port = free_port(),
+    )
+}
+
+/// Runs a workspace binary; panics with its output when it fails.
+fn run_bin(name: &str, args: &[&str]) -> Output {
+    let out = Command::new(workspace_bin(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs SQL as the cluster's superuser (peer authentication over the local socket).
+fn superuser_sql(cluster: &Cluster, database: &str, sql: &str) -> String {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    fs::write(file.path(), sql).expect("write sql");
+    cluster
+        .peer_sql_file(database, file.path())
+        .unwrap_or_else(|e| panic!("superuser SQL failed: {e}\nSQL: {sql}"))
+}
+
+/// A whole deployment: PostgreSQL, the applied output directory, and the relay running
+/// in-process on its own runtime. Everything is stopped and removed on drop.
+struct Deployment {
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+    relay_port: u16,
+    /// The relay's runtime; its worker threads serve sessions while tests block on clients.
+    rt: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+}
+
+impl Deployment {
+    fn start() -> Deployment {
+        Deployment::start_with(|cluster| {
+            // Room for the 200-session test, plus the superuser.
+            cluster.append_conf("max_connections = 250");
+        })
+    }
+
+    fn start_with(tune: impl FnOnce(&Cluster)) -> Deployment {
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-relay-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let mut cluster = Cluster::init();
+        let relay_port = free_port();
+        let deployment_paths = (dir.path().join("manifest.kdl"), dir.path().join("out"));
+        let audit = dir.path().join("audit.jsonl");
+        fs::write(
+            &deployment_paths.0,
+            manifest(&cluster, relay_port, &audit, ""),
+        )
+        .expect("write manifest");
+        apply(&deployment_paths.0, &deployment_paths.1);
+
+        cluster.install_dbward(&deployment_paths.1, "shop");
+        tune(&cluster);
+        if let Err(log) = cluster.try_start() {
+            panic!("PostgreSQL refused the generated configuration:\n{log}");
+        }
+        superuser_sql(&cluster, "postgres", "CREATE DATABASE shop;");
+        cluster
+            .peer_sql_file("shop", &deployment_paths.1.join("databases/shop/setup.sql"))
+            .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let frozen = deployment_paths.1.join("relay/frozen.json");
+        let loaded = dbward_relay::config::load(&frozen)
+            .unwrap_or_else(|e| panic!("the relay refused the generated config: {e}"));
+        let audit_sink = AuditSink::start(Some(audit)).expect("open audit log");
+        let shared = Arc::new(Shared::new(loaded, audit_sink, Metrics::new()));
+        let shutdown = CancellationToken::new();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", relay_port)))
+            .expect("bind relay port");
+        rt.spawn(dbward_relay::run(
+            listener,
+            Arc::clone(&shared),
+            shutdown.clone(),
+        ));
+        Deployment {
+            dir,
+            cluster,
+            relay_port,
+            rt,
+            shared,
+            shutdown,
+        }
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("manifest.kdl")
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// Issues a certificate for `person` with `dbward cert issue`; returns its directory
+    /// (postgresql.crt, postgresql.key, root.crt).
+    fn issue(&self, person: &str, ttl: &str) -> PathBuf {
+        let dest = self.dir.path().join(format!("people/{person}-{ttl}"));
+        if !dest.join("postgresql.crt").exists() {
+            run_bin(
+                "dbward",
+                &[
+                    "cert",
+                    "issue",
+                    self.manifest_path().to_str().unwrap(),
+                    "--out",
+                    self.out().to_str().unwrap(),
+                    "--user",
+                    person,
+                    "--ttl",
+                    ttl,
+                    "--dest",
+                    dest.to_str().unwrap(),
+                ],
+            );
+        }
+        dest
+    }
+
+    /// Every audit event written so far.
+    fn audit(&self) -> Vec<Value> {
+        self.shared.audit.flush();
+        let text = fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|line| serde_json::from_str(line).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// The last audit event of a kind.
+    fn last_event(&self, event: &str) -> Value {
+        let events = self.audit();
+        events
+            .into_iter()
+            .rev()
+            .find(|e| e["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} audit event"))
+    }
+
+    /// Runs real psql through the relay.
+    fn psql(&self, conninfo: &str, sql: &str) -> Result<String, String> {
+        let out = psql_command(conninfo, sql, self.dir.path())
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// A libpq connection string through the relay to `host` (a database's SNI name).
+    fn conninfo(&self, host: &str, certs: Option<&Path>, user: &str, dbname: &str) -> String {
+        let tls = match certs {
+            Some(dir) => format!(
+                "sslmode=verify-full sslrootcert={root} sslcert={dir}/postgresql.crt \
+                 sslkey={dir}/postgresql.key",
+                root = self.out().join("ca/server-ca.crt").display(),
+                dir = dir.display()
+            ),
+            None => format!(
+                "sslmode=verify-full sslrootcert={} sslcert=/nonexistent sslkey=/nonexistent",
+                self.out().join("ca/server-ca.crt").display()
+            ),
+        };
+        format!(
+            "host={host} hostaddr=127.0.0.1 port={} user={user} dbname={dbname} {tls}",
+            self.relay_port
+        )
+    }
+
+    /// A tokio-postgres connection through the relay.
+    async fn connect(
+        &self,
+        certs: &Path,
+        user: &str,
+        dbname: &str,
+    ) -> Result<(tokio_postgres::Client, MakeRustlsConnect), tokio_postgres::Error> {
+        connect(self.relay_port, &self.out(), certs, user, dbname).await
+    }
+}
+
+/// A tokio-postgres connection through the relay on `port` to `shop`, verify-full against the
+/// server CA under `out`, presenting the certificate in `certs`.
+async fn connect(
+    port: u16,
+    out: &Path,
+    certs: &Path,
+    user: &str,
+    dbname: &str,
+) -> Result<(tokio_postgres::Client, MakeRustlsConnect), tokio_postgres::Error> {
+    let tls = MakeRustlsConnect::new(client_tls(out, certs));
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(format!("shop.{PUBLIC_NAME}"))
+        .hostaddr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .port(port)
+        .user(user)
+        .dbname(dbname)
+        .ssl_mode(SslMode::Require)
+        .connect_timeout(Duration::from_secs(10));
+    let (client, connection) = config.connect(tls.clone()).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, tls))
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn apply(manifest: &Path, out: &Path) {
+    run_bin(
+        "dbward",
+        &[
+            "apply",
+            manifest.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--auto-approve",
+        ],
+    );
+}
+
+fn psql_command(conninfo: &str, sql: &str, home: &Path) -> Command {
+    let mut command = Command::new(psql_path());
+    command
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ])
+        // No stray defaults: no ~/.postgresql certificates, no service file, no password.
+        .env("HOME", home)
+        .env_remove("PGSERVICEFILE")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSSLMODE")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null());
+    command
+}
+
+/// rustls client config for tokio-postgres: trust the server CA, present the person's cert.
+fn client_tls(out: &Path, certs: &Path) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(out.join("ca/server-ca.crt")).expect("root CA") {
+        roots.add(cert.expect("root CA PEM")).expect("add root");
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs.join("postgresql.crt"))
+            .expect("person cert")
+            .map(|c| c.expect("cert PEM"))
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(certs.join("postgresql.key")).expect("person key");
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth cert")
+}
+
+/// A certificate for `alice` signed by a CA the relay has never seen.
+fn foreign_certificate(dir: &Path) -> PathBuf {
+    let dest = dir.join("people/foreign");
+    fs::create_dir_all(&dest).unwrap();
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "impostor CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "alice");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    fs::write(dest.join("postgresql.crt"), cert.pem()).unwrap();
+    let key_path = dest.join("postgresql.key");
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
+    dest
+}
+
+#[test]
+fn psql_and_tokio_postgres_work_through_the_relay() {
+    let d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+    superuser_sql(
+        &d.cluster,
+        "shop",
+        "CREATE TABLE items (name text); INSERT INTO items VALUES ('apple'); \
+         GRANT SELECT ON items TO reader;",
+    );
+
+    // Real psql, verify-full against the relay's certificate, database chosen by SNI.
+    let who = d
+        .psql(
+            &d.conninfo(&format!("shop.{PUBLIC_NAME}"), Some(&alice), "app", "shop"),
+            "select current_user || '@' || current_database() || ' ' || (select name from items)",
+        )
+        .unwrap_or_else(|e| panic!("psql through the relay failed: {e}"));
+    assert_eq!(who, "app@shop apple");
+
+    // No SNI (an IP address as host): the database is named in options, and stripped before
+    // PostgreSQL sees it.
+    let by_option = format!(
+        "host=127.0.0.1 port={} user=app dbname=shop sslmode=require \
+         sslcert={dir}/postgresql.crt sslkey={dir}/postgresql.key \
+         options='-c dbward.database=shop -c search_path=viaoption'",
+        d.relay_port,
+        dir = alice.display()
+    );
+    let name = d
+        .psql(&by_option, "show search_path")
+        .unwrap_or_else(|e| panic!("options-selected database failed: {e}"));
+    assert_eq!(name, "viaoption");
+
+    // tokio-postgres: simple and extended protocol, a bulk result.
+    let rows = d.rt.block_on(async {
+        let (client, _) = d.connect(&alice, "app", "shop").await.expect("connect");
+        let row = client
+            .query_one("select $1::int + 1", &[&41i32])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+        let rows = client
+            .query(
+                "select repeat('x', 1000) from generate_series(1, 5000)",
+                &[],
+            )
+            .await
+            .unwrap();
+        client.simple_query("select 'simple'").await.unwrap();
+        rows.len()
+    });
+    assert_eq!(rows, 5000);
+
+    // Audit: start, queries (simple and Parse) and end, with who and where; never the
+    // bound parameter values.
+    let events = wait_for(Duration::from_secs(5), || {
+        let events = d.audit();
+        (events
+            .iter()
+            .filter(|e| e["event"] == "session.end")
+            .count()
+            >= 3)
+            .then_some(events)
+    })
+    .expect("three session.end events");
+    let start = events
+        .iter()
+        .find(|e| e["event"] == "session.start")
+        .expect("session.start");
+    assert_eq!(start["identity"], "alice");
+    assert_eq!(start["database"], "shop");
+    assert_eq!(start["db_user"], "app");
+    assert_eq!(start["db_name"], "shop");
+    let queries: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "session.query")
+        .filter_map(|e| e["query"].as_str())
+        .collect();
+    assert!(queries.contains(&"select $1::int + 1"), "{queries:?}");
+    assert!(queries.contains(&"select 'simple'"), "{queries:?}");
+    let end = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "session.end")
+        .unwrap();
+    assert!(
+        end["bytes_server_to_client"].as_u64().unwrap() > 5_000_000,
+        "{end}"
+    );
+
+    // Every session ended, so every cancel key is forgotten.
+    assert!(
+        wait_for(Duration::from_secs(5), || d
+            .shared
+            .cancel
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "cancel keys outlive their sessions"
+    );
+}
+
+#[test]
+fn refusals_say_why_and_are_audited() {
+    let d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+    let bob = d.issue("bob", "1h");
+    let carol = d.issue("carol", "1h");
+    let expired = d.issue("alice", "1s");
+    let foreign = foreign_certificate(d.dir.path());
+    let shop = format!("shop.{PUBLIC_NAME}");
+    std::thread::sleep(Duration::from_millis(2100)); // let the 1s certificate expire
+
+    let before = d.cluster.log().matches("connection authorized").count();
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "person with no role for the database",
+            d.conninfo(&shop, Some(&bob), "app", "shop"),
+            "bob has no access to database \"shop\"",
+            "no_access",
+        ),
+        (
+            "db user not allowed",
+            d.conninfo(&shop, Some(&alice), "readonly", "shop"),
+            "alice is not allowed to log in to database \"shop\" as user \"readonly\"",
+            "db_user_not_allowed",
+        ),
+        (
+            "db name not allowed",
+            d.conninfo(&shop, Some(&alice), "app", "postgres"),
+            "alice is not allowed to open database name \"postgres\"",
+            "db_name_not_allowed",
+        ),
+        (
+            "deny rule",
+            d.conninfo(&shop, Some(&carol), "app", "shop"),
+            "carol has no access to database \"shop\"",
+            "no_access",
+        ),
+        (
+            "expired certificate",
+            d.conninfo(&shop, Some(&expired), "app", "shop"),
+            "the client certificate has expired",
+            "certificate",
+        ),
+        (
+            "certificate from another CA",
+            d.conninfo(&shop, Some(&foreign), "app", "shop"),
+            "not issued by this relay's users' CA",
+            "certificate",
+        ),
+        (
+            "no certificate",
+            d.conninfo(&shop, None, "app", "shop"),
+            "no client certificate was presented",
+            "certificate",
+        ),
+        (
+            "plaintext startup",
+            format!(
+                "host={shop} hostaddr=127.0.0.1 port={} user=app dbname=shop sslmode=disable",
+                d.relay_port
+            ),
+            "TLS required",
+            "tls_required",
+        ),
+        (
+            "database not in the manifest",
+            d.conninfo(&format!("nope.{PUBLIC_NAME}"), Some(&alice), "app", "shop"),
+            "database \"nope\" is not in this relay's manifest",
+            "unknown_database",
+        ),
+    ];
+    for (what, conninfo, message, reason) in cases {
+        let err = d
+            .psql(&conninfo, "select 1")
+            .expect_err(&format!("{what}: psql must be refused"));
+        assert!(
+            err.contains(message),
+            "{what}: psql said {err:?}, expected {message:?}"
+        );
+        let event = wait_for(Duration::from_secs(5), || {
+            let event = d.last_event("session.denied");
+            (event["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(message)))
+            .then_some(event)
+        })
+        .unwrap_or_else(|| panic!("{what}: no session.denied audit event for it"));
+        assert_eq!(event["reason"], reason, "{what}: {event}");
+    }
+    // Nothing above reached PostgreSQL (vault has no server at all).
+    let after = d.cluster.log().matches("connection authorized").count();
+    assert_eq!(before, after, "a refused session reached PostgreSQL");
+}
+
+/// Raw protocol abuse: the relay closes, and never panics or hangs past its handshake timeout.
+#[test]
+fn protocol_violations_are_closed() {
+    let d = Deployment::start();
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", d.relay_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s
+    };
+    let ssl_request = [0u8, 0, 0, 8, 4, 210, 22, 47];
+    let read_all = |mut s: TcpStream| {
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    };
+
+    // Bytes after SSLRequest before the handshake (CVE-2021-23214 class): closed unanswered.
+    let mut s = connect();
+    let mut packet = ssl_request.to_vec();
+    packet.extend_from_slice(b"Q\0\0\0\rselect 1\0");
+    s.write_all(&packet).unwrap();
+    assert_eq!(
+        read_all(s),
+        b"",
+        "buffered bytes after SSLRequest must not be answered"
+    );
+
+    // GSSENCRequest is declined once, then SSLRequest is accepted.
+    let mut s = connect();
+    s.write_all(&[0, 0, 0, 8, 4, 210, 22, 48]).unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"N");
+    s.write_all(&ssl_request).unwrap();
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"S");
+    drop(s);
+
+    // An oversized startup packet is closed at once.
+    let mut s = connect();
+    s.write_all(&20_000u32.to_be_bytes()).unwrap();
+    assert_eq!(read_all(s), b"");
+
+    // A truncated, slow packet is closed within the handshake timeout.
+    let timeout = d.shared.current().config.relay.limits.handshake_timeout_ms;
+    let mut s = connect();
+    s.write_all(&[0, 0, 0, 40, 0, 3]).unwrap();
+    let started = Instant::now();
+    let _ = read_all(s);
+    let waited = started.elapsed();
+    assert!(
+        waited <= Duration::from_millis(timeout + 3000),
+        "a stalled handshake stayed open {waited:?} (timeout {timeout} ms)"
+    );
+
+    // The relay still serves.
+    let alice = d.issue("alice", "1h");
+    d.psql(
+        &d.conninfo(&format!("shop.{PUBLIC_NAME}"), Some(&alice), "app", "shop"),
+        "select 1",
+    )
+    .unwrap_or_else(|e| panic!("relay no longer serves: {e}"));
+}
+
+#[test]
+fn cancel_works_from_tokio_postgres_and_from_psql() {
+    let d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+
+    // tokio-postgres: its cancel token connects to the relay (TLS), sending our key.
+    d.rt.block_on(async {
+        let (client, tls) = d.connect(&alice, "app", "shop").await.expect("connect");
+        let token = client.cancel_token();
+        let started = Instant::now();
+        let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(60)").await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tls).await.expect("send cancel");
+        let result = tokio::time::timeout(Duration::from_secs(5), sleeper)
+            .await
+            .expect("query still running 5 s after cancel")
+            .unwrap();
+        let err = result.expect_err("the query was cancelled");
+        assert!(
+            err.to_string()
+                .contains("canceling statement due to user request")
+                || format!("{err:?}").contains("57014"),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+
+    // psql: SIGINT makes it send a CancelRequest on a fresh plaintext connection.
+    let conninfo = d.conninfo(&format!("shop.{PUBLIC_NAME}"), Some(&alice), "app", "shop");
+    let child = psql_command(&conninfo, "select pg_sleep(60)", d.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn psql");
+    let running = wait_for(Duration::from_secs(10), || {
+        let active = superuser_sql(
+            &d.cluster,
+            "postgres",
+            "\\pset tuples_only on\nselect count(*) from pg_stat_activity \
+             where query = 'select pg_sleep(60)' and state = 'active';",
+        );
+        (active.trim() == "1").then_some(())
+    });
+    assert!(running.is_some(), "psql's query never started");
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait psql");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "psql said: {stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_postgres_restart_ends_sessions_and_the_relay_recovers() {
+    let mut d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+    let (client, _) =
+        d.rt.block_on(d.connect(&alice, "app", "shop"))
+            .expect("connect");
+    d.rt.block_on(client.simple_query("select 1"))
+        .expect("query");
+    d.cluster.restart();
+    let err =
+        d.rt.block_on(client.simple_query("select 1"))
+            .expect_err("a session whose backend was restarted must fail");
+    assert!(!err.to_string().is_empty());
+    // A new session works.
+    let out = d
+        .psql(
+            &d.conninfo(&format!("shop.{PUBLIC_NAME}"), Some(&alice), "app", "shop"),
+            "select 'again'",
+        )
+        .unwrap_or_else(|e| panic!("relay does not serve after a restart: {e}"));
+    assert_eq!(out, "again");
+}
+
+#[test]
+fn two_hundred_concurrent_sessions() {
+    let d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+    let results = d.rt.block_on(async {
+        let barrier = Arc::new(tokio::sync::Barrier::new(200));
+        let mut sessions = tokio::task::JoinSet::new();
+        for i in 0..200i64 {
+            let barrier = Arc::clone(&barrier);
+            let (port, out, alice) = (d.relay_port, d.out(), alice.clone());
+            sessions.spawn(async move {
+                let (client, _) = connect(port, &out, &alice, "app", "shop").await?;
+                // All 200 are open at the same time before anyone queries or leaves.
+                barrier.wait().await;
+                let mut sum = 0i64;
+                for j in 0..5i64 {
+                    let row = client
+                        .query_one("select $1::bigint * 2", &[&(i + j)])
+                        .await?;
+                    sum += row.get::<_, i64>(0);
+                }
+                Ok::<(i64, i64), tokio_postgres::Error>((i, sum))
+            });
+        }
+        sessions.join_all().await
+    });
+    assert_eq!(results.len(), 200);
+    for result in results {
+        let (i, sum) = result.unwrap_or_else(|e| panic!("a session failed: {e}"));
+        let expected: i64 = (0..5).map(|j| (i + j) * 2).sum();
+        assert_eq!(sum, expected, "session {i}");
+    }
+    let ended = wait_for(Duration::from_secs(10), || {
+        let ends = d
+            .audit()
+            .iter()
+            .filter(|e| e["event"] == "session.end")
+            .count();
+        (ends >= 200 && d.shared.cancel.is_empty()).then_some(())
+    });
+    assert!(ended.is_some(), "not every session ended cleanly");
+}
+
+#[test]
+fn reload_applies_to_new_sessions_only() {
+    let d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+    let bob = d.issue("bob", "1h");
+    let shop = format!("shop.{PUBLIC_NAME}");
+
+    // A session in flight under the old config.
+    let (client, _) =
+        d.rt.block_on(d.connect(&alice, "app", "shop"))
+            .expect("connect");
+    let err = d
+        .psql(&d.conninfo(&shop, Some(&bob), "app", "shop"), "select 1")
+        .expect_err("bob has no access yet");
+    assert!(err.contains("no access"), "{err}");
+
+    // New manifest: bob becomes a developer, alice loses her role. Apply, then reload.
+    let text = fs::read_to_string(d.manifest_path()).unwrap();
+    let text = text
+        .replace(
+            "user alice {\n    roles developer\n}",
+            "user alice {\n    roles guard\n}",
+        )
+        .replace(
+            "user bob {\n    roles guard\n}",
+            "user bob {\n    roles developer\n}",
+        );
+    fs::write(d.manifest_path(), text).unwrap();
+    apply(&d.manifest_path(), &d.out());
+    let loaded = dbward_relay::config::load(&d.out().join("relay/frozen.json")).expect("load");
+    d.shared.replace_config(loaded);
+
+    // The session in flight continues; new sessions follow the new access table.
+    let row =
+        d.rt.block_on(client.query_one("select 7", &[]))
+            .expect("in-flight session");
+    assert_eq!(row.get::<_, i32>(0), 7);
+    d.psql(&d.conninfo(&shop, Some(&bob), "app", "shop"), "select 1")
+        .unwrap_or_else(|e| panic!("bob should have access after reload: {e}"));
+    let err = d
+        .psql(&d.conninfo(&shop, Some(&alice), "app", "shop"), "select 1")
+        .expect_err("alice lost access");
+    assert!(err.contains("alice has no access"), "{err}");
+}

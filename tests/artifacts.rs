@@ -716,3 +716,150 @@ database shop {
     assert!(checked.model.is_none(), "a name with `\"` must not compile");
     assert!(checked.has_errors());
 }
+
+/// Names with quotes, semicolons, spaces, upper case and SQL syntax, and a config-dir with a
+/// quote, a space and a backslash, go through postgresql.conf, pg_hba.conf, pg_ident.conf and
+/// setup.sql into a real PostgreSQL as plain data, and the users they name can log in.
+#[test]
+fn hostile_names_are_data_in_every_generated_file() {
+    let mut cluster = Cluster::init();
+    let conf_name = "it's a \\dir";
+    let conf_dir = cluster.root().join(conf_name);
+    let work = tempfile::tempdir().expect("work dir");
+    let out = work.path().join("out");
+    let text = format!(
+        r##"dbward version=1
+relay {{
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+}}
+database weird {{
+    postgres host="localhost" port={port}
+    labels env=dev
+    self-hosted {{
+        server-names "localhost"
+        config-dir #"{conf_dir}"#
+    }}
+    admin-user "Admin; DROP ROLE y" default-database=postgres
+    db-role "o'reader" {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema="my schema"
+        grant SELECT on=table schema="my schema" table="it's"
+    }}
+    db-user "{HOSTILE}" {{
+        member-of "o'reader"
+    }}
+    db-user "Mixed Case" {{
+        member-of "o'reader"
+    }}
+}}
+role developer {{
+    allow {{
+        databases env=dev
+        db-users "*"
+        db-names "it's a db"
+    }}
+}}
+user "d'artagnan" {{
+    roles developer
+}}
+"##,
+        port = cluster.port,
+        conf_dir = conf_dir.display(),
+    );
+    apply(&text, &out);
+
+    for entry in fs::read_dir(out.join("databases/weird"))
+        .expect("generated files")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "setup.sql" {
+            let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+            let bytes = fs::read(entry.path()).expect("read");
+            cluster.install_file(&format!("{conf_name}/{name}"), &bytes, mode);
+        }
+    }
+    cluster.append_conf(&format!(
+        "include {}",
+        dbward::emit::quote::conf_string(&conf_dir.join("postgresql.conf").display().to_string())
+    ));
+    if let Err(log) = cluster.try_start() {
+        panic!("PostgreSQL refused the generated configuration:\n{log}");
+    }
+    let count = |sql: &str| superuser_query(&cluster, "postgres", sql);
+    assert_eq!(
+        count("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL"),
+        "0"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_ident_file_mappings WHERE error IS NOT NULL"),
+        "0"
+    );
+    // Each hostile name is one literal entry, not a keyword or list syntax.
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM pg_hba_file_rules WHERE 'x''; DROP ROLE y; --' = ANY(user_name) \
+             AND 'it''s a db' = ANY(database) AND auth_method = 'cert'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_ident_file_mappings WHERE pg_username = 'Mixed Case'"),
+        "1"
+    );
+
+    // A role named `y` that the hostile names would drop if they were SQL.
+    superuser_sql(
+        &cluster,
+        "postgres",
+        "CREATE ROLE y; CREATE DATABASE \"it's a db\";",
+    );
+    superuser_sql(
+        &cluster,
+        "it's a db",
+        "CREATE SCHEMA \"my schema\"; CREATE TABLE \"my schema\".\"it's\" (v text); \
+         INSERT INTO \"my schema\".\"it's\" VALUES ('safe');",
+    );
+    cluster
+        .peer_sql_file("it's a db", &out.join("databases/weird/setup.sql"))
+        .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+    assert_eq!(
+        count("SELECT count(*) FROM pg_roles WHERE rolname = 'y'"),
+        "1"
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM pg_roles WHERE rolname IN \
+             ('x''; DROP ROLE y; --', 'Mixed Case', 'o''reader', 'Admin; DROP ROLE y')"
+        ),
+        "4"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let relay = Identity {
+        cert: out.join(layout::RELAY_UPSTREAM_CERT),
+        key: out.join(layout::RELAY_UPSTREAM_KEY),
+    };
+    for user in [HOSTILE, "Mixed Case"] {
+        let attempt = Attempt {
+            server_name: "localhost",
+            user,
+            dbname: "it's a db",
+            identity: Some(&relay),
+        };
+        let rows = tokio_query(
+            &rt,
+            cluster.port,
+            &out.join(layout::RELAY_SERVER_CA),
+            &attempt,
+            "SELECT current_user || '/' || v FROM \"my schema\".\"it's\"",
+        )
+        .unwrap_or_else(|e| panic!("{user} was refused: {e:?}\n{}", cluster.log()));
+        assert_eq!(rows, [format!("{user}/safe")]);
+    }
+}

@@ -229,3 +229,94 @@ impl Artifact {
 
 /// Every file a manifest produces, by relative path. Ordered, so output is reproducible.
 pub type Artifacts = BTreeMap<String, Artifact>;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::source::Source;
+
+    /// Every example's model.
+    fn examples() -> Vec<(String, Model)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut models = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "kdl") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let name = path.display().to_string();
+                let checked = crate::check(&Source::new(&name, text));
+                models.push((name, checked.model.expect("examples compile")));
+            }
+        }
+        assert!(!models.is_empty());
+        models
+    }
+
+    #[test]
+    fn same_model_and_state_give_byte_identical_artifacts() {
+        let now = time::macros::datetime!(2026-01-01 0:00 UTC);
+        for (name, model) in examples() {
+            let first = emit(&model, &Env::for_tests(now, BTreeMap::new())).unwrap();
+            let existing = first
+                .iter()
+                .map(|(path, a)| (path.clone(), a.bytes.clone()))
+                .collect();
+            let second = emit(&model, &Env::for_tests(now, existing)).unwrap();
+            assert_eq!(
+                first, second,
+                "{name}: a second emit over the first one differs"
+            );
+            assert_eq!(emit_text(&model).unwrap(), emit_text(&model).unwrap());
+        }
+    }
+
+    #[test]
+    fn secrets_are_marked_and_never_inlined_in_public_files() {
+        let now = time::macros::datetime!(2026-01-01 0:00 UTC);
+        for (name, model) in examples() {
+            let artifacts = emit(&model, &Env::for_tests(now, BTreeMap::new())).unwrap();
+            let secrets: Vec<&Artifact> = artifacts
+                .iter()
+                .filter(|(path, _)| path.ends_with(".key"))
+                .map(|(_, a)| a)
+                .collect();
+            assert!(!secrets.is_empty(), "{name}: keys are emitted");
+            for secret in &secrets {
+                assert!(secret.sensitive && secret.mode == 0o600, "{name}");
+            }
+            for (path, artifact) in artifacts.iter().filter(|(_, a)| !a.sensitive) {
+                let text = String::from_utf8_lossy(&artifact.bytes);
+                assert!(!text.contains("PRIVATE KEY"), "{name}: {path} holds a key");
+            }
+        }
+    }
+
+    #[test]
+    fn logins_are_the_union_of_the_access_table() {
+        let (_, model) = examples()
+            .into_iter()
+            .find(|(name, _)| name.ends_with("full.kdl"))
+            .expect("full.kdl");
+        // bob may reach orders as readonly (support) and is provisioned there (auditor).
+        let orders = Logins::of(&model, "orders");
+        assert_eq!(
+            orders
+                .db_users
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["bob", "readonly"]
+        );
+        assert_eq!(orders.admin.as_deref(), Some("dbward-admin"));
+        assert_eq!(
+            orders.db_names,
+            Some(["analytics".to_owned(), "orders".to_owned()].into())
+        );
+        // Nobody reaches a database that is not in the access table.
+        let none = Logins::of(&model, "no-such-db");
+        assert!(none.db_users.is_empty() && none.admin.is_none());
+    }
+}

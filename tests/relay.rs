@@ -651,7 +651,12 @@ fn protocol_violations_are_closed() {
     // An oversized startup packet is closed at once.
     let mut s = connect();
     s.write_all(&20_000u32.to_be_bytes()).unwrap();
+    let started = Instant::now();
     assert_eq!(read_all(s), b"");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "not closed at once"
+    );
 
     // A truncated, slow packet is closed within the handshake timeout.
     let timeout = d.shared.current().config.relay.limits.handshake_timeout_ms;
@@ -851,4 +856,58 @@ fn reload_applies_to_new_sessions_only() {
         .psql(&d.conninfo(&shop, Some(&alice), "app", "shop"), "select 1")
         .expect_err("alice lost access");
     assert!(err.contains("alice has no access"), "{err}");
+}
+
+/// PostgreSQL 17's direct TLS (`sslnegotiation=direct`): TLS from the first byte, ALPN
+/// `postgresql` required. Spoken here with rustls directly, as psql 15 cannot.
+#[test]
+fn direct_tls_with_alpn_works_and_without_alpn_is_closed() {
+    let d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+    let startup = {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0app\0database\0shop\0\0");
+        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&body);
+        packet
+    };
+    let attempt = |alpn: bool| -> Vec<u8> {
+        let mut config = client_tls(&d.out(), &alice);
+        if alpn {
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+        }
+        let name = format!("shop.{PUBLIC_NAME}").try_into().unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let sock = TcpStream::connect(("127.0.0.1", d.relay_port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        if tls.write_all(&startup).and_then(|_| tls.flush()).is_err() {
+            return Vec::new();
+        }
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !got.ends_with(b"Z\0\0\0\x05I") {
+            match tls.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = tls.write_all(b"X\0\0\0\x04");
+        got
+    };
+    let greeting = attempt(true);
+    assert!(
+        greeting.starts_with(b"R\0\0\0\x08\0\0\0\0"),
+        "no AuthenticationOk over direct TLS: {greeting:?}"
+    );
+    assert!(
+        greeting.ends_with(b"Z\0\0\0\x05I"),
+        "no ReadyForQuery: {greeting:?}"
+    );
+    let refused = attempt(false);
+    assert!(
+        refused.is_empty(),
+        "direct TLS without ALPN was served: {refused:?}"
+    );
 }

@@ -12,6 +12,8 @@
 //!   plans and staleness, removals, and an apply that fails halfway (EFBIG) changing nothing.
 //! - `cert`: `dbward cert issue` files used by real `psql` with verify-full against a real
 //!   PostgreSQL presenting the relay's certificate.
+//! - `relay`: the relay end to end with real PostgreSQL, psql and tokio-postgres: access,
+//!   every refusal with its message and audit event, cancel, restarts, 200 sessions, reload.
 
 mod artifacts;
 mod cert;
@@ -19,4 +21,5 @@ mod examples;
 mod golden;
 mod harness;
 mod plan_apply;
+mod relay;
 mod schema;

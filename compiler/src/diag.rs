@@ -163,12 +163,15 @@ pub fn render(source: &Source, diags: &[Diagnostic], width: usize, color: bool) 
         .with_links(false)
         .with_urls(false);
     let mut out = String::new();
+    let text = sanitize(&source.text);
+    let name = sanitize(&source.name);
     for diag in diags {
+        let diag = &sanitized(diag);
         let report = Report {
             diag,
             source: Windowed {
-                name: &source.name,
-                text: &source.text,
+                name: &name,
+                text: &text,
             },
         };
         if handler.render_report(&mut out, &report).is_err() {
@@ -216,8 +219,45 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset];
     let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
+    // Editors do not show a byte-order mark, so it does not count as a column.
+    let line_text = before[line_start..].trim_start_matches('\u{feff}');
+    let column = line_text.chars().count() + 1;
     (line, column)
+}
+
+/// Replaces control characters (other than newline and tab) with `?`, byte for byte, so spans
+/// stay valid and a manifest cannot send escape sequences to the terminal showing its errors.
+fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t' && c != '\r';
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if bad(c) {
+            out.extend(std::iter::repeat_n('?', c.len_utf8()));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A copy of a diagnostic whose texts are safe to print.
+fn sanitized(diag: &Diagnostic) -> Diagnostic {
+    Diagnostic {
+        message: sanitize(&diag.message).into_owned(),
+        labels: diag
+            .labels
+            .iter()
+            .map(|l| Label {
+                span: l.span,
+                text: sanitize(&l.text).into_owned(),
+            })
+            .collect(),
+        help: diag.help.as_deref().map(|h| sanitize(h).into_owned()),
+        ..diag.clone()
+    }
 }
 
 fn floor_char_boundary(text: &str, mut offset: usize) -> usize {

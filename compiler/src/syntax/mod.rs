@@ -223,11 +223,13 @@ fn kdl_errors(text: &str, err: &kdl::KdlError) -> Vec<Diagnostic> {
                 .replace("not ", "expected ");
             Diagnostic::error("dbward::kdl_syntax", message)
                 .label(span, label)
-                .help(d.help.clone().unwrap_or_else(|| {
+                .help(d.help.as_deref().map(lower_first).unwrap_or_else(|| {
                     "fix the KDL syntax here; manifests are KDL 2.0 (https://kdl.dev)".into()
                 }))
         });
-        if !seen.insert((span, diag.message.clone())) {
+        // The parser often explains one spot twice ("expected a string", "invalid node
+        // name"); the first explanation is the more precise one.
+        if !seen.insert(span) {
             continue;
         }
         if out.len() >= MAX_SYNTAX_ERRORS {

@@ -64,7 +64,10 @@ fn check_nodes(
             }
         }
         check_node(node, spec, diags);
-        check_nodes(node.children(), &path, Some(node), diags);
+        // The children of a node that takes no block were reported with it, not one by one.
+        if spec.block != Block::No {
+            check_nodes(node.children(), &path, Some(node), diags);
+        }
     }
     // Required children (the `dbward` line itself is the version rule's business).
     for child in children_of(parent) {

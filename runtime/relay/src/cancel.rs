@@ -117,3 +117,62 @@ pub enum CancelError {
     #[error("the system random number generator failed")]
     Random,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbward_frozen::UpstreamAuth;
+    use rustls::ClientConfig;
+    use rustls::pki_types::ServerName;
+
+    fn target() -> CancelTarget {
+        let config = ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        CancelTarget {
+            upstream: Arc::new(Target {
+                address: "127.0.0.1:1".into(),
+                server_name: ServerName::try_from("localhost").unwrap(),
+                tls: Arc::new(config),
+                auth: UpstreamAuth::Mtls,
+            }),
+            backend: BackendKey { pid: 42, secret: 7 },
+        }
+    }
+
+    #[test]
+    fn keys_are_random_unique_and_forgotten_with_their_session() {
+        let map = CancelMap::default();
+        let first = map.register(target()).unwrap();
+        let second = map.register(target()).unwrap();
+        assert_ne!(first.key, second.key);
+        assert_ne!(
+            first.key.pid, 42,
+            "the upstream's pid is never the client's"
+        );
+        assert_eq!(
+            map.lookup(first.key).unwrap().backend,
+            BackendKey { pid: 42, secret: 7 }
+        );
+        let key = first.key;
+        drop(first);
+        assert!(map.lookup(key).is_none());
+        assert_eq!(map.len(), 1);
+        drop(second);
+        assert!(map.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_is_dropped_silently() {
+        let map = CancelMap::default();
+        // Nothing to dial, nothing to wait for: returns at once.
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            map.cancel(ClientKey { pid: 1, secret: 2 }, Duration::from_secs(5)),
+        )
+        .await
+        .expect("unknown keys are ignored at once");
+    }
+}

@@ -307,3 +307,66 @@ pub async fn send_cancel(target: &Target, key: BackendKey) -> Result<(), Upstrea
     while stream.read(&mut sink).await.map_err(io_error)? > 0 {}
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A target whose TLS is never reached: these tests end before the handshake.
+    fn target(address: String) -> Target {
+        let config = ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Target {
+            address,
+            server_name: ServerName::try_from("localhost").unwrap(),
+            tls: Arc::new(config),
+            auth: UpstreamAuth::Mtls,
+        }
+    }
+
+    /// Starts a fake server that reads the SSLRequest and answers `answer`; returns what
+    /// `tls_connect` made of it.
+    async fn check_answer(answer: &'static [u8]) -> UpstreamError {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 8];
+            socket.read_exact(&mut request).await.unwrap();
+            assert_eq!(request, ssl_request());
+            socket.write_all(answer).await.unwrap();
+            // Keep the socket open until the client gives up.
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        });
+        let error = tls_connect(&target(address)).await.unwrap_err();
+        server.abort();
+        error
+    }
+
+    #[tokio::test]
+    async fn bytes_after_s_before_the_handshake_abort() {
+        let error = check_answer(b"S\x16\x03\x03").await;
+        assert!(matches!(error, UpstreamError::Violation { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_server_without_tls_is_refused() {
+        let error = check_answer(b"N").await;
+        assert!(matches!(error, UpstreamError::NoTls { .. }), "{error}");
+        assert!(error.to_string().contains("ssl = on"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_says_where() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let error = tls_connect(&target(address.clone())).await.unwrap_err();
+        assert!(error.to_string().contains(&address), "{error}");
+    }
+}

@@ -35,7 +35,14 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
         let grants = entry
             .permissions
             .iter()
-            .flat_map(|grant| sql::grant_sql(grant, USER_PLACEHOLDER, &grantee_literal))
+            .flat_map(|grant| {
+                sql::grant_sql(
+                    grant,
+                    USER_PLACEHOLDER,
+                    &grantee_literal,
+                    sql::Future::Excluded,
+                )
+            })
             .collect();
         access.push(frozen::Access {
             identity: entry.user.clone(),

@@ -59,7 +59,8 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
         }
         let _ = writeln!(out, "-- Privileges of db-role `{}`.", role.name);
         for grant in &role.grants {
-            for statement in grant_sql(grant, &ident(&role.name), &literal(&ident(&role.name))) {
+            let grantee = ident(&role.name);
+            for statement in grant_sql(grant, &grantee, &literal(&grantee), Future::Included) {
                 out.push_str(&statement);
                 out.push('\n');
             }
@@ -312,22 +313,40 @@ fn privileges(grant: &Grant) -> String {
         .join(", ")
 }
 
+/// Whether a grant on every object of a schema also covers objects created later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Future {
+    /// Also `ALTER DEFAULT PRIVILEGES`: for the manifest's long-lived roles.
+    Included,
+    /// Only existing objects: for provisioned users, which are granted afresh at every session
+    /// and must stay droppable (a default ACL naming a role keeps `DROP ROLE` from working).
+    Excluded,
+}
+
 /// The statements for one grant to `grantee` (SQL text: a quoted identifier, or a template
 /// placeholder). `grantee_literal` is the same grantee as a string literal, for the `DO`
 /// block that grants on the current database (whose name is only known when the script runs).
-pub fn grant_sql(grant: &Grant, grantee: &str, grantee_literal: &str) -> Vec<String> {
+pub fn grant_sql(
+    grant: &Grant,
+    grantee: &str,
+    grantee_literal: &str,
+    future: Future,
+) -> Vec<String> {
     let privs = privileges(grant);
     let schema = grant.schema.as_deref().unwrap_or("public");
     let in_schema = ident(schema);
     // Objects of a kind in the whole schema: the existing ones now, and (default privileges)
     // the ones created later by the role running this script.
     let every = |plural: &str, default_kind: &str| {
-        vec![
-            format!("GRANT {privs} ON ALL {plural} IN SCHEMA {in_schema} TO {grantee};"),
-            format!(
+        let mut statements = vec![format!(
+            "GRANT {privs} ON ALL {plural} IN SCHEMA {in_schema} TO {grantee};"
+        )];
+        if future == Future::Included {
+            statements.push(format!(
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA {in_schema} GRANT {privs} ON {default_kind} TO {grantee};"
-            ),
-        ]
+            ));
+        }
+        statements
     };
     match (grant.on, grant.object.as_deref()) {
         (ObjectKind::Database, _) => {
@@ -370,7 +389,7 @@ mod tests {
             schema: None,
             object: None,
         };
-        let sql = grant_sql(&grant, "\"o'b\"", &literal("\"o'b\""));
+        let sql = grant_sql(&grant, "\"o'b\"", &literal("\"o'b\""), Future::Included);
         assert_eq!(sql.len(), 1);
         assert!(
             sql[0].contains("current_database(), '\"o''b\"'"),
@@ -387,13 +406,28 @@ mod tests {
             schema: Some("public".into()),
             object: None,
         };
-        let sql = grant_sql(&grant, "\"r\"", "'\"r\"'");
+        let sql = grant_sql(&grant, "\"r\"", "'\"r\"'", Future::Included);
         assert_eq!(
             sql,
             [
                 "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA \"public\" TO \"r\";",
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA \"public\" GRANT SELECT, INSERT ON TABLES TO \"r\";"
             ]
+        );
+    }
+
+    #[test]
+    fn provisioned_grants_leave_no_default_privileges() {
+        let grant = Grant {
+            privileges: vec![Privilege::Select],
+            on: ObjectKind::Table,
+            schema: Some("public".into()),
+            object: None,
+        };
+        let sql = grant_sql(&grant, "{user}", "'{user}'", Future::Excluded);
+        assert_eq!(
+            sql,
+            ["GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO {user};"]
         );
     }
 

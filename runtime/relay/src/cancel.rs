@@ -63,8 +63,9 @@ impl CancelMap {
             self.random
                 .fill(&mut bytes)
                 .map_err(|_| CancelError::Random)?;
+            // Clients read the pid as a signed int32; keep it positive, like a real pid.
             let key = ClientKey {
-                pid: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+                pid: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & 0x7fff_ffff,
                 secret: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
             };
             // A pid of 0 looks like "no backend" to some clients; collisions are retried.

@@ -5,15 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::SessionInfo;
-use crate::metrics::DenyReason;
-use crate::protocol::backend::{self, TOO_MANY_CONNECTIONS};
-use crate::session;
+use crate::session::{self, Admission};
 use crate::state::Shared;
 
 /// Accepts connections until `shutdown` is cancelled, then stops accepting (closing the
@@ -45,12 +41,17 @@ pub async fn run(
         match Slot::take(&open, max) {
             Some(slot) => {
                 tracker.spawn(async move {
-                    session::handle(tcp, peer, shared).await;
+                    session::handle(tcp, peer, shared, Admission::Admitted).await;
                     drop(slot);
                 });
             }
             None => {
-                tracker.spawn(refuse_over_limit(tcp, shared, max));
+                tracker.spawn(session::handle(
+                    tcp,
+                    peer,
+                    shared,
+                    Admission::OverLimit(max),
+                ));
             }
         }
     }
@@ -77,29 +78,4 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Answers a connection over the limit with an ErrorResponse (libpq shows it, even in reply
-/// to its SSLRequest) and closes it.
-async fn refuse_over_limit(mut tcp: TcpStream, shared: Arc<Shared>, max: usize) {
-    let peer = match tcp.peer_addr() {
-        Ok(peer) => peer,
-        Err(_) => return,
-    };
-    let info = SessionInfo::new(shared.next_session_id(), peer);
-    let message = format!("too many connections to the dbward relay (limit {max})");
-    shared
-        .audit
-        .session_denied(&info, DenyReason::ConnectionLimit, &message);
-    shared.metrics.connection_refused();
-    let frame = backend::fatal(
-        TOO_MANY_CONNECTIONS,
-        &message,
-        Some("try again later, or raise the relay's connection limit"),
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        tcp.write_all(&frame).await?;
-        tcp.shutdown().await
-    })
-    .await;
 }

@@ -24,7 +24,9 @@ use tokio_rustls::server::TlsStream;
 use crate::audit::{QueryMessage, SessionInfo};
 use crate::cancel::CancelTarget;
 use crate::metrics::DenyReason;
-use crate::protocol::backend::{self, CONNECTION_FAILURE, INVALID_AUTHORIZATION};
+use crate::protocol::backend::{
+    self, CONNECTION_FAILURE, INVALID_AUTHORIZATION, TOO_MANY_CONNECTIONS,
+};
 use crate::protocol::frames::{QueryKind, QueryScanner};
 use crate::protocol::options::{self, DATABASE_OPTION};
 use crate::protocol::startup::PROTOCOL_3_0;
@@ -90,9 +92,20 @@ enum Negotiated {
     Done,
 }
 
+/// Whether an accepted connection fits under the connection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Over the limit (the number): the connection is still negotiated, so that its
+    /// CancelRequest is served and a session gets a readable "too many connections" error
+    /// inside TLS (libpq shows no message sent in reply to its SSLRequest), but it never
+    /// reaches an upstream.
+    OverLimit(usize),
+}
+
 /// Serves one accepted connection to its end. Never panics on client input; every outcome is
 /// logged, counted and (for refusals and sessions) audited.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admission: Admission) {
     let loaded = shared.current();
     let mut info = SessionInfo::new(shared.next_session_id(), peer);
     let limits = &loaded.config.relay.limits;
@@ -137,6 +150,15 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         })) => (tls, startup, leftover),
     };
 
+    if let Admission::OverLimit(max) = admission {
+        let denial = Denial {
+            reason: DenyReason::ConnectionLimit,
+            code: TOO_MANY_CONNECTIONS,
+            message: format!("too many connections to the dbward relay (limit {max})"),
+            hint: Some("try again later, or ask the relay's operator to raise the limit".into()),
+        };
+        return refuse(tls, &shared, &info, denial).await;
+    }
     let target = match authorize(&loaded, &tls, &mut startup, &mut info) {
         Ok(target) => target,
         Err(denial) => return refuse(tls, &shared, &info, denial).await,

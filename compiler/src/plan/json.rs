@@ -1,6 +1,7 @@
 //! The plan as a versioned JSON document for CI bots (`dbward plan --json`). It never carries
 //! file content of sensitive files, nor even their hashes.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{Action, Drift, Plan, sha256};
@@ -8,7 +9,8 @@ use super::{Action, Drift, Plan, sha256};
 /// Version of the plan JSON document; bumped on any incompatible change.
 pub const PLAN_JSON_VERSION: u32 = 1;
 
-#[derive(Debug, Serialize)]
+/// `dbward plan --json`: what apply would change, for CI bots. Never holds a secret.
+#[derive(Debug, Serialize, JsonSchema)]
 #[cfg_attr(test, derive(serde::Deserialize))]
 pub struct PlanJson {
     pub format_version: u32,
@@ -18,7 +20,7 @@ pub struct PlanJson {
     pub changes: Vec<ChangeJson>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[cfg_attr(test, derive(serde::Deserialize))]
 pub struct Summary {
     pub add: usize,
@@ -28,7 +30,7 @@ pub struct Summary {
     pub drifted: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[cfg_attr(test, derive(serde::Deserialize))]
 pub struct ChangeJson {
     pub path: String,
@@ -45,6 +47,14 @@ pub struct ChangeJson {
     pub sha256_after: Option<String>,
     /// Unified diff for changed text files that are not sensitive.
     pub diff: Option<String>,
+}
+
+/// The JSON Schema of the plan document, as checked in at `schemas/plan.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(PlanJson);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// The JSON document of a plan.
@@ -112,5 +122,24 @@ pub fn to_json(plan: &Plan) -> PlanJson {
             drifted: plan.drifted().count(),
         },
         changes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plan_schema_file_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/plan.schema.json");
+        let expected = super::json_schema();
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, &expected).unwrap();
+            return;
+        }
+        let actual = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "schemas/plan.schema.json is stale: run `UPDATE_GOLDEN=1 cargo nextest run -p dbward \
+             plan_schema_file_is_current` and commit the result"
+        );
     }
 }

@@ -863,3 +863,91 @@ user "d'artagnan" {{
         assert_eq!(rows, [format!("{user}/safe")]);
     }
 }
+
+/// setup.sql of every database of every example runs on a real PostgreSQL, twice (idempotent).
+/// Cloud-only pieces are provided the way the cloud provides them: the `rds_iam` role, and
+/// Azure's `pgaadauth_create_principal` (here a function creating the login role). A Cloud SQL
+/// script stops with the `gcloud` command to run until the IAM users exist.
+#[test]
+fn every_examples_setup_sql_runs_on_a_real_postgres() {
+    let mut cluster = Cluster::init();
+    cluster.start();
+    cluster.sql(
+        "template1",
+        "CREATE ROLE rds_iam NOLOGIN; \
+         CREATE FUNCTION pgaadauth_create_principal(role text, is_admin boolean, is_mfa boolean) \
+         RETURNS text LANGUAGE plpgsql AS $$ BEGIN \
+         EXECUTE format('CREATE ROLE %I LOGIN', role); RETURN 'Created role for ' || role; END $$;",
+    );
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut ran = 0;
+    let scripts = tempfile::tempdir().expect("scripts dir");
+    for entry in fs::read_dir(&examples).expect("examples").flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "kdl") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).expect("read example");
+        let model = dbward::check(&Source::new(path.display().to_string(), text))
+            .model
+            .expect("example compiles");
+        let artifacts = dbward::emit::emit_text(&model).expect("emit");
+        let stem = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        for (name, db) in &model.databases {
+            let sql = &artifacts[&layout::database_file(name, "setup.sql")].bytes;
+            let file = scripts.path().join(format!("{stem}-{name}.sql"));
+            fs::write(&file, sql).expect("write script");
+            let database = format!("{stem}_{name}");
+            cluster.sql("postgres", &format!("CREATE DATABASE \"{database}\""));
+            if let dbward::model::DatabaseKind::CloudSql { .. } = db.kind {
+                let err = cluster
+                    .sql_file(&database, &file)
+                    .expect_err("Cloud SQL setup must stop while the IAM users are missing");
+                assert!(err.contains("gcloud sql users create"), "{err}");
+                for user in db.db_users.keys() {
+                    cluster.sql(
+                        "postgres",
+                        &format!(
+                            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {lit}) \
+                             THEN CREATE ROLE {id} LOGIN; END IF; END $$",
+                            lit = dbward::emit::quote::literal(user),
+                            id = dbward::emit::quote::ident(user)
+                        ),
+                    );
+                }
+            }
+            for run in ["first", "second"] {
+                cluster.sql_file(&database, &file).unwrap_or_else(|e| {
+                    panic!("{stem}: setup.sql of {name} failed on its {run} run:\n{e}")
+                });
+            }
+            // Every declared login exists and can log in; every db-role exists and cannot.
+            for user in db.db_users.keys() {
+                let login = cluster.sql(
+                    "postgres",
+                    &format!(
+                        "SELECT rolcanlogin FROM pg_roles WHERE rolname = {}",
+                        dbward::emit::quote::literal(user)
+                    ),
+                );
+                assert_eq!(login.trim(), "t", "{stem}/{name}: db-user {user}");
+            }
+            for role in db.db_roles.keys() {
+                let login = cluster.sql(
+                    "postgres",
+                    &format!(
+                        "SELECT rolcanlogin FROM pg_roles WHERE rolname = {}",
+                        dbward::emit::quote::literal(role)
+                    ),
+                );
+                assert_eq!(login.trim(), "f", "{stem}/{name}: db-role {role}");
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 7, "ran only {ran} setup scripts");
+}

@@ -61,6 +61,7 @@ fn check(name: &str, manifest: &str, expected_dir: &Path) -> Vec<String> {
             )
         )];
     };
+    let mut problems = Vec::new();
     let actual: BTreeMap<String, String> = match dbward::emit::emit_text(&model) {
         Ok(artifacts) => artifacts
             .into_iter()
@@ -68,6 +69,10 @@ fn check(name: &str, manifest: &str, expected_dir: &Path) -> Vec<String> {
             .collect(),
         Err(err) => return vec![format!("{name}: emit failed: {err}")],
     };
+    problems.extend(properties(name, &actual));
+    if !problems.is_empty() {
+        return problems;
+    }
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         for path in read_tree(expected_dir).keys() {
             let _ = fs::remove_file(expected_dir.join(path));
@@ -80,7 +85,6 @@ fn check(name: &str, manifest: &str, expected_dir: &Path) -> Vec<String> {
         return vec![];
     }
     let expected = read_tree(expected_dir);
-    let mut problems = Vec::new();
     for (path, text) in &actual {
         match expected.get(path) {
             None => problems.push(format!("{name}: {path} is new (not in the golden tree)")),
@@ -98,6 +102,41 @@ fn check(name: &str, manifest: &str, expected_dir: &Path) -> Vec<String> {
         problems.push(format!(
             "{name}: {path} is in the golden tree but no longer emitted"
         ));
+    }
+    problems
+}
+
+/// What must hold whatever the golden text says: frozen.json loads and verifies as the relay
+/// loads it, AWS policies name exact users (never a wildcard user), JSON files end in a newline.
+fn properties(name: &str, actual: &BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (path, text) in actual {
+        if path.ends_with(".json") && !text.ends_with("}\n") {
+            problems.push(format!("{name}: {path} does not end with a newline"));
+        }
+        if path == "relay/frozen.json" {
+            if let Err(err) = dbward_frozen::Config::from_json(Path::new(path), text) {
+                problems.push(format!("{name}: {path} does not load: {err}"));
+            }
+        }
+        if path.starts_with("iam/aws/") {
+            let policy: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            let statements = policy["Statement"].as_array().cloned().unwrap_or_default();
+            for statement in statements {
+                if statement["Action"] == "rds-db:connect" {
+                    for resource in statement["Resource"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                    {
+                        let resource = resource.as_str().unwrap_or_default();
+                        if resource.contains('*') || !resource.contains(":dbuser:") {
+                            problems.push(format!("{name}: {path} grants connect on {resource}"));
+                        }
+                    }
+                }
+            }
+        }
     }
     problems
 }

@@ -114,10 +114,10 @@ fn properties(name: &str, actual: &BTreeMap<String, String>) -> Vec<String> {
         if path.ends_with(".json") && !text.ends_with("}\n") {
             problems.push(format!("{name}: {path} does not end with a newline"));
         }
-        if path == "relay/frozen.json" {
-            if let Err(err) = dbward_frozen::Config::from_json(Path::new(path), text) {
-                problems.push(format!("{name}: {path} does not load: {err}"));
-            }
+        if path == "relay/frozen.json"
+            && let Err(err) = dbward_frozen::Config::from_json(Path::new(path), text)
+        {
+            problems.push(format!("{name}: {path} does not load: {err}"));
         }
         if path.starts_with("iam/aws/") {
             let policy: serde_json::Value = serde_json::from_str(text).unwrap_or_default();

@@ -259,6 +259,36 @@ mod tests {
         assert!(!names_cover(&names, "other"));
     }
 
+    fn model(host: &str) -> crate::model::Model {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/quickstart.kdl"
+        ))
+        .unwrap()
+        .replace("host=\"127.0.0.1\"", &format!("host=\"{host}\""));
+        crate::check(&crate::source::Source::new("q.kdl", text))
+            .model
+            .expect("compiles")
+    }
+
+    #[test]
+    fn self_hosted_upstreams_verify_the_host_against_server_ca() {
+        let config = build(&model("localhost")).unwrap();
+        let shop = &config.databases["shop"];
+        assert_eq!(shop.tls.server_name, "localhost");
+        assert_eq!(
+            shop.tls.ca.as_deref(),
+            Some(std::path::Path::new("server-ca.crt"))
+        );
+        assert_eq!(shop.auth, frozen::UpstreamAuth::Mtls);
+        assert_eq!(config.checksum, config.compute_checksum(), "sealed");
+        let err = build(&model("pg.internal")).unwrap_err();
+        assert!(
+            matches!(err, EmitError::HostNotInServerNames { ref host, .. } if host == "pg.internal"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn schema_file_is_current() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/frozen.schema.json");

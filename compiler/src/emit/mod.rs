@@ -1,8 +1,21 @@
-//! Emitters: pure functions from a [`Model`](crate::model::Model) to [`Artifacts`].
+//! Emitters: pure functions from a [`Model`] to [`Artifacts`].
 //!
 //! **Emitters never do I/O.** The clock, key generation and the files that exist now (to keep
 //! certificates byte for byte) come in through one [`Env`] value, so tests pin them and the same
 //! manifest with the same state always yields byte-identical artifacts.
+//!
+//! [`emit`] is the entry point: [`emit_text`] (every file computed from the model alone) plus
+//! [`pki::emit`] (certificates and keys). The text emitters, one module each:
+//!
+//! - [`postgres`] — a self-hosted server's `postgresql.conf` snippet, `pg_hba.conf`, `pg_ident.conf`;
+//! - [`sql`] — every database's idempotent `setup.sql` (roles, memberships, GRANTs, cloud logins);
+//! - [`iam`] — the AWS policy, GCP bindings and Azure role of each cloud binding;
+//! - [`frozen`] — the relay's `frozen.json`;
+//! - [`quote`] — quoting for every one of those languages; nothing is written unquoted.
+//!
+//! **Least privilege is enforced three times from one table**: the relay reads the access table
+//! from frozen.json, and [`Logins`] (its union per database) drives pg_hba.conf, pg_ident.conf
+//! and the AWS policy, so the database and the cloud refuse what the relay would refuse.
 //!
 //! The output layout under `--out DIR` (paths are always `/`-separated and relative):
 //!
@@ -22,7 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{DatabaseKind, Model, Provision};
+use crate::model::{DatabaseKind, Model, NameSet, Provision};
 
 pub mod env;
 pub mod frozen;
@@ -111,11 +124,10 @@ impl Logins {
                 db_users.insert(access.user.clone());
             }
             match (&access.db_names, &mut db_names) {
-                (crate::model::NameSet::Any, _) => db_names = None,
-                (crate::model::NameSet::Only(names), Some(set)) => {
-                    set.extend(names.iter().cloned())
-                }
-                (crate::model::NameSet::Only(_), None) => {}
+                (NameSet::Any, _) => db_names = None,
+                (NameSet::Only(names), Some(set)) => set.extend(names.iter().cloned()),
+                // Already every name: nothing to add.
+                (NameSet::Only(_), None) => {}
             }
         }
         let admin = model

@@ -45,8 +45,8 @@ pub fn conf(db: &Database, config_dir: &str) -> String {
         (
             "ssl_cert_file",
             path(SERVER_CERT),
-            "Server certificate issued by dbward's server-ca for the manifest's server-names; \
-             the relay verifies it (verify-full).",
+            "Server certificate issued by dbward's server-ca for the manifest's server-names;\n\
+             # the relay verifies it (verify-full).",
         ),
         (
             "ssl_key_file",
@@ -56,8 +56,8 @@ pub fn conf(db: &Database, config_dir: &str) -> String {
         (
             "ssl_ca_file",
             path(CLIENT_CA),
-            "relay-client-ca: it signs only the relay's client certificate, so no other \
-             certificate can authenticate here.",
+            "relay-client-ca: it signs only the relay's client certificate, so no other\n\
+             # certificate can authenticate here.",
         ),
         (
             "ssl_min_protocol_version",
@@ -107,27 +107,24 @@ pub fn hba(db: &Database, logins: &Logins) -> Result<String, EmitError> {
          local      all       \"postgres\"  peer\n\n",
     );
 
-    let users: Vec<&str> = logins.db_users.iter().map(String::as_str).collect();
-    if users.is_empty() {
-        out.push_str(
-            "# The manifest allows nobody to log in to this database through the relay, so there\n\
-             # is no line for the relay's certificate.\n\n",
-        );
-    } else {
-        let names = match &logins.db_names {
-            None => "all".to_owned(),
-            Some(names) if names.is_empty() => String::new(),
-            Some(names) => names
+    let user_tokens = logins
+        .db_users
+        .iter()
+        .map(|u| token(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names = match &logins.db_names {
+        None => Some("all".to_owned()),
+        Some(names) if names.is_empty() => None,
+        Some(names) => Some(
+            names
                 .iter()
                 .map(|n| token(n))
                 .collect::<Result<Vec<_>, _>>()?
                 .join(","),
-        };
-        let user_tokens = users
-            .iter()
-            .map(|u| token(u))
-            .collect::<Result<Vec<_>, _>>()?;
-        if !names.is_empty() {
+        ),
+    };
+    match names {
+        Some(names) if !user_tokens.is_empty() => {
             let _ = writeln!(
                 out,
                 "# The relay, over TLS only, authenticated by its certificate (`cert` implies\n\
@@ -139,15 +136,19 @@ pub fn hba(db: &Database, logins: &Logins) -> Result<String, EmitError> {
                 users = user_tokens.join(","),
             );
         }
-        if let Some(admin) = &logins.admin {
-            let _ = writeln!(
-                out,
-                "# The admin user, used by the relay to provision people's users, may open any\n\
-                 # database name (it grants privileges in each); same certificate, same map.\n\
-                 hostssl    all  {}  all  cert  map={IDENT_MAP}\n",
-                token(admin)?
-            );
-        }
+        _ => out.push_str(
+            "# The manifest allows nobody to log in to this database through the relay, so there\n\
+             # is no line for the relay's certificate.\n\n",
+        ),
+    }
+    if let Some(admin) = &logins.admin {
+        let _ = writeln!(
+            out,
+            "# The admin user, used by the relay to provision people's users, may open any\n\
+             # database name (it grants privileges in each); same certificate, same map.\n\
+             hostssl    all  {}  all  cert  map={IDENT_MAP}\n",
+            token(admin)?
+        );
     }
 
     out.push_str(
@@ -261,7 +262,9 @@ mod tests {
 
     #[test]
     fn hba_without_logins_has_no_relay_line() {
-        let text = hba(&db(), &logins(&[], None, Some("adm"))).unwrap();
+        let text = hba(&db(), &logins(&[], None, None)).unwrap();
+        assert!(!text.contains("cert  map"), "{text}");
+        let text = hba(&db(), &logins(&["app"], Some(&[]), None)).unwrap();
         assert!(!text.contains("cert  map"), "{text}");
     }
 

@@ -14,6 +14,7 @@
 //!   PostgreSQL presenting the relay's certificate.
 //! - `relay`: the relay end to end with real PostgreSQL, psql and tokio-postgres: access,
 //!   every refusal with its message and audit event, cancel, restarts, 200 sessions, reload.
+//! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
 
 mod artifacts;
 mod cert;
@@ -22,4 +23,5 @@ mod golden;
 mod harness;
 mod plan_apply;
 mod relay;
+mod relay_ops;
 mod schema;

@@ -175,7 +175,7 @@ pub async fn serve(config_path: PathBuf) -> Result<(), ServeError> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             finished = &mut relay => {
-                tokio::task::block_in_place(|| shared.audit.flush());
+                flush_audit(&shared).await;
                 return match finished {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(error)) => Err(ServeError::Run(error.to_string())),
@@ -209,21 +209,28 @@ pub async fn serve(config_path: PathBuf) -> Result<(), ServeError> {
                 "drain timeout passed; exiting with sessions still open"
             );
         }
-        _ = terminate.recv() => second_signal(&shared),
-        _ = interrupt.recv() => second_signal(&shared),
+        _ = terminate.recv() => second_signal(&shared).await,
+        _ = interrupt.recv() => second_signal(&shared).await,
     }
-    tokio::task::block_in_place(|| shared.audit.flush());
+    flush_audit(&shared).await;
     Ok(())
 }
 
 /// A second SIGTERM/SIGINT while draining: exit now.
-fn second_signal(shared: &Shared) -> ! {
+async fn second_signal(shared: &Arc<Shared>) -> ! {
     tracing::warn!(
         sessions = shared.metrics.sessions_active(),
         "second termination signal: exiting at once"
     );
-    tokio::task::block_in_place(|| shared.audit.flush());
+    flush_audit(shared).await;
     std::process::exit(1)
+}
+
+/// Waits (at most a few seconds) until queued audit events are written, without blocking the
+/// runtime's worker threads.
+async fn flush_audit(shared: &Arc<Shared>) {
+    let shared = Arc::clone(shared);
+    let _ = tokio::task::spawn_blocking(move || shared.audit.flush()).await;
 }
 
 fn install(

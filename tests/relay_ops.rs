@@ -1,0 +1,968 @@
+//! Operating the real `dbward-relay` binary: `--check`, `/livez` `/readyz` `/metrics`, audit
+//! lines, SIGHUP reload (bad file kept out, good file taken) and SIGTERM drain.
+//!
+//! Every test runs the built binary as a child process with its own temp dir, ports and log
+//! file, and talks to it over real sockets.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dbward_frozen::{Config, FORMAT_VERSION};
+use dbward_tests::{Cluster, free_port, psql_path, wait_for, workspace_bin};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A relay output directory written by `dbward apply` (no PostgreSQL behind it: these tests
+/// never reach an upstream), with the frozen config it holds.
+struct Fixture {
+    dir: tempfile::TempDir,
+    config: Config,
+    port: u16,
+    metrics_port: u16,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-relay-ops-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let metrics_port = free_port();
+        let manifest = format!(
+            r#"dbward version=1
+relay {{
+    listen "127.0.0.1:{port}"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+    audit "{audit}" queries=#true
+    metrics "127.0.0.1:{metrics_port}"
+}}
+database orders {{
+    postgres host="127.0.0.1" port={pg} version=15
+    labels env=dev
+    self-hosted {{
+        server-names "localhost" "127.0.0.1"
+        config-dir "/etc/postgresql/15/main/dbward"
+    }}
+    db-user app
+}}
+role developer {{
+    allow {{
+        databases env=dev
+        db-users app
+        db-names orders
+    }}
+}}
+user alice {{
+    roles developer
+}}
+"#,
+            audit = dir.path().join("audit.jsonl").display(),
+            pg = free_port(),
+        );
+        fs::write(dir.path().join("manifest.kdl"), manifest).unwrap();
+        let out = Command::new(workspace_bin("dbward"))
+            .arg("apply")
+            .arg(dir.path().join("manifest.kdl"))
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .arg("--auto-approve")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dbward apply failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fixture = Fixture {
+            config: Config::load(&dir.path().join("out/relay/frozen.json")).unwrap(),
+            dir,
+            port,
+            metrics_port,
+        };
+        assert_eq!(fixture.config.relay.listen, format!("127.0.0.1:{port}"));
+        fixture
+    }
+
+    /// A file of the output directory, e.g. `relay/server.key`.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("out").join(name)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.path("relay/frozen.json")
+    }
+
+    fn write_config(&self, config: &Config) {
+        fs::write(self.config_path(), config.to_json()).unwrap();
+    }
+
+    /// Runs `dbward-relay --config frozen.json --check`.
+    fn check(&self) -> (ExitStatus, String, String) {
+        let out = Command::new(workspace_bin("dbward-relay"))
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--check")
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts the relay and waits until both of its ports accept connections.
+    fn start(&self, extra: &[&str]) -> Running {
+        let log = self.dir.path().join("relay.log");
+        let child = Command::new(workspace_bin("dbward-relay"))
+            .arg("--config")
+            .arg(self.config_path())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut running = Running {
+            child,
+            log,
+            port: self.port,
+            metrics_port: self.metrics_port,
+        };
+        let up = wait_for(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = running.child.try_wait() {
+                panic!("the relay exited with {status}:\n{}", running.log());
+            }
+            (connects(running.port) && connects(running.metrics_port)).then_some(())
+        });
+        assert!(up.is_some(), "the relay did not listen:\n{}", running.log());
+        running
+    }
+}
+
+/// A relay child process; killed on drop.
+struct Running {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+    metrics_port: u16,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// `GET path` on the metrics endpoint: (status code, content type, body).
+    fn get(&self, path: &str) -> (u16, String, String) {
+        http_get(self.metrics_port, path)
+    }
+
+    /// The value of one sample line of `/metrics`, e.g. `dbward_sessions_active`.
+    fn metric(&self, sample: &str) -> f64 {
+        let (_, _, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
+            .parse()
+            .unwrap()
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().ok().flatten())
+    }
+
+    fn wait_log(&self, needle: &str) {
+        let found = wait_for(Duration::from_secs(10), || {
+            self.log().contains(needle).then_some(())
+        });
+        assert!(
+            found.is_some(),
+            "the relay never logged {needle:?}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connects(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A minimal HTTP/1.1 GET (the endpoint needs nothing more), returning status, content type
+/// and body.
+fn http_get(port: u16, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// Sends a plaintext StartupMessage (no TLS) and returns what the relay answers.
+fn plaintext_startup(port: u16) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608u32.to_be_bytes());
+    for (key, value) in [("user", "app"), ("database", "orders")] {
+        body.extend_from_slice(key.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    reply
+}
+
+/// Every line of the audit log, parsed; panics on a line that is not JSON.
+fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("audit line {line:?}: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn check_accepts_a_good_config_and_explains_each_bad_one() {
+    let fixture = Fixture::new();
+    let (status, stdout, stderr) = fixture.check();
+    assert!(status.success(), "--check refused a good config:\n{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(
+        !connects(fixture.port),
+        "--check must never listen (port {})",
+        fixture.port
+    );
+
+    // Tampered: edited by hand after `dbward apply` sealed it.
+    let good = fs::read_to_string(fixture.config_path()).unwrap();
+    fs::write(
+        fixture.config_path(),
+        good.replace("db.localhost", "db.example.com"),
+    )
+    .unwrap();
+    let (status, _, stderr) = fixture.check();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+    assert!(stderr.contains("dbward apply"), "{stderr}");
+
+    // Another format version.
+    let mut other = fixture.config.clone();
+    other.format_version = FORMAT_VERSION + 1;
+    other.seal();
+    fixture.write_config(&other);
+    let (status, _, stderr) = fixture.check();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("format version 2"), "{stderr}");
+
+    // A key file that is missing.
+    fixture.write_config(&fixture.config);
+    fs::rename(
+        fixture.path("relay/upstream-client.key"),
+        fixture.path("relay/moved.key"),
+    )
+    .unwrap();
+    let (status, _, stderr) = fixture.check();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("relay/upstream-client.key"), "{stderr}");
+    assert!(stderr.contains("cannot read private key"), "{stderr}");
+    fs::rename(
+        fixture.path("relay/moved.key"),
+        fixture.path("relay/upstream-client.key"),
+    )
+    .unwrap();
+
+    // A key that everyone may read.
+    fs::set_permissions(
+        fixture.path("relay/server.key"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (status, _, stderr) = fixture.check();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("server.key"), "{stderr}");
+    assert!(stderr.contains("mode 0644"), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    fs::set_permissions(
+        fixture.path("relay/server.key"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+
+    // A certificate that is not PEM.
+    fs::write(fixture.path("relay/users-ca.crt"), "garbage").unwrap();
+    let (status, _, stderr) = fixture.check();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("users-ca.crt"), "{stderr}");
+
+    // No message ever shows key material.
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+}
+
+#[test]
+fn endpoints_answer_and_a_denial_is_audited() {
+    let fixture = Fixture::new();
+    let relay = fixture.start(&["--log-format", "json"]);
+
+    let (status, _, body) = relay.get("/livez");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _, body) = relay.get("/readyz");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, _, _) = relay.get("/nope");
+    assert_eq!(status, 404);
+    let (status, content_type, body) = relay.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    for name in [
+        "dbward_sessions_active 0",
+        "dbward_sessions_total 0",
+        "dbward_handshake_failures_total",
+        "dbward_upstream_connect_seconds_bucket{le=\"+Inf\"} 0",
+        "dbward_config_reloads_total{result=\"ok\"} 0",
+        "dbward_audit_up 1",
+        "dbward_draining 0",
+    ] {
+        assert!(body.contains(name), "{name} missing from /metrics:\n{body}");
+    }
+
+    // A plaintext startup is refused, counted and audited.
+    let reply = plaintext_startup(fixture.port);
+    assert_eq!(
+        reply.first(),
+        Some(&b'E'),
+        "expected an ErrorResponse: {reply:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&reply).contains("TLS required"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let audit = fixture.dir.path().join("audit.jsonl");
+    let denied = wait_for(Duration::from_secs(5), || {
+        audit_lines(&audit)
+            .into_iter()
+            .find(|e| e["event"] == "session.denied")
+    })
+    .unwrap_or_else(|| panic!("no session.denied audit event:\n{}", relay.log()));
+    assert_eq!(denied["reason"], "tls_required", "{denied}");
+    assert!(denied["session"].is_string(), "{denied}");
+    assert!(
+        denied["client_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{denied}"
+    );
+    time_is_rfc3339(&denied["time"]);
+    for field in ["identity", "database", "db_user", "db_name"] {
+        assert!(denied.get(field).is_some(), "{field} missing: {denied}");
+    }
+    assert_eq!(
+        relay.metric("dbward_sessions_denied_total{reason=\"tls_required\"}"),
+        1.0
+    );
+
+    // JSON logs: one object per line; nothing secret in logs or audit.
+    let log = relay.log();
+    for line in log.lines() {
+        let _: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("log line {line:?}: {e}"));
+    }
+    let key = fs::read_to_string(fixture.path("relay/server.key")).unwrap();
+    let key_body = key.lines().nth(1).unwrap();
+    for text in [log, fs::read_to_string(&audit).unwrap()] {
+        assert!(!text.contains("PRIVATE KEY") && !text.contains(key_body));
+    }
+}
+
+fn time_is_rfc3339(value: &serde_json::Value) {
+    let text = value.as_str().unwrap_or_default();
+    // 2026-11-21T11:30:03.123456Z
+    let ok = text.len() >= 20
+        && text.as_bytes()[4] == b'-'
+        && text.as_bytes()[10] == b'T'
+        && text.ends_with('Z');
+    assert!(ok, "not an RFC 3339 UTC time: {value}");
+}
+
+#[test]
+fn sighup_keeps_a_bad_config_out_and_takes_a_good_one() {
+    let fixture = Fixture::new();
+    let relay = fixture.start(&[]);
+
+    // A tampered file: refused, the reason logged, the old config still serves.
+    let good = fs::read_to_string(fixture.config_path()).unwrap();
+    fs::write(
+        fixture.config_path(),
+        good.replace("\"alice\"", "\"mallory\""),
+    )
+    .unwrap();
+    relay.signal("HUP");
+    relay.wait_log("config reload failed");
+    let log = relay.log();
+    assert!(log.contains("checksum mismatch"), "{log}");
+    assert!(log.contains("ERROR"), "a failed reload is an error:\n{log}");
+    assert_eq!(
+        relay.metric("dbward_config_reloads_total{result=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(relay.get("/readyz").0, 200);
+    assert!(String::from_utf8_lossy(&plaintext_startup(fixture.port)).contains("TLS required"));
+
+    // A key that became world-readable is a bad config too.
+    fixture.write_config(&fixture.config);
+    fs::set_permissions(
+        fixture.path("relay/server.key"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    relay.signal("HUP");
+    let failed = wait_for(Duration::from_secs(10), || {
+        (relay.metric("dbward_config_reloads_total{result=\"failed\"}") == 2.0).then_some(())
+    });
+    assert!(failed.is_some(), "{}", relay.log());
+    assert!(relay.log().contains("chmod 600"), "{}", relay.log());
+    fs::set_permissions(
+        fixture.path("relay/server.key"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+
+    // A good new config (another access table) is taken.
+    let mut changed = fixture.config.clone();
+    changed.access[0].db_users.push("readonly".into());
+    changed.seal();
+    fixture.write_config(&changed);
+    relay.signal("HUP");
+    let ok = wait_for(Duration::from_secs(10), || {
+        (relay.metric("dbward_config_reloads_total{result=\"ok\"}") == 1.0).then_some(())
+    });
+    assert!(ok.is_some(), "{}", relay.log());
+    assert!(relay.log().contains(&changed.checksum), "{}", relay.log());
+    assert_eq!(relay.get("/livez").0, 200);
+}
+
+#[test]
+fn sigterm_drains_then_exits_and_a_second_one_exits_at_once() {
+    let fixture = Fixture::new();
+    // The manifest has no knob for limits yet: shorten the handshake timeout in the frozen
+    // config (re-sealed, as `dbward apply` would) so the drain below ends in seconds.
+    let mut config = fixture.config.clone();
+    config.relay.limits.handshake_timeout_ms = 3_000;
+    config.seal();
+    fixture.write_config(&config);
+    let mut relay = fixture.start(&[]);
+
+    // A connection in its startup phase is still a connection the relay owns: draining waits
+    // for it (the handshake timeout, 3 s here, ends it).
+    let open = TcpStream::connect(("127.0.0.1", fixture.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = Instant::now();
+    relay.signal("TERM");
+    let draining = wait_for(Duration::from_secs(5), || {
+        (relay.get("/readyz").0 == 503).then_some(())
+    });
+    assert!(
+        draining.is_some(),
+        "/readyz never said draining:\n{}",
+        relay.log()
+    );
+    assert_eq!(relay.get("/readyz").2, "draining\n");
+    assert_eq!(relay.get("/livez").0, 200, "alive while draining");
+    let closed = wait_for(Duration::from_secs(5), || {
+        (!connects(fixture.port)).then_some(())
+    });
+    assert!(closed.is_some(), "the listener stayed open while draining");
+
+    let status = relay
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the relay did not exit after draining:\n{}", relay.log()));
+    assert!(status.success(), "exit {status}:\n{}", relay.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "draining took longer than the drain timeout"
+    );
+    assert!(relay.log().contains("draining"), "{}", relay.log());
+    drop(open);
+
+    // A second SIGTERM does not wait for anything.
+    let mut relay = fixture.start(&[]);
+    let _open = TcpStream::connect(("127.0.0.1", fixture.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    relay.signal("TERM");
+    relay.wait_log("draining");
+    let second = Instant::now();
+    relay.signal("TERM");
+    let status = relay
+        .wait_exit(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("a second SIGTERM did not exit:\n{}", relay.log()));
+    assert!(second.elapsed() < Duration::from_secs(2));
+    assert_eq!(status.code(), Some(1), "{}", relay.log());
+}
+
+/// Starts `dbward-relay --config config` with its log in `log`, and waits until both of its
+/// ports accept connections.
+fn spawn_relay(config: &Path, log: PathBuf, port: u16, metrics_port: u16) -> Running {
+    let child = Command::new(workspace_bin("dbward-relay"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut running = Running {
+        child,
+        log,
+        port,
+        metrics_port,
+    };
+    let up = wait_for(Duration::from_secs(20), || {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            panic!("the relay exited with {status}:\n{}", running.log());
+        }
+        (connects(running.port) && connects(running.metrics_port)).then_some(())
+    });
+    assert!(up.is_some(), "the relay did not listen:\n{}", running.log());
+    running
+}
+
+/// A whole deployment made by the real CLI: `dbward apply` output installed into a real
+/// PostgreSQL (setup.sql run), and alice's certificate from `dbward cert issue`.
+struct Deployment {
+    cluster: Cluster,
+    /// Holds `manifest.kdl`, `out/` (the apply output), `alice/` and `audit.jsonl`.
+    dir: tempfile::TempDir,
+    port: u16,
+    metrics_port: u16,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Deployment {
+    /// `db_users`: the database users alice's role allows (KDL arguments, e.g. `app readonly`).
+    fn new(db_users: &str) -> Deployment {
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-relay-deploy-")
+            .tempdir()
+            .unwrap();
+        let mut deployment = Deployment {
+            cluster: Cluster::init(),
+            dir,
+            port: free_port(),
+            metrics_port: free_port(),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        };
+        deployment.apply(db_users);
+        let out = deployment.out();
+        deployment.cluster.install_dbward(&out, "shop");
+        if let Err(log) = deployment.cluster.try_start() {
+            panic!("PostgreSQL did not start with the generated configuration:\n{log}");
+        }
+        // The database the manifest names; setup.sql creates roles and grants, not databases.
+        let create = deployment.path("create.sql");
+        fs::write(&create, "create database shop;\n").unwrap();
+        deployment
+            .cluster
+            .peer_sql_file("postgres", &create)
+            .unwrap_or_else(|e| panic!("create database failed: {e}"));
+        deployment
+            .cluster
+            .peer_sql_file("postgres", &out.join("databases/shop/setup.sql"))
+            .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+        deployment.dbward(&[
+            "cert",
+            "issue",
+            deployment.path("manifest.kdl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--user",
+            "alice",
+            "--dest",
+            deployment.path("alice").to_str().unwrap(),
+        ]);
+        deployment
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn out(&self) -> PathBuf {
+        self.path("out")
+    }
+
+    fn audit(&self) -> PathBuf {
+        self.path("audit.jsonl")
+    }
+
+    /// Runs the `dbward` CLI and asserts it succeeded.
+    fn dbward(&self, args: &[&str]) {
+        let out = Command::new(workspace_bin("dbward"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dbward {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Writes the manifest with alice allowed `db_users`, and runs `dbward apply` on it.
+    fn apply(&self, db_users: &str) {
+        let manifest = format!(
+            r#"dbward version=1
+relay {{
+    listen "127.0.0.1:{port}"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+    audit "{audit}" queries=#true
+    metrics "127.0.0.1:{metrics}"
+}}
+database shop {{
+    postgres host="127.0.0.1" port={pg} version=15
+    labels env=dev
+    self-hosted {{
+        server-names "localhost" "127.0.0.1"
+        config-dir "{config_dir}"
+    }}
+    admin-user "dbward-admin" default-database=postgres
+    db-role reader {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT on=all-tables schema=public
+    }}
+    db-user app {{
+        member-of reader
+    }}
+    db-user readonly {{
+        member-of reader
+    }}
+}}
+role developer {{
+    allow {{
+        databases env=dev
+        db-users {db_users}
+        db-names shop
+    }}
+}}
+user alice {{
+    roles developer
+}}
+"#,
+            port = self.port,
+            metrics = self.metrics_port,
+            audit = self.audit().display(),
+            pg = self.cluster.port,
+            config_dir = self.cluster.config_dir().display(),
+        );
+        fs::write(self.path("manifest.kdl"), manifest).unwrap();
+        self.dbward(&[
+            "apply",
+            self.path("manifest.kdl").to_str().unwrap(),
+            "--out",
+            self.out().to_str().unwrap(),
+            "--auto-approve",
+        ]);
+    }
+
+    fn relay(&self) -> Running {
+        spawn_relay(
+            &self.out().join("relay/frozen.json"),
+            self.path("relay.log"),
+            self.port,
+            self.metrics_port,
+        )
+    }
+
+    /// libpq's connection string for alice as `user`, verify-full through the relay.
+    fn conninfo(&self, user: &str) -> String {
+        let alice = self.path("alice");
+        format!(
+            "host=shop.db.localhost hostaddr=127.0.0.1 port={} sslmode=verify-full \
+             sslrootcert={} sslcert={} sslkey={} user={user} dbname=shop connect_timeout=10",
+            self.port,
+            alice.join("root.crt").display(),
+            alice.join("postgresql.crt").display(),
+            alice.join("postgresql.key").display(),
+        )
+    }
+
+    /// Runs `sql` with real psql as alice logging in as `user`: Ok(stdout) or Err(stderr).
+    fn psql(&self, user: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(psql_path())
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg(self.conninfo(user))
+            .args(["-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// A tokio-postgres session as alice logging in as `user`, held open by the caller.
+    fn connect(&self, user: &str) -> tokio_postgres::Client {
+        let alice = self.path("alice");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(alice.join("root.crt")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let chain = CertificateDer::pem_file_iter(alice.join("postgresql.crt"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(alice.join("postgresql.key")).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("shop.db.localhost")
+            .hostaddr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .port(self.port)
+            .user(user)
+            .dbname("shop")
+            .ssl_mode(tokio_postgres::config::SslMode::Require)
+            .connect_timeout(Duration::from_secs(10));
+        self.rt.block_on(async {
+            let (client, connection) = config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "connect as {user} through the relay: {e}: {:?}",
+                        e.as_db_error()
+                    )
+                });
+            tokio::spawn(connection);
+            client
+        })
+    }
+
+    /// Runs `select <n>` on a held session and returns the number.
+    fn select(
+        &self,
+        client: &tokio_postgres::Client,
+        n: i32,
+    ) -> Result<i32, tokio_postgres::Error> {
+        self.rt
+            .block_on(client.query_one("select $1::int4", &[&n]))
+            .map(|row| row.get(0))
+    }
+}
+
+#[test]
+fn sighup_with_a_changed_manifest_changes_new_sessions_only() {
+    let deployment = Deployment::new("app readonly");
+    let relay = deployment.relay();
+    assert_eq!(deployment.psql("app", "select 1"), Ok("1".into()));
+
+    // A session in flight as `app`, then a manifest that no longer allows `app`.
+    let in_flight = deployment.connect("app");
+    assert_eq!(deployment.select(&in_flight, 7).unwrap(), 7);
+    deployment.apply("readonly");
+    relay.signal("HUP");
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        (relay.metric("dbward_config_reloads_total{result=\"ok\"}") == 1.0).then_some(())
+    });
+    assert!(
+        reloaded.is_some(),
+        "the relay did not reload:\n{}",
+        relay.log()
+    );
+
+    // The session in flight keeps the config it started with...
+    assert_eq!(deployment.select(&in_flight, 8).unwrap(), 8);
+    // ...new sessions follow the new access table, with a message a person can act on.
+    let refused = deployment.psql("app", "select 1").unwrap_err();
+    assert!(refused.contains("app"), "{refused}");
+    assert_eq!(
+        deployment.psql("readonly", "select current_user"),
+        Ok("readonly".into())
+    );
+    assert_eq!(deployment.select(&in_flight, 9).unwrap(), 9);
+    assert_eq!(
+        relay.metric("dbward_sessions_denied_total{reason=\"db_user_not_allowed\"}"),
+        1.0
+    );
+    drop(in_flight);
+
+    // The audit log tells the whole story, as valid JSON lines with no secret in them.
+    let audit = deployment.audit();
+    let events = wait_for(Duration::from_secs(5), || {
+        let events = audit_lines(&audit);
+        (events
+            .iter()
+            .filter(|e| e["event"] == "session.end")
+            .count()
+            >= 3)
+            .then_some(events)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "missing session.end events:\n{}",
+            fs::read_to_string(&audit).unwrap_or_default()
+        )
+    });
+    let start = events
+        .iter()
+        .find(|e| e["event"] == "session.start")
+        .unwrap();
+    assert_eq!(start["identity"], "alice", "{start}");
+    assert_eq!(start["database"], "shop", "{start}");
+    assert_eq!(start["db_user"], "app", "{start}");
+    assert_eq!(start["db_name"], "shop", "{start}");
+    time_is_rfc3339(&start["time"]);
+    let query = events
+        .iter()
+        .find(|e| e["event"] == "session.query" && e["query"] == "select $1::int4")
+        .unwrap_or_else(|| panic!("no session.query for the prepared statement: {events:?}"));
+    assert_eq!(query["protocol"], "parse", "{query}");
+    let denied = events
+        .iter()
+        .find(|e| e["event"] == "session.denied")
+        .unwrap();
+    assert_eq!(denied["reason"], "db_user_not_allowed", "{denied}");
+    assert_eq!(denied["db_user"], "app", "{denied}");
+    let ended = events
+        .iter()
+        .find(|e| e["event"] == "session.end" && e["session"] == query["session"])
+        .unwrap_or_else(|| panic!("the session in flight has no session.end: {events:?}"));
+    assert!(ended["duration_ms"].as_u64().is_some(), "{ended}");
+    assert!(
+        ended["bytes_client_to_server"].as_u64().unwrap() > 0,
+        "{ended}"
+    );
+    assert!(
+        ended["bytes_server_to_client"].as_u64().unwrap() > 0,
+        "{ended}"
+    );
+    let text = fs::read_to_string(&audit).unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    // Bound parameter values (7, 8, 9 above) are never recorded.
+    assert!(!text.contains("\"7\"") && !text.contains("\"9\""), "{text}");
+}
+
+#[test]
+fn sigterm_lets_a_session_in_flight_finish_then_exits_zero() {
+    let deployment = Deployment::new("app");
+    let mut relay = deployment.relay();
+    let session = deployment.connect("app");
+    assert_eq!(deployment.select(&session, 1).unwrap(), 1);
+
+    relay.signal("TERM");
+    let draining = wait_for(Duration::from_secs(5), || {
+        (relay.get("/readyz").0 == 503).then_some(())
+    });
+    assert!(
+        draining.is_some(),
+        "/readyz never said draining:\n{}",
+        relay.log()
+    );
+    let closed = wait_for(Duration::from_secs(5), || {
+        (!connects(deployment.port)).then_some(())
+    });
+    assert!(closed.is_some(), "the listener stayed open while draining");
+    assert!(deployment.psql("app", "select 1").is_err());
+
+    // The session in flight keeps working while the relay drains.
+    for n in 2..5 {
+        assert_eq!(deployment.select(&session, n).unwrap(), n);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "exited before the session ended"
+    );
+    assert_eq!(relay.metric("dbward_sessions_active"), 1.0);
+
+    // When it ends, the relay exits 0 well before the drain timeout.
+    drop(session);
+    let status = relay.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| {
+        panic!(
+            "the relay did not exit after the last session:\n{}",
+            relay.log()
+        )
+    });
+    assert!(status.success(), "exit {status}:\n{}", relay.log());
+    assert!(relay.log().contains("drained"), "{}", relay.log());
+}

@@ -29,10 +29,16 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_audit(None)
+    }
+
+    /// `audit`: the audit log's path, or `None` for `audit.jsonl` in the temp dir.
+    fn with_audit(audit: Option<&Path>) -> Fixture {
         let dir = tempfile::Builder::new()
             .prefix("dbward-relay-ops-")
             .tempdir()
             .unwrap();
+        let audit = audit.map_or_else(|| dir.path().join("audit.jsonl"), Path::to_owned);
         let port = free_port();
         let metrics_port = free_port();
         let manifest = format!(
@@ -64,7 +70,7 @@ user alice {{
     roles developer
 }}
 "#,
-            audit = dir.path().join("audit.jsonl").display(),
+            audit = audit.display(),
             pg = free_port(),
         );
         fs::write(dir.path().join("manifest.kdl"), manifest).unwrap();
@@ -965,4 +971,69 @@ fn sigterm_lets_a_session_in_flight_finish_then_exits_zero() {
     });
     assert!(status.success(), "exit {status}:\n{}", relay.log());
     assert!(relay.log().contains("drained"), "{}", relay.log());
+}
+
+#[test]
+fn new_sessions_are_refused_while_the_audit_log_cannot_be_written() {
+    // /dev/full opens for appending (so the config verifies) but every write fails with ENOSPC,
+    // like a full disk.
+    let fixture = Fixture::with_audit(Some(Path::new("/dev/full")));
+    let out = Command::new(workspace_bin("dbward"))
+        .arg("cert")
+        .arg("issue")
+        .arg(fixture.dir.path().join("manifest.kdl"))
+        .arg("--out")
+        .arg(fixture.path(""))
+        .args(["--user", "alice", "--dest"])
+        .arg(fixture.dir.path().join("alice"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let relay = fixture.start(&[]);
+    let alice = fixture.dir.path().join("alice");
+    let psql = || {
+        let out = Command::new(psql_path())
+            .args(["-X", "-A", "-t", "-c", "select 1"])
+            .arg(format!(
+                "host=orders.db.localhost hostaddr=127.0.0.1 port={} sslmode=verify-full \
+                 sslrootcert={} sslcert={} sslkey={} user=app dbname=orders connect_timeout=10",
+                fixture.port,
+                alice.join("root.crt").display(),
+                alice.join("postgresql.crt").display(),
+                alice.join("postgresql.key").display(),
+            ))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // The first session is admitted (nothing has failed yet) and fails upstream (no database
+    // runs there); writing its audit event fails, so the relay stops admitting new sessions.
+    let first = psql();
+    assert!(!first.contains("audit"), "{first}");
+    let down = wait_for(Duration::from_secs(10), || {
+        (relay.metric("dbward_audit_up") == 0.0).then_some(())
+    });
+    assert!(
+        down.is_some(),
+        "the audit log never went down:\n{}",
+        relay.log()
+    );
+    assert!(relay.metric("dbward_audit_write_failures_total") >= 1.0);
+    relay.wait_log("cannot write the audit log");
+
+    let refused = psql();
+    assert!(refused.contains("audit"), "{refused}");
+    assert_eq!(
+        relay.metric("dbward_sessions_denied_total{reason=\"audit_unavailable\"}"),
+        1.0
+    );
+    // Still alive and ready: the relay itself works, it just refuses unrecorded sessions.
+    assert_eq!(relay.get("/livez").0, 200);
 }

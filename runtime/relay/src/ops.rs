@@ -137,6 +137,12 @@ pub async fn serve(config_path: PathBuf) -> Result<(), ServeError> {
     let audit = AuditSink::start(config::audit_path(&loaded))?;
     let listen = loaded.config.relay.listen.clone();
     let metrics_addr = loaded.config.relay.metrics.clone();
+    tracing::info!(
+        config = %config_path.display(),
+        checksum = %loaded.config.checksum,
+        databases = loaded.config.databases.len(),
+        "config loaded"
+    );
     let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()));
     let health = Arc::new(Health::default());
 
@@ -170,7 +176,10 @@ pub async fn serve(config_path: PathBuf) -> Result<(), ServeError> {
         tokio::select! {
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                reload(&shared, &config_path);
+                // Reading files and building TLS configs blocks; keep it off the workers that
+                // run sessions.
+                let (shared, path) = (Arc::clone(&shared), config_path.clone());
+                let _ = tokio::task::spawn_blocking(move || reload(&shared, &path)).await;
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

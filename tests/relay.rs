@@ -852,8 +852,11 @@ fn reload_applies_to_new_sessions_only() {
         );
     fs::write(d.manifest_path(), text).unwrap();
     apply(&d.manifest_path(), &d.out());
-    let loaded = dbward_relay::config::load(&d.out().join("relay/frozen.json")).expect("load");
-    d.shared.replace_config(loaded);
+    // What SIGHUP runs in `dbward-relay`.
+    assert!(
+        dbward_relay::ops::reload(&d.shared, &d.out().join("relay/frozen.json")),
+        "the new config was not taken"
+    );
 
     // The session in flight continues; new sessions follow the new access table.
     let row =

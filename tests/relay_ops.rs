@@ -431,6 +431,28 @@ fn endpoints_answer_and_a_denial_is_audited() {
         1.0
     );
 
+    // Bytes pipelined after an SSLRequest, before the TLS handshake (the CVE-2021-23214 class):
+    // a failed handshake, counted, and audited as a protocol violation.
+    // (The readiness probes of `start` already count as failed handshakes: count from here.)
+    let failures = relay.metric("dbward_handshake_failures_total");
+    let mut stream = TcpStream::connect(("127.0.0.1", fixture.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = 8u32.to_be_bytes().to_vec();
+    request.extend_from_slice(&80877103u32.to_be_bytes());
+    request.extend_from_slice(b"injected");
+    stream.write_all(&request).unwrap();
+    let _ = stream.read_to_end(&mut Vec::new());
+    let counted = wait_for(Duration::from_secs(5), || {
+        (relay.metric("dbward_handshake_failures_total") == failures + 1.0).then_some(())
+    });
+    assert!(counted.is_some(), "{}", relay.log());
+    assert_eq!(
+        relay.metric("dbward_sessions_denied_total{reason=\"protocol\"}"),
+        1.0
+    );
+
     // JSON logs: one object per line; nothing secret in logs or audit.
     let log = relay.log();
     for line in log.lines() {
@@ -926,6 +948,15 @@ fn sighup_with_a_changed_manifest_changes_new_sessions_only() {
     assert!(!text.contains("PRIVATE KEY"), "{text}");
     // Bound parameter values (7, 8, 9 above) are never recorded.
     assert!(!text.contains("\"7\"") && !text.contains("\"9\""), "{text}");
+
+    // The same story in /metrics: three sessions reached PostgreSQL and ended, bytes counted.
+    assert_eq!(relay.metric("dbward_sessions_total"), 3.0);
+    assert_eq!(relay.metric("dbward_sessions_active"), 0.0);
+    assert_eq!(relay.metric("dbward_upstream_connect_seconds_count"), 3.0);
+    assert!(relay.metric("dbward_upstream_connect_seconds_sum") > 0.0);
+    assert!(relay.metric("dbward_client_to_server_bytes_total") > 0.0);
+    assert!(relay.metric("dbward_server_to_client_bytes_total") > 0.0);
+    assert_eq!(relay.metric("dbward_audit_up"), 1.0);
 }
 
 #[test]

@@ -530,6 +530,13 @@ fn sighup_keeps_a_bad_config_out_and_takes_a_good_one() {
     });
     assert!(ok.is_some(), "{}", relay.log());
     assert!(relay.log().contains(&changed.checksum), "{}", relay.log());
+    assert_eq!(
+        relay.metric(&format!(
+            "dbward_config_info{{checksum=\"{}\"}}",
+            changed.checksum
+        )),
+        1.0
+    );
     assert_eq!(relay.get("/livez").0, 200);
 }
 

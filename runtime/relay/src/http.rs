@@ -64,6 +64,7 @@ fn respond(request: &Request<Incoming>, shared: &Shared, health: &Health) -> Res
             shared.metrics.render(&mut body);
             shared.audit.render_metrics(&mut body);
             health.render_metrics(&mut body);
+            config_info(&mut body, &shared.current().config.checksum);
             let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -87,6 +88,24 @@ fn respond(request: &Request<Incoming>, shared: &Shared, health: &Health) -> Res
             "not found; the endpoints are /metrics, /livez and /readyz\n".into(),
         ),
     }
+}
+
+/// `dbward_config_info{checksum="sha256:…"} 1`: which frozen config new sessions use now, so a
+/// dashboard (or an operator after SIGHUP) can see that a reload took effect.
+fn config_info(out: &mut String, checksum: &str) {
+    use std::fmt::Write as _;
+    let name = "dbward_config_info";
+    // A checksum is `sha256:` and hex digits; anything else is dropped rather than escaped, so
+    // the label can never break the exposition format.
+    let checksum: String = checksum
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == ':')
+        .collect();
+    let _ = writeln!(
+        out,
+        "# HELP {name} The frozen config new sessions use, by checksum.\n# TYPE {name} gauge\n\
+         {name}{{checksum=\"{checksum}\"}} 1"
+    );
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

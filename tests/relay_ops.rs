@@ -1075,3 +1075,35 @@ fn new_sessions_are_refused_while_the_audit_log_cannot_be_written() {
     // Still alive and ready: the relay itself works, it just refuses unrecorded sessions.
     assert_eq!(relay.get("/livez").0, 200);
 }
+
+#[test]
+fn drain_ends_at_the_drain_timeout_when_sessions_do_not() {
+    let fixture = Fixture::new();
+    // A connection that would outlive the drain: the handshake timeout is long, the drain short.
+    let mut config = fixture.config.clone();
+    config.relay.limits.handshake_timeout_ms = 60_000;
+    config.relay.limits.drain_timeout_ms = 1_000;
+    config.seal();
+    fixture.write_config(&config);
+    let mut relay = fixture.start(&[]);
+    let _open = TcpStream::connect(("127.0.0.1", fixture.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let signalled = Instant::now();
+    relay.signal("TERM");
+    let status = relay
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the relay outlived its drain timeout:\n{}", relay.log()));
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit {status}:\n{}", relay.log());
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited after {took:?}, before the drain timeout"
+    );
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    assert!(
+        relay.log().contains("drain timeout passed"),
+        "{}",
+        relay.log()
+    );
+}

@@ -1,7 +1,8 @@
 //! Loading a frozen config the way the relay trusts it: format version and checksum
 //! ([`dbward_frozen::Config::load`]), then every file it names — certificates and keys readable
-//! and parseable, private keys not readable by group or others, the audit log writable, the
-//! addresses valid — and finally the TLS configs built once ([`Loaded::build`]).
+//! and parseable, certificates within their validity period, private keys not readable by
+//! group or others, the audit log writable, the addresses valid — and finally the TLS configs
+//! built once ([`Loaded::build`]).
 //!
 //! The same function serves `--check`, startup and SIGHUP reload, so a config that passes
 //! `--check` is exactly a config the relay would run, and a reload can never install a config
@@ -107,9 +108,15 @@ fn verify_files(config_path: &Path, config: &Config) -> Vec<String> {
             .values()
             .filter_map(|db| db.tls.ca.as_ref()),
     );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for cert in certs {
-        if let Err(error) = tls::load_certs(&resolve(cert)) {
-            problems.push(error.to_string());
+        let cert = resolve(cert);
+        match tls::load_certs(&cert) {
+            Ok(ders) => problems.extend(
+                ders.iter()
+                    .filter_map(|der| validity_problem(&cert, der.as_ref(), now)),
+            ),
+            Err(error) => problems.push(error.to_string()),
         }
     }
     for key in keys {
@@ -127,6 +134,44 @@ fn verify_files(config_path: &Path, config: &Config) -> Vec<String> {
         problems.push(problem);
     }
     problems
+}
+
+/// A certificate outside its validity period fails every handshake that checks it, so it is a
+/// problem of the config, not of one session: say which file and how to fix it.
+fn validity_problem(path: &Path, der: &[u8], now: i64) -> Option<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Some(format!(
+            "{} holds a certificate that cannot be parsed; regenerate it with `dbward apply`",
+            path.display()
+        ));
+    };
+    let validity = cert.validity();
+    let date = |t: x509_parser::time::ASN1Time| {
+        time::OffsetDateTime::from_unix_timestamp(t.timestamp())
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| t.timestamp().to_string())
+    };
+    if now > validity.not_after.timestamp() {
+        Some(format!(
+            "certificate {} ({}) expired on {}; run `dbward apply` to reissue it",
+            path.display(),
+            cert.subject(),
+            date(validity.not_after)
+        ))
+    } else if now < validity.not_before.timestamp() {
+        Some(format!(
+            "certificate {} ({}) is not valid until {}; check this machine's clock",
+            path.display(),
+            cert.subject(),
+            date(validity.not_before)
+        ))
+    } else {
+        None
+    }
 }
 
 /// A private key must not be readable (or writable) by group or others.
@@ -190,6 +235,27 @@ mod tests {
         assert_eq!(key_mode_problem(&key), None);
         let missing = key_mode_problem(&dir.path().join("nope.key")).unwrap();
         assert!(missing.contains("nope.key"), "{missing}");
+    }
+
+    #[test]
+    fn certificates_must_be_within_their_validity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["relay.test".into()]).unwrap();
+        params.not_before = time::macros::datetime!(2020-01-01 0:00 UTC);
+        params.not_after = time::macros::datetime!(2021-01-01 0:00 UTC);
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let path = Path::new("relay/server.crt");
+        let now = time::macros::datetime!(2026-11-21 0:00 UTC).unix_timestamp();
+        let expired = validity_problem(path, &der, now).unwrap();
+        assert!(expired.contains("relay/server.crt"), "{expired}");
+        assert!(expired.contains("expired on 2021-01-01"), "{expired}");
+        assert!(expired.contains("dbward apply"), "{expired}");
+        let early = time::macros::datetime!(2019-06-01 0:00 UTC).unix_timestamp();
+        let future = validity_problem(path, &der, early).unwrap();
+        assert!(future.contains("not valid until 2020-01-01"), "{future}");
+        let during = time::macros::datetime!(2020-06-01 0:00 UTC).unix_timestamp();
+        assert_eq!(validity_problem(path, &der, during), None);
+        assert!(validity_problem(path, b"junk", now).is_some());
     }
 
     #[test]

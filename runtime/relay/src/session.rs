@@ -112,9 +112,12 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admis
     let handshake_timeout = Duration::from_millis(limits.handshake_timeout_ms);
     let _ = tcp.set_nodelay(true);
 
+    // The handshake and upstream-connect futures are boxed: they are large (TLS state machines,
+    // read buffers) and short-lived, and a task keeps room for its largest state for its whole
+    // life, so unboxed they would stay allocated in every idle session.
     let negotiated = tokio::time::timeout(
         handshake_timeout,
-        negotiate(tcp, &loaded, &shared, &mut info),
+        Box::pin(negotiate(tcp, &loaded, &shared, &mut info)),
     )
     .await;
     let (tls, mut startup, leftover) = match negotiated {
@@ -476,7 +479,7 @@ async fn session(
     let connect_started = Instant::now();
     let connected = tokio::time::timeout(
         Duration::from_millis(limits.upstream_connect_timeout_ms),
-        upstream::connect(&target, &startup),
+        Box::pin(upstream::connect(&target, &startup)),
     )
     .await;
     let database = info.database.clone().unwrap_or_default();

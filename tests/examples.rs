@@ -223,3 +223,20 @@ fn explain_cli_shows_the_quickstart_access() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `alice`?"));
 }
+
+#[test]
+fn readme_shows_the_quickstart_verbatim() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md exists");
+    let quickstart = std::fs::read_to_string(examples_dir().join("quickstart.kdl")).unwrap();
+    assert!(
+        readme.contains(&format!("```kdl\n{quickstart}```")),
+        "README.md's quickstart block differs from examples/quickstart.kdl; copy the file into it"
+    );
+    assert!(readme.contains("cargo run -p dbward -- check examples/quickstart.kdl"));
+    assert!(
+        readme.contains("(schemas/reference.md)"),
+        "README links the language reference"
+    );
+}

@@ -95,6 +95,7 @@ user bob {{
 user carol {{
     roles developer no-dev
 }}
+user dave
 {extra}
 "#,
         audit = audit.display(),
@@ -530,6 +531,7 @@ fn refusals_say_why_and_are_audited() {
     let alice = d.issue("alice", "1h");
     let bob = d.issue("bob", "1h");
     let carol = d.issue("carol", "1h");
+    let dave = d.issue("dave", "1h");
     let expired = d.issue("alice", "1s");
     let foreign = foreign_certificate(d.dir.path());
     let shop = format!("shop.{PUBLIC_NAME}");
@@ -541,6 +543,12 @@ fn refusals_say_why_and_are_audited() {
             "person with no role for the database",
             d.conninfo(&shop, Some(&bob), "app", "shop"),
             "bob has no access to database \"shop\"",
+            "no_access",
+        ),
+        (
+            "person without any role",
+            d.conninfo(&shop, Some(&dave), "app", "shop"),
+            "dave has no access to database \"shop\"",
             "no_access",
         ),
         (

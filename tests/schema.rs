@@ -2,7 +2,7 @@
 //! and the compiler's vocabulary (`dbward::syntax::vocabulary()`, what `dbward check` accepts)
 //! into one shape each, and fails on every node, property, argument or allowed value that one
 //! has and the other lacks. The human reference (schemas/reference.md) is checked to mention
-//! every node.
+//! every node, and every example is validated against the schema's shapes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -360,4 +360,111 @@ fn the_reference_documents_every_node() {
         "schemas/reference.md has no heading for: {}",
         missing.join(", ")
     );
+}
+
+/// Checks one manifest's nodes against the schema's shapes, collecting every violation.
+fn conform(
+    nodes: &[Node],
+    parent: &str,
+    schema: &BTreeMap<String, Shape>,
+    errors: &mut Vec<String>,
+) {
+    let prefix = if parent.is_empty() {
+        String::new()
+    } else {
+        format!("{parent}/")
+    };
+    // Required and at-most-once children of this block.
+    for (path, shape) in schema.iter().filter(|(p, _)| {
+        p.strip_prefix(&prefix)
+            .is_some_and(|rest| !rest.contains('/'))
+    }) {
+        let name = &path[prefix.len()..];
+        let count = nodes.iter().filter(|n| n.name.text == name).count();
+        if shape.required && count == 0 {
+            errors.push(format!("`{path}` is required but missing"));
+        }
+        if !shape.repeatable && count > 1 {
+            errors.push(format!("`{path}` appears {count} times"));
+        }
+    }
+    for node in nodes {
+        let path = format!("{prefix}{}", node.name.text);
+        let Some(shape) = schema.get(&path) else {
+            errors.push(format!("`{path}` is not in the schema"));
+            continue;
+        };
+        match &shape.args {
+            None if !node.args.is_empty() => errors.push(format!("`{path}` takes no arguments")),
+            None => {}
+            Some((min, max, kind)) => {
+                if node.args.len() < *min || max.is_some_and(|m| node.args.len() > m) {
+                    errors.push(format!("`{path}` has {} arguments", node.args.len()));
+                }
+                if let Kind::OneOf(words) = kind {
+                    for arg in &node.args {
+                        if !arg.as_str().is_some_and(|s| words.iter().any(|w| w == s)) {
+                            errors
+                                .push(format!("`{path}`: {:?} is not one of {words:?}", arg.data));
+                        }
+                    }
+                }
+            }
+        }
+        for prop in &node.props {
+            if !shape.props.contains_key(&prop.name.text) && shape.any_props.is_none() {
+                errors.push(format!("`{path}` has no property `{}`", prop.name.text));
+            }
+        }
+        for (key, (required, _)) in &shape.props {
+            if *required && !node.props.iter().any(|p| &p.name.text == key) {
+                errors.push(format!("`{path}` needs property `{key}`"));
+            }
+        }
+        match (&node.children, shape.block) {
+            (Some(children), true) => conform(children, &path, schema, errors),
+            (Some(_), false) => errors.push(format!("`{path}` takes no block")),
+            (None, _) => {}
+        }
+    }
+}
+
+#[test]
+fn every_example_conforms_to_the_schema() {
+    let schema = from_schema();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("examples/ exists") {
+        let path = entry.expect("directory entry").path();
+        if path.extension().is_none_or(|e| e != "kdl") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("UTF-8");
+        let parsed = dbward::syntax::parse(&Source::new(path.display().to_string(), text));
+        let manifest = parsed.manifest.expect("examples parse");
+        let mut errors = Vec::new();
+        conform(&manifest.nodes, "", &schema, &mut errors);
+        assert!(
+            errors.is_empty(),
+            "{}:\n{}",
+            path.display(),
+            errors.join("\n")
+        );
+        checked += 1;
+    }
+    assert!(checked >= 7, "only {checked} examples found");
+
+    // And the validator is not blind: a misspelled property and a missing node are caught.
+    let bad = "dbward version=1\nrelay {\n    listen \"127.0.0.1:6432\"\n}\nrole r {\n    provision sometimes\n}\n";
+    let parsed = dbward::syntax::parse(&Source::new("bad.kdl", bad));
+    let mut errors = Vec::new();
+    conform(
+        &parsed.manifest.expect("valid KDL").nodes,
+        "",
+        &schema,
+        &mut errors,
+    );
+    let all = errors.join("\n");
+    assert!(all.contains("`relay/public-name` is required"), "{all}");
+    assert!(all.contains("\"sometimes\""), "{all}");
 }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dbward_frozen::Provision;
+use dbward_frozen::{Config, NameSet, Provision};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -289,20 +289,45 @@ fn authorize(
     info: &mut SessionInfo,
 ) -> Result<Arc<Target>, Denial> {
     let conn = tls.get_ref().1;
-    let config = &loaded.config;
-    let public_name = config.relay.public_name.to_ascii_lowercase();
-
-    // Who.
+    // Who: the certificate, checked before anything else is looked at.
     let identity = loaded
         .server_tls
         .check
         .check(conn.peer_certificates())
         .map_err(|refusal| Denial::access(DenyReason::Certificate, refusal.to_string(), None))?;
-    info.identity = Some(identity.clone());
+    let database = decide(&loaded.config, &identity, conn.server_name(), startup, info)?;
+    match loaded.upstreams.get(&database) {
+        Some(Upstream::Ready(target)) => Ok(target.clone()),
+        Some(Upstream::Unsupported(reason)) => Err(Denial {
+            reason: DenyReason::Upstream,
+            code: CONNECTION_FAILURE,
+            message: reason.clone(),
+            hint: None,
+        }),
+        None => Err(Denial::access(
+            DenyReason::UnknownDatabase,
+            format!("database \"{database}\" has no upstream in this relay's config"),
+            None,
+        )),
+    }
+}
+
+/// The access decision for an identified person: which database (from SNI or options), as
+/// which user, under which name, checked against the compiled access table only. Returns the
+/// database's manifest name; records what it learns in `info` for the audit log.
+fn decide(
+    config: &Config,
+    identity: &str,
+    sni: Option<&str>,
+    startup: &mut StartupMessage,
+    info: &mut SessionInfo,
+) -> Result<String, Denial> {
+    let public_name = config.relay.public_name.to_ascii_lowercase();
+    info.identity = Some(identity.to_owned());
 
     // Where: SNI first, else `-c dbward.database=…` in options. The option is always removed
     // before forwarding, since PostgreSQL would refuse an unknown setting.
-    let from_sni = conn.server_name().and_then(|sni| {
+    let from_sni = sni.and_then(|sni| {
         let sni = sni.to_ascii_lowercase();
         sni.strip_suffix(&public_name)?
             .strip_suffix('.')
@@ -373,7 +398,7 @@ fn authorize(
     info.db_name = Some(db_name.clone());
 
     // The decision: from the compiled access table only.
-    let Some(access) = config.access_for(&identity, &database) else {
+    let Some(access) = config.access_for(identity, &database) else {
         return Err(Denial::access(
             DenyReason::NoAccess,
             format!("{identity} has no access to database \"{database}\""),
@@ -392,8 +417,8 @@ fn authorize(
     }
     if !access.db_names.contains(&db_name) {
         let allowed = match &access.db_names {
-            dbward_frozen::NameSet::Any => "any".to_owned(),
-            dbward_frozen::NameSet::Only(names) => names.join(", "),
+            NameSet::Any => "any".to_owned(),
+            NameSet::Only(names) => names.join(", "),
         };
         return Err(Denial::access(
             DenyReason::DbNameNotAllowed,
@@ -404,20 +429,7 @@ fn authorize(
             Some(format!("allowed database names: {allowed}")),
         ));
     }
-    match loaded.upstreams.get(&database) {
-        Some(Upstream::Ready(target)) => Ok(target.clone()),
-        Some(Upstream::Unsupported(reason)) => Err(Denial {
-            reason: DenyReason::Upstream,
-            code: CONNECTION_FAILURE,
-            message: reason.clone(),
-            hint: None,
-        }),
-        None => Err(Denial::access(
-            DenyReason::UnknownDatabase,
-            format!("database \"{database}\" has no upstream in this relay's config"),
-            None,
-        )),
-    }
+    Ok(database)
 }
 
 /// Sends a refusal, audits and counts it, and closes the connection.
@@ -696,5 +708,214 @@ where
         } else if n < SMALL_BUFFER && buf.len() > SMALL_BUFFER {
             buf = vec![0u8; SMALL_BUFFER];
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use dbward_frozen::{
+        Access, Database, FORMAT_VERSION, Limits, Relay, ServerTls, UpstreamAuth, UpstreamTls,
+    };
+
+    use super::*;
+
+    fn config() -> Config {
+        let database = |port| Database {
+            host: "127.0.0.1".into(),
+            port,
+            tls: UpstreamTls {
+                server_name: "localhost".into(),
+                ca: Some("ca.crt".into()),
+            },
+            auth: UpstreamAuth::Mtls,
+            admin_user: None,
+        };
+        let access = |identity: &str, users: &[&str], names: NameSet, provision| Access {
+            identity: identity.into(),
+            database: "shop".into(),
+            db_users: users.iter().map(|u| u.to_string()).collect(),
+            db_names: names,
+            provision,
+            db_roles: vec![],
+            grants: vec![],
+        };
+        Config {
+            format_version: FORMAT_VERSION,
+            checksum: String::new(),
+            relay: Relay {
+                listen: "127.0.0.1:6432".into(),
+                public_name: "DB.example.com".into(),
+                tls: ServerTls {
+                    cert: "s.crt".into(),
+                    key: "s.key".into(),
+                    client_ca: "u.crt".into(),
+                },
+                upstream_identity: None,
+                audit: None,
+                metrics: None,
+                limits: Limits::default(),
+            },
+            databases: BTreeMap::from([
+                ("shop".into(), database(5432)),
+                ("vault".into(), database(5433)),
+            ]),
+            access: vec![
+                access(
+                    "alice",
+                    &["app"],
+                    NameSet::Only(vec!["shop".into()]),
+                    Provision::Off,
+                ),
+                access("erin", &["app"], NameSet::Any, Provision::Keep),
+            ],
+        }
+    }
+
+    /// Runs the decision for `identity` with SNI `sni` and startup parameters `params`, and
+    /// renders the outcome: `ok <database> <forwarded params>` or `denied <reason>: <message>`.
+    fn check(identity: &str, sni: Option<&str>, params: &[(&str, &str)], expected: &str) {
+        let mut startup = StartupMessage {
+            version: PROTOCOL_3_0,
+            params: params
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut info = SessionInfo::new(1, "127.0.0.1:1".parse().unwrap());
+        let actual = match decide(&config(), identity, sni, &mut startup, &mut info) {
+            Ok(database) => {
+                let params: Vec<String> = startup
+                    .params
+                    .iter()
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect();
+                format!("ok {database} {}", params.join(" "))
+            }
+            Err(denial) => format!("denied {}: {}", denial.reason.as_str(), denial.message),
+        };
+        assert_eq!(
+            actual, expected,
+            "identity {identity}, sni {sni:?}, params {params:?}"
+        );
+    }
+
+    #[test]
+    fn database_comes_from_sni_or_options() {
+        check(
+            "alice",
+            Some("shop.db.example.com"),
+            &[("user", "app")],
+            "denied db_name_not_allowed: alice is not allowed to open database name \"app\" on \
+             database \"shop\"",
+        );
+        check(
+            "alice",
+            Some("SHOP.db.example.com"),
+            &[("user", "app"), ("database", "shop")],
+            "ok shop user=app database=shop",
+        );
+        check(
+            "alice",
+            None,
+            &[
+                ("user", "app"),
+                ("database", "shop"),
+                ("options", "-c dbward.database=shop -c x=1"),
+            ],
+            "ok shop user=app database=shop options=-c x=1",
+        );
+        check(
+            "alice",
+            Some("db.example.com"),
+            &[
+                ("user", "app"),
+                ("database", "shop"),
+                ("options", "--dbward.database=shop"),
+            ],
+            "ok shop user=app database=shop",
+        );
+        check(
+            "alice",
+            Some("shop.db.example.com"),
+            &[
+                ("user", "app"),
+                ("database", "shop"),
+                ("options", "-c dbward.database=vault"),
+            ],
+            "denied unknown_database: the server name selects database \"shop\" but options \
+             select \"vault\"",
+        );
+        check(
+            "alice",
+            Some("localhost"),
+            &[("user", "app")],
+            "denied unknown_database: no database selected: the relay could not tell which \
+             database you want",
+        );
+        check(
+            "alice",
+            Some("nope.db.example.com"),
+            &[("user", "app")],
+            "denied unknown_database: database \"nope\" is not in this relay's manifest",
+        );
+    }
+
+    #[test]
+    fn users_and_names_are_normalized_then_checked() {
+        let sni = Some("shop.db.example.com");
+        check(
+            "alice",
+            sni,
+            &[("database", "shop")],
+            "denied protocol: no PostgreSQL user name specified in startup packet",
+        );
+        check(
+            "alice",
+            sni,
+            &[("user", ""), ("database", "shop")],
+            "denied protocol: no PostgreSQL user name specified in startup packet",
+        );
+        check(
+            "alice",
+            sni,
+            &[("user", "app"), ("database", "")],
+            "denied db_name_not_allowed: alice is not allowed to open database name \"app\" on \
+             database \"shop\"",
+        );
+        check(
+            "alice",
+            sni,
+            &[("user", "root"), ("database", "shop")],
+            "denied db_user_not_allowed: alice is not allowed to log in to database \"shop\" as \
+             user \"root\"",
+        );
+        check(
+            "mallory",
+            sni,
+            &[("user", "app"), ("database", "shop")],
+            "denied no_access: mallory has no access to database \"shop\"",
+        );
+        check(
+            "alice",
+            Some("vault.db.example.com"),
+            &[("user", "app"), ("database", "vault")],
+            "denied no_access: alice has no access to database \"vault\"",
+        );
+        // With provisioning on, a person may log in as themselves, and `*` allows any name.
+        check(
+            "erin",
+            sni,
+            &[("user", "erin")],
+            "ok shop user=erin database=erin",
+        );
+        check(
+            "alice",
+            sni,
+            &[("user", "alice"), ("database", "shop")],
+            "denied db_user_not_allowed: alice is not allowed to log in to database \"shop\" as \
+             user \"alice\"",
+        );
     }
 }

@@ -104,7 +104,7 @@ pub fn hba(db: &Database, logins: &Logins) -> Result<String, EmitError> {
     out.push_str(
         "# The superuser keeps access over the Unix socket, as the OS user of the same name\n\
          # (`sudo -u postgres psql`): how setup.sql is run and how an operator repairs the server.\n\
-         local      all       \"postgres\"  peer\n\n",
+         local      all  \"postgres\"  peer\n\n",
     );
 
     let user_tokens = logins

@@ -704,6 +704,32 @@ fn protocol_violations_are_closed() {
         "a stalled handshake stayed open {waited:?} (timeout {timeout} ms)"
     );
 
+    // Random bytes as first packets, and random bytes after a valid SSLRequest (which the TLS
+    // handshake must reject): nothing crashes or wedges the relay.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..100 {
+        let mut s = connect();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut junk: Vec<u8> = (0..(next() % 300)).map(|_| next() as u8).collect();
+        if i % 2 == 0 {
+            let _ = s.write_all(&ssl_request);
+            let mut answer = [0u8; 1];
+            let _ = s.read_exact(&mut answer);
+        } else if let Some(first) = junk.first_mut() {
+            // Not 0x16, so the packet is parsed as a startup packet rather than TLS.
+            *first = 0;
+        }
+        let _ = s.write_all(&junk);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = read_all(s);
+    }
+
     // The relay still serves.
     let alice = d.issue("alice", "1h");
     d.psql(

@@ -122,4 +122,39 @@ mod tests {
         check("-c", None, "-c");
         check("trailing\\", None, "trailing\\");
     }
+
+    /// Property: any string (whitespace, backslashes, multi-byte characters) splits without
+    /// panicking, and what is kept is made of words of the input.
+    #[test]
+    fn random_options_never_panic() {
+        let alphabet = [
+            " ",
+            "\\",
+            "-c",
+            "--",
+            "=",
+            "dbward.database",
+            "x",
+            "é",
+            "\t",
+            "😀",
+        ];
+        let mut state = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 12) as usize;
+            let text: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let split = split(&text);
+            for word in split.rest.split(' ').filter(|w| !w.is_empty()) {
+                assert!(text.contains(word), "{word:?} is not from {text:?}");
+            }
+        }
+    }
 }

@@ -149,7 +149,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ApplyErr
     };
     let mut created = Vec::new();
     let temp = match ensure_dir(&parent, &parent, &mut created)
-        .and_then(|()| stage(&parent, path, bytes, mode))
+        .and_then(|()| stage(&parent, path, bytes, mode, None))
         .and_then(|temp| {
             temp.as_file()
                 .sync_all()
@@ -212,6 +212,7 @@ fn stage_all(
     created_dirs: &mut Vec<PathBuf>,
 ) -> Result<Staged, ApplyError> {
     // Directories first, one by one (they nest); then the files, in parallel.
+    let umask = process_umask();
     let mut jobs = Vec::new();
     for change in &plan.changes {
         let Some(after) = &change.after else {
@@ -242,7 +243,7 @@ fn stage_all(
     }
     // Every byte is on disk before any rename: a crash never exposes a truncated file.
     let results = parallel(&jobs, |(dir, target, bytes, mode)| {
-        let temp = stage(dir, target, bytes, *mode)?;
+        let temp = stage(dir, target, bytes, *mode, umask)?;
         temp.as_file()
             .sync_all()
             .map_err(|source| ApplyError::Stage {
@@ -264,7 +265,13 @@ fn stage_all(
 }
 
 /// Writes `bytes` to a new temp file in `dir` and sets `mode` (the caller fsyncs it).
-fn stage(dir: &Path, target: &Path, bytes: &[u8], mode: u32) -> Result<NamedTempFile, ApplyError> {
+fn stage(
+    dir: &Path,
+    target: &Path,
+    bytes: &[u8],
+    mode: u32,
+    umask: Option<u32>,
+) -> Result<NamedTempFile, ApplyError> {
     let err = |action: &'static str| {
         let path = target.to_path_buf();
         move |source| ApplyError::Stage {
@@ -273,14 +280,21 @@ fn stage(dir: &Path, target: &Path, bytes: &[u8], mode: u32) -> Result<NamedTemp
             source,
         }
     };
-    // tempfile creates the file with mode 0600, so secrets are private from the first byte.
+    // A file is created with its final mode when the umask keeps it intact (saves a syscall
+    // per file); otherwise with 0600, widened once complete. Either way a secret (0600) is
+    // private from the first byte.
+    let direct = mode == 0o600 || umask.is_some_and(|u| mode & u == 0);
     let mut temp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
-        .permissions(fs::Permissions::from_mode(0o600))
+        .permissions(fs::Permissions::from_mode(if direct {
+            mode
+        } else {
+            0o600
+        }))
         .tempfile_in(dir)
         .map_err(err("create a temporary file for"))?;
     temp.write_all(bytes).map_err(err("write"))?;
-    if mode != 0o600 {
+    if !direct {
         temp.as_file()
             .set_permissions(fs::Permissions::from_mode(mode))
             .map_err(err("set the mode of"))?;
@@ -362,6 +376,13 @@ fn remove_empty_parents(out: &Path, target: &Path, dirs: &mut BTreeSet<PathBuf>)
         dirs.remove(d);
         dir = d.parent();
     }
+}
+
+/// The process umask, from `/proc/self/status` (reading it with umask(2) would change it).
+fn process_umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// fsync of a directory, so a rename or removal in it survives a crash.

@@ -53,10 +53,10 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let drifted = plan.drifted().count();
-    if drifted > 0 && !args.force {
+    let drifted: Vec<String> = plan.drifted().map(|c| c.path.clone()).collect();
+    if !drifted.is_empty() && !args.force {
         // Refuse before asking: the answer could not change anything.
-        apply::apply(&prepared.out, &plan, false)?;
+        return Err(apply::ApplyError::Drift(drifted).into());
     }
     if !args.auto_approve && !confirm(&prepared.out)? {
         anyhow::bail!("apply cancelled; nothing was written");

@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""Benchmark dbward-relay against direct PostgreSQL and pgbouncer, side by side.
+
+One command (see the README, "Benchmarks"):
+
+    python3 bench/relay_bench.py            # full run, ~20 minutes
+    python3 bench/relay_bench.py --quick    # one short round, to check the harness
+
+What it does, on a fresh machine of the project's kind:
+  1. installs pgbouncer if missing, builds release binaries of `dbward` and `dbward-relay`;
+  2. writes a bench manifest and runs `dbward apply` and `dbward cert issue` on it, so every
+     certificate (ECDSA P-256) and every config file comes from dbward itself;
+  3. starts a PostgreSQL tuned for benchmarking (fsync off, enough connections) with the
+     *generated* postgresql.conf, pg_hba.conf, pg_ident.conf and certificates, and
+     initializes pgbench data (`pgbench -i -s 10`);
+  4. starts dbward-relay with the generated frozen config, and pgbouncer (session pooling,
+     server_lifetime=0 so it is 1:1 like the relay, TLS on both legs with the same certs);
+  5. runs every scenario against the three paths, interleaved in rounds with the order rotated,
+     and prints medians and same-round ratios; writes JSON next to the table.
+
+Paths: `direct` is pgbench -> PostgreSQL (TLS, client certificate); `relay` is pgbench ->
+dbward-relay (mTLS) -> PostgreSQL (mTLS); `pgbouncer` is pgbench -> pgbouncer (TLS, client
+certificate) -> PostgreSQL (mTLS). The CPU figures of the middle process come from
+/proc/PID/stat (utime + stime), the most stable figure on a noisy machine.
+
+Only loopback addresses are used. Every process it starts is stopped at exit.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import pwd
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PATHS = ["direct", "relay", "pgbouncer"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, **kw):
+    kw.setdefault("check", True)
+    return subprocess.run(cmd, **kw)
+
+
+def pg_bin():
+    versions = sorted(
+        (int(p.name), p / "bin")
+        for p in Path("/usr/lib/postgresql").glob("*")
+        if p.name.isdigit() and (p / "bin" / "initdb").exists()
+    )
+    if not versions:
+        sys.exit("no PostgreSQL server binaries under /usr/lib/postgresql: apt-get install -y postgresql-15")
+    return versions[-1][1]
+
+
+def as_postgres(cmd):
+    return ["runuser", "-u", "postgres", "--"] + cmd if os.geteuid() == 0 else cmd
+
+
+def chown_postgres(path):
+    if os.geteuid() != 0:
+        return
+    pw = pwd.getpwnam("postgres")
+    for dirpath, dirnames, filenames in os.walk(path):
+        os.chown(dirpath, pw.pw_uid, pw.pw_gid)
+        for name in filenames:
+            os.chown(os.path.join(dirpath, name), pw.pw_uid, pw.pw_gid)
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def postgres_cpu_seconds(data_dir):
+    """CPU seconds used so far by one PostgreSQL server: the postmaster's own time, the time of
+    the backends it has already reaped (cutime + cstime), and the time of the live ones.
+
+    A backend that exits between two samples moves from the live sum into the postmaster's
+    cutime/cstime, so differences of this figure never go negative, and other clusters on the
+    machine are not counted.
+    """
+    postmaster = int(Path(data_dir, "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(f) for f in fields[11:15]) / CLK_TCK
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == postmaster:
+            total += (int(stat[11]) + int(stat[12])) / CLK_TCK
+    return total
+
+
+MANIFEST = """\
+// Benchmark manifest: one self-hosted PostgreSQL on loopback, one person, one database user.
+dbward version=1
+
+relay {{
+    listen "127.0.0.1:{relay_port}"
+    public-name "db.localhost"
+    client-cert-ttl "12h"
+    audit "{work}/audit.jsonl" queries=#false
+}}
+
+database bench {{
+    postgres host="127.0.0.1" port={pg_port} version=15
+    labels env=bench
+    self-hosted {{
+        server-names "127.0.0.1" "localhost"
+        config-dir "{pg_conf}"
+    }}
+    db-role runner {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT INSERT UPDATE DELETE on=all-tables schema=public
+    }}
+    db-user bench {{
+        member-of runner
+    }}
+}}
+
+role benchmarker {{
+    allow {{
+        databases "*"
+        db-users bench
+        db-names bench
+    }}
+}}
+
+user bencher {{
+    roles benchmarker
+}}
+"""
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="dbward-bench-"))
+        os.chmod(self.work, 0o755)
+        self.procs = []
+        self.pg_port = free_port()
+        self.relay_port = free_port()
+        self.bouncer_port = free_port()
+        self.pg_bin = pg_bin()
+        self.out = self.work / "out"
+        self.pg_root = self.work / "pg"
+        self.pg_data = self.pg_root / "data"
+        self.pg_conf = self.pg_root / "conf"
+        self.pg_sock = self.pg_root / "run"
+        self.user_dir = self.work / "user"
+        self.relay_pid = None
+        self.bouncer_pid = None
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def build(self):
+        if shutil.which("pgbouncer") is None and not Path("/usr/sbin/pgbouncer").exists():
+            log("installing pgbouncer")
+            run(["apt-get", "update", "-qq"])
+            run(["apt-get", "install", "-y", "-qq", "pgbouncer"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        log("building release binaries")
+        run(["cargo", "build", "--release", "-p", "dbward", "-p", "dbward-relay"], cwd=ROOT)
+        self.dbward = ROOT / "target/release/dbward"
+        self.relay_bin = ROOT / "target/release/dbward-relay"
+
+    def generate(self):
+        for d in (self.pg_root, self.pg_conf, self.pg_sock):
+            d.mkdir(parents=True, exist_ok=True)
+        manifest = self.work / "bench.kdl"
+        manifest.write_text(
+            MANIFEST.format(relay_port=self.relay_port, pg_port=self.pg_port, work=self.work, pg_conf=self.pg_conf)
+        )
+        self.manifest = manifest
+        log("dbward apply")
+        run([str(self.dbward), "apply", str(manifest), "--out", str(self.out), "--auto-approve"], stdout=subprocess.DEVNULL)
+        run(
+            [str(self.dbward), "cert", "issue", str(manifest), "--out", str(self.out), "--user", "bencher", "--dest", str(self.user_dir)],
+            stdout=subprocess.DEVNULL,
+        )
+
+    def start_postgres(self):
+        log(f"initdb + start PostgreSQL on 127.0.0.1:{self.pg_port}")
+        chown_postgres(self.pg_root)
+        run(as_postgres([str(self.pg_bin / "initdb"), "-D", str(self.pg_data), "-U", "postgres", "--auth-local=trust", "--auth-host=reject", "--no-sync", "-E", "UTF8", "--locale=C"]), stdout=subprocess.DEVNULL)
+        db = self.out / "databases" / "bench"
+        for name in ("pg_hba.conf", "pg_ident.conf", "server.crt", "server.key", "client-ca.crt"):
+            shutil.copy(db / name, self.pg_conf / name)
+        os.chmod(self.pg_conf / "server.key", 0o600)
+        shutil.copy(db / "postgresql.conf", self.pg_conf / "dbward.conf")
+        with open(self.pg_data / "postgresql.conf", "a") as f:
+            f.write(
+                f"\ninclude '{self.pg_conf}/dbward.conf'\n"
+                f"listen_addresses = '127.0.0.1'\nport = {self.pg_port}\n"
+                f"unix_socket_directories = '{self.pg_sock}'\n"
+                "max_connections = 5300\nshared_buffers = '512MB'\nfsync = off\n"
+                "synchronous_commit = off\nfull_page_writes = off\n"
+            )
+        chown_postgres(self.pg_root)
+        run(as_postgres([str(self.pg_bin / "pg_ctl"), "-D", str(self.pg_data), "-l", str(self.pg_root / "log"), "-w", "-t", "120", "start"]), stdout=subprocess.DEVNULL)
+        self.psql_super("CREATE DATABASE bench")
+        log("pgbench -i -s 10")
+        run(as_postgres([str(self.pg_bin / "pgbench"), "-i", "-s", "10", "-q", "-h", str(self.pg_sock), "-p", str(self.pg_port), "-U", "postgres", "bench"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        setup = self.work / "setup.sql"
+        shutil.copy(db / "setup.sql", setup)
+        os.chmod(setup, 0o644)
+        run(as_postgres(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.pg_sock), "-p", str(self.pg_port), "-U", "postgres", "-d", "bench", "-f", str(setup)]), stdout=subprocess.DEVNULL)
+
+    def psql_super(self, sql, db="postgres"):
+        run(as_postgres(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.pg_sock), "-p", str(self.pg_port), "-U", "postgres", "-d", db, "-c", sql]), stdout=subprocess.DEVNULL)
+
+    def start_relay(self):
+        log(f"start dbward-relay on 127.0.0.1:{self.relay_port}")
+        p = subprocess.Popen([str(self.relay_bin), "--config", str(self.out / "relay/frozen.json")], stdout=subprocess.DEVNULL, stderr=open(self.work / "relay.log", "w"), env={**os.environ, "RUST_LOG": "warn"})
+        self.procs.append(p)
+        self.relay_pid = p.pid
+        self.wait_port(self.relay_port, "dbward-relay", self.work / "relay.log")
+
+    def start_pgbouncer(self):
+        log(f"start pgbouncer on 127.0.0.1:{self.bouncer_port}")
+        d = self.work / "pgbouncer"
+        d.mkdir()
+        relay = self.out / "relay"
+        for name in ("server.crt", "server.key", "users-ca.crt", "server-ca.crt", "upstream-client.crt", "upstream-client.key"):
+            shutil.copy(relay / name, d / name)
+            os.chmod(d / name, 0o600 if name.endswith(".key") else 0o644)
+        (d / "userlist.txt").write_text('"bench" ""\n')
+        (d / "pgbouncer.ini").write_text(
+            f"""[databases]
+bench = host=127.0.0.1 port={self.pg_port} dbname=bench user=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.bouncer_port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {d}/userlist.txt
+pool_mode = session
+server_lifetime = 0
+max_client_conn = 6000
+default_pool_size = 6000
+max_db_connections = 0
+client_tls_sslmode = verify-full
+client_tls_key_file = {d}/server.key
+client_tls_cert_file = {d}/server.crt
+client_tls_ca_file = {d}/users-ca.crt
+server_tls_sslmode = verify-full
+server_tls_ca_file = {d}/server-ca.crt
+server_tls_cert_file = {d}/upstream-client.crt
+server_tls_key_file = {d}/upstream-client.key
+logfile = {d}/pgbouncer.log
+pidfile = {d}/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+"""
+        )
+        chown_postgres(d)
+        p = subprocess.Popen(as_postgres(["pgbouncer", str(d / "pgbouncer.ini")]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        self.wait_port(self.bouncer_port, "pgbouncer", d / "pgbouncer.log")
+        self.bouncer_pid = int((d / "pgbouncer.pid").read_text().strip())
+
+    def wait_port(self, port, what, logfile):
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        sys.exit(f"{what} did not start listening on {port}; log:\n{Path(logfile).read_text() if Path(logfile).exists() else ''}")
+
+    # ---- the three paths ----------------------------------------------------------------
+
+    def env_for(self, path):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(PGUSER="bench", PGDATABASE="bench", PGSSLMODE="verify-full", PGCONNECT_TIMEOUT="10")
+        if path == "direct":
+            env.update(
+                PGHOST="127.0.0.1", PGPORT=str(self.pg_port),
+                PGSSLROOTCERT=str(self.out / "relay/server-ca.crt"),
+                PGSSLCERT=str(self.out / "relay/upstream-client.crt"),
+                PGSSLKEY=str(self.out / "relay/upstream-client.key"),
+            )
+        else:
+            env.update(
+                PGHOST="bench.db.localhost", PGHOSTADDR="127.0.0.1",
+                PGPORT=str(self.relay_port if path == "relay" else self.bouncer_port),
+                PGSSLROOTCERT=str(self.user_dir / "root.crt"),
+                PGSSLCERT=str(self.user_dir / "postgresql.crt"),
+                PGSSLKEY=str(self.user_dir / "postgresql.key"),
+            )
+        return env
+
+    def middle_pid(self, path):
+        return {"relay": self.relay_pid, "pgbouncer": self.bouncer_pid}.get(path)
+
+    def pgbench(self, path, args, workdir=None):
+        """Runs pgbench on one path; returns (parsed output, middle CPU s, postgres CPU s, wall s)."""
+        pid = self.middle_pid(path)
+        cpu0 = proc_cpu_seconds(pid) if pid else 0.0
+        pg0 = postgres_cpu_seconds(self.pg_data)
+        t0 = time.time()
+        res = subprocess.run([str(self.pg_bin / "pgbench"), "-n", *args], env=self.env_for(path), capture_output=True, text=True, cwd=workdir)
+        wall = time.time() - t0
+        if res.returncode != 0:
+            sys.exit(f"pgbench on {path} failed ({' '.join(args)}):\n{res.stdout}\n{res.stderr}")
+        cpu = (proc_cpu_seconds(pid) - cpu0) if pid else 0.0
+        pg_cpu = postgres_cpu_seconds(self.pg_data) - pg0
+        out = res.stdout
+        parsed = {}
+        m = re.search(r"number of transactions actually processed: (\d+)", out)
+        parsed["transactions"] = int(m.group(1)) if m else 0
+        m = re.search(r"tps = ([\d.]+)", out)
+        parsed["tps"] = float(m.group(1)) if m else 0.0
+        m = re.search(r"latency average = ([\d.]+) ms", out)
+        parsed["latency_ms"] = float(m.group(1)) if m else None
+        m = re.search(r"average connection time = ([\d.]+) ms", out)
+        parsed["connection_ms"] = float(m.group(1)) if m else None
+        return parsed, cpu, pg_cpu, wall
+
+    # ---- scenarios ----------------------------------------------------------------------
+
+    def scenario_saturation(self, path, mode, clients, threads):
+        d = self.args.duration
+        parsed, cpu, pg_cpu, wall = self.pgbench(path, ["-S", "-M", mode, "-c", str(clients), "-j", str(threads), "-T", str(d)])
+        n = max(parsed["transactions"], 1)
+        return {
+            "tps": parsed["tps"],
+            "latency_ms": parsed["latency_ms"],
+            "middle_cpu_us_per_query": cpu / n * 1e6,
+            "middle_cpu_cores": cpu / wall,
+            "postgres_cpu_cores": pg_cpu / wall,
+        }
+
+    def scenario_latency(self, path):
+        d = self.args.duration
+        with tempfile.TemporaryDirectory(dir=self.work) as tmp:
+            parsed, cpu, _, _ = self.pgbench(path, ["-R", "2000", "-c", "4", "-j", "2", "-S", "-M", "prepared", "-T", str(d), "--log", "--log-prefix", "lat"], workdir=tmp)
+            lat = []
+            for f in Path(tmp).glob("lat*"):
+                for line in f.read_text().splitlines():
+                    parts = line.split()
+                    if len(parts) >= 3:
+                        lat.append(int(parts[2]))
+        lat.sort()
+        q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
+        return {"tps": parsed["tps"], "p50_us": q(0.50), "p90_us": q(0.90), "p99_us": q(0.99), "samples": len(lat)}
+
+    def scenario_connections(self, path):
+        d = self.args.duration
+        parsed, cpu, _, _ = self.pgbench(path, ["-S", "-C", "-c", "4", "-j", "2", "-T", str(d)])
+        n = max(parsed["transactions"], 1)
+        return {"connections_per_s": parsed["tps"], "connection_ms": parsed["connection_ms"], "middle_cpu_us_per_session": cpu / n * 1e6}
+
+    def scenario_bulk(self, path):
+        script = self.work / "bulk.sql"
+        script.write_text("select repeat('x', 40000000);\n")
+        parsed, cpu, _, _ = self.pgbench(path, ["-f", str(script), "-c", "1", "-j", "1", "-t", str(self.args.bulk_count)])
+        return {"latency_ms": parsed["latency_ms"], "middle_cpu_ms_per_result": cpu / self.args.bulk_count * 1e3}
+
+    # ---- idle sessions (memory) ---------------------------------------------------------
+
+    async def open_idle_sessions(self, path, count):
+        env = self.env_for(path)
+        ctx = ssl.create_default_context(cafile=env["PGSSLROOTCERT"])
+        ctx.load_cert_chain(env["PGSSLCERT"], env["PGSSLKEY"])
+        host = env["PGHOST"]
+        port = int(env["PGPORT"])
+        conns = []
+        sem = asyncio.Semaphore(32)
+
+        async def one():
+            async with sem:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(struct.pack("!ii", 8, 80877103))
+                await writer.drain()
+                if await reader.readexactly(1) != b"S":
+                    raise RuntimeError("server refused TLS")
+                await writer.start_tls(ctx, server_hostname=host)
+                params = b"user\0bench\0database\0bench\0\0"
+                writer.write(struct.pack("!ii", 8 + len(params), 196608) + params)
+                await writer.drain()
+                while True:
+                    kind = await reader.readexactly(1)
+                    (length,) = struct.unpack("!i", await reader.readexactly(4))
+                    body = await reader.readexactly(length - 4)
+                    if kind == b"E":
+                        raise RuntimeError(body.decode(errors="replace"))
+                    if kind == b"Z":
+                        break
+                conns.append(writer)
+
+        await asyncio.gather(*(one() for _ in range(count)))
+        return conns
+
+    def scenario_idle_memory(self, path, count):
+        pid = self.middle_pid(path)
+        before = proc_rss_kib(pid)
+
+        async def go():
+            conns = await self.open_idle_sessions(path, count)
+            await asyncio.sleep(2)
+            after = proc_rss_kib(pid)
+            for w in conns:
+                w.close()
+            await asyncio.sleep(1)
+            return after
+
+        after = asyncio.run(go())
+        return {"sessions": count, "rss_before_kib": before, "rss_after_kib": after, "kib_per_session": (after - before) / count}
+
+    # ---- driver -------------------------------------------------------------------------
+
+    def run_all(self):
+        results = []  # rows: {round, scenario, path, metrics}
+        scenarios = [
+            ("A prepared c1", lambda p: self.scenario_saturation(p, "prepared", 1, 1)),
+            ("A simple c1", lambda p: self.scenario_saturation(p, "simple", 1, 1)),
+            ("A prepared c8", lambda p: self.scenario_saturation(p, "prepared", 8, 2)),
+            ("A simple c8", lambda p: self.scenario_saturation(p, "simple", 8, 2)),
+            ("B latency R2000", self.scenario_latency),
+            ("C new connections", self.scenario_connections),
+            ("E bulk 40MB", self.scenario_bulk),
+        ]
+        for r in range(self.args.rounds):
+            order = PATHS[r % 3:] + PATHS[: r % 3]
+            log(f"round {r + 1}/{self.args.rounds}, order {order}")
+            for name, fn in scenarios:
+                for path in order:
+                    m = fn(path)
+                    log(f"  {name:20} {path:10} {m}")
+                    results.append({"round": r, "scenario": name, "path": path, "metrics": m})
+        for count in self.args.idle:
+            for path in ["relay", "pgbouncer"]:
+                log(f"F idle sessions: {count} on {path}")
+                m = self.scenario_idle_memory(path, count)
+                log(f"  {m}")
+                results.append({"round": 0, "scenario": f"F idle {count}", "path": path, "metrics": m})
+        return results
+
+    def cleanup(self):
+        for p in self.procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=10)
+            except Exception:
+                p.kill()
+        if self.bouncer_pid:
+            try:
+                os.kill(self.bouncer_pid, signal.SIGTERM)
+            except OSError:
+                pass
+        if self.pg_data.exists():
+            subprocess.run(as_postgres([str(self.pg_bin / "pg_ctl"), "-D", str(self.pg_data), "-m", "immediate", "-w", "stop"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+        else:
+            log(f"kept {self.work}")
+
+
+def summarize(results):
+    """Medians per (scenario, path, metric), and medians of same-round ratios."""
+    table = {}
+    for row in results:
+        for metric, value in row["metrics"].items():
+            if isinstance(value, (int, float)) and value is not None:
+                table.setdefault((row["scenario"], metric), {}).setdefault(row["path"], []).append((row["round"], value))
+    summary = []
+    for (scenario, metric), by_path in table.items():
+        entry = {"scenario": scenario, "metric": metric}
+        for path, values in by_path.items():
+            entry[path] = statistics.median(v for _, v in values)
+        for base in ("direct", "pgbouncer"):
+            if "relay" in by_path and base in by_path:
+                base_by_round = dict(by_path[base])
+                ratios = [v / base_by_round[r] for r, v in by_path["relay"] if base_by_round.get(r)]
+                if ratios:
+                    entry[f"relay/{base}"] = statistics.median(ratios)
+        summary.append(entry)
+    return summary
+
+
+def print_table(summary):
+    cols = ["direct", "relay", "pgbouncer", "relay/direct", "relay/pgbouncer"]
+    print(f"{'scenario':22} {'metric':26} " + " ".join(f"{c:>15}" for c in cols))
+    for e in summary:
+        cells = []
+        for c in cols:
+            v = e.get(c)
+            cells.append(f"{v:>15.3f}" if isinstance(v, float) else f"{'' if v is None else v:>15}")
+        print(f"{e['scenario']:22} {e['metric']:26} " + " ".join(cells))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
+    ap.add_argument("--bulk-count", type=int, default=5)
+    ap.add_argument("--idle", type=int, nargs="*", default=[1000, 5000], help="idle session counts for memory")
+    ap.add_argument("--quick", action="store_true", help="one round of 3 s runs, 200 idle sessions")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--json", default=str(ROOT / "bench-out/relay.json"))
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.bulk_count, args.idle = 1, 3, 2, [200]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    bench = Bench(args)
+    try:
+        bench.build()
+        bench.generate()
+        bench.start_postgres()
+        bench.start_relay()
+        bench.start_pgbouncer()
+        results = bench.run_all()
+    finally:
+        bench.cleanup()
+    summary = summarize(results)
+    print_table(summary)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"format_version": 1, "args": vars(args), "results": results, "summary": summary}, indent=2) + "\n")
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -787,8 +787,21 @@ role developer {{
         db-names "it's a db"
     }}
 }}
+role "o'auditor" {{
+    provision best-effort-drop
+    allow {{
+        databases env=dev
+        db-names "it's a db"
+        permission CONNECT on=database
+        permission USAGE on=schema schema="my schema"
+        permission SELECT on=table schema="my schema" table="it's"
+    }}
+}}
 user "d'artagnan" {{
     roles developer
+}}
+user "o'connor" {{
+    roles "o'auditor"
 }}
 "##,
         port = cluster.port,
@@ -860,9 +873,34 @@ user "d'artagnan" {{
     assert_eq!(
         count(
             "SELECT count(*) FROM pg_roles WHERE rolname IN \
-             ('x''; DROP ROLE y; --', 'Mixed Case', 'o''reader', 'Admin; DROP ROLE y')"
+             ('x''; DROP ROLE y; --', 'Mixed Case', 'o''reader', 'Admin; DROP ROLE y', \
+             'dbward-auto-user')"
         ),
-        "4"
+        "5"
+    );
+
+    // The provisioning templates in frozen.json, filled in the way the relay fills them,
+    // grant exactly what the role says to a user whose name has a quote.
+    let frozen = dbward_frozen::Config::load(&out.join(layout::FROZEN)).expect("frozen.json");
+    let access = frozen
+        .access_for("o'connor", "weird")
+        .expect("o'connor reaches weird");
+    let quoted = dbward::emit::quote::ident("o'connor");
+    let mut grants = format!("CREATE ROLE {quoted} LOGIN;\n");
+    for grant in &access.grants {
+        grants.push_str(&grant.replace("{user}", &quoted));
+        grants.push('\n');
+    }
+    superuser_sql(&cluster, "it's a db", &grants);
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "it's a db",
+            "SELECT has_database_privilege('o''connor', current_database(), 'CONNECT') \
+             AND has_table_privilege('o''connor', '\"my schema\".\"it''s\"', 'SELECT') \
+             AND NOT has_table_privilege('o''connor', '\"my schema\".\"it''s\"', 'INSERT')"
+        ),
+        "t"
     );
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -873,7 +911,7 @@ user "d'artagnan" {{
         cert: out.join(layout::RELAY_UPSTREAM_CERT),
         key: out.join(layout::RELAY_UPSTREAM_KEY),
     };
-    for user in [HOSTILE, "Mixed Case"] {
+    for user in [HOSTILE, "Mixed Case", "o'connor"] {
         let attempt = Attempt {
             server_name: "localhost",
             user,
@@ -908,7 +946,7 @@ fn every_examples_setup_sql_runs_on_a_real_postgres() {
          EXECUTE format('CREATE ROLE %I LOGIN', role); RETURN 'Created role for ' || role; END $$;",
     );
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut ran = 0;
+    let (mut ran, mut granted) = (0, 0);
     let scripts = tempfile::tempdir().expect("scripts dir");
     for entry in fs::read_dir(&examples).expect("examples").flatten() {
         let path = entry.path();
@@ -974,8 +1012,36 @@ fn every_examples_setup_sql_runs_on_a_real_postgres() {
                 );
                 assert_eq!(login.trim(), "f", "{stem}/{name}: db-role {role}");
             }
+            // The relay's provisioning GRANT templates from frozen.json are valid SQL once the
+            // quoted user name is put in, as the relay does.
+            let frozen = dbward::emit::frozen::build(&model).expect("frozen config");
+            for access in frozen.access.iter().filter(|a| a.database == *name) {
+                if access.grants.is_empty() {
+                    continue;
+                }
+                let user = dbward::emit::quote::ident(&access.identity);
+                let mut sql = format!(
+                    "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) \
+                     THEN CREATE ROLE {user} LOGIN; END IF; END $$;\n",
+                    dbward::emit::quote::literal(&access.identity)
+                );
+                for grant in &access.grants {
+                    sql.push_str(&grant.replace("{user}", &user));
+                    sql.push('\n');
+                }
+                let file = scripts.path().join("grants.sql");
+                fs::write(&file, &sql).expect("write grants");
+                cluster.sql_file(&database, &file).unwrap_or_else(|e| {
+                    panic!(
+                        "{stem}: provisioning grants for {} failed:\n{e}\n{sql}",
+                        access.identity
+                    )
+                });
+                granted += 1;
+            }
             ran += 1;
         }
     }
     assert!(ran >= 7, "ran only {ran} setup scripts");
+    assert!(granted >= 1, "no example exercised provisioning grants");
 }

@@ -19,6 +19,7 @@ Goals from issue 3: no-change plan of 1,000 databases under 0.5 s, first apply u
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,14 +61,24 @@ def manifest(n: int) -> str:
 
 
 def timed(cmd, cwd, expect_stdout=None):
+    """(wall seconds, CPU seconds user+sys) of one run. On a shared machine the CPU figure is
+    the stable one; wall includes waiting for the CPU and the disk."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
     if expect_stdout is not None and out.stdout != expect_stdout:
         sys.exit(f"{' '.join(cmd)}: expected {expect_stdout!r}, got {out.stdout[:500]!r}")
-    return elapsed
+    return elapsed, cpu
+
+
+def median_run(cmd, cwd, repeat, expect_stdout=None):
+    runs = [timed(cmd, cwd, expect_stdout) for _ in range(repeat)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
 def main():
@@ -92,21 +103,20 @@ def main():
             first_plan = timed(plan, d)
             first_apply = timed(apply, d)
             files = sum(len(fs) for _, _, fs in os.walk(os.path.join(d, "out")))
-            nochange_plan = statistics.median(
-                timed(plan, d, "No changes.\n") for _ in range(args.repeat)
-            )
-            nochange_apply = statistics.median(
-                timed(apply, d, "No changes.\n") for _ in range(args.repeat)
-            )
+            nochange_plan = median_run(plan, d, args.repeat, "No changes.\n")
+            nochange_apply = median_run(apply, d, args.repeat, "No changes.\n")
             rows.append((n, files, first_plan, first_apply, nochange_plan, nochange_apply))
 
-    print(f"binary: {binary}")
+    print(f"binary: {binary}; load average before: {os.getloadavg()[0]:.1f}")
+    print("each cell: wall seconds / CPU seconds (user+sys); no-change = median of runs")
     print(
-        f"{'databases':>9} {'files':>6} {'first plan':>11} {'first apply':>12} "
-        f"{'no-change plan':>15} {'no-change apply':>16}"
+        f"| {'databases':>9} | {'files':>5} | {'first plan':>15} | {'first apply':>15} "
+        f"| {'no-change plan':>15} | {'no-change apply':>15} |"
     )
-    for n, files, fp, fa, np_, na in rows:
-        print(f"{n:>9} {files:>6} {fp:>10.3f}s {fa:>11.3f}s {np_:>14.3f}s {na:>15.3f}s")
+    print(f"|{'-' * 11}|{'-' * 7}|{'-' * 17}|{'-' * 17}|{'-' * 17}|{'-' * 17}|")
+    for n, files, *cells in rows:
+        text = " | ".join(f"{w:6.3f} / {c:6.3f}" for w, c in cells)
+        print(f"| {n:>9} | {files:>5} | {text} |")
 
 
 if __name__ == "__main__":

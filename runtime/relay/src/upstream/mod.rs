@@ -155,7 +155,7 @@ async fn tls_connect(target: &Target) -> Result<TlsStream<TcpStream>, UpstreamEr
             address: address(),
             source,
         })?;
-    let _ = tcp.set_nodelay(true);
+    crate::session::tune_socket(&tcp);
     let tls_error = |source| UpstreamError::Tls {
         address: address(),
         source,

@@ -1,12 +1,30 @@
 //! dbward-relay: a small, fast PostgreSQL relay that executes a dbward frozen config.
 //!
+//! The life of a connection, as code:
+//! [`run`] accepts it → [`session::handle`] negotiates TLS (answering SSLRequest/GSSENCRequest,
+//! or direct TLS with ALPN) → checks the client certificate ([`tls::ClientCertCheck`]) → decides
+//! from the compiled access table (`session::decide`) → opens the upstream
+//! ([`upstream::connect`], mutual TLS) → completes the client's startup with a relay-issued
+//! cancel key ([`cancel::CancelMap`]) → relays bytes ([`session::relay`]) until either side ends.
+//!
+//! **Invariants**
+//! - **No decision the compiler did not make**: access comes from `Config::access_for` only,
+//!   and nothing is dialled upstream before it allows the session.
+//! - **One config per session**: a session keeps the [`state::Loaded`] snapshot it started with;
+//!   a reload (SIGHUP) affects only sessions that start after it.
+//! - **After startup, bytes are relayed, not decoded** (frame headers are followed only to
+//!   record queries when the audit log asks for them).
+//!
+//! Modules:
 //! - [`state`]: the shared runtime state ([`state::Shared`], [`state::Loaded`]).
 //! - [`tls`]: rustls configs for clients and upstreams, built once per config load.
 //! - [`protocol`]: the PostgreSQL messages the relay reads and writes.
-//! - [`upstream`]: how to reach and authenticate to each database.
-//! - [`listener`]: the accept loop ([`run`]); [`session`]: one client from TLS to relaying.
-//! - [`cancel`]: relay-issued cancel keys.
-//! - [`audit`], [`metrics`]: what the relay reports.
+//! - [`listener`]: the accept loop and connection limit; [`session`]: one client connection.
+//! - [`upstream`]: how to reach and authenticate to each database (one module per method).
+//! - [`cancel`]: relay-issued cancel keys and forwarding CancelRequests.
+//! - [`audit`], [`metrics`], [`http`]: what the relay reports (audit log, Prometheus, probes).
+//! - [`config`], [`ops`], [`logging`]: loading and verifying the config, signals and drain,
+//!   log output — what the `dbward-relay` binary runs.
 
 pub mod audit;
 pub mod cancel;

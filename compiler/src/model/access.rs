@@ -170,45 +170,97 @@ pub fn allows_something(acc: &Access) -> bool {
     (!acc.db_users.is_empty() || acc.provision != Provision::Off) && !is_empty(&acc.db_names)
 }
 
-/// Computes the access table of a model, and the combinations that cannot be expressed.
-pub fn compute(model: &Model) -> (BTreeMap<(String, String), Access>, Vec<WildcardNarrowing>) {
-    let mut table = BTreeMap::new();
+/// One (set of roles, database) evaluated: the entry (if it allows anything) and the deny
+/// blocks, as (role, index), that could not be applied.
+type Evaluated = (Option<Access>, Vec<(String, usize)>);
+
+/// Applies allow then deny for one set of roles on one database.
+fn evaluate(roles: &[&Role], db: &Database) -> Evaluated {
+    let Some(mut acc) = allowed(roles, db) else {
+        return (None, Vec::new());
+    };
+    let mut removed = false;
     let mut problems = Vec::new();
-    for user in model.users.values() {
-        let roles: Vec<&Role> = user
-            .roles
-            .iter()
-            .filter_map(|r| model.roles.get(r))
-            .collect();
-        for db in model.databases.values() {
-            let Some(mut acc) = allowed(&roles, db) else {
+    for role in roles {
+        for (index, deny) in role.deny.iter().enumerate() {
+            if !matches(&deny.databases, db) {
                 continue;
-            };
-            acc.user = user.name.clone();
-            let mut removed = false;
-            for role in &roles {
-                for (index, deny) in role.deny.iter().enumerate() {
-                    if !matches(&deny.databases, db) {
-                        continue;
-                    }
-                    match apply_deny(&mut acc, deny, db) {
-                        DenyEffect::Subtracted => {}
-                        DenyEffect::RemovesDatabase => removed = true,
-                        DenyEffect::CannotNarrowWildcard => problems.push(WildcardNarrowing {
-                            user: user.name.clone(),
-                            database: db.name.clone(),
-                            role: role.name.clone(),
-                            deny_index: index,
-                        }),
-                    }
-                }
             }
-            if !removed && allows_something(&acc) {
-                table.insert((user.name.clone(), db.name.clone()), acc);
+            match apply_deny(&mut acc, deny, db) {
+                DenyEffect::Subtracted => {}
+                DenyEffect::RemovesDatabase => removed = true,
+                DenyEffect::CannotNarrowWildcard => problems.push((role.name.clone(), index)),
             }
         }
     }
-    (table, problems)
+    let entry = (!removed && allows_something(&acc)).then_some(acc);
+    (entry, problems)
+}
+
+/// Computes the access table of a model, and the combinations that cannot be expressed.
+pub fn compute(model: &Model) -> (BTreeMap<(String, String), Access>, Vec<WildcardNarrowing>) {
+    // Entries are produced in key order; collecting them at the end builds the map in bulk.
+    let mut table = Vec::new();
+    let mut problems = Vec::new();
+    // Which databases each role's allow blocks reach, computed once: a person is only
+    // evaluated on the databases their roles can reach, not on every database.
+    let reach: BTreeMap<&str, BTreeSet<&str>> = model
+        .roles
+        .values()
+        .map(|role| {
+            let dbs = model
+                .databases
+                .values()
+                .filter(|db| role.allow.iter().any(|a| matches(&a.databases, db)))
+                .map(|db| db.name.as_str())
+                .collect();
+            (role.name.as_str(), dbs)
+        })
+        .collect();
+    // People who hold the same roles get the same access: evaluate each combination once.
+    let mut role_sets: BTreeMap<Vec<&str>, usize> = BTreeMap::new();
+    let mut memo: BTreeMap<(usize, &str), Evaluated> = BTreeMap::new();
+    for user in model.users.values() {
+        let mut names: Vec<&str> = user
+            .roles
+            .iter()
+            .map(String::as_str)
+            .filter(|r| model.roles.contains_key(*r))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let roles: Vec<&Role> = names.iter().filter_map(|r| model.roles.get(*r)).collect();
+        let candidates: BTreeSet<&str> = names
+            .iter()
+            .filter_map(|r| reach.get(r))
+            .flatten()
+            .copied()
+            .collect();
+        let next_id = role_sets.len();
+        let set_id = *role_sets.entry(names.clone()).or_insert(next_id);
+        for db in candidates
+            .iter()
+            .filter_map(|name| model.databases.get(*name))
+        {
+            let (entry, narrowing) = memo
+                .entry((set_id, db.name.as_str()))
+                .or_insert_with(|| evaluate(&roles, db));
+            for (role, deny_index) in narrowing.iter() {
+                problems.push(WildcardNarrowing {
+                    user: user.name.clone(),
+                    database: db.name.clone(),
+                    role: role.clone(),
+                    deny_index: *deny_index,
+                });
+            }
+            if let Some(entry) = entry {
+                let mut entry = entry.clone();
+                entry.user = user.name.clone();
+                table.push(((user.name.clone(), db.name.clone()), entry));
+            }
+        }
+    }
+    (table.into_iter().collect(), problems)
 }
 
 #[cfg(test)]

@@ -7,11 +7,12 @@
 //! [`vocabulary()`], by the model's rules.
 
 pub mod ast;
+mod fast;
 mod vocabulary;
 
 pub use vocabulary::{
     ArgSpec, Block, NodeSpec, OBJECT_KINDS, PRIVILEGES, PROVISION_MODES, PropSpec, ValueKind,
-    children_of, spec, vocabulary,
+    child_spec, children_of, spec, vocabulary,
 };
 
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
@@ -60,6 +61,14 @@ pub fn parse(source: &Source) -> Parsed {
         return Parsed {
             manifest: None,
             diagnostics: vec![diag],
+        };
+    }
+    // Most manifests stay within the subset the fast path reads; everything else, and every
+    // error, goes to the `kdl` crate.
+    if let Some(manifest) = fast::parse(text) {
+        return Parsed {
+            manifest: Some(manifest),
+            diagnostics: Vec::new(),
         };
     }
     let result = std::thread::scope(|scope| {

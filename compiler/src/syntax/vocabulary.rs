@@ -483,6 +483,19 @@ pub fn spec(path: &str) -> Option<&'static NodeSpec> {
     VOCABULARY.iter().find(|s| s.path == path)
 }
 
+/// The spec of the node called `name` directly under `parent` (`""` for the top level), without
+/// building the child's path: rules look this up for every node of large manifests.
+pub fn child_spec(parent: &str, name: &str) -> Option<&'static NodeSpec> {
+    let len = if parent.is_empty() {
+        name.len()
+    } else {
+        parent.len() + 1 + name.len()
+    };
+    VOCABULARY
+        .iter()
+        .find(|s| s.path.len() == len && s.name() == name && s.parent() == parent)
+}
+
 /// The specs of the nodes allowed directly under `parent` (`""` for the top level).
 pub fn children_of(parent: &str) -> impl Iterator<Item = &'static NodeSpec> + '_ {
     VOCABULARY.iter().filter(move |s| s.parent() == parent)

@@ -30,7 +30,7 @@ use super::access::WildcardNarrowing;
 use super::types::Model;
 use crate::diag::Diagnostic;
 use crate::syntax::ast::{Manifest, Node};
-use crate::syntax::{NodeSpec, spec};
+use crate::syntax::{NodeSpec, child_spec};
 
 /// Runs every rule that works on the AST alone.
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
@@ -66,16 +66,15 @@ pub fn check_model(
 /// Calls `f` on every node whose path the vocabulary knows, with its spec (children of unknown
 /// nodes are skipped: the vocabulary rule has already reported their parent).
 pub fn walk_known<'a>(manifest: &'a Manifest, mut f: impl FnMut(&'a Node, &'static NodeSpec)) {
-    fn go<'a>(nodes: &'a [Node], parent: &str, f: &mut impl FnMut(&'a Node, &'static NodeSpec)) {
+    fn go<'a>(
+        nodes: &'a [Node],
+        parent: &'static str,
+        f: &mut impl FnMut(&'a Node, &'static NodeSpec),
+    ) {
         for node in nodes {
-            let path = if parent.is_empty() {
-                node.name().to_string()
-            } else {
-                format!("{parent}/{}", node.name())
-            };
-            if let Some(spec) = spec(&path) {
+            if let Some(spec) = child_spec(parent, node.name()) {
                 f(node, spec);
-                go(node.children(), &path, f);
+                go(node.children(), spec.path, f);
             }
         }
     }
@@ -132,6 +131,14 @@ pub fn labels_of(db: &Node) -> BTreeMap<&str, &str> {
         .collect()
 }
 
+/// Whether a database carries `key=value` (without building its label map: selectors are
+/// evaluated for every database, for every allow and deny block).
+pub fn has_label(db: &Node, key: &str, value: &str) -> bool {
+    db.children_named("labels")
+        .flat_map(|l| l.props.iter())
+        .any(|p| p.name.text == key && p.value.as_str() == Some(value))
+}
+
 /// The databases (nodes) a `databases` selector node matches, evaluated on the AST.
 pub fn selected<'a>(manifest: &'a Manifest, selector: &Node) -> Vec<&'a Node> {
     let wanted: Vec<(&str, &str)> = selector
@@ -144,8 +151,7 @@ pub fn selected<'a>(manifest: &'a Manifest, selector: &Node) -> Vec<&'a Node> {
         .nodes_named("database")
         .filter(|db| {
             if !selector.props.is_empty() {
-                let labels = labels_of(db);
-                wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+                wanted.iter().all(|(k, v)| has_label(db, k, v))
             } else if names.contains(&"*") {
                 true
             } else {
@@ -153,6 +159,22 @@ pub fn selected<'a>(manifest: &'a Manifest, selector: &Node) -> Vec<&'a Node> {
             }
         })
         .collect()
+}
+
+/// Whether a `databases` selector node matches at least one database.
+pub fn selects_any(manifest: &Manifest, selector: &Node) -> bool {
+    let names: Vec<&str> = selector.str_args().map(|(s, _)| s).collect();
+    manifest.nodes_named("database").any(|db| {
+        if !selector.props.is_empty() {
+            selector.props.iter().all(|p| {
+                p.value
+                    .as_str()
+                    .is_some_and(|v| has_label(db, &p.name.text, v))
+            })
+        } else {
+            names.contains(&"*") || db.first_str().is_some_and(|n| names.contains(&n))
+        }
+    })
 }
 
 /// Names declared by children `kind` of a node (`db-user` of a database).

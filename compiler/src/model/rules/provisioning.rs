@@ -27,10 +27,6 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
         let mode = role.child("provision");
         let provisions = mode.and_then(Node::first_str).is_some_and(|m| m != "off");
         for allow in role.children_named("allow") {
-            let matched = allow
-                .child("databases")
-                .map(|s| selected(manifest, s))
-                .unwrap_or_default();
             if !provisions {
                 for what in ["db-roles", "permission"] {
                     if let Some(node) = allow.child(what) {
@@ -44,6 +40,10 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
                 continue;
             }
             let Some(mode) = mode else { continue };
+            let matched = allow
+                .child("databases")
+                .map(|s| selected(manifest, s))
+                .unwrap_or_default();
             for db in &matched {
                 let db_name = db.first_str().unwrap_or("?");
                 if db.child("admin-user").is_none() {

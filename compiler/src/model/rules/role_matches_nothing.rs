@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{labels_of, selected, suggestion};
+use super::{labels_of, selects_any, suggestion};
 use crate::diag::Diagnostic;
 use crate::model::types::Model;
 use crate::syntax::ast::Manifest;
@@ -26,7 +26,7 @@ pub fn check(manifest: &Manifest, _model: &Model, diags: &mut Vec<Diagnostic>) {
             let Some(selector) = allow.child("databases") else {
                 continue;
             };
-            if !selected(manifest, selector).is_empty() {
+            if selects_any(manifest, selector) {
                 continue;
             }
             // Suggest a close value for the first label no database carries.

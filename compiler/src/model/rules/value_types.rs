@@ -25,7 +25,7 @@ pub fn check(manifest: &crate::syntax::ast::Manifest, diags: &mut Vec<Diagnostic
                 check_value(
                     value,
                     args.kind,
-                    &format!("`{}` takes {}", spec.name(), args.what),
+                    &|| format!("`{}` takes {}", spec.name(), args.what),
                     None,
                     diags,
                 );
@@ -37,7 +37,7 @@ pub fn check(manifest: &crate::syntax::ast::Manifest, diags: &mut Vec<Diagnostic
                 .map(|p| p.kind)
                 .or(spec.any_props);
             if let Some(kind) = kind {
-                let what = format!("`{}=` on `{}`", prop.name.text, spec.name());
+                let what = || format!("`{}=` on `{}`", prop.name.text, spec.name());
                 check_value(&prop.value, kind, &what, Some(&prop.name.text), diags);
             }
         }
@@ -47,7 +47,7 @@ pub fn check(manifest: &crate::syntax::ast::Manifest, diags: &mut Vec<Diagnostic
 fn check_value(
     value: &Value,
     kind: ValueKind,
-    what: &str,
+    what: &dyn Fn() -> String,
     key: Option<&str>,
     diags: &mut Vec<Diagnostic>,
 ) {
@@ -58,7 +58,11 @@ fn check_value(
     let wrong = |expected: &str, help: String| {
         Diagnostic::error(
             "dbward::wrong_type",
-            format!("{what} must be {expected}, not {}", value.data.type_name()),
+            format!(
+                "{} must be {expected}, not {}",
+                what(),
+                value.data.type_name()
+            ),
         )
         .label(value.span, format!("expected {expected}"))
         .help(help)
@@ -93,7 +97,7 @@ fn check_value(
                 diags.push(
                     Diagnostic::error(
                         "dbward::unknown_value",
-                        format!("unknown value `{s}` for {what}"),
+                        format!("unknown value `{s}` for {}", what()),
                     )
                     .label(value.span, "not a known value")
                     .help(help),

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use super::suggestion;
 use crate::diag::{Diagnostic, Span};
 use crate::syntax::ast::{Manifest, Node};
-use crate::syntax::{Block, children_of, spec, vocabulary};
+use crate::syntax::{Block, child_spec, children_of, vocabulary};
 
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     check_nodes(&manifest.nodes, "", None, diags);
@@ -36,12 +36,7 @@ fn check_nodes(
 ) {
     let mut seen: BTreeMap<&str, &Node> = BTreeMap::new();
     for node in nodes {
-        let path = if parent.is_empty() {
-            node.name().to_string()
-        } else {
-            format!("{parent}/{}", node.name())
-        };
-        let Some(spec) = spec(&path) else {
+        let Some(spec) = child_spec(parent, node.name()) else {
             diags.push(unknown_node(node, parent));
             continue;
         };
@@ -66,7 +61,7 @@ fn check_nodes(
         check_node(node, spec, diags);
         // The children of a node that takes no block were reported with it, not one by one.
         if spec.block != Block::No {
-            check_nodes(node.children(), &path, Some(node), diags);
+            check_nodes(node.children(), spec.path, Some(node), diags);
         }
     }
     // Required children (the `dbward` line itself is the version rule's business).

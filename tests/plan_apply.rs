@@ -147,7 +147,7 @@ fn apply_twice_changes_nothing_and_no_byte_differs() {
     ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
     let first = snapshot(&ws.out());
     for (path, (mode, bytes)) in &first {
-        if path.ends_with(".key") {
+        if path.ends_with(".key") || path == ".dbward/lock" {
             assert_eq!(*mode, 0o600, "{path}");
         } else if bytes.is_some() {
             assert_eq!(*mode, 0o644, "{path}");
@@ -368,4 +368,28 @@ fn a_write_failure_leaves_every_previous_file_intact_and_no_temp_files() {
     ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
     assert!(ws.out().join("databases/inventory/setup.sql").exists());
     assert_eq!(ws.ok(&["plan", "m.kdl", "--out", "out"]), "No changes.\n");
+}
+
+#[test]
+fn a_second_apply_waits_for_none_and_is_refused_while_one_runs() {
+    let ws = Workspace::new(&quickstart());
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    ws.set_manifest(&quickstart_grown());
+    let before = snapshot(&ws.out());
+    // Another apply holds the output directory.
+    let lock = dbward::apply::Lock::acquire(&ws.out()).expect("lock");
+    let refused = ws.run(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    let (_, stderr) = text(&refused);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr.contains("another `dbward apply` is writing"),
+        "{stderr}"
+    );
+    assert_same(
+        &before,
+        &snapshot(&ws.out()),
+        "a locked-out apply changed the directory",
+    );
+    drop(lock);
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use tempfile::NamedTempFile;
@@ -23,6 +23,10 @@ use crate::plan::{Action, Plan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    #[error(
+        "another `dbward apply` is writing to {0} right now; wait for it to finish, then plan again"
+    )]
+    Locked(PathBuf),
     #[error(
         "{} file(s) were changed outside dbward since the last apply: {}; nothing was written. \
          Restore them, or re-run with --force to overwrite (or remove) them",
@@ -48,6 +52,41 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
+}
+
+/// An exclusive lock on an output directory (`.dbward/lock`, an advisory `flock`), held for a
+/// whole apply so two applies (two CI jobs) never interleave. The kernel releases it when the
+/// lock is dropped or the process dies, so a crash never leaves a stale lock behind.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Takes the lock, creating `.dbward/` when needed; fails at once when another process
+    /// holds it.
+    pub fn acquire(out: &Path) -> Result<Lock, ApplyError> {
+        let dir = out.join(STATE_DIR);
+        ensure_dir(out, &dir, &mut Vec::new())?;
+        let path = dir.join("lock");
+        let stage_err = |source| ApplyError::Stage {
+            action: "lock",
+            path: path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(stage_err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Lock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(ApplyError::Locked(out.to_path_buf())),
+            Err(fs::TryLockError::Error(source)) => Err(stage_err(source)),
+        }
+    }
 }
 
 /// What an apply did.

@@ -153,3 +153,14 @@ fn write_atomic_creates_secrets_private() {
     );
     assert_eq!(all_paths(dir.path()), ["plan.json"]);
 }
+
+#[test]
+fn one_apply_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Lock::acquire(dir.path()).unwrap();
+    let err = Lock::acquire(dir.path()).unwrap_err();
+    assert!(matches!(err, ApplyError::Locked(_)), "{err}");
+    assert!(err.to_string().contains("another `dbward apply`"));
+    drop(first);
+    Lock::acquire(dir.path()).unwrap();
+}

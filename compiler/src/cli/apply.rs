@@ -3,6 +3,7 @@
 //! is no terminal to ask and no `--auto-approve`); with a saved plan it applies exactly that
 //! plan, after checking that neither the manifest nor the directory moved since.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use anyhow::Context;
 
 use super::plan::{prepare, read_optional};
 use crate::apply;
-use crate::emit::env::read_tree;
+use crate::emit::env::{ExistingFile, read_tree};
 use crate::plan::planfile::PlanFile;
 use crate::plan::render::render;
 use crate::plan::state::state_path;
@@ -47,8 +48,20 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let prepared = prepare(&args.target, out)?;
     let plan = prepared.plan();
     print!("{}", render(&plan));
+    // What the plan was computed from, to check again under the lock: the directory may
+    // change while a person reads the plan.
+    let seen = PlanFile::new(
+        &plan,
+        prepared.manifest.clone(),
+        &prepared.manifest_bytes,
+        prepared.out.clone(),
+        &prepared.existing,
+        prepared.state_bytes.as_deref(),
+    );
     if plan.is_empty() {
         if plan.state_outdated {
+            let _lock = apply::Lock::acquire(&prepared.out)?;
+            fresh(&seen, "the plan")?;
             apply::apply(&prepared.out, &plan, args.force)?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -61,7 +74,37 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     if !args.auto_approve && !confirm(&prepared.out)? {
         anyhow::bail!("apply cancelled; nothing was written");
     }
+    let _lock = apply::Lock::acquire(&prepared.out)?;
+    fresh(&seen, "the plan shown above")?;
     finish(&prepared.out, &plan, args.force)
+}
+
+/// The files under `--out` and the state record's bytes, as read under the lock.
+type Fresh = (BTreeMap<String, ExistingFile>, Option<Vec<u8>>);
+
+/// Re-reads the manifest, the directory and the state record, and fails (naming every
+/// difference) when they are no longer what `seen` was computed from. Returns what it read.
+fn fresh(
+    seen: &PlanFile,
+    what: &str,
+) -> anyhow::Result<Fresh> {
+    let manifest_bytes = read_optional(&seen.manifest)?;
+    let existing = read_tree(&seen.out)?;
+    let state_bytes = read_optional(&state_path(&seen.out))?;
+    let stale = seen.staleness(manifest_bytes.as_deref(), &existing, state_bytes.as_deref());
+    if !stale.is_empty() {
+        let reasons: Vec<String> = stale.iter().take(10).map(|s| format!("  - {s}")).collect();
+        anyhow::bail!(
+            "{what} is stale, nothing was written:\n{}{}\nrun `dbward plan` again",
+            reasons.join("\n"),
+            if stale.len() > 10 {
+                format!("\n  … and {} more", stale.len() - 10)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok((existing, state_bytes))
 }
 
 fn finish(out: &Path, plan: &Plan, force: bool) -> anyhow::Result<ExitCode> {
@@ -107,23 +150,9 @@ fn apply_planfile(args: &ApplyArgs, bytes: &[u8]) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let manifest_bytes = read_optional(&saved.manifest)?;
-    let existing = read_tree(&saved.out)?;
-    let state_bytes = read_optional(&state_path(&saved.out))?;
-    let stale = saved.staleness(manifest_bytes.as_deref(), &existing, state_bytes.as_deref());
-    if !stale.is_empty() {
-        let reasons: Vec<String> = stale.iter().take(10).map(|s| format!("  - {s}")).collect();
-        anyhow::bail!(
-            "the saved plan {} is stale, nothing was written:\n{}{}\nrun `dbward plan -o` again",
-            args.target.display(),
-            reasons.join("\n"),
-            if stale.len() > 10 {
-                format!("\n  … and {} more", stale.len() - 10)
-            } else {
-                String::new()
-            }
-        );
-    }
+    let _lock = apply::Lock::acquire(&saved.out)?;
+    let (existing, state_bytes) =
+        fresh(&saved, &format!("the saved plan {}", args.target.display()))?;
     let state = match &state_bytes {
         Some(b) => State::from_bytes(b).map_err(|reason| {
             anyhow::anyhow!("{} is corrupt: {reason}", state_path(&saved.out).display())

@@ -19,6 +19,7 @@
 //! - [`state`]: the shared runtime state ([`state::Shared`], [`state::Loaded`]).
 //! - [`tls`]: rustls configs for clients and upstreams, built once per config load.
 //! - [`protocol`]: the PostgreSQL messages the relay reads and writes.
+//! - [`readahead`]: large socket reads during bulk transfers, none held while idle.
 //! - [`listener`]: the accept loop and connection limit; [`session`]: one client connection.
 //! - [`upstream`]: how to reach and authenticate to each database (one module per method).
 //! - [`cancel`]: relay-issued cancel keys and forwarding CancelRequests.
@@ -35,6 +36,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;
+pub mod readahead;
 pub mod session;
 pub mod state;
 pub mod tls;

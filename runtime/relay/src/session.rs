@@ -31,9 +31,13 @@ use crate::protocol::frames::{QueryKind, QueryScanner};
 use crate::protocol::options::{self, DATABASE_OPTION};
 use crate::protocol::startup::PROTOCOL_3_0;
 use crate::protocol::{ClientKey, Startup, StartupError, StartupMessage};
+use crate::readahead::ReadAhead;
 use crate::state::{Loaded, Shared};
 use crate::tls::ALPN_POSTGRESQL;
 use crate::upstream::{self, Target, Upstream, UpstreamError};
+
+/// The client's TLS stream.
+type ClientTls = TlsStream<ReadAhead<TcpStream>>;
 
 /// The first byte of a TLS record (handshake): a PostgreSQL 17 client using direct TLS.
 const TLS_HANDSHAKE_BYTE: u8 = 0x16;
@@ -82,7 +86,7 @@ impl Denial {
 enum Negotiated {
     /// A TLS session with its StartupMessage (and any bytes the client sent after it).
     Session {
-        tls: Box<TlsStream<TcpStream>>,
+        tls: Box<ClientTls>,
         startup: StartupMessage,
         leftover: Vec<u8>,
     },
@@ -250,7 +254,7 @@ async fn negotiate(
         }
     }
     let mut tls = TlsAcceptor::from(loaded.server_tls.config.clone())
-        .accept(tcp)
+        .accept(ReadAhead::new(tcp))
         .await?;
     if direct && tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
         // PostgreSQL itself insists on ALPN for direct TLS, so that a TLS connection meant for
@@ -297,7 +301,7 @@ async fn read_startup<S: AsyncRead + Unpin>(
 /// decided, `dbward.database` removed from `options`.
 fn authorize(
     loaded: &Loaded,
-    tls: &TlsStream<TcpStream>,
+    tls: &ClientTls,
     startup: &mut StartupMessage,
     info: &mut SessionInfo,
 ) -> Result<Arc<Target>, Denial> {
@@ -477,7 +481,7 @@ async fn refuse<S: AsyncWrite + Unpin>(
 /// Opens the upstream session, completes the client's startup, and relays until either side
 /// ends.
 async fn session(
-    tls: Box<TlsStream<TcpStream>>,
+    tls: Box<ClientTls>,
     mut startup: StartupMessage,
     leftover: Vec<u8>,
     target: Arc<Target>,

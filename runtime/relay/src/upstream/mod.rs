@@ -22,6 +22,7 @@ use crate::protocol::backend::{self, tag};
 use crate::protocol::frames::{Frame, FrameReader};
 use crate::protocol::startup::{cancel_request, ssl_request};
 use crate::protocol::{BackendKey, StartupMessage};
+use crate::readahead::ReadAhead;
 use crate::tls::{TlsError, upstream_client_config};
 
 /// The largest message accepted from an upstream during startup.
@@ -135,7 +136,7 @@ pub enum UpstreamError {
 /// An authenticated upstream session, ready to relay.
 #[derive(Debug)]
 pub struct Connected {
-    pub stream: TlsStream<TcpStream>,
+    pub stream: TlsStream<ReadAhead<TcpStream>>,
     /// The upstream backend's cancel key (absent if the server sent none).
     pub backend_key: Option<BackendKey>,
     /// ParameterStatus and NoticeResponse messages, in order, for the client.
@@ -147,7 +148,7 @@ pub struct Connected {
 }
 
 /// TCP + SSLRequest + TLS to an upstream, checking that nothing arrives before the handshake.
-async fn tls_connect(target: &Target) -> Result<TlsStream<TcpStream>, UpstreamError> {
+async fn tls_connect(target: &Target) -> Result<TlsStream<ReadAhead<TcpStream>>, UpstreamError> {
     let address = || target.address.clone();
     let mut tcp = TcpStream::connect(&target.address)
         .await
@@ -172,7 +173,7 @@ async fn tls_connect(target: &Target) -> Result<TlsStream<TcpStream>, UpstreamEr
         _ => return Err(UpstreamError::NoTls { address: address() }),
     }
     TlsConnector::from(target.tls.clone())
-        .connect(target.server_name.clone(), tcp)
+        .connect(target.server_name.clone(), ReadAhead::new(tcp))
         .await
         .map_err(tls_error)
 }
@@ -196,13 +197,14 @@ pub async fn connect(
     stream.flush().await.map_err(io_error)?;
 
     let mut reader = FrameReader::default();
-    let mut next = async |stream: &mut TlsStream<TcpStream>| -> Result<Frame, UpstreamError> {
-        match reader.next(stream, MAX_STARTUP_MESSAGE).await {
-            Ok(Some(frame)) => Ok(frame),
-            Ok(None) => Err(protocol("the server closed the connection".into())),
-            Err(e) => Err(protocol(e.to_string())),
-        }
-    };
+    let mut next =
+        async |stream: &mut TlsStream<ReadAhead<TcpStream>>| -> Result<Frame, UpstreamError> {
+            match reader.next(stream, MAX_STARTUP_MESSAGE).await {
+                Ok(Some(frame)) => Ok(frame),
+                Ok(None) => Err(protocol("the server closed the connection".into())),
+                Err(e) => Err(protocol(e.to_string())),
+            }
+        };
     // Authentication.
     loop {
         let frame = next(&mut stream).await?;

@@ -84,10 +84,7 @@ type Fresh = (BTreeMap<String, ExistingFile>, Option<Vec<u8>>);
 
 /// Re-reads the manifest, the directory and the state record, and fails (naming every
 /// difference) when they are no longer what `seen` was computed from. Returns what it read.
-fn fresh(
-    seen: &PlanFile,
-    what: &str,
-) -> anyhow::Result<Fresh> {
+fn fresh(seen: &PlanFile, what: &str) -> anyhow::Result<Fresh> {
     let manifest_bytes = read_optional(&seen.manifest)?;
     let existing = read_tree(&seen.out)?;
     let state_bytes = read_optional(&state_path(&seen.out))?;

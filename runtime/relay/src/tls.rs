@@ -51,10 +51,20 @@ pub enum TlsError {
 /// The crypto provider both sides use: ring, with the key-exchange groups reordered so that
 /// P-256 comes first. PostgreSQL's default `ssl_ecdh_curve` is `prime256v1`, and offering
 /// X25519 first would cost every upstream handshake a HelloRetryRequest round trip.
+/// AES-128-GCM comes first among the cipher suites: every byte of a session is decrypted and
+/// encrypted again by the relay, and AES-128 does that about a third faster than AES-256 at
+/// a security level that is not the weak point of anything here.
 pub fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring::{default_provider, kx_group};
     let mut provider = default_provider();
     provider.kx_groups = vec![kx_group::SECP256R1, kx_group::X25519, kx_group::SECP384R1];
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| match suite.suite() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+            _ => 2,
+        });
     Arc::new(provider)
 }
 
@@ -126,6 +136,8 @@ impl ServerTls {
                 path: key.to_owned(),
                 reason: e.to_string(),
             })?;
+        // Our cipher order (AES-128-GCM first), not the client's, picks the suite.
+        config.ignore_client_order = true;
         config.send_tls13_tickets = 0;
         config.session_storage = Arc::new(NoServerSessionStorage {});
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
@@ -274,4 +286,28 @@ pub fn upstream_client_config(
     // PostgreSQL does not resume sessions; keeping tickets would only cost memory.
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_offers_p256_and_aes_128_first() {
+        let provider = provider();
+        assert_eq!(
+            provider.kx_groups[0].name(),
+            rustls::NamedGroup::secp256r1,
+            "PostgreSQL accepts only P-256 by default"
+        );
+        assert_eq!(
+            provider.cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+        assert_eq!(
+            provider.cipher_suites.len(),
+            rustls::crypto::ring::default_provider().cipher_suites.len(),
+            "reordered, nothing dropped"
+        );
+    }
 }

@@ -209,7 +209,10 @@ fn removed_databases_are_destroyed_and_json_never_holds_a_secret() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("  ~ relay/server.crt\n      (certificate reissued)\n"),
+        stdout.contains(
+            "  ~ relay/server.crt\n      (certificate reissued: subject CN=db2.localhost -> \
+             CN=db.localhost; names db2.localhost, *.db2.localhost -> db.localhost, *.db.localhost)\n"
+        ),
         "{stdout}"
     );
     assert!(

@@ -597,4 +597,4 @@ pub fn issue_person(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

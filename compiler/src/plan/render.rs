@@ -89,7 +89,7 @@ fn render_change(out: &mut String, change: &Change) {
     if old.starts_with("-----BEGIN CERTIFICATE-----")
         && new.starts_with("-----BEGIN CERTIFICATE-----")
     {
-        let _ = writeln!(out, "      (certificate reissued)");
+        let _ = writeln!(out, "      (certificate reissued{})", cert_change(old, new));
         return;
     }
     let diff = TextDiff::from_lines(old, new);
@@ -101,4 +101,85 @@ fn render_change(out: &mut String, change: &Change) {
     for line in text.lines() {
         let _ = writeln!(out, "      {line}");
     }
+}
+
+/// What differs between two PEM certificates, for a reviewer: `": names a, b -> a, b, c"`,
+/// `": new issuer"`, `": renewal, the old one expires 2027-01-01"`; empty when unreadable.
+fn cert_change(old: &str, new: &str) -> String {
+    struct Facts {
+        subject: String,
+        names: Vec<String>,
+        issuer_key: Option<Vec<u8>>,
+        issuer: String,
+        not_after: String,
+    }
+    fn facts(pem: &str) -> Option<Facts> {
+        use x509_parser::extensions::{GeneralName, ParsedExtension};
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+        let cert = pem.parse_x509().ok()?;
+        let names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|ext| {
+                ext.value
+                    .general_names
+                    .iter()
+                    .map(|name| match name {
+                        GeneralName::DNSName(dns) => (*dns).to_string(),
+                        GeneralName::IPAddress(ip) => match ip.len() {
+                            4 => <[u8; 4]>::try_from(*ip)
+                                .map(|b| std::net::IpAddr::from(b).to_string())
+                                .unwrap_or_default(),
+                            16 => <[u8; 16]>::try_from(*ip)
+                                .map(|b| std::net::IpAddr::from(b).to_string())
+                                .unwrap_or_default(),
+                            _ => String::new(),
+                        },
+                        other => other.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let issuer_key = cert
+            .iter_extensions()
+            .find_map(|ext| match ext.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+                }
+                _ => None,
+            });
+        Some(Facts {
+            subject: cert.subject().to_string(),
+            names,
+            issuer_key,
+            issuer: cert.issuer().to_string(),
+            not_after: cert.validity().not_after.to_datetime().date().to_string(),
+        })
+    }
+    let (Some(a), Some(b)) = (facts(old), facts(new)) else {
+        return String::new();
+    };
+    let mut reasons = Vec::new();
+    if a.subject != b.subject {
+        reasons.push(format!("subject {} -> {}", a.subject, b.subject));
+    }
+    if a.names != b.names {
+        reasons.push(format!(
+            "names {} -> {}",
+            a.names.join(", "),
+            b.names.join(", ")
+        ));
+    }
+    if a.issuer != b.issuer || a.issuer_key != b.issuer_key {
+        reasons.push("new issuer".to_string());
+    }
+    if reasons.is_empty() {
+        // Nothing it says changed: the renewal window opened, or its key was replaced.
+        reasons.push(format!(
+            "renewal or new key; the old one expires {}",
+            a.not_after
+        ));
+    }
+    format!(": {}", reasons.join("; "))
 }

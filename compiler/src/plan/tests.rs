@@ -203,3 +203,59 @@ fn a_saved_plan_goes_stale_when_anything_moves() {
     );
     assert!(planfile::PlanFile::from_bytes(std::path::Path::new("p"), b"{\"kind\":1}").is_err());
 }
+
+#[test]
+fn a_reissued_certificate_says_what_changed() {
+    use crate::emit::env::Env;
+    use crate::emit::pki;
+    use crate::model::DatabaseKind;
+    let now = time::macros::datetime!(2026-01-01 00:00 UTC);
+    let mut first = Artifacts::new();
+    pki::emit(
+        &pki::tests::model(&["orders"]),
+        &Env::for_tests(now, BTreeMap::new()),
+        &mut first,
+    )
+    .unwrap();
+    let on_disk: BTreeMap<String, ExistingFile> = first
+        .iter()
+        .map(|(p, a)| {
+            (
+                p.clone(),
+                ExistingFile {
+                    bytes: a.bytes.clone(),
+                    mode: a.mode,
+                },
+            )
+        })
+        .collect();
+    let mut model = pki::tests::model(&["orders"]);
+    if let Some(db) = model.databases.get_mut("orders")
+        && let DatabaseKind::SelfHosted { server_names, .. } = &mut db.kind
+    {
+        server_names.push("orders.example.net".into());
+    }
+    let existing = on_disk
+        .iter()
+        .map(|(p, f)| (p.clone(), f.bytes.clone()))
+        .collect();
+    let mut second = Artifacts::new();
+    pki::emit(&model, &Env::for_tests(now, existing), &mut second).unwrap();
+    let plan = compute(&second, &on_disk, &state_of(&on_disk));
+    let text = render::render(&plan);
+    assert!(
+        text.contains(
+            "  ~ databases/orders/server.crt\n      (certificate reissued: names orders.internal, \
+             10.0.0.1 -> orders.internal, 10.0.0.1, orders.example.net)\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("  ~ databases/orders/server.key (sensitive)\n"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("Plan: 0 to add, 2 to change, 0 to destroy.\n"),
+        "{text}"
+    );
+}

@@ -82,9 +82,33 @@ impl Lock {
             .open(&path)
             .map_err(stage_err)?;
         match file.try_lock() {
-            Ok(()) => Ok(Lock { _file: file }),
+            Ok(()) => {
+                // Holding the lock, any temp file under `out` is a leftover of an apply that
+                // was killed before it could clean up: remove it.
+                remove_leftovers(out, out);
+                Ok(Lock { _file: file })
+            }
             Err(fs::TryLockError::WouldBlock) => Err(ApplyError::Locked(out.to_path_buf())),
             Err(fs::TryLockError::Error(source)) => Err(stage_err(source)),
+        }
+    }
+}
+
+/// Removes apply's temp files under `dir`, recursively; best effort (a leftover that cannot
+/// be removed is harmless: plans and applies skip temp files).
+fn remove_leftovers(root: &Path, dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if name.to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX)) && kind.is_file() {
+            let _ = fs::remove_file(entry.path());
+        } else if kind.is_dir() && !(dir == root && name == STATE_DIR) {
+            remove_leftovers(root, &entry.path());
         }
     }
 }

@@ -164,3 +164,19 @@ fn one_apply_at_a_time() {
     drop(first);
     Lock::acquire(dir.path()).unwrap();
 }
+
+#[test]
+fn leftovers_of_a_killed_apply_are_removed_under_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let files = wanted(&[("ca/x.key", Artifact::secret("K"))]);
+    apply(out, &plan_for(out, &files), false).unwrap();
+    let leftover = out.join("ca").join(format!("{TEMP_PREFIX}abc"));
+    fs::write(&leftover, "half a key").unwrap();
+    // Plans do not see it...
+    assert!(plan_for(out, &files).is_empty());
+    // ...and the next apply's lock removes it.
+    let _lock = Lock::acquire(out).unwrap();
+    assert!(!leftover.exists());
+    assert!(out.join("ca/x.key").exists());
+}

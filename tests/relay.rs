@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 const PUBLIC_NAME: &str = "db.localhost";
 
 /// The test manifest. `shop` is the real database; `vault` exists only in the manifest (no
-/// server behind it: nothing may ever dial it in these tests). `{extra}` lets a test add
-/// access for a reload.
+/// server listens on its port, so a session allowed there fails to connect upstream).
+/// `{extra}` is appended as is.
 fn manifest(cluster: &Cluster, relay_port: u16, audit: &Path, extra: &str) -> String {
     format!(
         r#"dbward version=1
@@ -637,9 +637,30 @@ fn refusals_say_why_and_are_audited() {
         .unwrap_or_else(|| panic!("{what}: no session.denied audit event for it"));
         assert_eq!(event["reason"], reason, "{what}: {event}");
     }
-    // Nothing above reached PostgreSQL (vault has no server at all).
+    // Nothing above reached PostgreSQL.
     let after = d.cluster.log().matches("connection authorized").count();
     assert_eq!(before, after, "a refused session reached PostgreSQL");
+
+    // Allowed, but the upstream is down: the client is told which database and why.
+    let err = d
+        .psql(
+            &d.conninfo(
+                &format!("vault.{PUBLIC_NAME}"),
+                Some(&bob),
+                "keeper",
+                "vault",
+            ),
+            "select 1",
+        )
+        .expect_err("vault has no server");
+    assert!(
+        err.contains("cannot open a session on database \"vault\"")
+            && err.contains("cannot connect to 127.0.0.1:"),
+        "psql said {err:?}"
+    );
+    let event = d.last_event("session.denied");
+    assert_eq!(event["reason"], "upstream", "{event}");
+    assert_eq!(event["identity"], "bob", "{event}");
 }
 
 /// Raw protocol abuse: the relay closes, and never panics or hangs past its handshake timeout.

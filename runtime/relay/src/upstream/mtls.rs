@@ -23,3 +23,20 @@ pub(super) fn respond(code: u32, address: &str) -> Result<Vec<u8>, UpstreamError
          map=dbward) and reload PostgreSQL"
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_request_is_refused_with_the_fix() {
+        for (code, method) in [(3, "cleartext"), (5, "MD5"), (10, "SCRAM"), (99, "unknown")] {
+            let message = respond(code, "db:5432").unwrap_err().to_string();
+            assert!(message.contains(method), "{message}");
+            assert!(
+                message.contains("db:5432") && message.contains("pg_hba.conf"),
+                "{message}"
+            );
+        }
+    }
+}

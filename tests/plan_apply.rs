@@ -396,3 +396,39 @@ fn a_second_apply_waits_for_none_and_is_refused_while_one_runs() {
     drop(lock);
     ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
 }
+
+/// Runs `dbward apply` on a real pseudo-terminal (util-linux `script`) and types `answer`.
+fn apply_on_a_terminal(ws: &Workspace, answer: &str) -> String {
+    let bin = workspace_bin("dbward");
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("{} apply m.kdl --out out", bin.display()))
+        .arg("/dev/null")
+        .current_dir(ws.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux, package bsdutils on Debian) runs commands on a terminal");
+    {
+        use std::io::Write;
+        // Give dbward time to print the plan and wait for the answer.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = writeln!(stdin, "{answer}");
+    }
+    let out = child.wait_with_output().expect("script");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn on_a_terminal_apply_asks_and_only_yes_writes() {
+    let ws = Workspace::new(&quickstart());
+    let no = apply_on_a_terminal(&ws, "no");
+    assert!(no.contains("Only 'yes' or 'y' is accepted"), "{no}");
+    assert!(no.contains("apply cancelled; nothing was written"), "{no}");
+    assert!(!ws.out().exists());
+    let yes = apply_on_a_terminal(&ws, "yes");
+    assert!(yes.contains("Apply complete: "), "{yes}");
+    assert_eq!(ws.ok(&["plan", "m.kdl", "--out", "out"]), "No changes.\n");
+}

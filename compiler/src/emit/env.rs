@@ -45,7 +45,6 @@ pub enum KeyError {
 }
 
 /// Where new private keys come from.
-#[derive(Debug)]
 pub enum KeySource {
     /// Fresh random ECDSA P-256 keys (production).
     Random,
@@ -54,12 +53,32 @@ pub enum KeySource {
     Pinned(Vec<String>),
 }
 
+/// Never prints pinned keys.
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Random => f.write_str("Random"),
+            KeySource::Pinned(keys) => write!(f, "Pinned({} keys, sensitive)", keys.len()),
+        }
+    }
+}
+
 /// One file currently under `--out`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ExistingFile {
     pub bytes: Vec<u8>,
     /// Unix permission bits (`0o777` mask).
     pub mode: u32,
+}
+
+/// Never prints content: it may be a private key, and `{:?}` ends up in logs and panics.
+impl std::fmt::Debug for ExistingFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExistingFile")
+            .field("len", &self.bytes.len())
+            .field("mode", &format_args!("{:04o}", self.mode))
+            .finish()
+    }
 }
 
 /// Everything impure an emitter may use.

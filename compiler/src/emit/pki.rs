@@ -544,12 +544,22 @@ fn outside_renewal_window(cert: &X509Certificate<'_>, now: OffsetDateTime) -> bo
 }
 
 /// A person's certificate and key, from `dbward cert issue`.
-#[derive(Debug)]
 pub struct PersonCert {
     pub cert_pem: String,
     /// PKCS#8 PEM; secret.
     pub key_pem: String,
     pub not_after: OffsetDateTime,
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for PersonCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersonCert")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"(sensitive)")
+            .field("not_after", &self.not_after)
+            .finish()
+    }
 }
 
 /// Signs a client certificate for person `name` (CN = name, clientAuth) with the users CA

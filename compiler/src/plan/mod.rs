@@ -44,10 +44,20 @@ pub enum Drift {
 }
 
 /// One file's content and permissions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct FileVersion {
     pub bytes: Vec<u8>,
     pub mode: u32,
+}
+
+/// Never prints content: it may be a private key, and `{:?}` ends up in logs and panics.
+impl std::fmt::Debug for FileVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileVersion")
+            .field("len", &self.bytes.len())
+            .field("mode", &format_args!("{:04o}", self.mode))
+            .finish()
+    }
 }
 
 /// One change to one path.

@@ -259,3 +259,13 @@ fn a_reissued_certificate_says_what_changed() {
         "{text}"
     );
 }
+
+#[test]
+fn debug_output_never_holds_file_content() {
+    let on_disk = disk(&[("k.key", "OLDSECRET", 0o600)]);
+    let wanted = artifacts(&[("k.key", Artifact::secret("NEWSECRET"))]);
+    let plan = compute(&wanted, &on_disk, &State::default());
+    let debug = format!("{plan:?} {on_disk:?}");
+    assert!(!debug.contains("SECRET"), "{debug}");
+    assert!(debug.contains("len: 9"), "{debug}");
+}

@@ -173,15 +173,23 @@ pub fn service_file(model: &Model, user: &str, dest: &Path) -> (String, Option<S
             NameSet::Only(names) if !names.contains(database) => names.first().cloned(),
             _ => Some(database.clone()),
         };
-        // Provisioned sessions log in as the person; otherwise the first allowed login.
-        let login = if access.provision != crate::model::Provision::Off {
-            Some(user.to_string())
-        } else {
-            access.db_users.iter().next().cloned()
+        // The first declared login; a person with only a provisioned user logs in as
+        // themself. Every choice is listed, so they can pick another with `user=`.
+        let provisioned = access.provision != crate::model::Provision::Off;
+        let mut logins: Vec<String> = access.db_users.iter().cloned().collect();
+        if provisioned {
+            logins.push(format!("{user} (created for the session)"));
+        }
+        let login = match access.db_users.iter().next() {
+            Some(first) => Some(first.clone()),
+            None if provisioned => Some(user.to_string()),
+            None => None,
         };
         let _ = write!(
             text,
-            "\n[{database}]\nhost={database}.{public}\nport={port}\n",
+            "\n# {user} may log in to {database} as: {}\n[{database}]\nhost={database}.{public}\n\
+             port={port}\n",
+            logins.join(", "),
             public = model.relay.public_name
         );
         if let Some(dbname) = dbname {
@@ -207,5 +215,43 @@ fn human(d: Duration) -> String {
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Source;
+
+    #[test]
+    fn one_verify_full_service_per_reachable_database() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/full.kdl");
+        let text = std::fs::read_to_string(path).unwrap();
+        let model = crate::check(&Source::new("full.kdl", text)).model.unwrap();
+        let (file, first) = service_file(&model, "bob", Path::new("/home/bob/.dbward"));
+        assert_eq!(first.as_deref(), Some("analytics"));
+        let stanzas: Vec<&str> = file.split("\n[").skip(1).collect();
+        assert!(
+            file.contains(
+                "# bob may log in to analytics as: report-bot, bob (created for the session)\n"
+            ),
+            "{file}"
+        );
+        assert_eq!(stanzas.len(), 2, "{file}");
+        assert!(
+            stanzas[0].starts_with(
+                "analytics]\nhost=analytics.db.example.com\nport=6432\ndbname=analytics\n\
+                 user=report-bot\nsslmode=verify-full\n"
+            ),
+            "{file}"
+        );
+        assert!(
+            stanzas[1].starts_with("orders]\nhost=orders.db.example.com\nport=6432\n"),
+            "{file}"
+        );
+        assert!(stanzas[1].contains("\nuser=readonly\n"), "{file}");
+        assert!(file.contains("sslkey=/home/bob/.dbward/postgresql.key\n"));
+        let (nobody, none) = service_file(&model, "nobody", Path::new("/x"));
+        assert!(none.is_none() && !nobody.contains('['));
     }
 }

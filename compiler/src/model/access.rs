@@ -17,7 +17,7 @@
 //! 5. An entry is stored only if it allows something: it opens at least one database name, and it
 //!    has a db-user to log in as or provisioning on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::types::*;
 
@@ -202,24 +202,26 @@ pub fn compute(model: &Model) -> (BTreeMap<(String, String), Access>, Vec<Wildca
     // Entries are produced in key order; collecting them at the end builds the map in bulk.
     let mut table = Vec::new();
     let mut problems = Vec::new();
-    // Which databases each role's allow blocks reach, computed once: a person is only
-    // evaluated on the databases their roles can reach, not on every database.
-    let reach: BTreeMap<&str, BTreeSet<&str>> = model
+    let databases: Vec<&Database> = model.databases.values().collect();
+    // Which databases (by index, ascending) each role's allow blocks reach, computed once: a
+    // person is only evaluated on the databases their roles can reach, not on every database.
+    let reach: BTreeMap<&str, Vec<usize>> = model
         .roles
         .values()
         .map(|role| {
-            let dbs = model
-                .databases
-                .values()
-                .filter(|db| role.allow.iter().any(|a| matches(&a.databases, db)))
-                .map(|db| db.name.as_str())
+            let dbs = (0..databases.len())
+                .filter(|&i| {
+                    role.allow
+                        .iter()
+                        .any(|a| matches(&a.databases, databases[i]))
+                })
                 .collect();
             (role.name.as_str(), dbs)
         })
         .collect();
     // People who hold the same roles get the same access: evaluate each combination once.
-    let mut role_sets: BTreeMap<Vec<&str>, usize> = BTreeMap::new();
-    let mut memo: BTreeMap<(usize, &str), Evaluated> = BTreeMap::new();
+    let mut role_sets: HashMap<Vec<&str>, usize> = HashMap::new();
+    let mut memo: HashMap<(usize, usize), Evaluated> = HashMap::new();
     for user in model.users.values() {
         let mut names: Vec<&str> = user
             .roles
@@ -230,20 +232,20 @@ pub fn compute(model: &Model) -> (BTreeMap<(String, String), Access>, Vec<Wildca
         names.sort_unstable();
         names.dedup();
         let roles: Vec<&Role> = names.iter().filter_map(|r| model.roles.get(*r)).collect();
-        let candidates: BTreeSet<&str> = names
+        let mut candidates: Vec<usize> = names
             .iter()
             .filter_map(|r| reach.get(r))
             .flatten()
             .copied()
             .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
         let next_id = role_sets.len();
-        let set_id = *role_sets.entry(names.clone()).or_insert(next_id);
-        for db in candidates
-            .iter()
-            .filter_map(|name| model.databases.get(*name))
-        {
+        let set_id = *role_sets.entry(names).or_insert(next_id);
+        for index in candidates {
+            let db = databases[index];
             let (entry, narrowing) = memo
-                .entry((set_id, db.name.as_str()))
+                .entry((set_id, index))
                 .or_insert_with(|| evaluate(&roles, db));
             for (role, deny_index) in narrowing.iter() {
                 problems.push(WildcardNarrowing {

@@ -226,3 +226,79 @@ fn ten_megabytes_of_junk() {
     let (_, rendered) = human("junk.kdl", junk(64 * 1024));
     snap("junk", &rendered);
 }
+
+#[test]
+fn mutated_reference_manifests_never_panic() {
+    // Random edits of a valid manifest: every result is a model or errors, never a panic, and
+    // the model exists exactly when there is no error.
+    const PIECES: &[&str] = &[
+        "",
+        "{",
+        "}",
+        "\"",
+        "=",
+        ";",
+        "#",
+        "\n",
+        "*",
+        "é",
+        "\u{0}",
+        "/*",
+        "//",
+        "/-",
+        "(t)",
+        "r\"x\"",
+        "true",
+        "#true",
+        "-1",
+        "99999999999999999999999999999999999999999",
+        "\\",
+        "databases",
+        "db-users",
+        "allow",
+        "deny",
+        "roles",
+        "provision keep",
+        "x\"y",
+    ];
+    let mut state: u64 = 99;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize % n.max(1)
+    };
+    for round in 0..400 {
+        let mut text = REFERENCE.to_string();
+        for _ in 0..1 + next(3) {
+            let at = next(text.len());
+            let len = next(12);
+            let (mut a, mut b) = (at, (at + len).min(text.len()));
+            while !text.is_char_boundary(a) {
+                a -= 1;
+            }
+            while !text.is_char_boundary(b) {
+                b += 1;
+            }
+            text.replace_range(a..b, PIECES[next(PIECES.len())]);
+        }
+        let result =
+            std::panic::catch_unwind(|| dbward::check(&Source::new("m.kdl", text.as_str())));
+        let checked = result.unwrap_or_else(|_| panic!("round {round} panicked on:\n{text}"));
+        assert_eq!(
+            checked.model.is_some(),
+            !checked.has_errors(),
+            "round {round}:\n{text}"
+        );
+        // Rendering never panics either, and every diagnostic has its code and help.
+        let _ = dbward::diag::render(
+            &Source::new("m.kdl", text.as_str()),
+            &checked.diagnostics,
+            100,
+            false,
+        );
+        for d in &checked.diagnostics {
+            assert!(d.code.starts_with("dbward::") && d.help.is_some(), "{d:?}");
+        }
+    }
+}

@@ -62,7 +62,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
             diags.push(
                 Diagnostic::error(
                     "dbward::invalid_postgres_version",
-                    format!("PostgreSQL {v} is not a major version dbward supports"),
+                    format!("version={v} is not a PostgreSQL major version dbward supports"),
                 )
                 .label(version.value.span, "expected 10 or later")
                 .help("write the server's major version, e.g. `version=16`"),

@@ -11,9 +11,12 @@
 //! 4. [`plan`] — compare artifacts with what exists on disk: a `Plan` of changes with diffs.
 //! 5. [`apply`] — write a plan to disk atomically.
 //!
-//! [`check`] runs phases 1 and 2 in one call: it is the front end every subcommand uses.
-//! [`diag`] holds the diagnostics and their rendering (human, with miette, and JSON); [`cli`]
-//! the subcommands of the `dbward` binary.
+//! [`check`] runs phases 1 and 2 in one call: it is the front end every subcommand uses, and
+//! returns a [`Checked`] whose model exists only when there is no error.
+//!
+//! Beside the pipeline: [`diag`] holds the diagnostics and their rendering ([`diag::render`] for
+//! people, [`diag::to_json`] for CI); [`fmt`] rewrites a manifest in canonical form;
+//! [`explain`] prints the access table; [`cli`] holds the subcommands of the `dbward` binary.
 
 pub mod apply;
 pub mod cli;

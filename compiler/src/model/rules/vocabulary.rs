@@ -186,11 +186,11 @@ fn check_node(node: &Node, spec: &crate::syntax::NodeSpec, diags: &mut Vec<Diagn
                 diags.push(
                     Diagnostic::error(
                         "dbward::unexpected_argument",
-                        format!(
-                            "`{name}` takes {} {}",
-                            if max == 1 { "one" } else { "at most these" },
-                            args.what
-                        ),
+                        if max == 1 {
+                            format!("`{name}` takes a single value ({})", args.what)
+                        } else {
+                            format!("`{name}` takes at most {max} values ({})", args.what)
+                        },
                     )
                     .label(extra.span, "one too many")
                     .help("remove the extra value, or write another node for it"),
@@ -260,11 +260,23 @@ fn check_node(node: &Node, spec: &crate::syntax::NodeSpec, diags: &mut Vec<Diagn
             )
             .label(node.head_span(), "no block")
             .help(format!(
-                "add `{{ … }}` with the contents of `{name}`: {}",
-                spec.doc
+                "add a block after it, `{name} … {{ … }}`, holding {}",
+                block_contents(spec.path)
             )),
         ),
         _ => {}
+    }
+}
+
+/// "`a`, `b` or `c`": the nodes a block may hold, for help lines.
+fn block_contents(path: &str) -> String {
+    let names: Vec<String> = children_of(path)
+        .map(|s| format!("`{}`", s.name()))
+        .collect();
+    match names.as_slice() {
+        [] => "its contents".to_string(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
     }
 }
 

@@ -10,11 +10,13 @@ pub mod addresses;
 pub mod allow_emptied_by_deny;
 pub mod cloud_ids;
 pub mod cloud_kind;
+pub mod cloud_sql_user_name;
 pub mod database_kind;
 pub mod deny_narrows_wildcard;
 pub mod duplicate_names;
 pub mod durations;
 pub mod privileges;
+pub mod provision_name_conflict;
 pub mod provisioning;
 pub mod references;
 pub mod role_matches_nothing;
@@ -48,6 +50,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     privileges::check(manifest, diags);
     access_blocks::check(manifest, diags);
     provisioning::check(manifest, diags);
+    cloud_sql_user_name::check(manifest, diags);
 }
 
 /// Runs the rules that need the model and the access computation.
@@ -61,6 +64,7 @@ pub fn check_model(
     role_matches_nothing::check(manifest, model, diags);
     user_without_roles::check(manifest, diags);
     allow_emptied_by_deny::check(manifest, model, diags);
+    provision_name_conflict::check(manifest, model, diags);
 }
 
 /// Calls `f` on every node whose path the vocabulary knows, with its spec (children of unknown

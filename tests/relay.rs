@@ -948,14 +948,15 @@ fn reload_applies_to_new_sessions_only() {
 fn direct_tls_with_alpn_works_and_without_alpn_is_closed() {
     let d = Deployment::start();
     let alice = d.issue("alice", "1h");
-    let startup = {
-        let mut body = 196_608u32.to_be_bytes().to_vec();
-        body.extend_from_slice(b"user\0app\0database\0shop\0\0");
+    let packet = |version: u32, params: &[u8]| {
+        let mut body = version.to_be_bytes().to_vec();
+        body.extend_from_slice(params);
         let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
         packet.extend_from_slice(&body);
         packet
     };
-    let attempt = |alpn: bool| -> Vec<u8> {
+    let startup = packet(0x0003_0000, b"user\0app\0database\0shop\0\0");
+    let attempt = |alpn: bool, startup: &[u8]| -> Vec<u8> {
         let mut config = client_tls(&d.out(), &alice);
         if alpn {
             config.alpn_protocols = vec![b"postgresql".to_vec()];
@@ -966,7 +967,7 @@ fn direct_tls_with_alpn_works_and_without_alpn_is_closed() {
         sock.set_read_timeout(Some(Duration::from_secs(15)))
             .unwrap();
         let mut tls = rustls::StreamOwned::new(conn, sock);
-        if tls.write_all(&startup).and_then(|_| tls.flush()).is_err() {
+        if tls.write_all(startup).and_then(|_| tls.flush()).is_err() {
             return Vec::new();
         }
         let mut got = Vec::new();
@@ -980,7 +981,7 @@ fn direct_tls_with_alpn_works_and_without_alpn_is_closed() {
         let _ = tls.write_all(b"X\0\0\0\x04");
         got
     };
-    let greeting = attempt(true);
+    let greeting = attempt(true, &startup);
     assert!(
         greeting.starts_with(b"R\0\0\0\x08\0\0\0\0"),
         "no AuthenticationOk over direct TLS: {greeting:?}"
@@ -989,10 +990,28 @@ fn direct_tls_with_alpn_works_and_without_alpn_is_closed() {
         greeting.ends_with(b"Z\0\0\0\x05I"),
         "no ReadyForQuery: {greeting:?}"
     );
-    let refused = attempt(false);
+    let refused = attempt(false, &startup);
     assert!(
         refused.is_empty(),
         "direct TLS without ALPN was served: {refused:?}"
+    );
+
+    // A client asking for protocol 3.2 with a protocol option is told (as PostgreSQL would)
+    // that the relay speaks 3.0 and ignored the option, then served.
+    let newer = packet(
+        0x0003_0002,
+        b"user\0app\0database\0shop\0_pq_.test_option\0on\0\0",
+    );
+    let greeting = attempt(true, &newer);
+    let mut expected = b"v\0\0\0\x1d\0\0\0\0\0\0\0\x01_pq_.test_option\0".to_vec();
+    expected.extend_from_slice(b"R\0\0\0\x08\0\0\0\0");
+    assert!(
+        greeting.starts_with(&expected),
+        "no NegotiateProtocolVersion before AuthenticationOk: {greeting:?}"
+    );
+    assert!(
+        greeting.ends_with(b"Z\0\0\0\x05I"),
+        "no ReadyForQuery: {greeting:?}"
     );
 }
 

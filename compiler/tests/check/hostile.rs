@@ -175,6 +175,20 @@ fn ten_thousand_levels_of_nesting() {
         ),
         ("deep-comments", "/*".repeat(10_000)),
         ("deep-slashdash", format!("{}a\n", "/-".repeat(10_000))),
+        // An unterminated string or comment before the braces: the parser recovers from the
+        // error and would still descend into them.
+        (
+            "deep-after-multiline-string",
+            format!("a \"\"\"\n{}", "a {\n".repeat(10_000)),
+        ),
+        (
+            "deep-after-raw-string",
+            format!("a #\"\n{}", "a {\n".repeat(10_000)),
+        ),
+        (
+            "deep-after-comment",
+            format!("a /*\n{}", "a {\n".repeat(10_000)),
+        ),
     ] {
         let (code, stderr) = run_binary(text.as_bytes(), Duration::from_secs(60));
         assert_eq!(code, Some(1), "{case}: {stderr}");

@@ -107,9 +107,15 @@ pub fn parse(source: &Source) -> Parsed {
     }
 }
 
-/// Scans brace nesting (skipping strings and comments) and refuses input nested deeper than
-/// [`MAX_DEPTH`], so the recursive KDL parser never sees it.
+/// Refuses input nested deeper than [`MAX_DEPTH`] (counting braces outside strings and
+/// comments) or [`MAX_RAW_DEPTH`] (counting every brace), so the recursive KDL parser never
+/// sees it.
 fn check_depth(text: &str) -> Option<Diagnostic> {
+    check_careful_depth(text).or_else(|| check_raw_depth(text))
+}
+
+/// The context-free bound ([`MAX_RAW_DEPTH`]).
+fn check_raw_depth(text: &str) -> Option<Diagnostic> {
     let bytes = text.as_bytes();
     let mut raw = 0usize;
     for (i, &b) in bytes.iter().enumerate() {
@@ -134,6 +140,12 @@ fn check_depth(text: &str) -> Option<Diagnostic> {
             _ => {}
         }
     }
+    None
+}
+
+/// The bound that skips strings and comments ([`MAX_DEPTH`]).
+fn check_careful_depth(text: &str) -> Option<Diagnostic> {
+    let bytes = text.as_bytes();
     let mut depth = 0usize;
     let mut comment_depth = 0usize;
     let mut i = 0;

@@ -721,7 +721,7 @@ fn protocol_violations_are_closed() {
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(timeout - 100)
-            && waited <= Duration::from_millis(timeout + 2000),
+            && waited <= Duration::from_millis(timeout + 5000),
         "a stalled handshake stayed open {waited:?} (timeout {timeout} ms)"
     );
 

@@ -309,6 +309,15 @@ fn a_saved_plan_is_applied_exactly_and_refused_when_stale() {
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again).1.contains("stale"), "{}", text(&again).1);
 
+    // A plan saved inside the output directory would be stale at once: refused.
+    let inside = ws.run(&["plan", "m.kdl", "--out", "out", "-o", "out/tfplan"]);
+    assert_eq!(inside.status.code(), Some(1));
+    assert!(
+        text(&inside).1.contains("outside the output directory"),
+        "{}",
+        text(&inside).1
+    );
+
     // A manifest edited after planning makes the plan stale, and nothing is written.
     ws.ok(&["plan", "m.kdl", "--out", "out", "-o", "tfplan2"]);
     ws.set_manifest(&quickstart_grown());

@@ -119,6 +119,17 @@ impl Prepared {
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.output
+        && std::path::absolute(path)?.starts_with(std::path::absolute(&args.out)?)
+    {
+        // It would be a new file under --out, so the plan would be stale the moment it is
+        // saved (and a plan file holds keys that do not belong next to the artifacts).
+        anyhow::bail!(
+            "save the plan outside the output directory: {} is inside {}",
+            path.display(),
+            args.out.display()
+        );
+    }
     let prepared = prepare(&args.manifest, &args.out)?;
     let plan = prepared.plan();
     let mut stdout = std::io::stdout().lock();

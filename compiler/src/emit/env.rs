@@ -190,7 +190,7 @@ fn walk(
         let Some(name) = name.to_str() else {
             return Err(EnvError::NonUtf8Path { path });
         };
-        if dir == root && name == STATE_DIR || name.starts_with(TEMP_PREFIX) {
+        if (dir == root && name == STATE_DIR) || name.starts_with(TEMP_PREFIX) {
             continue;
         }
         let meta = entry.metadata().map_err(read_err(&path))?;

@@ -15,6 +15,9 @@ use crate::diag;
 /// Width diagnostics are wrapped at: stable, so output does not depend on the terminal.
 pub const RENDER_WIDTH: usize = 100;
 
+/// How many diagnostics the human format renders before summarizing the rest.
+pub const MAX_RENDERED: usize = 100;
+
 /// Arguments of `dbward check`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
@@ -81,7 +84,16 @@ pub fn check_bytes(name: &str, bytes: Vec<u8>, args: &CheckArgs, color: bool) ->
             );
         }
         Format::Human => {
-            out.stderr = diag::render(&source, &diagnostics, RENDER_WIDTH, color);
+            // A generated manifest gone wrong can have thousands of problems; the first ones
+            // say what is wrong, and `--format json` still lists them all.
+            let shown = &diagnostics[..diagnostics.len().min(MAX_RENDERED)];
+            out.stderr = diag::render(&source, shown, RENDER_WIDTH, color);
+            if diagnostics.len() > shown.len() {
+                out.stderr.push_str(&format!(
+                    "… and {} more (use `--format json` to list them all)\n",
+                    diagnostics.len() - shown.len()
+                ));
+            }
             let counts = format!(
                 "{errors} error{}, {warnings} warning{}",
                 if errors == 1 { "" } else { "s" },
@@ -147,6 +159,36 @@ mod tests {
         assert_eq!(first["file"], "m.kdl");
         assert!(first["line"].as_u64().is_some());
         assert!(first["code"].as_str().unwrap_or("").starts_with("dbward::"));
+    }
+
+    #[test]
+    fn thousands_of_problems_are_summarized() {
+        let mut text = String::from(
+            "dbward version=1\nrelay {\n    listen \"0.0.0.0:1\"\n    public-name \"a.b\"\n}\n",
+        );
+        for i in 0..1_000 {
+            text.push_str(&format!("unknown{i}\n"));
+        }
+        let out = check_bytes(
+            "m.kdl",
+            text.clone().into_bytes(),
+            &args(Format::Human, false),
+            false,
+        );
+        assert_eq!(out.code, 1);
+        assert!(
+            out.stderr.contains("… and 900 more"),
+            "{}",
+            &out.stderr[out.stderr.len() - 200..]
+        );
+        let out = check_bytes(
+            "m.kdl",
+            text.into_bytes(),
+            &args(Format::Json, false),
+            false,
+        );
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        assert_eq!(json.as_array().map(Vec::len), Some(1_000));
     }
 
     #[test]

@@ -71,9 +71,15 @@ pub fn format(text: &str) -> Result<String, FmtError> {
     Ok(formatted)
 }
 
+/// A bound on `{` nesting that ignores strings and comments: an unterminated string or comment
+/// must not hide thousands of levels from the lexical scan, because kdl's parser keeps going
+/// after an error and would recurse into them. Legitimate manifests stay far below it even with
+/// braces inside strings.
+const MAX_RAW_NESTING: usize = 4 * MAX_NESTING;
+
 /// Parses KDL 2.0 text, refusing pathological nesting first.
 fn parse(text: &str) -> Result<KdlDocument, FmtError> {
-    if nesting_depth(text) > MAX_NESTING {
+    if nesting_depth(text) > MAX_NESTING || raw_nesting_depth(text) > MAX_RAW_NESTING {
         return Err(FmtError::TooDeep);
     }
     text.parse::<KdlDocument>().map_err(FmtError::Parse)
@@ -389,6 +395,23 @@ pub fn nesting_depth(text: &str) -> usize {
     scan.deepest
 }
 
+/// The deepest nesting of `{` over `}` counting every byte, strings and comments included.
+fn raw_nesting_depth(text: &str) -> usize {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    for byte in text.bytes() {
+        match byte {
+            b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// The KDL data model of a document — names, type annotations, values, children — without any
 /// formatting, for comparing a document with its formatted self.
 fn data(doc: &KdlDocument) -> String {
@@ -536,5 +559,13 @@ mod tests {
         let deep = format!("{}{}", "a {".repeat(10_000), "}".repeat(10_000));
         assert!(matches!(format(&deep), Err(FmtError::TooDeep)));
         assert_eq!(nesting_depth("a { b { c \"{{{\" } } // {{{{\n"), 2);
+        // An unterminated string or comment must not hide the nesting from the guard.
+        for opener in ["a \"\n", "/* \n", "a #\"\n"] {
+            let hidden = format!("{opener}{}", "a {\n".repeat(10_000));
+            assert!(
+                matches!(format(&hidden), Err(FmtError::TooDeep)),
+                "{opener}"
+            );
+        }
     }
 }

@@ -205,6 +205,15 @@ impl Deployment {
         }
     }
 
+    /// Runs a client future on the relay's runtime; fails the test instead of hanging.
+    fn block<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(120), future)
+                .await
+                .expect("a client operation hung for 2 minutes")
+        })
+    }
+
     /// Changes the limits of the config in force (the manifest has no syntax for them yet).
     fn set_limits(&self, change: impl FnOnce(&mut dbward_frozen::Limits)) {
         let mut loaded =
@@ -474,7 +483,7 @@ fn psql_and_tokio_postgres_work_through_the_relay() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "app");
 
     // tokio-postgres: simple and extended protocol, a bulk result.
-    let rows = d.rt.block_on(async {
+    let rows = d.block(async {
         let (client, _) = d.connect(&alice, "app", "shop").await.expect("connect");
         let row = client
             .query_one("select $1::int + 1", &[&41i32])
@@ -766,7 +775,7 @@ fn cancel_works_from_tokio_postgres_and_from_psql() {
     let alice = d.issue("alice", "1h");
 
     // tokio-postgres: its cancel token connects to the relay (TLS), sending our key.
-    d.rt.block_on(async {
+    d.block(async {
         let (client, tls) = d.connect(&alice, "app", "shop").await.expect("connect");
         let token = client.cancel_token();
         let started = Instant::now();
@@ -831,15 +840,12 @@ fn cancel_works_from_tokio_postgres_and_from_psql() {
 fn a_postgres_restart_ends_sessions_and_the_relay_recovers() {
     let mut d = Deployment::start();
     let alice = d.issue("alice", "1h");
-    let (client, _) =
-        d.rt.block_on(d.connect(&alice, "app", "shop"))
-            .expect("connect");
-    d.rt.block_on(client.simple_query("select 1"))
-        .expect("query");
+    let (client, _) = d.block(d.connect(&alice, "app", "shop")).expect("connect");
+    d.block(client.simple_query("select 1")).expect("query");
     d.cluster.restart();
-    let err =
-        d.rt.block_on(client.simple_query("select 1"))
-            .expect_err("a session whose backend was restarted must fail");
+    let err = d
+        .block(client.simple_query("select 1"))
+        .expect_err("a session whose backend was restarted must fail");
     assert!(!err.to_string().is_empty());
     // A new session works.
     let out = d
@@ -855,27 +861,33 @@ fn a_postgres_restart_ends_sessions_and_the_relay_recovers() {
 fn two_hundred_concurrent_sessions() {
     let d = Deployment::start();
     let alice = d.issue("alice", "1h");
-    let results = d.rt.block_on(async {
-        let barrier = Arc::new(tokio::sync::Barrier::new(200));
-        let mut sessions = tokio::task::JoinSet::new();
-        for i in 0..200i64 {
-            let barrier = Arc::clone(&barrier);
-            let (port, out, alice) = (d.relay_port, d.out(), alice.clone());
-            sessions.spawn(async move {
-                let (client, _) = connect(port, &out, &alice, "app", "shop").await?;
-                // All 200 are open at the same time before anyone queries or leaves.
-                barrier.wait().await;
-                let mut sum = 0i64;
-                for j in 0..5i64 {
-                    let row = client
-                        .query_one("select $1::bigint * 2", &[&(i + j)])
-                        .await?;
-                    sum += row.get::<_, i64>(0);
-                }
-                Ok::<(i64, i64), tokio_postgres::Error>((i, sum))
-            });
-        }
-        sessions.join_all().await
+    let results = d.block(async {
+        tokio::time::timeout(Duration::from_secs(180), async {
+            let barrier = Arc::new(tokio::sync::Barrier::new(200));
+            let mut sessions = tokio::task::JoinSet::new();
+            for i in 0..200i64 {
+                let barrier = Arc::clone(&barrier);
+                let (port, out, alice) = (d.relay_port, d.out(), alice.clone());
+                sessions.spawn(async move {
+                    let connected = connect(port, &out, &alice, "app", "shop").await;
+                    // All 200 are open at the same time before anyone queries or leaves (a failed
+                    // one still arrives, so that the others never wait for it).
+                    barrier.wait().await;
+                    let (client, _) = connected?;
+                    let mut sum = 0i64;
+                    for j in 0..5i64 {
+                        let row = client
+                            .query_one("select $1::bigint * 2", &[&(i + j)])
+                            .await?;
+                        sum += row.get::<_, i64>(0);
+                    }
+                    Ok::<(i64, i64), tokio_postgres::Error>((i, sum))
+                });
+            }
+            sessions.join_all().await
+        })
+        .await
+        .expect("200 sessions did not finish within 3 minutes")
     });
     assert_eq!(results.len(), 200);
     for result in results {
@@ -902,9 +914,7 @@ fn reload_applies_to_new_sessions_only() {
     let shop = format!("shop.{PUBLIC_NAME}");
 
     // A session in flight under the old config.
-    let (client, _) =
-        d.rt.block_on(d.connect(&alice, "app", "shop"))
-            .expect("connect");
+    let (client, _) = d.block(d.connect(&alice, "app", "shop")).expect("connect");
     let err = d
         .psql(&d.conninfo(&shop, Some(&bob), "app", "shop"), "select 1")
         .expect_err("bob has no access yet");
@@ -930,9 +940,9 @@ fn reload_applies_to_new_sessions_only() {
     );
 
     // The session in flight continues; new sessions follow the new access table.
-    let row =
-        d.rt.block_on(client.query_one("select 7", &[]))
-            .expect("in-flight session");
+    let row = d
+        .block(client.query_one("select 7", &[]))
+        .expect("in-flight session");
     assert_eq!(row.get::<_, i32>(0), 7);
     d.psql(&d.conninfo(&shop, Some(&bob), "app", "shop"), "select 1")
         .unwrap_or_else(|e| panic!("bob should have access after reload: {e}"));
@@ -1021,7 +1031,7 @@ fn the_connection_limit_refuses_with_a_message() {
     let alice = d.issue("alice", "1h");
     d.set_limits(|limits| limits.max_connections = 2);
     let shop = format!("shop.{PUBLIC_NAME}");
-    d.rt.block_on(async {
+    d.block(async {
         let (first, _) = d.connect(&alice, "app", "shop").await.expect("first");
         let (second, _) = d.connect(&alice, "app", "shop").await.expect("second");
         let err = d

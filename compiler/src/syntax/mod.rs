@@ -78,23 +78,27 @@ pub fn parse(source: &Source) -> Parsed {
         };
     }
     let result = std::thread::scope(|scope| {
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("dbward-parse".into())
             .stack_size(PARSE_STACK)
-            .spawn_scoped(scope, || KdlDocument::parse_v2(text))
-            .map(|handle| handle.join())
+            .spawn_scoped(scope, || KdlDocument::parse_v2(text));
+        match spawned {
+            Ok(handle) => handle.join().ok(),
+            // No thread could be started (resource limits): parse here, the depth is bounded.
+            Err(_) => std::panic::catch_unwind(|| KdlDocument::parse_v2(text)).ok(),
+        }
     });
     match result {
-        Ok(Ok(Ok(doc))) => Parsed {
+        Some(Ok(doc)) => Parsed {
             manifest: Some(lower(&doc, text)),
             diagnostics: Vec::new(),
         },
-        Ok(Ok(Err(err))) => Parsed {
+        Some(Err(err)) => Parsed {
             manifest: None,
             diagnostics: kdl_errors(text, &err),
         },
-        // The parser panicked, or no thread could be started: report, never crash.
-        Ok(Err(_)) | Err(_) => Parsed {
+        // The parser panicked: report, never crash.
+        None => Parsed {
             manifest: None,
             diagnostics: vec![
                 Diagnostic::error(

@@ -276,9 +276,22 @@ impl Deployment {
 
     /// Runs real psql through the relay.
     fn psql(&self, conninfo: &str, sql: &str) -> Result<String, String> {
-        let out = psql_command(conninfo, sql, self.dir.path())
-            .output()
+        let mut child = psql_command(conninfo, sql, self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run psql");
+        // A relay that wedged must fail the test, not hang it.
+        let finished = wait_for(Duration::from_secs(120), || child.try_wait().ok().flatten());
+        if finished.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("psql output");
+        assert!(
+            finished.is_some(),
+            "psql hung for 2 minutes: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         } else {

@@ -231,7 +231,9 @@ async fn negotiate(
                     declined_gss = true;
                 }
                 Startup::GssEnc => {
-                    return Err(HandshakeError::Violation("repeated GSSENCRequest"));
+                    return Err(HandshakeError::Violation(
+                        "GSSENCRequest repeated, or followed by data before its answer",
+                    ));
                 }
                 Startup::Cancel(key) => return Ok(Negotiated::Cancel(key)),
                 Startup::Startup(message) => {

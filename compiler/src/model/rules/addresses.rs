@@ -78,6 +78,7 @@ fn bad(code: &'static str, message: String, span: Span, help: &str) -> Diagnosti
 }
 
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
+    check_server_names(manifest, diags);
     walk_known(manifest, |node, spec| match spec.path {
         "relay/listen" | "relay/metrics" => {
             if let Some(v) = node.args.first()
@@ -154,6 +155,28 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     });
 }
 
+/// Each database is reached at `<database>.<public-name>`, which must itself be a DNS name.
+fn check_server_names(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
+    let public = manifest
+        .nodes_named("relay")
+        .flat_map(|r| r.children_named("public-name"))
+        .find_map(|n| n.first_str())
+        .filter(|p| dns_name(p));
+    let Some(public) = public else { return };
+    for db in manifest.nodes_named("database") {
+        let Some(name) = db.first_str() else { continue };
+        let full = format!("{name}.{public}");
+        if full.len() > 253 {
+            diags.push(bad(
+                "dbward::invalid_host",
+                format!("`{full}` is longer than the 253 characters of a DNS name"),
+                db.first_arg_span(),
+                "clients reach a database at <database>.<public-name>: shorten the database name or the relay's public-name",
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +192,22 @@ mod tests {
         assert!(socket_address("0.0.0.0:65536").is_err());
         assert!(socket_address("::1:6432").is_err());
         assert!(socket_address("bad host:1").is_err());
+    }
+
+    #[test]
+    fn server_name_length() {
+        let label = "x".repeat(60);
+        let text = format!(
+            "dbward version=1\nrelay {{\n    listen \"0.0.0.0:1\"\n    public-name \"{label}.{label}.{label}.example.com\"\n}}\ndatabase {} {{\n}}\n",
+            "d".repeat(60)
+        );
+        let diags = crate::check(&crate::source::Source::new("t.kdl", text)).diagnostics;
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.code == "dbward::invalid_host" && d.message.contains("253")),
+            "{diags:#?}"
+        );
     }
 
     #[test]

@@ -172,6 +172,31 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
                     }
                 }
             }
+            // In an allow, db-roles are checked per database by the provisioning rule; a deny
+            // only has to name one that exists somewhere it applies.
+            if block.name() == "deny" {
+                let known: BTreeSet<&str> = matched
+                    .iter()
+                    .flat_map(|db| declared(db, "db-role"))
+                    .collect();
+                let known: Vec<&str> = known.into_iter().collect();
+                for roles in block.children_named("db-roles") {
+                    for (name, span) in roles.str_args() {
+                        if name != "*" && !known.contains(&name) {
+                            diags.push(unknown(
+                                "dbward::unknown_db_role",
+                                "db-role",
+                                name,
+                                span,
+                                &known,
+                                &format!(
+                                    "declare `db-role {name}` in a database this block selects"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -285,6 +310,23 @@ mod tests {
                 "{DB}role r {{\n    allow {{\n        databases env=prod\n        db-users app\n        db-names \"*\"\n    }}\n}}\n"
             ),
             "dbward::unknown_db_user",
+        );
+    }
+
+    #[test]
+    fn deny_db_roles_must_exist() {
+        expect(
+            &format!(
+                "{DB}role r {{\n    deny {{\n        databases orders\n        db-roles writer\n    }}\n}}\n"
+            ),
+            "dbward::unknown_db_role",
+            "`writer`",
+        );
+        absent(
+            &format!(
+                "{DB}role r {{\n    deny {{\n        databases orders\n        db-roles reader\n    }}\n}}\n"
+            ),
+            "dbward::unknown_db_role",
         );
     }
 

@@ -445,6 +445,26 @@ mod tests {
     }
 
     #[test]
+    fn colour_only_when_asked() {
+        let source = Source::new("m.kdl", "dbward version=2\n");
+        let diag = Diagnostic::warning("dbward::x", "m").label(Span::new(7, 16), "here");
+        assert!(render(&source, std::slice::from_ref(&diag), 80, true).contains('\u{1b}'));
+        assert!(!render(&source, &[diag], 80, false).contains('\u{1b}'));
+    }
+
+    #[test]
+    fn control_characters_are_not_sent_to_the_terminal() {
+        let source = Source::new("m.kdl", "a \"\u{1b}[2J\u{9b}x\"\n");
+        let diag =
+            Diagnostic::error("dbward::x", "bad `\u{1b}[2J`").label(Span::new(2, 11), "\u{7}");
+        let out = render(&source, &[diag], 80, false);
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{9b}') && !out.contains('\u{7}'),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn long_lines_are_windowed() {
         let text = format!("{}bad{}", "x".repeat(100_000), "y".repeat(100_000));
         let source = Source::new("junk.kdl", text);

@@ -9,7 +9,8 @@
 //!   setup.sql, installed into a real PostgreSQL: allowed logins work, everything else is refused.
 //! - `golden`: every text emitter over every example, against checked-in golden files.
 //! - `plan_apply`: `dbward plan`/`apply` on a real filesystem: no-change re-apply, drift, saved
-//!   plans and staleness, removals, and an apply that fails halfway (EFBIG) changing nothing.
+//!   plans and staleness, removals, the lock, confirmation on a real terminal, and an apply that
+//!   fails halfway (EFBIG) changing nothing.
 //! - `cert`: `dbward cert issue` files used by real `psql` with verify-full against a real
 //!   PostgreSQL presenting the relay's certificate.
 //! - `relay`: the relay end to end with real PostgreSQL, psql and tokio-postgres: access,

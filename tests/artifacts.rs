@@ -15,11 +15,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
 use dbward::emit::layout;
 use dbward::source::Source;
-use dbward_tests::{Cluster, psql_path, workspace_bin};
+use dbward_tests::{
+    Cluster, Tree, dbward_apply as apply, psql_path, superuser_query, superuser_sql, workspace_bin,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_postgres::error::SqlState;
@@ -81,73 +81,6 @@ user alice {{
         port = cluster.port,
         config_dir = cluster.config_dir().display(),
     )
-}
-
-/// Every file under an output directory, by `/`-separated relative path: bytes and mode.
-type Tree = BTreeMap<String, (Vec<u8>, u32)>;
-
-/// Compiles a manifest and writes every artifact under `out` through the real `dbward apply`
-/// binary, as an operator would. Returns what it wrote.
-fn apply(text: &str, out: &Path) -> Tree {
-    let manifest = out.with_extension("kdl");
-    fs::write(&manifest, text).expect("write manifest");
-    let run = Command::new(workspace_bin("dbward"))
-        .arg("apply")
-        .arg(&manifest)
-        .arg("--out")
-        .arg(out)
-        .arg("--auto-approve")
-        .output()
-        .expect("run dbward apply");
-    assert!(
-        run.status.success(),
-        "dbward apply failed:\n{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let mut tree = Tree::new();
-    fn walk(root: &Path, dir: &Path, tree: &mut Tree) {
-        for entry in fs::read_dir(dir).expect("read dir").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, tree);
-            } else {
-                use std::os::unix::fs::PermissionsExt;
-                let relative = path.strip_prefix(root).expect("under root");
-                let mode = entry.metadata().expect("metadata").permissions().mode() & 0o777;
-                tree.insert(
-                    relative.to_string_lossy().into_owned(),
-                    (fs::read(&path).expect("read artifact"), mode),
-                );
-            }
-        }
-    }
-    walk(out, out, &mut tree);
-    tree
-}
-
-/// Runs SQL as the superuser over the local socket, as pg_hba.conf's `peer` line requires.
-fn superuser_sql(cluster: &Cluster, database: &str, sql: &str) -> String {
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    fs::write(file.path(), sql).expect("write sql");
-    cluster
-        .peer_sql_file(database, file.path())
-        .unwrap_or_else(|e| {
-            panic!(
-                "superuser SQL failed: {e}\nSQL: {sql}\nlog:\n{}",
-                cluster.log()
-            )
-        })
-}
-
-fn superuser_query(cluster: &Cluster, database: &str, sql: &str) -> String {
-    superuser_sql(
-        cluster,
-        database,
-        &format!("\\pset tuples_only on\n\\pset format unaligned\n{sql}"),
-    )
-    .trim()
-    .to_owned()
 }
 
 /// Whether the server has `pg_ident_file_mappings` (PostgreSQL 15 and later). Older servers

@@ -7,6 +7,8 @@
 //!   `dbward explain` through the real binary.
 //! - `artifacts`: the generated postgresql.conf, pg_hba.conf, pg_ident.conf, certificates and
 //!   setup.sql, installed into a real PostgreSQL: allowed logins work, everything else is refused.
+//! - `convergence`: setup.sql converges privileges in a real PostgreSQL: grants removed from
+//!   the manifest or given by hand to managed roles are revoked, others survive, reruns are no-ops.
 //! - `golden`: every text emitter over every example, against checked-in golden files.
 //! - `plan_apply`: `dbward plan`/`apply` on a real filesystem: no-change re-apply, drift, saved
 //!   plans and staleness, removals, the lock, confirmation on a real terminal, and an apply that
@@ -19,6 +21,7 @@
 
 mod artifacts;
 mod cert;
+mod convergence;
 mod examples;
 mod golden;
 mod harness;

@@ -8,6 +8,7 @@
 //!
 //! **A test that cannot find PostgreSQL fails with instructions; it never skips.**
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::net::TcpListener;
@@ -476,4 +477,74 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Every file under an output directory, by `/`-separated relative path: bytes and mode.
+pub type Tree = BTreeMap<String, (Vec<u8>, u32)>;
+
+/// Compiles a manifest and writes every artifact under `out` through the real `dbward apply`
+/// binary, as an operator would (the manifest is written next to `out`, as `out.kdl`). Returns
+/// what it wrote; panics with dbward's output when the apply fails.
+pub fn dbward_apply(text: &str, out: &Path) -> Tree {
+    let manifest = out.with_extension("kdl");
+    fs::write(&manifest, text).expect("write manifest");
+    let run = Command::new(workspace_bin("dbward"))
+        .arg("apply")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(out)
+        .arg("--auto-approve")
+        .output()
+        .expect("run dbward apply");
+    assert!(
+        run.status.success(),
+        "dbward apply failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut tree = Tree::new();
+    fn walk(root: &Path, dir: &Path, tree: &mut Tree) {
+        for entry in fs::read_dir(dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, tree);
+            } else {
+                let relative = path.strip_prefix(root).expect("under root");
+                let mode = entry.metadata().expect("metadata").permissions().mode() & 0o777;
+                tree.insert(
+                    relative.to_string_lossy().into_owned(),
+                    (fs::read(&path).expect("read artifact"), mode),
+                );
+            }
+        }
+    }
+    walk(out, out, &mut tree);
+    tree
+}
+
+/// Runs SQL as the superuser over the local socket with psql running as the server's OS user,
+/// as the `peer` line of dbward's pg_hba.conf requires. Panics with the SQL and the server log
+/// on failure.
+pub fn superuser_sql(cluster: &Cluster, database: &str, sql: &str) -> String {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    fs::write(file.path(), sql).expect("write sql");
+    cluster
+        .peer_sql_file(database, file.path())
+        .unwrap_or_else(|e| {
+            panic!(
+                "superuser SQL failed: {e}\nSQL: {sql}\nlog:\n{}",
+                cluster.log()
+            )
+        })
+}
+
+/// Like [`superuser_sql`] for a query: its rows unaligned, without headers, trimmed.
+pub fn superuser_query(cluster: &Cluster, database: &str, sql: &str) -> String {
+    superuser_sql(
+        cluster,
+        database,
+        &format!("\\pset tuples_only on\n\\pset format unaligned\n{sql}"),
+    )
+    .trim()
+    .to_owned()
 }

@@ -4,13 +4,17 @@
 //! The script can run any number of times: roles are created only when missing (`DO` blocks,
 //! since `CREATE ROLE` has no `IF NOT EXISTS`), attributes are converged with `ALTER ROLE`,
 //! memberships among the roles the manifest manages are granted when missing and revoked when
-//! the manifest no longer declares them, and privileges are granted (granting twice is a
-//! no-op). It runs in one transaction, so a failure changes nothing.
+//! the manifest no longer declares them, and privileges converge the same way: what those roles
+//! hold and the manifest does not declare is revoked ([`converge`]), then what it declares is
+//! granted (granting twice is a no-op). It runs in one transaction, so a failure changes
+//! nothing and nobody sees the roles between the old privileges and the new.
 //!
 //! Every identifier goes through [`quote::ident`] and every literal through [`quote::literal`];
 //! `DO` bodies use a dollar-quote tag chosen not to occur in them. A hostile name is data.
 
 use std::fmt::Write as _;
+
+mod converge;
 
 use super::quote::{self, ident, literal};
 use super::{EmitError, Logins};
@@ -53,6 +57,7 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
 
     roles(&mut out, model, db, &logins);
     memberships(&mut out, db, &logins);
+    converge::revoke_undeclared(&mut out, db);
     for role in db.db_roles.values() {
         if role.grants.is_empty() {
             continue;

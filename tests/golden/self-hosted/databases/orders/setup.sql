@@ -76,6 +76,130 @@ BEGIN
 END
 $dbward$;
 
+-- Converge privileges: revoke what the roles above hold on this database's objects
+-- (the database, schemas, tables, sequences, functions, and this role's default
+-- privileges) that the manifest does not declare, whether it was removed from the
+-- manifest or granted by hand. The GRANTs below add what is missing, in the same
+-- transaction. PUBLIC, owners and roles the manifest does not declare are left alone.
+DO $dbward$
+DECLARE
+  pass integer;
+  held record;
+  what text;
+  revoke_sql text;
+BEGIN
+  -- Pass 1 revokes; pass 2 warns about whatever could not be revoked.
+  FOR pass IN 1..2 LOOP
+    FOR held IN
+      WITH managed AS (
+        SELECT r.oid, r.rolname::text AS name FROM pg_catalog.pg_roles r
+        WHERE r.rolname = ANY (ARRAY['reader', 'writer', 'app', 'readonly']::text[]) AND r.rolname <> current_user
+      ),
+      declared(grantee, kind, nsp, obj, privilege) AS (VALUES
+          ('reader', 'database', NULL::text, NULL::text, 'CONNECT'),
+          ('reader', 'schema', 'public', NULL::text, 'USAGE'),
+          ('reader', 'table', 'public', NULL::text, 'SELECT'),
+          ('reader', 'default-tables', 'public', NULL::text, 'SELECT'),
+          ('writer', 'table', 'public', NULL::text, 'INSERT'),
+          ('writer', 'table', 'public', NULL::text, 'UPDATE'),
+          ('writer', 'table', 'public', NULL::text, 'DELETE'),
+          ('writer', 'default-tables', 'public', NULL::text, 'INSERT'),
+          ('writer', 'default-tables', 'public', NULL::text, 'UPDATE'),
+          ('writer', 'default-tables', 'public', NULL::text, 'DELETE')),
+      acl AS (
+        SELECT 'database'::text AS kind, NULL::text AS nsp, NULL::text AS obj, NULL::oid AS fn,
+               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+        FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a
+        WHERE d.datname = pg_catalog.current_database() AND a.grantee <> d.datdba
+        UNION ALL
+        SELECT 'schema', n.nspname::text, NULL, NULL,
+               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+        FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+        WHERE a.grantee <> n.nspowner
+        UNION ALL
+        -- Tables as GRANT ON ALL TABLES sees them (views, foreign and partitioned tables too).
+        SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, n.nspname::text,
+               c.relname::text, NULL,
+               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+        FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
+        pg_catalog.aclexplode(c.relacl) a
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND a.grantee <> c.relowner
+        UNION ALL
+        SELECT 'function', n.nspname::text, p.proname::text, p.oid,
+               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+        FROM pg_catalog.pg_proc p
+        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace,
+        pg_catalog.aclexplode(p.proacl) a
+        WHERE a.grantee <> p.proowner
+        UNION ALL
+        -- Only the default privileges of the role running this script, per schema: the ones
+        -- dbward's ALTER DEFAULT PRIVILEGES IN SCHEMA sets.
+        SELECT CASE da.defaclobjtype WHEN 'r' THEN 'default-tables'
+                 WHEN 'S' THEN 'default-sequences' ELSE 'default-functions' END,
+               n.nspname::text, NULL, NULL,
+               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+        FROM pg_catalog.pg_default_acl da
+        JOIN pg_catalog.pg_namespace n ON n.oid = da.defaclnamespace,
+        pg_catalog.aclexplode(da.defaclacl) a
+        WHERE da.defaclrole = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+          AND da.defaclobjtype IN ('r', 'S', 'f')
+      ),
+      classified AS (
+        SELECT acl.*, m.name AS grantee_name,
+               coalesce(g.rolname::text, acl.grantor::text) AS grantor_name,
+               EXISTS (
+                 SELECT FROM declared d
+                 WHERE d.grantee = m.name AND d.privilege IN ('ALL', acl.privilege_type)
+                   AND ((d.kind = acl.kind AND (acl.kind = 'database' OR d.nsp = acl.nsp)
+                         AND (d.obj IS NULL OR d.obj = acl.obj))
+                     -- GRANT ON TABLE also names a sequence: one named relation matches either kind.
+                     OR (acl.kind IN ('table', 'sequence') AND d.kind IN ('table', 'sequence')
+                         AND d.nsp = acl.nsp AND d.obj = acl.obj))
+               ) AS wanted
+        FROM acl
+        JOIN managed m ON m.oid = acl.grantee
+        LEFT JOIN pg_catalog.pg_roles g ON g.oid = acl.grantor
+      )
+      SELECT * FROM classified WHERE NOT wanted OR is_grantable
+      ORDER BY kind, nsp, obj, fn, grantee_name, privilege_type
+    LOOP
+      -- A declared privilege held WITH GRANT OPTION keeps the privilege, loses the option.
+      what := CASE WHEN held.wanted THEN 'GRANT OPTION FOR ' ELSE '' END || held.privilege_type;
+      revoke_sql := CASE held.kind
+        WHEN 'database' THEN format('REVOKE %s ON DATABASE %I FROM %I',
+          what, pg_catalog.current_database(), held.grantee_name)
+        WHEN 'schema' THEN format('REVOKE %s ON SCHEMA %I FROM %I', what, held.nsp, held.grantee_name)
+        WHEN 'table' THEN format('REVOKE %s ON TABLE %I.%I FROM %I',
+          what, held.nsp, held.obj, held.grantee_name)
+        WHEN 'sequence' THEN format('REVOKE %s ON SEQUENCE %I.%I FROM %I',
+          what, held.nsp, held.obj, held.grantee_name)
+        -- regprocedure prints the quoted name with its argument types, as overloads need.
+        WHEN 'function' THEN format('REVOKE %s ON ROUTINE %s FROM %I',
+          what, held.fn::pg_catalog.regprocedure, held.grantee_name)
+        ELSE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I REVOKE %s ON %s FROM %I',
+          current_user, held.nsp, what,
+          CASE held.kind WHEN 'default-tables' THEN 'TABLES'
+            WHEN 'default-sequences' THEN 'SEQUENCES' ELSE 'FUNCTIONS' END,
+          held.grantee_name)
+      END;
+      IF pass = 1 THEN
+        BEGIN
+          EXECUTE revoke_sql;
+        EXCEPTION WHEN insufficient_privilege OR dependent_privilege_descriptors_still_exist THEN
+          NULL; -- Reported in pass 2, with what to do.
+        END;
+      ELSE
+        RAISE WARNING 'setup.sql could not revoke a privilege the manifest does not declare: %', revoke_sql
+          USING HINT = format('it was granted by %s, or passed on to others: run that statement as %s '
+            || '(with CASCADE if %s passed it on), then run setup.sql again',
+            held.grantor_name, held.grantor_name, held.grantee_name);
+      END IF;
+    END LOOP;
+  END LOOP;
+END
+$dbward$;
+
 -- Privileges of db-role `reader`.
 DO $dbward$
 BEGIN

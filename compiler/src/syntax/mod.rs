@@ -264,23 +264,25 @@ fn kdl_errors(text: &str, err: &kdl::KdlError) -> Vec<Diagnostic> {
         let span = Span::from(d.span);
         let span = Span::new(span.start.min(text.len()), span.end.min(text.len()));
         let snippet = text.get(span.start..span.end).unwrap_or("");
-        let diag = kdl1_habit(snippet, span).unwrap_or_else(|| {
-            let message = d
-                .message
-                .as_deref()
-                .map(lower_first)
-                .unwrap_or_else(|| "this is not valid KDL 2.0".into());
-            let label = d
-                .label
-                .clone()
-                .unwrap_or_else(|| "here".into())
-                .replace("not ", "expected ");
-            Diagnostic::error("dbward::kdl_syntax", message)
-                .label(span, label)
-                .help(d.help.as_deref().map(lower_first).unwrap_or_else(|| {
-                    "fix the KDL syntax here; manifests are KDL 2.0 (https://kdl.dev)".into()
-                }))
-        });
+        let diag = kdl1_habit(snippet, span)
+            .or_else(|| bad_escape(snippet, span))
+            .unwrap_or_else(|| {
+                let message = d
+                    .message
+                    .as_deref()
+                    .map(lower_first)
+                    .unwrap_or_else(|| "this is not valid KDL 2.0".into());
+                let label = d
+                    .label
+                    .clone()
+                    .unwrap_or_else(|| "here".into())
+                    .replace("not ", "expected ");
+                Diagnostic::error("dbward::kdl_syntax", message)
+                    .label(span, label)
+                    .help(d.help.as_deref().map(lower_first).unwrap_or_else(|| {
+                        "fix the KDL syntax here; manifests are KDL 2.0 (https://kdl.dev)".into()
+                    }))
+            });
         // The parser often explains one spot twice ("expected a string", "invalid node
         // name"); the first explanation is the more precise one.
         if !seen.insert(span) {
@@ -339,6 +341,50 @@ fn kdl1_habit(snippet: &str, span: Span) -> Option<Diagnostic> {
              written #\"…\"#: write `{fix}`"
         )),
     )
+}
+
+/// A quoted string the parser rejected because of an escape: names the escape and says how to
+/// write it (`\/` is a KDL 1.0 escape; a lone `\` in a Windows path is the usual culprit).
+fn bad_escape(snippet: &str, span: Span) -> Option<Diagnostic> {
+    if !snippet.starts_with('"') || snippet.starts_with("\"\"\"") {
+        return None;
+    }
+    let mut chars = snippet.char_indices().skip(1);
+    while let Some((i, c)) = chars.next() {
+        if c == '"' {
+            return None;
+        }
+        if c != '\\' {
+            continue;
+        }
+        let (_, next) = chars.next()?;
+        if matches!(next, '"' | '\\' | 'n' | 'r' | 't' | 'b' | 'f' | 's' | 'u')
+            || next.is_whitespace()
+        {
+            continue;
+        }
+        let at = Span::new(span.start + i, span.start + i + 1 + next.len_utf8());
+        let diag = if next == '/' {
+            Diagnostic::error(
+                "dbward::kdl_v1_syntax",
+                "`\\/` is a KDL 1.0 escape; manifests are KDL 2.0",
+            )
+            .label(at, "write `/`")
+            .help("write a plain `/`: KDL 2.0 has no `\\/` escape")
+        } else {
+            Diagnostic::error(
+                "dbward::kdl_syntax",
+                format!("`\\{next}` is not an escape in a KDL string"),
+            )
+            .label(at, "unknown escape")
+            .help(
+                "write `\\\\` for a backslash (or use a raw string, #\"C:\\path\"#); the escapes \
+                     are \\n \\r \\t \\\\ \\\" \\b \\f \\s and \\u{…}",
+            )
+        };
+        return Some(diag);
+    }
+    None
 }
 
 fn lower_first(s: &str) -> String {

@@ -421,3 +421,71 @@ fn hand_grants_to_managed_roles_are_revoked_and_others_survive() {
         );
     }
 }
+
+#[test]
+fn grants_by_other_grantors_are_taken_back_as_them_or_reported() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), WRITE);
+    run_setup(&cluster, &out);
+
+    // bystander holds a grant option and passed SELECT on to readonly: a superuser's REVOKE
+    // (acting as the owner) would not take that back; setup.sql revokes it as bystander.
+    // writer passed TRUNCATE on to bystander: revoking it from writer would need CASCADE, which
+    // would reach a role the manifest does not manage, so it stays and setup.sql says so.
+    superuser_sql(
+        &cluster,
+        "shop",
+        "CREATE ROLE bystander;
+         GRANT SELECT ON items TO bystander WITH GRANT OPTION;
+         SET ROLE bystander; GRANT SELECT ON items TO readonly; RESET ROLE;
+         GRANT TRUNCATE ON items TO writer WITH GRANT OPTION;
+         SET ROLE writer; GRANT TRUNCATE ON items TO bystander; RESET ROLE;",
+    );
+    assert_eq!(direct(&cluster, "readonly", ITEMS_ACL), "SELECT");
+
+    let setup = out.join("databases/shop/setup.sql");
+    let (_, warnings) = cluster
+        .peer_sql_file_output("shop", &setup)
+        .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+    assert_eq!(direct(&cluster, "readonly", ITEMS_ACL), "");
+    assert_eq!(direct(&cluster, "bystander", ITEMS_ACL), "SELECT*,TRUNCATE");
+    assert_eq!(
+        direct(&cluster, "writer", ITEMS_ACL),
+        "DELETE,INSERT,TRUNCATE*,UPDATE"
+    );
+    assert!(
+        warnings.contains(
+            "WARNING:  setup.sql could not revoke a privilege the manifest does not declare: \
+             REVOKE TRUNCATE ON TABLE public.items FROM writer"
+        ) && warnings.contains("HINT:  it was granted by postgres"),
+        "{warnings}"
+    );
+    assert_eq!(
+        warnings.matches("WARNING").count(),
+        1,
+        "only what could not be revoked is reported: {warnings}"
+    );
+
+    // The same warning again, and no change.
+    let before = acl_snapshot(&cluster);
+    let (_, again) = cluster
+        .peer_sql_file_output("shop", &setup)
+        .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+    assert_eq!(again, warnings);
+    assert_eq!(acl_snapshot(&cluster), before);
+
+    // Once the operator follows the hint, the next run converges silently.
+    superuser_sql(
+        &cluster,
+        "shop",
+        "REVOKE TRUNCATE ON items FROM writer CASCADE;",
+    );
+    let (_, quiet) = cluster
+        .peer_sql_file_output("shop", &setup)
+        .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+    assert!(!quiet.contains("WARNING"), "{quiet}");
+    assert_eq!(
+        direct(&cluster, "writer", ITEMS_ACL),
+        "DELETE,INSERT,UPDATE"
+    );
+}

@@ -395,6 +395,17 @@ impl Cluster {
     /// OS user, so `local all postgres peer` (what dbward's generated pg_hba.conf keeps)
     /// authenticates it. Stops at the first error; returns stdout, or stderr on failure.
     pub fn peer_sql_file(&self, database: &str, path: &Path) -> Result<String, String> {
+        self.peer_sql_file_output(database, path)
+            .map(|(stdout, _)| stdout)
+    }
+
+    /// Like [`Cluster::peer_sql_file`], returning stdout and stderr (where psql prints the
+    /// server's warnings) on success.
+    pub fn peer_sql_file_output(
+        &self,
+        database: &str,
+        path: &Path,
+    ) -> Result<(String, String), String> {
         // psql must be able to read the file as the cluster's user: copy it into the tree.
         let local = self.root().join(format!(
             "peer-{}",
@@ -423,7 +434,10 @@ impl Cluster {
             .expect("run psql");
         let _ = fs::remove_file(&local);
         if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            Ok((
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }

@@ -12,9 +12,10 @@
 //! What it never touches: `PUBLIC`, roles the manifest does not declare (people's provisioned
 //! users included), the admin user, the role running the script, an object owner's own
 //! privileges, other databases, and object kinds the manifest cannot speak about (types,
-//! languages, large objects, …). A privilege it cannot revoke (granted by a role other than the
-//! owner, or passed on to others) is left in place with a `WARNING` saying what to do, so the
-//! rest of the script still converges.
+//! languages, large objects, …). A privilege granted by a role other than the owner is revoked as
+//! that role (`SET LOCAL ROLE`). One it cannot revoke (the runner may not act as the grantor,
+//! or the role passed it on to others, which only `CASCADE` would take back from them too) is
+//! left in place with a `WARNING` saying what to do, so the rest of the script still converges.
 
 use std::fmt::Write as _;
 
@@ -114,26 +115,26 @@ fn declared_relation(rows: &[Declared]) -> String {
 /// The held privileges, one row each, of every object kind the manifest can grant on. An
 /// owner's own entries are left out: owners are not ours to change.
 const HELD: &str = "        SELECT 'database'::text AS kind, NULL::text AS nsp, NULL::text AS obj, NULL::oid AS fn,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               d.datdba AS owner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a
         WHERE d.datname = pg_catalog.current_database() AND a.grantee <> d.datdba
         UNION ALL
         SELECT 'schema', n.nspname::text, NULL, NULL,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               n.nspowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
         WHERE a.grantee <> n.nspowner
         UNION ALL
         -- Tables as GRANT ON ALL TABLES sees them (views, foreign and partitioned tables too).
         SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, n.nspname::text,
                c.relname::text, NULL,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               c.relowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
         pg_catalog.aclexplode(c.relacl) a
         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND a.grantee <> c.relowner
         UNION ALL
         SELECT 'function', n.nspname::text, p.proname::text, p.oid,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               p.proowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_proc p
         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace,
         pg_catalog.aclexplode(p.proacl) a
@@ -144,7 +145,7 @@ const HELD: &str = "        SELECT 'database'::text AS kind, NULL::text AS nsp, 
         SELECT CASE da.defaclobjtype WHEN 'r' THEN 'default-tables'
                  WHEN 'S' THEN 'default-sequences' ELSE 'default-functions' END,
                n.nspname::text, NULL, NULL,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               da.defaclrole, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_default_acl da
         JOIN pg_catalog.pg_namespace n ON n.oid = da.defaclnamespace,
         pg_catalog.aclexplode(da.defaclacl) a
@@ -223,14 +224,21 @@ pub(super) fn revoke_undeclared(out: &mut String, db: &Database) {
          END;\n      \
          IF pass = 1 THEN\n        \
          BEGIN\n          \
-         EXECUTE revoke_sql;\n        \
+         -- A superuser's REVOKE acts as the owner, which takes back only the owner's grants;\n          \
+         -- one made by another role (holding a grant option) is taken back as that role.\n          \
+         IF held.grantor <> held.owner THEN\n            \
+         EXECUTE format('SET LOCAL ROLE %I', held.grantor_name);\n          \
+         END IF;\n          \
+         EXECUTE revoke_sql;\n          \
+         EXECUTE format('SET LOCAL ROLE %I', runner);\n        \
          EXCEPTION WHEN insufficient_privilege OR dependent_privilege_descriptors_still_exist THEN\n          \
-         NULL; -- Reported in pass 2, with what to do.\n        \
+         NULL; -- Reported in pass 2, with what to do; the role switch is undone with the error.\n        \
          END;\n      \
          ELSE\n        \
          RAISE WARNING 'setup.sql could not revoke a privilege the manifest does not declare: %', revoke_sql\n          \
          USING HINT = format('it was granted by %s, or passed on to others: run that statement as %s '\n            \
-         || '(with CASCADE if %s passed it on), then run setup.sql again',\n            \
+         || '(with CASCADE if %s passed it on, which also takes it from those it was passed to), '\n            \
+         || 'then run setup.sql again',\n            \
          held.grantor_name, held.grantor_name, held.grantee_name);\n      \
          END IF;\n    \
          END LOOP;\n  \
@@ -248,7 +256,7 @@ pub(super) fn revoke_undeclared(out: &mut String, db: &Database) {
     let tag = quote::dollar_tag(&body);
     let _ = write!(
         out,
-        "DO {tag}\nDECLARE\n  pass integer;\n  held record;\n  what text;\n  revoke_sql text;\nBEGIN\n{body}END\n{tag};\n\n"
+        "DO {tag}\nDECLARE\n  runner name := current_user;\n  pass integer;\n  held record;\n  what text;\n  revoke_sql text;\nBEGIN\n{body}END\n{tag};\n\n"
     );
 }
 

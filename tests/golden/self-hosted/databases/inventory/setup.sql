@@ -71,6 +71,7 @@ $dbward$;
 -- transaction. PUBLIC, owners and roles the manifest does not declare are left alone.
 DO $dbward$
 DECLARE
+  runner name := current_user;
   pass integer;
   held record;
   what text;
@@ -90,26 +91,26 @@ BEGIN
           ('reader', 'default-tables', 'public', NULL::text, 'SELECT')),
       acl AS (
         SELECT 'database'::text AS kind, NULL::text AS nsp, NULL::text AS obj, NULL::oid AS fn,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               d.datdba AS owner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a
         WHERE d.datname = pg_catalog.current_database() AND a.grantee <> d.datdba
         UNION ALL
         SELECT 'schema', n.nspname::text, NULL, NULL,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               n.nspowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
         WHERE a.grantee <> n.nspowner
         UNION ALL
         -- Tables as GRANT ON ALL TABLES sees them (views, foreign and partitioned tables too).
         SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, n.nspname::text,
                c.relname::text, NULL,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               c.relowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
         pg_catalog.aclexplode(c.relacl) a
         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND a.grantee <> c.relowner
         UNION ALL
         SELECT 'function', n.nspname::text, p.proname::text, p.oid,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               p.proowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_proc p
         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace,
         pg_catalog.aclexplode(p.proacl) a
@@ -120,7 +121,7 @@ BEGIN
         SELECT CASE da.defaclobjtype WHEN 'r' THEN 'default-tables'
                  WHEN 'S' THEN 'default-sequences' ELSE 'default-functions' END,
                n.nspname::text, NULL, NULL,
-               a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               da.defaclrole, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_default_acl da
         JOIN pg_catalog.pg_namespace n ON n.oid = da.defaclnamespace,
         pg_catalog.aclexplode(da.defaclacl) a
@@ -167,14 +168,21 @@ BEGIN
       END;
       IF pass = 1 THEN
         BEGIN
+          -- A superuser's REVOKE acts as the owner, which takes back only the owner's grants;
+          -- one made by another role (holding a grant option) is taken back as that role.
+          IF held.grantor <> held.owner THEN
+            EXECUTE format('SET LOCAL ROLE %I', held.grantor_name);
+          END IF;
           EXECUTE revoke_sql;
+          EXECUTE format('SET LOCAL ROLE %I', runner);
         EXCEPTION WHEN insufficient_privilege OR dependent_privilege_descriptors_still_exist THEN
-          NULL; -- Reported in pass 2, with what to do.
+          NULL; -- Reported in pass 2, with what to do; the role switch is undone with the error.
         END;
       ELSE
         RAISE WARNING 'setup.sql could not revoke a privilege the manifest does not declare: %', revoke_sql
           USING HINT = format('it was granted by %s, or passed on to others: run that statement as %s '
-            || '(with CASCADE if %s passed it on), then run setup.sql again',
+            || '(with CASCADE if %s passed it on, which also takes it from those it was passed to), '
+            || 'then run setup.sql again',
             held.grantor_name, held.grantor_name, held.grantee_name);
       END IF;
     END LOOP;

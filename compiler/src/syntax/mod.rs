@@ -266,6 +266,7 @@ fn kdl_errors(text: &str, err: &kdl::KdlError) -> Vec<Diagnostic> {
         let snippet = text.get(span.start..span.end).unwrap_or("");
         let diag = kdl1_habit(snippet, span)
             .or_else(|| bad_escape(snippet, span))
+            .or_else(|| unquoted(text, span))
             .unwrap_or_else(|| {
                 let message = d
                     .message
@@ -285,7 +286,7 @@ fn kdl_errors(text: &str, err: &kdl::KdlError) -> Vec<Diagnostic> {
             });
         // The parser often explains one spot twice ("expected a string", "invalid node
         // name"); the first explanation is the more precise one.
-        if !seen.insert(span) {
+        if !seen.insert(diag.primary_span().unwrap_or(span)) {
             continue;
         }
         if out.len() >= MAX_SYNTAX_ERRORS {
@@ -293,6 +294,15 @@ fn kdl_errors(text: &str, err: &kdl::KdlError) -> Vec<Diagnostic> {
             continue;
         }
         out.push(diag);
+    }
+    // A block left "unclosed" or text left "after the document" is how the parser's recovery
+    // reports the consequences of a value it could not read; once that value is explained, they
+    // only add noise.
+    if out.iter().any(|d| d.code != "dbward::kdl_syntax") {
+        out.retain(|d| {
+            d.code != "dbward::kdl_syntax"
+                || !(d.message.contains("closing '}'") || d.message.contains("end of document"))
+        });
     }
     crate::diag::sort(&mut out);
     if dropped > 0 {
@@ -385,6 +395,43 @@ fn bad_escape(snippet: &str, span: Span) -> Option<Diagnostic> {
         return Some(diag);
     }
     None
+}
+
+/// A value that needed quotes (`listen 0.0.0.0:6432`, `config-dir /etc/x`): the parser sees a
+/// broken number or a comment and reports something confusing; say what to write instead.
+fn unquoted(text: &str, span: Span) -> Option<Diagnostic> {
+    let snippet = text.get(span.start..span.end)?;
+    if snippet.contains(|c: char| c.is_whitespace() || c == '"') {
+        return None;
+    }
+    let is_word =
+        |c: char| !c.is_whitespace() && !matches!(c, '"' | '=' | '{' | '}' | ';' | '(' | ')');
+    let start = text.get(..span.start)?.trim_end_matches(is_word).len();
+    let end = span.end.max(start);
+    let end = end
+        + text
+            .get(end..)?
+            .find(|c: char| !is_word(c))
+            .unwrap_or(text.len() - end);
+    let word = text.get(start..end)?;
+    let starts_numeric = word.starts_with(|c: char| c.is_ascii_digit());
+    let needs_quotes = !word.is_empty()
+        && !word.starts_with("//")
+        && !word.starts_with("/*")
+        && !word.starts_with('#')
+        && (word.contains(':')
+            || word.contains('/')
+            || (starts_numeric
+                && (word.matches('.').count() > 1
+                    || word.contains(|c: char| c.is_ascii_alphabetic()))));
+    if !needs_quotes {
+        return None;
+    }
+    Some(
+        Diagnostic::error("dbward::unquoted_value", format!("`{word}` needs quotes"))
+            .label(Span::new(start, end), format!("write \"{word}\""))
+            .help("KDL reads only numbers and simple names without quotes; addresses, paths and versions are strings"),
+    )
 }
 
 fn lower_first(s: &str) -> String {

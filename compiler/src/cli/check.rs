@@ -123,9 +123,31 @@ pub fn use_color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// The largest manifest read: far beyond any real one (a 5,000-database manifest is about
+/// 4 MB), and a bound on the memory a wrong file can make `check` use.
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads a manifest, refusing files larger than [`MAX_MANIFEST_BYTES`].
+pub fn read_manifest(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read {}; check the path", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}; check the path", path.display()))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        anyhow::bail!(
+            "{} is larger than {} MB; this is not a manifest (check the path)",
+            path.display(),
+            MAX_MANIFEST_BYTES / (1024 * 1024)
+        );
+    }
+    Ok(bytes)
+}
+
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}; check the path", args.file.display()))?;
+    let bytes = read_manifest(&args.file)?;
     let name = args.file.display().to_string();
     let outcome = check_bytes(&name, bytes, &args, use_color());
     std::io::stdout().write_all(outcome.stdout.as_bytes())?;

@@ -108,3 +108,20 @@ fn unreadable_file_is_a_clear_error() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn oversized_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("huge.kdl");
+    let file = std::fs::File::create(&path).expect("create");
+    // Sparse: no 65 MB are written to disk.
+    file.set_len(dbward::cli::check::MAX_MANIFEST_BYTES + 1)
+        .expect("set_len");
+    let out = dbward(&["check", path.to_str().unwrap_or_default()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is larger than 64 MB"),
+        "{}",
+        text(&out.stderr)
+    );
+}

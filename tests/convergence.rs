@@ -260,6 +260,9 @@ fn hand_grants_to_managed_roles_are_revoked_and_others_survive() {
              ALTER TABLE owned OWNER TO app;
              GRANT SELECT ON owned TO bystander;
              GRANT TRUNCATE, REFERENCES ON items TO reader;
+             GRANT UPDATE (name) ON items TO readonly;
+             GRANT UPDATE (v) ON \"my schema\".\"it's\" TO {hostile};
+             GRANT UPDATE (name) ON items TO bystander;
              GRANT SELECT ON items TO app;
              GRANT SELECT ON items TO writer;
              GRANT INSERT ON items TO writer WITH GRANT OPTION;
@@ -274,7 +277,7 @@ fn hand_grants_to_managed_roles_are_revoked_and_others_survive() {
              GRANT CREATE ON DATABASE shop TO bystander;
              GRANT CREATE ON SCHEMA public TO bystander;
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT TRUNCATE ON TABLES TO bystander;
-             GRANT UPDATE ON items TO PUBLIC;",
+             GRANT REFERENCES ON items TO PUBLIC;",
             hostile = quote::ident(HOSTILE)
         ),
     );
@@ -314,6 +317,21 @@ fn hand_grants_to_managed_roles_are_revoked_and_others_survive() {
     as_role(&cluster, HOSTILE, "SELECT * FROM \"my schema\".\"it's\"")
         .expect("the declared SELECT through reader stays");
     let err = as_role(&cluster, "readonly", "TRUNCATE items").expect_err("no TRUNCATE");
+    assert!(err.contains("permission denied"), "{err}");
+    let err = as_role(&cluster, "readonly", "UPDATE items SET name = 'no'")
+        .expect_err("the hand-granted column UPDATE must be revoked");
+    assert!(err.contains("permission denied"), "{err}");
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "shop",
+            "SELECT string_agg(g.rolname || ':' || a.privilege_type, ',') \
+             FROM pg_attribute att, aclexplode(att.attacl) a JOIN pg_roles g ON g.oid = a.grantee \
+             WHERE att.attrelid IN ('items'::regclass, '\"my schema\".\"it''s\"'::regclass)"
+        ),
+        "bystander:UPDATE",
+        "only the unmanaged role keeps its column privilege"
+    );
     assert!(err.contains("permission denied"), "{err}");
     assert_eq!(
         direct(
@@ -391,7 +409,7 @@ fn hand_grants_to_managed_roles_are_revoked_and_others_survive() {
              AND (SELECT count(*) = 1 FROM pg_default_acl d, aclexplode(d.defaclacl) a \
                   WHERE a.grantee = 'bystander'::regrole AND a.privilege_type = 'TRUNCATE') \
              AND (SELECT count(*) = 1 FROM aclexplode((SELECT relacl FROM pg_class \
-                  WHERE oid = 'items'::regclass)) a WHERE a.grantee = 0 AND a.privilege_type = 'UPDATE')"
+                  WHERE oid = 'items'::regclass)) a WHERE a.grantee = 0 AND a.privilege_type = 'REFERENCES')"
         ),
         "t"
     );

@@ -3,7 +3,8 @@
 //!
 //! GRANT alone only ever adds, so a grant removed from the manifest (or one given by hand) would
 //! stay forever. This block reads what is held from the catalogs (`aclexplode` over
-//! `pg_database`, `pg_namespace`, `pg_class`, `pg_proc`, and the `pg_default_acl` entries of the
+//! `pg_database`, `pg_namespace`, `pg_class`, `pg_attribute` (column privileges, which the
+//! manifest never grants), `pg_proc`, and the `pg_default_acl` entries of the
 //! role running the script, which is who dbward's `ALTER DEFAULT PRIVILEGES` names), compares it
 //! with the declared privileges written into the block as a `VALUES` list, and revokes the
 //! difference. setup.sql then GRANTs what is declared, in the same transaction, so no other
@@ -115,25 +116,34 @@ fn declared_relation(rows: &[Declared]) -> String {
 /// The held privileges, one row each, of every object kind the manifest can grant on. An
 /// owner's own entries are left out: owners are not ours to change.
 const HELD: &str = "        SELECT 'database'::text AS kind, NULL::text AS nsp, NULL::text AS obj, NULL::oid AS fn,
-               d.datdba AS owner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               NULL::text AS col, d.datdba AS owner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a
         WHERE d.datname = pg_catalog.current_database() AND a.grantee <> d.datdba
         UNION ALL
-        SELECT 'schema', n.nspname::text, NULL, NULL,
+        SELECT 'schema', n.nspname::text, NULL, NULL, NULL,
                n.nspowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
         WHERE a.grantee <> n.nspowner
         UNION ALL
         -- Tables as GRANT ON ALL TABLES sees them (views, foreign and partitioned tables too).
         SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, n.nspname::text,
-               c.relname::text, NULL,
+               c.relname::text, NULL, NULL,
                c.relowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
         pg_catalog.aclexplode(c.relacl) a
         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND a.grantee <> c.relowner
         UNION ALL
-        SELECT 'function', n.nspname::text, p.proname::text, p.oid,
+        -- Column privileges: the manifest grants none, so every one a managed role holds goes.
+        SELECT 'column', n.nspname::text, c.relname::text, NULL, att.attname::text,
+               c.relowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
+        FROM pg_catalog.pg_attribute att
+        JOIN pg_catalog.pg_class c ON c.oid = att.attrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
+        pg_catalog.aclexplode(att.attacl) a
+        WHERE att.attnum > 0 AND NOT att.attisdropped AND a.grantee <> c.relowner
+        UNION ALL
+        SELECT 'function', n.nspname::text, p.proname::text, p.oid, NULL,
                p.proowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_proc p
         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace,
@@ -144,7 +154,7 @@ const HELD: &str = "        SELECT 'database'::text AS kind, NULL::text AS nsp, 
         -- dbward's ALTER DEFAULT PRIVILEGES IN SCHEMA sets.
         SELECT CASE da.defaclobjtype WHEN 'r' THEN 'default-tables'
                  WHEN 'S' THEN 'default-sequences' ELSE 'default-functions' END,
-               n.nspname::text, NULL, NULL,
+               n.nspname::text, NULL, NULL, NULL,
                da.defaclrole, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_default_acl da
         JOIN pg_catalog.pg_namespace n ON n.oid = da.defaclnamespace,
@@ -201,7 +211,7 @@ pub(super) fn revoke_undeclared(out: &mut String, db: &Database) {
          LEFT JOIN pg_catalog.pg_roles g ON g.oid = acl.grantor\n      \
          )\n      \
          SELECT * FROM classified WHERE NOT wanted OR is_grantable\n      \
-         ORDER BY kind, nsp, obj, fn, grantee_name, privilege_type\n    \
+         ORDER BY kind, nsp, obj, fn, col, grantee_name, privilege_type\n    \
          LOOP\n      \
          -- A declared privilege held WITH GRANT OPTION keeps the privilege, loses the option.\n      \
          what := CASE WHEN held.wanted THEN 'GRANT OPTION FOR ' ELSE '' END || held.privilege_type;\n      \
@@ -211,6 +221,8 @@ pub(super) fn revoke_undeclared(out: &mut String, db: &Database) {
          WHEN 'schema' THEN format('REVOKE %s ON SCHEMA %I FROM %I', what, held.nsp, held.grantee_name)\n        \
          WHEN 'table' THEN format('REVOKE %s ON TABLE %I.%I FROM %I',\n          \
          what, held.nsp, held.obj, held.grantee_name)\n        \
+         WHEN 'column' THEN format('REVOKE %s (%I) ON TABLE %I.%I FROM %I',\n          \
+         what, held.col, held.nsp, held.obj, held.grantee_name)\n        \
          WHEN 'sequence' THEN format('REVOKE %s ON SEQUENCE %I.%I FROM %I',\n          \
          what, held.nsp, held.obj, held.grantee_name)\n        \
          -- regprocedure prints the quoted name with its argument types, as overloads need.\n        \
@@ -248,10 +260,10 @@ pub(super) fn revoke_undeclared(out: &mut String, db: &Database) {
     );
     out.push_str(
         "-- Converge privileges: revoke what the roles above hold on this database's objects\n\
-         -- (the database, schemas, tables, sequences, functions, and this role's default\n\
-         -- privileges) that the manifest does not declare, whether it was removed from the\n\
-         -- manifest or granted by hand. The GRANTs below add what is missing, in the same\n\
-         -- transaction. PUBLIC, owners and roles the manifest does not declare are left alone.\n",
+         -- (the database, schemas, tables and their columns, sequences, functions, and this\n\
+         -- role's default privileges) that the manifest does not declare, whether it was removed\n\
+         -- from the manifest or granted by hand. The GRANTs below add what is missing, in the\n\
+         -- same transaction. PUBLIC, owners and roles the manifest does not declare are left alone.\n",
     );
     let tag = quote::dollar_tag(&body);
     let _ = write!(

@@ -77,10 +77,10 @@ END
 $dbward$;
 
 -- Converge privileges: revoke what the roles above hold on this database's objects
--- (the database, schemas, tables, sequences, functions, and this role's default
--- privileges) that the manifest does not declare, whether it was removed from the
--- manifest or granted by hand. The GRANTs below add what is missing, in the same
--- transaction. PUBLIC, owners and roles the manifest does not declare are left alone.
+-- (the database, schemas, tables and their columns, sequences, functions, and this
+-- role's default privileges) that the manifest does not declare, whether it was removed
+-- from the manifest or granted by hand. The GRANTs below add what is missing, in the
+-- same transaction. PUBLIC, owners and roles the manifest does not declare are left alone.
 DO $dbward$
 DECLARE
   runner name := current_user;
@@ -109,25 +109,34 @@ BEGIN
           ('writer', 'default-tables', 'public', NULL::text, 'DELETE')),
       acl AS (
         SELECT 'database'::text AS kind, NULL::text AS nsp, NULL::text AS obj, NULL::oid AS fn,
-               d.datdba AS owner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
+               NULL::text AS col, d.datdba AS owner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a
         WHERE d.datname = pg_catalog.current_database() AND a.grantee <> d.datdba
         UNION ALL
-        SELECT 'schema', n.nspname::text, NULL, NULL,
+        SELECT 'schema', n.nspname::text, NULL, NULL, NULL,
                n.nspowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
         WHERE a.grantee <> n.nspowner
         UNION ALL
         -- Tables as GRANT ON ALL TABLES sees them (views, foreign and partitioned tables too).
         SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, n.nspname::text,
-               c.relname::text, NULL,
+               c.relname::text, NULL, NULL,
                c.relowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
         pg_catalog.aclexplode(c.relacl) a
         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND a.grantee <> c.relowner
         UNION ALL
-        SELECT 'function', n.nspname::text, p.proname::text, p.oid,
+        -- Column privileges: the manifest grants none, so every one a managed role holds goes.
+        SELECT 'column', n.nspname::text, c.relname::text, NULL, att.attname::text,
+               c.relowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
+        FROM pg_catalog.pg_attribute att
+        JOIN pg_catalog.pg_class c ON c.oid = att.attrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
+        pg_catalog.aclexplode(att.attacl) a
+        WHERE att.attnum > 0 AND NOT att.attisdropped AND a.grantee <> c.relowner
+        UNION ALL
+        SELECT 'function', n.nspname::text, p.proname::text, p.oid, NULL,
                p.proowner, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_proc p
         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace,
@@ -138,7 +147,7 @@ BEGIN
         -- dbward's ALTER DEFAULT PRIVILEGES IN SCHEMA sets.
         SELECT CASE da.defaclobjtype WHEN 'r' THEN 'default-tables'
                  WHEN 'S' THEN 'default-sequences' ELSE 'default-functions' END,
-               n.nspname::text, NULL, NULL,
+               n.nspname::text, NULL, NULL, NULL,
                da.defaclrole, a.grantee, a.grantor, a.privilege_type, a.is_grantable
         FROM pg_catalog.pg_default_acl da
         JOIN pg_catalog.pg_namespace n ON n.oid = da.defaclnamespace,
@@ -163,7 +172,7 @@ BEGIN
         LEFT JOIN pg_catalog.pg_roles g ON g.oid = acl.grantor
       )
       SELECT * FROM classified WHERE NOT wanted OR is_grantable
-      ORDER BY kind, nsp, obj, fn, grantee_name, privilege_type
+      ORDER BY kind, nsp, obj, fn, col, grantee_name, privilege_type
     LOOP
       -- A declared privilege held WITH GRANT OPTION keeps the privilege, loses the option.
       what := CASE WHEN held.wanted THEN 'GRANT OPTION FOR ' ELSE '' END || held.privilege_type;
@@ -173,6 +182,8 @@ BEGIN
         WHEN 'schema' THEN format('REVOKE %s ON SCHEMA %I FROM %I', what, held.nsp, held.grantee_name)
         WHEN 'table' THEN format('REVOKE %s ON TABLE %I.%I FROM %I',
           what, held.nsp, held.obj, held.grantee_name)
+        WHEN 'column' THEN format('REVOKE %s (%I) ON TABLE %I.%I FROM %I',
+          what, held.col, held.nsp, held.obj, held.grantee_name)
         WHEN 'sequence' THEN format('REVOKE %s ON SEQUENCE %I.%I FROM %I',
           what, held.nsp, held.obj, held.grantee_name)
         -- regprocedure prints the quoted name with its argument types, as overloads need.

@@ -7,7 +7,6 @@
 //! [`vocabulary()`], by the model's rules.
 
 pub mod ast;
-mod fast;
 mod vocabulary;
 
 pub use vocabulary::{
@@ -67,14 +66,6 @@ pub fn parse(source: &Source) -> Parsed {
         return Parsed {
             manifest: None,
             diagnostics: vec![diag],
-        };
-    }
-    // Most manifests stay within the subset the fast path reads; everything else, and every
-    // error, goes to the `kdl` crate.
-    if let Some(manifest) = fast::parse(text) {
-        return Parsed {
-            manifest: Some(manifest),
-            diagnostics: Vec::new(),
         };
     }
     let result = std::thread::scope(|scope| {

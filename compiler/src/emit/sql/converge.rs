@@ -336,6 +336,39 @@ mod tests {
         );
     }
 
+    /// The first database of a small manifest with `body` inside it.
+    fn database(body: &str) -> Database {
+        let text = format!(
+            "dbward version=1\nrelay {{\n    listen \"127.0.0.1:6432\"\n    \
+             public-name \"db.localhost\"\n    client-cert-ttl \"1h\"\n}}\n\
+             database shop {{\n    postgres host=\"127.0.0.1\"\n    self-hosted {{\n        \
+             server-names \"127.0.0.1\"\n        config-dir \"/etc/pg\"\n    }}\n{body}}}\n"
+        );
+        let checked = crate::check(&crate::source::Source::new("m.kdl", text));
+        let model = checked.model.expect("the test manifest compiles");
+        model.databases.into_values().next().expect("one database")
+    }
+
+    #[test]
+    fn the_admin_user_is_never_managed_and_no_managed_role_means_no_block() {
+        let mut out = String::new();
+        revoke_undeclared(&mut out, &database("    admin-user \"dbward-admin\"\n"));
+        assert_eq!(out, "");
+        revoke_undeclared(
+            &mut out,
+            &database(
+                "    admin-user \"dbward-admin\"\n    db-role reader {\n        \
+                 grant CONNECT on=database\n    }\n    db-user app {\n        member-of reader\n    }\n",
+            ),
+        );
+        assert!(
+            out.contains("ANY (ARRAY['reader', 'app']::text[])"),
+            "{out}"
+        );
+        assert!(!out.contains("'dbward-admin'"), "{out}");
+        assert!(out.contains("('reader', 'database', NULL::text, NULL::text, 'CONNECT')"));
+    }
+
     #[test]
     fn declared_relations_quote_their_values_and_may_be_empty() {
         assert!(declared_relation(&[]).ends_with("WHERE false)"));

@@ -150,8 +150,9 @@ fn has_table_privilege(cluster: &Cluster, role: &str, table: &str, privilege: &s
     answer == "t"
 }
 
-/// The privileges held directly (not through a group) by `grantee` on `object_sql`'s ACL,
-/// e.g. `(SELECT relacl FROM pg_class WHERE oid = 'items'::regclass)`, as `PRIV[*]` sorted.
+/// The privileges held directly (not through a group) by `grantee` in the ACL that `acl_sql`
+/// selects, e.g. `(SELECT relacl FROM pg_class WHERE oid = 'items'::regclass)`: sorted,
+/// comma-separated, `*` marking a grant option.
 fn direct(cluster: &Cluster, grantee: &str, acl_sql: &str) -> String {
     superuser_query(
         cluster,

@@ -15,6 +15,7 @@ pub mod database_kind;
 pub mod deny_narrows_wildcard;
 pub mod duplicate_names;
 pub mod durations;
+pub mod host_in_server_names;
 pub mod privileges;
 pub mod provision_name_conflict;
 pub mod provisioning;
@@ -47,6 +48,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     safe_names::check(manifest, diags);
     durations::check(manifest, diags);
     addresses::check(manifest, diags);
+    host_in_server_names::check(manifest, diags);
     privileges::check(manifest, diags);
     access_blocks::check(manifest, diags);
     provisioning::check(manifest, diags);

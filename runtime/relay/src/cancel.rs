@@ -138,6 +138,7 @@ mod tests {
                 server_name: ServerName::try_from("localhost").unwrap(),
                 tls: Arc::new(config),
                 auth: UpstreamAuth::Mtls,
+                rds: None,
             }),
             backend: BackendKey { pid: 42, secret: 7 },
         }

@@ -17,6 +17,7 @@ use crate::cancel::CancelMap;
 use crate::metrics::Metrics;
 use crate::tls::{ServerTls, TlsError};
 use crate::upstream::Upstream;
+use crate::upstream::aws_credentials::{AwsCredentials, AwsEnv};
 
 /// A frozen config together with everything built from it once per load: TLS configs and
 /// upstream targets. Never mutated; replaced whole on reload.
@@ -42,11 +43,13 @@ impl Loaded {
             &resolve(&tls.key),
             &resolve(&tls.client_ca),
         )?;
+        // RDS credentials come from this process's environment, read once per load.
+        let aws = Arc::new(AwsCredentials::new(AwsEnv::from_process()));
         let mut upstreams = BTreeMap::new();
         for (name, database) in &config.databases {
             upstreams.insert(
                 name.clone(),
-                Upstream::build(path, &config, name, database)?,
+                Upstream::build(path, &config, name, database, &aws)?,
             );
         }
         Ok(Loaded {
@@ -55,6 +58,15 @@ impl Loaded {
             server_tls,
             upstreams,
         })
+    }
+
+    /// The same config with RDS tokens signed from `aws` rather than from the process's
+    /// environment (tests and embedders inject credential sources this way).
+    pub fn with_aws_credentials(mut self, aws: Arc<AwsCredentials>) -> Loaded {
+        for upstream in self.upstreams.values_mut() {
+            *upstream = upstream.with_aws_credentials(&aws);
+        }
+        self
     }
 }
 

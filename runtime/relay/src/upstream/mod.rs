@@ -1,10 +1,16 @@
 //! Upstream PostgreSQL servers: how to reach each database, and connecting + authenticating.
 //!
 //! Each way of authenticating is one module. Self-hosted databases use [`mtls`]: the relay's
-//! client certificate, mapped by `pg_ident.conf`. Cloud token upstreams (RDS, Cloud SQL, Azure)
+//! client certificate, mapped by `pg_ident.conf`. Amazon RDS uses [`rds`]: a SigV4 auth token
+//! as the password, signed with ambient credentials ([`aws_credentials`]). Cloud SQL and Azure
 //! will each add a module that produces a password and share the connect and startup code here.
+//!
+//! A database whose frozen `tls.ca` is absent is verified against the Mozilla roots
+//! (webpki-roots); RDS certificates chain to Amazon's own CA, so RDS databases need `ca-file`.
 
+pub mod aws_credentials;
 pub mod mtls;
+pub mod rds;
 
 use std::io;
 use std::path::Path;
@@ -48,23 +54,23 @@ pub struct Target {
     /// Trusts the database's CA; presents the relay's client certificate for mutual TLS.
     pub tls: Arc<ClientConfig>,
     pub auth: UpstreamAuth,
+    /// The token signer of an RDS IAM database.
+    pub rds: Option<rds::RdsAuth>,
 }
 
 impl Upstream {
-    /// Builds the target for `database` of a config read from `config_path`.
+    /// Builds the target for `database` of a config read from `config_path`; RDS databases
+    /// sign with `aws`.
     pub fn build(
         config_path: &Path,
         config: &Config,
         name: &str,
         database: &Database,
+        aws: &Arc<aws_credentials::AwsCredentials>,
     ) -> Result<Upstream, TlsError> {
         let resolve = |p: &Path| Config::resolve_path(config_path, p);
-        let Some(ca) = &database.tls.ca else {
-            return Ok(Upstream::Unsupported(format!(
-                "database {name} trusts the platform's root certificates, which this relay \
-                 build does not support yet"
-            )));
-        };
+        let address = format!("{}:{}", database.host, database.port);
+        let mut rds = None;
         let identity = match &database.auth {
             UpstreamAuth::Mtls => {
                 let Some(identity) = &config.relay.upstream_identity else {
@@ -74,6 +80,14 @@ impl Upstream {
                     )));
                 };
                 Some((resolve(&identity.cert), resolve(&identity.key)))
+            }
+            UpstreamAuth::RdsIam { region } => {
+                rds = Some(rds::RdsAuth::new(
+                    address.clone(),
+                    region.clone(),
+                    aws.clone(),
+                ));
+                None
             }
             other => {
                 return Ok(Upstream::Unsupported(format!(
@@ -88,17 +102,53 @@ impl Upstream {
                 database.tls.server_name
             ))
         })?;
-        let tls = upstream_client_config(
-            &resolve(ca),
-            identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
-        )?;
+        let tls = match &database.tls.ca {
+            Some(ca) => upstream_client_config(
+                &resolve(ca),
+                identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            )?,
+            None if identity.is_none() => platform_roots_config()?,
+            None => {
+                return Ok(Upstream::Unsupported(format!(
+                    "database {name} uses mutual TLS but names no CA; recompile it with \
+                     `dbward apply`"
+                )));
+            }
+        };
         Ok(Upstream::Ready(Arc::new(Target {
-            address: format!("{}:{}", database.host, database.port),
+            address,
             server_name,
             tls,
             auth: database.auth.clone(),
+            rds,
         })))
     }
+
+    /// The same upstream, with RDS tokens signed from `aws` instead.
+    pub fn with_aws_credentials(&self, aws: &Arc<aws_credentials::AwsCredentials>) -> Upstream {
+        match self {
+            Upstream::Ready(target) if target.rds.is_some() => Upstream::Ready(Arc::new(Target {
+                address: target.address.clone(),
+                server_name: target.server_name.clone(),
+                tls: target.tls.clone(),
+                auth: target.auth.clone(),
+                rds: target.rds.as_ref().map(|r| r.with_credentials(aws.clone())),
+            })),
+            other => other.clone(),
+        }
+    }
+}
+
+/// TLS for a server whose certificate chains to a well-known public root (Mozilla's list).
+fn platform_roots_config() -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
 }
 
 fn auth_name(auth: &UpstreamAuth) -> &'static str {
@@ -220,6 +270,10 @@ pub async fn connect(
                 }
                 let reply = match &target.auth {
                     UpstreamAuth::Mtls => mtls::respond(code, &target.address)?,
+                    UpstreamAuth::RdsIam { .. } if let Some(rds) = &target.rds => {
+                        rds.respond(code, startup.get("user").unwrap_or_default())
+                            .await?
+                    }
                     other => {
                         return Err(UpstreamError::Auth(format!(
                             "{} is not supported by this relay build",
@@ -327,6 +381,7 @@ mod tests {
             server_name: ServerName::try_from("localhost").unwrap(),
             tls: Arc::new(config),
             auth: UpstreamAuth::Mtls,
+            rds: None,
         }
     }
 

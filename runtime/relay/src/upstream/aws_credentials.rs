@@ -1,0 +1,426 @@
+//! Ambient AWS credentials for the RDS upstream, found the way the AWS SDKs find them.
+//!
+//! The order is the SDK's: environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`); ECS container credentials (`AWS_CONTAINER_CREDENTIALS_FULL_URI` or
+//! `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, with `AWS_CONTAINER_AUTHORIZATION_TOKEN` or
+//! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`); EC2 instance metadata with IMDSv2 (endpoint from
+//! `AWS_EC2_METADATA_SERVICE_ENDPOINT`, off with `AWS_EC2_METADATA_DISABLED=true`). Web identity
+//! (`AWS_WEB_IDENTITY_TOKEN_FILE`) is not implemented yet: when it is the only source configured,
+//! the error says so rather than silently falling through to another source.
+//!
+//! The variables are read from an [`AwsEnv`] snapshot, not from the process environment at each
+//! use, so tests (and embedders) can inject them without mutating the process environment, and
+//! every endpoint can point at a local server. Credentials that expire are cached until five
+//! minutes before their expiry. Secrets never appear in `Debug` output or in errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+/// How long before their expiry cached credentials are refreshed.
+const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Bound on one credential-endpoint HTTP exchange.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest credential-endpoint response accepted.
+const MAX_RESPONSE: usize = 64 * 1024;
+const ECS_HOST: &str = "http://169.254.170.2";
+const IMDS_DEFAULT: &str = "http://169.254.169.254";
+
+/// A snapshot of the `AWS_*` environment variables the providers read.
+#[derive(Clone, Default)]
+pub struct AwsEnv(BTreeMap<String, String>);
+
+impl fmt::Debug for AwsEnv {
+    // Values include secrets: only the names are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl AwsEnv {
+    /// The `AWS_*` variables of this process now.
+    pub fn from_process() -> AwsEnv {
+        AwsEnv::from_vars(std::env::vars().filter(|(k, _)| k.starts_with("AWS_")))
+    }
+
+    /// Exactly these variables (for tests and embedders).
+    pub fn from_vars<K: Into<String>, V: Into<String>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> AwsEnv {
+        AwsEnv(
+            vars.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// A set of AWS credentials. The secret parts are never shown by `Debug`.
+#[derive(Clone)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+    /// When they stop working; `None` for long-term keys.
+    pub expiry: Option<SystemTime>,
+    /// Which provider produced them, for messages.
+    pub source: &'static str,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("source", &self.source)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no credentials could be found. Messages name every source tried; none carries a secret.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no AWS credentials found for RDS IAM authentication; give the relay credentials in one of \
+     these ways: {}",
+    .tried.join("; ")
+)]
+pub struct CredentialsError {
+    /// One entry per source: what was looked at and what went wrong.
+    pub tried: Vec<String>,
+}
+
+/// The ambient credential chain with its cache; one per loaded config.
+#[derive(Debug)]
+pub struct AwsCredentials {
+    env: AwsEnv,
+    cache: Mutex<Option<Credentials>>,
+}
+
+impl AwsCredentials {
+    pub fn new(env: AwsEnv) -> AwsCredentials {
+        AwsCredentials {
+            env,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// Valid credentials: the cached ones while they are fresh, else the first source that
+    /// has some.
+    pub async fn get(&self) -> Result<Credentials, CredentialsError> {
+        let mut cache = self.cache.lock().await;
+        if let Some(cached) = cache.as_ref()
+            && fresh(cached, SystemTime::now())
+        {
+            return Ok(cached.clone());
+        }
+        let credentials = self.resolve().await?;
+        *cache = Some(credentials.clone());
+        Ok(credentials)
+    }
+
+    async fn resolve(&self) -> Result<Credentials, CredentialsError> {
+        let env = &self.env;
+        let mut tried = Vec::new();
+        match (
+            env.get("AWS_ACCESS_KEY_ID"),
+            env.get("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Some(id), Some(secret)) => {
+                return Ok(Credentials {
+                    access_key_id: id.to_owned(),
+                    secret_access_key: secret.to_owned(),
+                    session_token: env.get("AWS_SESSION_TOKEN").map(str::to_owned),
+                    expiry: None,
+                    source: "environment variables",
+                });
+            }
+            (Some(_), None) => tried.push(
+                "environment: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not".into(),
+            ),
+            (None, Some(_)) => tried.push(
+                "environment: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not".into(),
+            ),
+            (None, None) => {
+                tried.push("environment: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into())
+            }
+        }
+        if env.get("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+            tried.push(
+                "web identity: AWS_WEB_IDENTITY_TOKEN_FILE is set, but this relay build does \
+                 not support web identity yet; use ECS/EKS Pod Identity container credentials, \
+                 instance metadata or environment variables"
+                    .into(),
+            );
+        }
+        match self.ecs().await {
+            Ok(Some(credentials)) => return Ok(credentials),
+            Ok(None) => tried.push(
+                "ECS container credentials: set AWS_CONTAINER_CREDENTIALS_FULL_URI or \
+                 AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+                    .into(),
+            ),
+            Err(e) => tried.push(format!("ECS container credentials: {e}")),
+        }
+        if env
+            .get("AWS_EC2_METADATA_DISABLED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            tried.push("EC2 instance metadata: disabled by AWS_EC2_METADATA_DISABLED".into());
+        } else {
+            match self.imds().await {
+                Ok(credentials) => return Ok(credentials),
+                Err(e) => tried.push(format!("EC2 instance metadata (IMDSv2): {e}")),
+            }
+        }
+        Err(CredentialsError { tried })
+    }
+
+    /// ECS (and EKS Pod Identity) container credentials; `None` when not configured.
+    async fn ecs(&self) -> Result<Option<Credentials>, String> {
+        let env = &self.env;
+        let url = if let Some(relative) = env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+            format!("{ECS_HOST}{relative}")
+        } else if let Some(full) = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+            full.to_owned()
+        } else {
+            return Ok(None);
+        };
+        let token = match (
+            env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+            env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+        ) {
+            (Some(file), _) => Some(
+                tokio::fs::read_to_string(file)
+                    .await
+                    .map_err(|e| {
+                        format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {file}: {e}")
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, Some(token)) => Some(token.to_owned()),
+            (None, None) => None,
+        };
+        let headers: Vec<(&str, &str)> = token
+            .as_deref()
+            .map(|t| vec![("authorization", t)])
+            .unwrap_or_default();
+        let body = http(Method::GET, &url, &headers).await?;
+        parse_credentials(&body, "ECS container credentials").map(Some)
+    }
+
+    /// EC2 instance metadata, IMDSv2: a session token, the role name, then its credentials.
+    async fn imds(&self) -> Result<Credentials, String> {
+        let base = self
+            .env
+            .get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+            .unwrap_or(IMDS_DEFAULT)
+            .trim_end_matches('/')
+            .to_owned();
+        let token = http(
+            Method::PUT,
+            &format!("{base}/latest/api/token"),
+            &[("x-aws-ec2-metadata-token-ttl-seconds", "21600")],
+        )
+        .await?;
+        let token =
+            String::from_utf8(token).map_err(|_| "the metadata token is not text".to_owned())?;
+        let token = token.trim();
+        let auth = [("x-aws-ec2-metadata-token", token)];
+        let roles = http(
+            Method::GET,
+            &format!("{base}/latest/meta-data/iam/security-credentials/"),
+            &auth,
+        )
+        .await?;
+        let roles = String::from_utf8_lossy(&roles);
+        let role = roles
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .ok_or("the instance has no IAM role attached; attach an instance profile")?
+            .to_owned();
+        if role.contains(['/', '?', '#']) {
+            return Err(format!(
+                "the metadata service named an invalid role {role:?}"
+            ));
+        }
+        let body = http(
+            Method::GET,
+            &format!("{base}/latest/meta-data/iam/security-credentials/{role}"),
+            &auth,
+        )
+        .await?;
+        parse_credentials(&body, "EC2 instance metadata")
+    }
+}
+
+/// Whether cached credentials can still be used at `now`.
+fn fresh(credentials: &Credentials, now: SystemTime) -> bool {
+    credentials
+        .expiry
+        .is_none_or(|expiry| now + REFRESH_MARGIN < expiry)
+}
+
+/// Parses the JSON both ECS and IMDS answer with.
+fn parse_credentials(body: &[u8], source: &'static str) -> Result<Credentials, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Answer {
+        code: Option<String>,
+        access_key_id: Option<String>,
+        secret_access_key: Option<String>,
+        token: Option<String>,
+        expiration: Option<String>,
+    }
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| format!("the credentials response is not the expected JSON: {e}"))?;
+    if let Some(code) = answer.code.as_deref()
+        && code != "Success"
+    {
+        return Err(format!(
+            "the credentials endpoint answered with code {code:?}"
+        ));
+    }
+    let (Some(access_key_id), Some(secret_access_key)) =
+        (answer.access_key_id, answer.secret_access_key)
+    else {
+        return Err("the credentials response lacks AccessKeyId or SecretAccessKey".into());
+    };
+    let expiry = match answer.expiration {
+        Some(text) => Some(
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| format!("the credentials' Expiration {text:?} is not RFC 3339: {e}"))?
+                .into(),
+        ),
+        None => None,
+    };
+    Ok(Credentials {
+        access_key_id,
+        secret_access_key,
+        session_token: answer.token.filter(|t| !t.is_empty()),
+        expiry,
+        source,
+    })
+}
+
+/// One plain-HTTP exchange with a credential endpoint; the body of a 2xx answer.
+/// Errors name the URL and the status, never a header value.
+async fn http(method: Method, url: &str, headers: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+    let exchange = async {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("invalid endpoint URL {url:?}: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "endpoint {url} is not plain http://, which is all this relay build speaks to \
+                 credential endpoints"
+            ));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("endpoint {url} has no host"))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("HTTP with {url} failed: {e}"))?;
+        let driver = tokio::spawn(connection);
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", authority);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| format!("cannot build the request to {url}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("HTTP with {url} failed: {e}"))?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer of {url} failed: {e}"))?
+            .to_bytes();
+        driver.abort();
+        if !status.is_success() {
+            return Err(format!("{url} answered HTTP {status}"));
+        }
+        Ok(body.to_vec())
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("{url} did not answer within {HTTP_TIMEOUT:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn environment_variables_come_first() {
+        let creds = AwsCredentials::new(AwsEnv::from_vars([
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "very-secret"),
+            ("AWS_SESSION_TOKEN", "session"),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:1/"),
+        ]));
+        let got = creds.get().await.unwrap();
+        assert_eq!(got.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(got.session_token.as_deref(), Some("session"));
+        assert!(!format!("{got:?}").contains("very-secret"));
+    }
+
+    #[tokio::test]
+    async fn errors_name_every_source_and_no_secret() {
+        let creds = AwsCredentials::new(AwsEnv::from_vars([
+            ("AWS_SECRET_ACCESS_KEY", "very-secret"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]));
+        let message = creds.get().await.unwrap_err().to_string();
+        for part in ["AWS_ACCESS_KEY_ID", "ECS", "AWS_EC2_METADATA_DISABLED"] {
+            assert!(message.contains(part), "{message}");
+        }
+        assert!(!message.contains("very-secret"), "{message}");
+    }
+
+    #[test]
+    fn parses_imds_json_and_refuses_failures() {
+        let ok = br#"{"Code":"Success","AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"2030-01-01T00:00:00Z"}"#;
+        let got = parse_credentials(ok, "test").unwrap();
+        assert_eq!(got.access_key_id, "ASIA1");
+        assert!(fresh(&got, SystemTime::UNIX_EPOCH));
+        assert!(!fresh(&got, got.expiry.unwrap() - Duration::from_secs(60)));
+        assert!(parse_credentials(br#"{"Code":"Failure"}"#, "test").is_err());
+        assert!(parse_credentials(b"not json", "test").is_err());
+    }
+}

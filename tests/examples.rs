@@ -240,3 +240,50 @@ fn readme_shows_the_quickstart_verbatim() {
         "README links the language reference"
     );
 }
+
+/// Runs `dbward` in `dir` and returns stdout + stderr, as a terminal would show them.
+fn dbward_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(workspace_bin("dbward"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run dbward");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn readme_tour_shows_real_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md exists");
+    let quickstart = std::fs::read_to_string(examples_dir().join("quickstart.kdl")).unwrap();
+    let typo = quickstart
+        .replace("roles developer", "roles developr")
+        .replace("client-cert-ttl \"12h\"", "client-cert-ttl \"12 hours\"");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("quickstart-typo.kdl"), typo).unwrap();
+    let shown = [
+        dbward_in(&root, &["check", "examples/quickstart.kdl"]),
+        dbward_in(dir.path(), &["check", "quickstart-typo.kdl"]),
+        dbward_in(&root, &["explain", "examples/full.kdl", "--user", "bob"]),
+        dbward_in(
+            &root,
+            &[
+                "explain",
+                "examples/self-hosted.kdl",
+                "--database",
+                "orders",
+            ],
+        ),
+    ];
+    for output in shown {
+        assert!(
+            readme.contains(output.trim()),
+            "README.md's tour no longer shows the real output; replace its block with:\n{output}"
+        );
+    }
+}

@@ -194,10 +194,13 @@ class Bench:
             log("installing pgbouncer")
             run(["apt-get", "update", "-qq"])
             run(["apt-get", "install", "-y", "-qq", "pgbouncer"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        log("building release binaries")
-        run(["cargo", "build", "--release", "-p", "dbward", "-p", "dbward-relay"], cwd=ROOT)
+        if self.args.no_build:
+            log("using the release binaries as they are (--no-build)")
+        else:
+            log("building release binaries")
+            run(["cargo", "build", "--release", "-p", "dbward", "-p", "dbward-relay"], cwd=ROOT)
         self.dbward = ROOT / "target/release/dbward"
-        self.relay_bin = ROOT / "target/release/dbward-relay"
+        self.relay_bin = Path(self.args.relay_bin) if self.args.relay_bin else ROOT / "target/release/dbward-relay"
 
     def generate(self):
         for d in (self.pg_root, self.pg_conf, self.pg_sock):
@@ -246,7 +249,7 @@ class Bench:
 
     def start_relay(self):
         log(f"start dbward-relay on 127.0.0.1:{self.relay_port}")
-        p = subprocess.Popen([str(self.relay_bin), "--config", str(self.out / "relay/frozen.json")], stdout=subprocess.DEVNULL, stderr=open(self.work / "relay.log", "w"), env={**os.environ, "RUST_LOG": "warn"})
+        p = subprocess.Popen([str(self.relay_bin), "--config", str(self.out / "relay/frozen.json"), *self.args.relay_args.split()], stdout=subprocess.DEVNULL, stderr=open(self.work / "relay.log", "w"), env={**os.environ, "RUST_LOG": "warn"})
         self.procs.append(p)
         self.relay_pid = p.pid
         self.wait_port(self.relay_port, "dbward-relay", self.work / "relay.log")
@@ -335,9 +338,12 @@ log_disconnections = 0
         pid = self.middle_pid(path)
         cpu0 = proc_cpu_seconds(pid) if pid else 0.0
         pg0 = postgres_cpu_seconds(self.pg_data)
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.time()
         res = subprocess.run([str(self.pg_bin / "pgbench"), "-n", *args], env=self.env_for(path), capture_output=True, text=True, cwd=workdir)
         wall = time.time() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.last_client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
         if res.returncode != 0:
             sys.exit(f"pgbench on {path} failed ({' '.join(args)}):\n{res.stdout}\n{res.stderr}")
         cpu = (proc_cpu_seconds(pid) - cpu0) if pid else 0.0
@@ -366,6 +372,9 @@ log_disconnections = 0
             "middle_cpu_us_per_query": cpu / n * 1e6,
             "middle_cpu_cores": cpu / wall,
             "postgres_cpu_cores": pg_cpu / wall,
+            # pgbench itself competes for the same two cores; a path that makes pgbench work
+            # harder (e.g. TLS) shows up here.
+            "pgbench_cpu_cores": self.last_client_cpu / wall,
         }
 
     def scenario_latency(self, path):
@@ -458,6 +467,8 @@ log_disconnections = 0
             ("C new connections", self.scenario_connections),
             ("E bulk 40MB", self.scenario_bulk),
         ]
+        if self.args.scenarios:
+            scenarios = [(n, f) for n, f in scenarios if any(w.lower() in n.lower() for w in self.args.scenarios)]
         for r in range(self.args.rounds):
             order = PATHS[r % 3:] + PATHS[: r % 3]
             log(f"round {r + 1}/{self.args.rounds}, order {order}")
@@ -512,12 +523,20 @@ def summarize(results):
                 ratios = [v / base_by_round[r] for r, v in by_path["relay"] if base_by_round.get(r)]
                 if ratios:
                     entry[f"relay/{base}"] = statistics.median(ratios)
+        # Added latency: the same-round difference relay - direct, in microseconds.
+        scale = {"_ms": 1000.0, "_us": 1.0}.get(metric[-3:])
+        if scale and ("latency" in metric or re.fullmatch(r"p\d+_us", metric)):
+            if "relay" in by_path and "direct" in by_path:
+                direct_by_round = dict(by_path["direct"])
+                diffs = [(v - direct_by_round[r]) * scale for r, v in by_path["relay"] if r in direct_by_round]
+                if diffs:
+                    entry["relay-direct_us"] = statistics.median(diffs)
         summary.append(entry)
     return summary
 
 
 def print_table(summary):
-    cols = ["direct", "relay", "pgbouncer", "relay/direct", "relay/pgbouncer"]
+    cols = ["direct", "relay", "pgbouncer", "relay/direct", "relay/pgbouncer", "relay-direct_us"]
     print(f"{'scenario':22} {'metric':26} " + " ".join(f"{c:>15}" for c in cols))
     for e in summary:
         cells = []
@@ -536,6 +555,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one round of 3 s runs, 200 idle sessions")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", default=str(ROOT / "bench-out/relay.json"))
+    ap.add_argument("--scenarios", nargs="*", help="run only scenarios whose name contains one of these words (e.g. 'prepared c1' bulk)")
+    ap.add_argument("--relay-bin", help="benchmark this dbward-relay binary (e.g. an older build, to compare)")
+    ap.add_argument("--relay-args", default="", help="extra arguments for dbward-relay, e.g. --relay-args='--threads 1'")
+    ap.add_argument("--no-build", action="store_true", help="do not run cargo build; use target/release as it is")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.bulk_count, args.idle = 1, 3, 2, [200]

@@ -123,16 +123,18 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
             };
             (host, tls, frozen::UpstreamAuth::Mtls)
         }
-        DatabaseKind::AwsRds { .. } => {
+        DatabaseKind::AwsRds { ca_file, .. } => {
             let CloudKind::Aws { region, .. } = &cloud("aws")?.kind else {
                 return Err(wrong("aws"));
             };
             let host = host.ok_or_else(|| EmitError::MissingHost {
                 database: db.name.clone(),
             })?;
+            // RDS certificates chain to Amazon's CA, which is not among the public roots:
+            // `ca-file` names the bundle; without it the relay uses the public roots.
             let tls = frozen::UpstreamTls {
                 server_name: host.clone(),
-                ca: None,
+                ca: ca_file.as_ref().map(std::path::PathBuf::from),
             };
             let auth = frozen::UpstreamAuth::RdsIam {
                 region: region.clone(),

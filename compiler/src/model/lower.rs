@@ -207,6 +207,7 @@ fn database_kind(node: &Node, postgres: &Postgres) -> Option<DatabaseKind> {
         return Some(DatabaseKind::AwsRds {
             cloud: prop(rds, "cloud"),
             resource_id: prop(rds, "resource-id"),
+            ca_file: rds.prop_str("ca-file").map(str::to_owned),
         });
     }
     if let Some(sql) = node.child("cloud-sql") {

@@ -108,8 +108,14 @@ pub enum DatabaseKind {
         server_names: Vec<String>,
         config_dir: String,
     },
-    /// `aws-rds cloud=… resource-id=…`.
-    AwsRds { cloud: String, resource_id: String },
+    /// `aws-rds cloud=… resource-id=… [ca-file=…]`.
+    AwsRds {
+        cloud: String,
+        resource_id: String,
+        /// Absolute path of the CA bundle the relay verifies the server with (Amazon's RDS
+        /// bundle); `None` means the platform's public roots.
+        ca_file: Option<String>,
+    },
     /// `cloud-sql cloud=… instance="project:region:instance"`.
     CloudSql { cloud: String, instance: String },
     /// `azure-postgres cloud=… server=…`.

@@ -292,7 +292,11 @@ static VOCABULARY: &[NodeSpec] = &[
         )
     },
     NodeSpec {
-        props: &[prop("cloud", NAME, true), prop("resource-id", S, true)],
+        props: &[
+            prop("cloud", NAME, true),
+            prop("resource-id", S, true),
+            prop("ca-file", S, false),
+        ],
         ..node(
             "database/aws-rds",
             "Amazon RDS or Aurora with IAM authentication",

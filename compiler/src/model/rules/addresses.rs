@@ -12,7 +12,8 @@
 //! ```
 //!
 //! **How to fix:** write addresses as `host:port` (`"0.0.0.0:6432"`, `"[::1]:6432"`), ports
-//! between 1 and 65535, DNS names or IP addresses for hosts, absolute paths for `config-dir`.
+//! between 1 and 65535, DNS names or IP addresses for hosts, absolute paths for `config-dir` and
+//! `aws-rds ca-file` (the relay may run from any directory).
 
 use std::net::IpAddr;
 
@@ -151,6 +152,28 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
                 }
             }
         }
+        "database/aws-rds" => {
+            if let Some(p) = node.prop("ca-file")
+                && let Some(s) = p.value.as_str()
+            {
+                if s.is_empty() || s.chars().any(char::is_control) {
+                    diags.push(bad(
+                        "dbward::invalid_path",
+                        "the path is empty or contains control characters".into(),
+                        p.value.span,
+                        "write a plain file system path",
+                    ));
+                } else if !s.starts_with('/') {
+                    diags.push(bad(
+                        "dbward::invalid_path",
+                        format!("`{s}` is not an absolute path"),
+                        p.value.span,
+                        "write the absolute path of Amazon's RDS CA bundle on the relay's host, \
+                         like \"/etc/dbward/rds-global-bundle.pem\"",
+                    ));
+                }
+            }
+        }
         _ => {}
     });
 }
@@ -226,6 +249,11 @@ mod tests {
             "database d {\n    self-hosted {\n        config-dir \"etc/x\"\n    }\n}\n",
             "dbward::invalid_path",
             "absolute",
+        );
+        expect(
+            "database d {\n    aws-rds cloud=aws resource-id=\"db-X\" ca-file=\"rds.pem\"\n}\n",
+            "dbward::invalid_path",
+            "rds.pem",
         );
     }
 }

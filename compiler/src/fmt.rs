@@ -554,6 +554,55 @@ mod tests {
         assert!(matches!(format("a true\n"), Err(FmtError::Parse(_))));
     }
 
+    /// Mutated manifests: formatting never panics, and whatever it formats is stable.
+    #[test]
+    fn mutated_manifests_never_panic_and_stay_stable() {
+        let base = include_str!("../../examples/full.kdl");
+        let pieces = [
+            "{", "}", "\"", "/*", "*/", "//", "/-", ";", "\\", "\n", " ", "#", "=", "\"\"\"",
+            "\r\n", "é", "(t)",
+        ];
+        // A fixed linear congruential generator: reproducible without a dependency.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |bound: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 33) as usize) % bound.max(1)
+        };
+        let mut formatted_ok = 0;
+        for _ in 0..150 {
+            let mut text = base.to_string();
+            for _ in 0..1 + next(3) {
+                let mut at = next(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                if next(2) == 0 {
+                    text.insert_str(at, pieces[next(pieces.len())]);
+                } else {
+                    let mut end = (at + 1 + next(4)).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end += 1;
+                    }
+                    text.replace_range(at..end, "");
+                }
+            }
+            match format(&text) {
+                Ok(once) => {
+                    formatted_ok += 1;
+                    assert_eq!(format(&once).ok().as_deref(), Some(once.as_str()), "{text}");
+                }
+                Err(FmtError::Unfaithful(why)) => panic!("refused valid KDL ({why}):\n{text}"),
+                Err(_) => {}
+            }
+        }
+        assert!(
+            formatted_ok > 50,
+            "only {formatted_ok} mutants were valid KDL"
+        );
+    }
+
     #[test]
     fn deep_nesting_is_refused_without_overflowing() {
         let deep = format!("{}{}", "a {".repeat(10_000), "}".repeat(10_000));

@@ -72,6 +72,9 @@ pub fn diff(name: &str, old: &str, new: &str) -> String {
 /// Replaces `path` with `text` atomically: a temporary file in the same directory (so the
 /// rename cannot cross file systems), with the original's permissions, renamed over it.
 pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    // Through a symlink, replace the file it points to, not the link itself.
+    let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = resolved.as_path();
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -166,5 +169,17 @@ mod tests {
         assert_eq!(mode, 0o640);
         // Only the manifest is left: the temporary file was renamed, not copied.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        // Through a symlink, the target is rewritten and the link stays a link.
+        let link = dir.path().join("link.kdl");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        write_atomically(&link, "newer\n").unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "newer\n");
     }
 }

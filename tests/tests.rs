@@ -17,6 +17,8 @@
 //!   PostgreSQL presenting the relay's certificate.
 //! - `relay`: the relay end to end with real PostgreSQL, psql and tokio-postgres: access,
 //!   every refusal with its message and audit event, cancel, restarts, 200 sessions, reload.
+//! - `rds`: Amazon RDS IAM authentication: SigV4 tokens from env and ECS credentials, checked by
+//!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
 
 mod artifacts;
@@ -26,6 +28,7 @@ mod examples;
 mod golden;
 mod harness;
 mod plan_apply;
+mod rds;
 mod relay;
 mod relay_ops;
 mod schema;

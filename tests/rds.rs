@@ -1,0 +1,679 @@
+//! Amazon RDS IAM authentication end to end, against a real PostgreSQL that checks the token
+//! the way RDS does: `dbward apply` on an `aws-rds` manifest → a real cluster whose pg_hba.conf
+//! sends the IAM user to PAM (`hostssl … pam`), where `pam_exec` runs `rds/verify_rds_token.py`
+//! (host:port, DBUser, Action, expiry, credential scope and the SigV4 signature recomputed with
+//! the test's secret key) → the relay signing tokens with ambient credentials → real `psql`.
+//!
+//! Credentials reach the relay two ways: injected into the in-process relay as environment
+//! variables (no process-environment mutation), and through a local ECS container-credentials
+//! HTTP server given to the real `dbward-relay` binary's environment. A wrong secret key is
+//! refused by PostgreSQL itself, and the token never appears in the relay's log or audit file.
+//!
+//! PAM services live in /etc/pam.d, so this module needs root; it fails saying so otherwise.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dbward_relay::audit::AuditSink;
+use dbward_relay::metrics::Metrics;
+use dbward_relay::state::Shared;
+use dbward_relay::upstream::aws_credentials::{AwsCredentials, AwsEnv};
+use dbward_tests::{Cluster, free_port, psql_path, wait_for, workspace_bin};
+use tokio_util::sync::CancellationToken;
+
+const PUBLIC_NAME: &str = "db.localhost";
+const REGION: &str = "eu-west-3";
+const KEY_ID: &str = "AKIADBWARDTEST000001";
+const SECRET: &str = "dbwardTestSecretKey/0123456789abcdefghijk";
+
+/// The manifest: one RDS database `shop` (really the test cluster) with IAM user `app`.
+fn manifest(cluster: &Cluster, relay_port: u16, audit: &Path, ca: &Path) -> String {
+    format!(
+        r#"dbward version=1
+relay {{
+    listen "127.0.0.1:{relay_port}"
+    public-name "{PUBLIC_NAME}"
+    client-cert-ttl "1h"
+    audit "{audit}" queries=#true
+}}
+cloud aws-test {{
+    aws account="123456789012" region="{REGION}"
+    relay-role "arn:aws:iam::123456789012:role/dbward-relay"
+}}
+database shop {{
+    postgres host="127.0.0.1" port={pg_port} version=15
+    aws-rds cloud=aws-test resource-id="db-DBWARDTEST0001" ca-file="{ca}"
+    db-role reader {{
+        grant CONNECT on=database
+    }}
+    db-user app {{
+        member-of reader
+    }}
+}}
+role developer {{
+    allow {{
+        databases shop
+        db-users app
+        db-names shop
+    }}
+}}
+user alice {{
+    roles developer
+}}
+"#,
+        audit = audit.display(),
+        pg_port = cluster.port,
+        ca = ca.display(),
+    )
+}
+
+fn run_bin(name: &str, args: &[&str]) -> Output {
+    let out = Command::new(workspace_bin(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A PAM service in /etc/pam.d for the test's lifetime.
+struct PamService {
+    name: String,
+}
+
+impl PamService {
+    fn install(name: String, verifier: &Path, args: &[&str]) -> PamService {
+        assert!(
+            running_as_root(),
+            "the RDS end-to-end test needs root to install a PAM service in /etc/pam.d \
+             (PostgreSQL checks the token through pam_exec); run the tests as root"
+        );
+        assert!(
+            Path::new("/usr/lib/x86_64-linux-gnu/security/pam_exec.so").exists()
+                || Path::new("/lib/x86_64-linux-gnu/security/pam_exec.so").exists()
+                || Path::new("/usr/lib/security/pam_exec.so").exists(),
+            "pam_exec.so is missing; install it with `apt-get install libpam-modules`"
+        );
+        let service = format!(
+            "# dbward RDS e2e test; removed when the test ends\n\
+             auth required pam_exec.so expose_authtok quiet /usr/bin/python3 {} {}\n\
+             account required pam_permit.so\n",
+            verifier.display(),
+            args.join(" ")
+        );
+        fs::write(format!("/etc/pam.d/{name}"), service).expect("write the PAM service");
+        PamService { name }
+    }
+}
+
+impl Drop for PamService {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(format!("/etc/pam.d/{}", self.name));
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A server certificate for 127.0.0.1 from a test CA (standing in for Amazon's RDS CA).
+fn server_certificate(dir: &Path) -> (PathBuf, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test RDS CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let ca_path = dir.join("rds-ca.pem");
+    fs::write(&ca_path, ca.pem()).unwrap();
+    (ca_path, cert.pem(), key.serialize_pem())
+}
+
+/// The RDS stand-in: PostgreSQL with TLS and PAM, the applied output, a person certificate.
+struct Rds {
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+    relay_port: u16,
+    _pam: PamService,
+}
+
+impl Rds {
+    fn start() -> Rds {
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-rds-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        // The verifier runs as `postgres` and records what it saw here.
+        let record = dir.path().join("record");
+        fs::create_dir_all(&record).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&record, fs::Permissions::from_mode(0o777)).unwrap();
+        let verifier = dir.path().join("verify_rds_token.py");
+        fs::write(&verifier, include_str!("rds/verify_rds_token.py")).unwrap();
+        fs::set_permissions(&verifier, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let mut cluster = Cluster::init();
+        let relay_port = free_port();
+        let (ca, cert, key) = server_certificate(dir.path());
+        let endpoint = format!("127.0.0.1:{}", cluster.port);
+        let pam = PamService::install(
+            format!("dbward-rds-test-{}", cluster.port),
+            &verifier,
+            &[&endpoint, REGION, KEY_ID, SECRET, record.to_str().unwrap()],
+        );
+        cluster.install_file("server.crt", cert.as_bytes(), 0o644);
+        cluster.install_file("server.key", key.as_bytes(), 0o600);
+        cluster.append_conf(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cluster.root().join("server.crt").display(),
+            cluster.root().join("server.key").display()
+        ));
+        // As on RDS: the IAM user logs in over TLS with a token, checked by PAM.
+        cluster.install_file(
+            "data/pg_hba.conf",
+            format!(
+                "local all all trust\nhostssl shop app 127.0.0.1/32 pam pamservice={}\n",
+                pam.name
+            )
+            .as_bytes(),
+            0o600,
+        );
+        if let Err(log) = cluster.try_start() {
+            panic!("PostgreSQL did not start with TLS and PAM:\n{log}");
+        }
+        // RDS has the rds_iam role; the generated setup.sql grants it.
+        cluster.sql("postgres", "CREATE ROLE rds_iam");
+        cluster.sql("postgres", "CREATE DATABASE shop");
+
+        let manifest_path = dir.path().join("manifest.kdl");
+        let audit = dir.path().join("audit.jsonl");
+        fs::write(&manifest_path, manifest(&cluster, relay_port, &audit, &ca)).unwrap();
+        let out = dir.path().join("out");
+        run_bin(
+            "dbward",
+            &[
+                "apply",
+                manifest_path.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--auto-approve",
+            ],
+        );
+        cluster
+            .sql_file("shop", &out.join("databases/shop/setup.sql"))
+            .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+        run_bin(
+            "dbward",
+            &[
+                "cert",
+                "issue",
+                manifest_path.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--user",
+                "alice",
+                "--ttl",
+                "1h",
+                "--dest",
+                dir.path().join("alice").to_str().unwrap(),
+            ],
+        );
+        Rds {
+            dir,
+            cluster,
+            relay_port,
+            _pam: pam,
+        }
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    fn frozen(&self) -> PathBuf {
+        self.out().join("relay/frozen.json")
+    }
+
+    /// `SELECT current_user` through the relay as alice → shop as app, with real psql.
+    fn psql(&self) -> Result<String, String> {
+        let certs = self.dir.path().join("alice");
+        let conninfo = format!(
+            "host=shop.{PUBLIC_NAME} hostaddr=127.0.0.1 port={} user=app dbname=shop \
+             sslmode=verify-full sslrootcert={} sslcert={}/postgresql.crt sslkey={}/postgresql.key",
+            self.relay_port,
+            self.out().join("ca/server-ca.crt").display(),
+            certs.display(),
+            certs.display()
+        );
+        let mut child = Command::new(psql_path())
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-d",
+                &conninfo,
+                "-c",
+                "SELECT current_user",
+            ])
+            .env("HOME", self.dir.path())
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSSLMODE")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        let finished = wait_for(Duration::from_secs(60), || child.try_wait().ok().flatten());
+        if finished.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("psql output");
+        assert!(finished.is_some(), "psql hung for a minute");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn record(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.path().join("record").join(name)).unwrap_or_default()
+    }
+
+    /// Every token PostgreSQL received.
+    fn tokens(&self) -> Vec<String> {
+        self.record("tokens.txt")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn audit(&self) -> String {
+        fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
+    }
+
+    fn assert_no_token_in(&self, what: &str, text: &str) {
+        let tokens = self.tokens();
+        assert!(!tokens.is_empty(), "PostgreSQL received no token");
+        for token in tokens {
+            let signature = token.rsplit("X-Amz-Signature=").next().unwrap_or_default();
+            assert!(
+                !text.contains(&token) && !text.contains(signature),
+                "the token appears in the {what}:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains(SECRET),
+            "the secret key appears in the {what}"
+        );
+    }
+}
+
+/// In-process relay whose credentials are injected as environment variables.
+struct InProcess {
+    /// Serves the relay's sessions; dropped (stopping them) with the test.
+    _rt: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+}
+
+impl InProcess {
+    fn start(rds: &Rds, env: AwsEnv) -> InProcess {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let loaded = dbward_relay::config::load(&rds.frozen())
+            .unwrap_or_else(|e| panic!("the relay refused the generated config: {e}"))
+            .with_aws_credentials(Arc::new(AwsCredentials::new(env)));
+        let audit = AuditSink::start(Some(rds.dir.path().join("audit.jsonl"))).unwrap();
+        let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()));
+        let shutdown = CancellationToken::new();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", rds.relay_port)))
+            .unwrap();
+        rt.spawn(dbward_relay::run(
+            listener,
+            Arc::clone(&shared),
+            shutdown.clone(),
+        ));
+        InProcess {
+            _rt: rt,
+            shared,
+            shutdown,
+        }
+    }
+
+    fn use_credentials(&self, rds: &Rds, env: AwsEnv) {
+        let loaded = dbward_relay::config::load(&rds.frozen())
+            .unwrap()
+            .with_aws_credentials(Arc::new(AwsCredentials::new(env)));
+        self.shared.replace_config(loaded);
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.shared.audit.flush();
+    }
+}
+
+fn env_credentials(secret: &str) -> AwsEnv {
+    AwsEnv::from_vars([
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        // Nothing else may be asked: no instance metadata on a test machine.
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ])
+}
+
+#[test]
+fn env_credentials_sign_a_token_postgres_accepts_and_a_wrong_secret_is_refused() {
+    let rds = Rds::start();
+    let relay = InProcess::start(&rds, env_credentials(SECRET));
+    assert_eq!(
+        rds.psql().unwrap_or_else(|e| panic!(
+            "{e}\nverifier: {}\n{}",
+            rds.record("verifier.log"),
+            rds.cluster.log()
+        )),
+        "app"
+    );
+    assert!(
+        rds.record("verifier.log").contains("app: accepted"),
+        "{}",
+        rds.record("verifier.log")
+    );
+
+    // A wrong secret key: PostgreSQL (PAM, the signature check) refuses, and the client gets
+    // PostgreSQL's error.
+    relay.use_credentials(&rds, env_credentials("not-the-secret-key"));
+    let error = rds
+        .psql()
+        .expect_err("a token signed with a wrong secret must be refused");
+    assert!(
+        error.contains("PAM authentication failed for user \"app\""),
+        "{error}"
+    );
+    assert!(
+        rds.record("verifier.log")
+            .contains("app: signature does not match"),
+        "{}",
+        rds.record("verifier.log")
+    );
+
+    // The right secret for the wrong region: the credential scope does not match.
+    let mut config = dbward_frozen::Config::load(&rds.frozen()).unwrap();
+    config.databases.get_mut("shop").unwrap().auth = dbward_frozen::UpstreamAuth::RdsIam {
+        region: "us-east-1".into(),
+    };
+    let loaded = dbward_relay::state::Loaded::build(&rds.frozen(), config)
+        .unwrap()
+        .with_aws_credentials(Arc::new(AwsCredentials::new(env_credentials(SECRET))));
+    relay.shared.replace_config(loaded);
+    let error = rds
+        .psql()
+        .expect_err("a token for another region must be refused");
+    assert!(error.contains("PAM authentication failed"), "{error}");
+    assert!(
+        rds.record("verifier.log")
+            .contains("/us-east-1/rds-db/aws4_request' is not"),
+        "{}",
+        rds.record("verifier.log")
+    );
+
+    // A token signed for another database user does not log in as `app` (straight to
+    // PostgreSQL with psql, as a stolen token would be used); the same for `app` does.
+    let credentials = dbward_relay::upstream::aws_credentials::Credentials {
+        access_key_id: KEY_ID.into(),
+        secret_access_key: SECRET.into(),
+        session_token: None,
+        expiry: None,
+        source: "test",
+    };
+    let endpoint = format!("127.0.0.1:{}", rds.cluster.port);
+    let direct = |user: &str| {
+        let token = dbward_relay::upstream::rds::auth_token(
+            &endpoint,
+            REGION,
+            user,
+            &credentials,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let out = Command::new(psql_path())
+            .args(["-X", "-A", "-t", "-c", "SELECT current_user"])
+            .arg("-d")
+            .arg(format!(
+                "host=127.0.0.1 port={} user=app dbname=shop sslmode=verify-full sslrootcert={}",
+                rds.cluster.port,
+                rds.dir.path().join("rds-ca.pem").display()
+            ))
+            .env("PGPASSWORD", token)
+            .env("HOME", rds.dir.path())
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, output) = direct("other");
+    assert!(
+        !ok && output.contains("PAM authentication failed"),
+        "{output}"
+    );
+    assert!(
+        rds.record("verifier.log")
+            .contains("app: DBUser 'other' is not the user logging in"),
+        "{}",
+        rds.record("verifier.log")
+    );
+    let (ok, output) = direct("app");
+    assert!(ok && output == "app", "{output}");
+
+    // No credentials at all: the client is told what was tried.
+    relay.use_credentials(
+        &rds,
+        AwsEnv::from_vars([("AWS_EC2_METADATA_DISABLED", "true")]),
+    );
+    let error = rds.psql().expect_err("no credentials");
+    assert!(
+        error.contains("no AWS credentials found") && error.contains("AWS_ACCESS_KEY_ID"),
+        "{error}"
+    );
+
+    relay.shared.audit.flush();
+    rds.assert_no_token_in("audit log", &rds.audit());
+}
+
+/// A local ECS container-credentials endpoint: answers GET /creds carrying the expected
+/// Authorization header with temporary credentials; counts the requests it served.
+fn ecs_server(secret: &'static str, authorization: &'static str) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&served);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut authorized = false;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("authorization")
+                    && value.trim() == authorization
+                {
+                    authorized = true;
+                }
+            }
+            let (status, body) = if !request_line.starts_with("GET /creds ") {
+                ("404 Not Found", String::new())
+            } else if !authorized {
+                ("401 Unauthorized", String::new())
+            } else {
+                count.fetch_add(1, Ordering::SeqCst);
+                let expiration = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+                let expiration = expiration
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap();
+                (
+                    "200 OK",
+                    format!(
+                        r#"{{"AccessKeyId":"{KEY_ID}","SecretAccessKey":"{secret}","Token":"ecs-session-token","Expiration":"{expiration}"}}"#
+                    ),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, served)
+}
+
+/// The real `dbward-relay` binary, with `env` as its AWS environment.
+struct Binary {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Binary {
+    fn start(rds: &Rds, env: &[(&str, String)]) -> Binary {
+        let log = rds.dir.path().join("relay.log");
+        let mut command = Command::new(workspace_bin("dbward-relay"));
+        command
+            .arg("--config")
+            .arg(rds.frozen())
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(rds.dir.path().join("relay.out")).unwrap())
+            .stderr(fs::File::create(&log).unwrap());
+        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+            command.env_remove(name);
+        }
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("start dbward-relay");
+        let up = wait_for(Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the relay exited with {status}:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            TcpStream::connect(("127.0.0.1", rds.relay_port))
+                .is_ok()
+                .then_some(())
+        });
+        assert!(up.is_some(), "the relay did not listen");
+        Binary { child, log }
+    }
+
+    fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ecs_container_credentials_reach_the_relay_binary_and_the_token_is_never_logged() {
+    let rds = Rds::start();
+    let (port, served) = ecs_server(SECRET, "ecs-auth-token");
+    let relay = Binary::start(
+        &rds,
+        &[
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("http://127.0.0.1:{port}/creds"),
+            ),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                "ecs-auth-token".to_owned(),
+            ),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ],
+    );
+    for _ in 0..2 {
+        let who = rds.psql().unwrap_or_else(|e| {
+            panic!(
+                "{e}\nverifier: {}\nrelay: {}",
+                rds.record("verifier.log"),
+                relay.log()
+            )
+        });
+        assert_eq!(who, "app");
+    }
+    // Temporary credentials are cached, and the session token is signed into the token.
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        1,
+        "credentials were not cached"
+    );
+    assert!(
+        rds.tokens()
+            .iter()
+            .all(|t| t.contains("X-Amz-Security-Token=ecs-session-token")),
+        "{:?}",
+        rds.tokens()
+    );
+    drop(relay);
+    let log = fs::read_to_string(rds.dir.path().join("relay.log")).unwrap_or_default();
+    assert!(!log.is_empty(), "the relay logged nothing at trace level");
+    rds.assert_no_token_in("relay log", &log);
+    assert!(
+        !log.contains("ecs-auth-token"),
+        "the ECS authorization token was logged"
+    );
+    rds.assert_no_token_in("audit log", &rds.audit());
+}

@@ -1,12 +1,13 @@
 //! Ambient AWS credentials for the RDS upstream, found the way the AWS SDKs find them.
 //!
 //! The order is the SDK's: environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//! `AWS_SESSION_TOKEN`); ECS container credentials (`AWS_CONTAINER_CREDENTIALS_FULL_URI` or
+//! `AWS_SESSION_TOKEN`); web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, exchanged
+//! at STS `AssumeRoleWithWebIdentity`, endpoint `AWS_ENDPOINT_URL_STS` or the regional one); ECS
+//! container credentials (`AWS_CONTAINER_CREDENTIALS_FULL_URI` or
 //! `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, with `AWS_CONTAINER_AUTHORIZATION_TOKEN` or
 //! `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`); EC2 instance metadata with IMDSv2 (endpoint from
-//! `AWS_EC2_METADATA_SERVICE_ENDPOINT`, off with `AWS_EC2_METADATA_DISABLED=true`). Web identity
-//! (`AWS_WEB_IDENTITY_TOKEN_FILE`) is not implemented yet: when it is the only source configured,
-//! the error says so rather than silently falling through to another source.
+//! `AWS_EC2_METADATA_SERVICE_ENDPOINT`, off with `AWS_EC2_METADATA_DISABLED=true`). Shared
+//! config/credentials files (`~/.aws`, profiles, SSO) are not read.
 //!
 //! The variables are read from an [`AwsEnv`] snapshot, not from the process environment at each
 //! use, so tests (and embedders) can inject them without mutating the process environment, and
@@ -158,13 +159,12 @@ impl AwsCredentials {
                 tried.push("environment: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into())
             }
         }
-        if env.get("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
-            tried.push(
-                "web identity: AWS_WEB_IDENTITY_TOKEN_FILE is set, but this relay build does \
-                 not support web identity yet; use ECS/EKS Pod Identity container credentials, \
-                 instance metadata or environment variables"
-                    .into(),
-            );
+        match self.web_identity().await {
+            Ok(Some(credentials)) => return Ok(credentials),
+            Ok(None) => {
+                tried.push("web identity: set AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN".into())
+            }
+            Err(e) => tried.push(format!("web identity (STS AssumeRoleWithWebIdentity): {e}")),
         }
         match self.ecs().await {
             Ok(Some(credentials)) => return Ok(credentials),
@@ -187,6 +187,71 @@ impl AwsCredentials {
             }
         }
         Err(CredentialsError { tried })
+    }
+
+    /// Web identity (EKS IRSA and the like): the token file exchanged at STS for the role's
+    /// temporary credentials; `None` when not configured. The endpoint is
+    /// `AWS_ENDPOINT_URL_STS`, else the regional one of `AWS_REGION`/`AWS_DEFAULT_REGION`,
+    /// else the global `https://sts.amazonaws.com`.
+    async fn web_identity(&self) -> Result<Option<Credentials>, String> {
+        let env = &self.env;
+        let Some(file) = env.get("AWS_WEB_IDENTITY_TOKEN_FILE") else {
+            return Ok(None);
+        };
+        let role = env
+            .get("AWS_ROLE_ARN")
+            .ok_or("AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not; set it")?;
+        let token = tokio::fs::read_to_string(file)
+            .await
+            .map_err(|e| format!("cannot read AWS_WEB_IDENTITY_TOKEN_FILE {file}: {e}"))?;
+        let session = env.get("AWS_ROLE_SESSION_NAME").unwrap_or("dbward-relay");
+        let endpoint = match (
+            env.get("AWS_ENDPOINT_URL_STS"),
+            env.get("AWS_REGION").or(env.get("AWS_DEFAULT_REGION")),
+        ) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, Some(region)) => format!("https://sts.{region}.amazonaws.com"),
+            (None, None) => "https://sts.amazonaws.com".to_owned(),
+        };
+        let form = [
+            ("Action", "AssumeRoleWithWebIdentity"),
+            ("Version", "2011-06-15"),
+            ("RoleArn", role),
+            ("RoleSessionName", session),
+            ("WebIdentityToken", token.trim()),
+        ]
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+        let body = http(
+            Method::POST,
+            &format!("{endpoint}/"),
+            &[("accept", "application/xml")],
+            Some(("application/x-www-form-urlencoded", form.into_bytes())),
+        )
+        .await?;
+        let xml = String::from_utf8_lossy(&body);
+        let field =
+            |tag: &str| xml_text(&xml, tag).ok_or_else(|| format!("the STS answer has no {tag}"));
+        let expiration = field("Expiration")?;
+        let expiry = time::OffsetDateTime::parse(
+            &expiration,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| format!("the STS Expiration {expiration:?} is not RFC 3339: {e}"))?;
+        Ok(Some(Credentials {
+            access_key_id: field("AccessKeyId")?,
+            secret_access_key: field("SecretAccessKey")?,
+            session_token: Some(field("SessionToken")?),
+            expiry: Some(expiry.into()),
+            source: "web identity",
+        }))
     }
 
     /// ECS (and EKS Pod Identity) container credentials; `None` when not configured.
@@ -219,7 +284,7 @@ impl AwsCredentials {
             .as_deref()
             .map(|t| vec![("authorization", t)])
             .unwrap_or_default();
-        let body = http(Method::GET, &url, &headers).await?;
+        let body = http(Method::GET, &url, &headers, None).await?;
         parse_credentials(&body, "ECS container credentials").map(Some)
     }
 
@@ -235,6 +300,7 @@ impl AwsCredentials {
             Method::PUT,
             &format!("{base}/latest/api/token"),
             &[("x-aws-ec2-metadata-token-ttl-seconds", "21600")],
+            None,
         )
         .await?;
         let token =
@@ -245,6 +311,7 @@ impl AwsCredentials {
             Method::GET,
             &format!("{base}/latest/meta-data/iam/security-credentials/"),
             &auth,
+            None,
         )
         .await?;
         let roles = String::from_utf8_lossy(&roles);
@@ -263,6 +330,7 @@ impl AwsCredentials {
             Method::GET,
             &format!("{base}/latest/meta-data/iam/security-credentials/{role}"),
             &auth,
+            None,
         )
         .await?;
         parse_credentials(&body, "EC2 instance metadata")
@@ -318,39 +386,43 @@ fn parse_credentials(body: &[u8], source: &'static str) -> Result<Credentials, S
     })
 }
 
-/// One plain-HTTP exchange with a credential endpoint; the body of a 2xx answer.
-/// Errors name the URL and the status, never a header value.
-async fn http(method: Method, url: &str, headers: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+/// One HTTP/1.1 exchange with a credential endpoint (`http://`, or `https://` verified against
+/// the public roots); the body of a 2xx answer. `body` is `(content type, bytes)`. Errors name
+/// the URL and the status (and, from `error_of`, what the service said), never a header value
+/// or the request body.
+async fn http(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, Vec<u8>)>,
+) -> Result<Vec<u8>, String> {
     let exchange = async {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("invalid endpoint URL {url:?}: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "endpoint {url} is not plain http://, which is all this relay build speaks to \
-                 credential endpoints"
-            ));
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("endpoint {url} is neither http:// nor https://")),
+        };
         let host = uri
             .host()
-            .ok_or_else(|| format!("endpoint {url} has no host"))?;
-        let port = uri.port_u16().unwrap_or(80);
+            .ok_or_else(|| format!("endpoint {url} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let authority = uri
             .authority()
             .map(|a| a.as_str().to_owned())
             .unwrap_or_default();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("HTTP with {url} failed: {e}"))?;
-        let driver = tokio::spawn(connection);
         let path = uri
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".into());
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -358,9 +430,51 @@ async fn http(method: Method, url: &str, headers: &[(&str, &str)]) -> Result<Vec
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
+        let payload = match body {
+            Some((content_type, bytes)) => {
+                request = request.header("content-type", content_type);
+                Bytes::from(bytes)
+            }
+            None => Bytes::new(),
+        };
         let request = request
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(payload))
             .map_err(|_| format!("cannot build the request to {url}"))?;
+        let (status, body) = if tls {
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("endpoint {url} has an invalid host name: {e}"))?;
+            let config = super::platform_roots_config().map_err(|e| e.to_string())?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {url} failed: {e}"))?;
+            send(TokioIo::new(stream), request, url).await?
+        } else {
+            send(TokioIo::new(tcp), request, url).await?
+        };
+        if !status.is_success() {
+            return Err(format!("{url} answered HTTP {status}{}", error_of(&body)));
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("{url} did not answer within {HTTP_TIMEOUT:?}"))?
+}
+
+async fn send<T>(
+    io: TokioIo<T>,
+    request: Request<Full<Bytes>>,
+    url: &str,
+) -> Result<(hyper::StatusCode, Vec<u8>), String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP with {url} failed: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let result = async {
         let response = sender
             .send_request(request)
             .await
@@ -371,15 +485,38 @@ async fn http(method: Method, url: &str, headers: &[(&str, &str)]) -> Result<Vec
             .await
             .map_err(|e| format!("reading the answer of {url} failed: {e}"))?
             .to_bytes();
-        driver.abort();
-        if !status.is_success() {
-            return Err(format!("{url} answered HTTP {status}"));
-        }
-        Ok(body.to_vec())
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("{url} did not answer within {HTTP_TIMEOUT:?}"))?
+        Ok((status, body.to_vec()))
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+/// `: CODE: MESSAGE` from an AWS XML error body (STS), or nothing. These never carry secrets.
+fn error_of(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    match (xml_text(&text, "Code"), xml_text(&text, "Message")) {
+        (Some(code), Some(message)) => format!(": {code}: {message}"),
+        (Some(code), None) => format!(": {code}"),
+        _ => String::new(),
+    }
+}
+
+/// The text of the first `<tag>…</tag>` in `xml`, with the predefined entities decoded. The
+/// STS answers read with it are flat and fixed in shape.
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{tag}>"))?;
+    Some(
+        xml[start..end]
+            .trim()
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
 }
 
 #[cfg(test)]
@@ -411,6 +548,160 @@ mod tests {
             assert!(message.contains(part), "{message}");
         }
         assert!(!message.contains("very-secret"), "{message}");
+    }
+
+    /// A local HTTP/1.1 server: `answer(method, path, headers, body)` gives (status, body).
+    /// Returns its base URL. It speaks real HTTP on a real socket (one request per connection).
+    async fn server(
+        answer: impl Fn(&str, &str, &[(String, String)], &str) -> (u16, String) + Send + Sync + 'static,
+    ) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let answer = std::sync::Arc::new(answer);
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(socket);
+                    let mut line = String::new();
+                    reader.read_line(&mut line).await.unwrap();
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or_default().to_owned();
+                    let path = parts.next().unwrap_or_default().to_owned();
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut header = String::new();
+                        reader.read_line(&mut header).await.unwrap();
+                        let header = header.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        let (name, value) = header.split_once(':').unwrap();
+                        headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+                    }
+                    let length = headers
+                        .iter()
+                        .find(|(n, _)| n == "content-length")
+                        .map_or(0, |(_, v)| v.parse().unwrap());
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).await.unwrap();
+                    let (status, text) =
+                        answer(&method, &path, &headers, &String::from_utf8_lossy(&body));
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                    let mut socket = reader.into_inner();
+                    socket.write_all(response.as_bytes()).await.unwrap();
+                });
+            }
+        });
+        base
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[tokio::test]
+    async fn imdsv2_takes_a_session_token_then_the_role_credentials() {
+        let base = server(|method, path, headers, _| {
+            match (method, path) {
+                ("PUT", "/latest/api/token")
+                    if header(headers, "x-aws-ec2-metadata-token-ttl-seconds").is_some() =>
+                {
+                    (200, "imds-session".into())
+                }
+                _ if header(headers, "x-aws-ec2-metadata-token") != Some("imds-session") => {
+                    (401, String::new())
+                }
+                ("GET", "/latest/meta-data/iam/security-credentials/") => {
+                    (200, "relay-role\n".into())
+                }
+                ("GET", "/latest/meta-data/iam/security-credentials/relay-role") => (
+                    200,
+                    r#"{"Code":"Success","AccessKeyId":"ASIAIMDS","SecretAccessKey":"imds-secret","Token":"imds-token","Expiration":"2099-01-01T00:00:00Z"}"#.into(),
+                ),
+                _ => (404, String::new()),
+            }
+        })
+        .await;
+        let creds = AwsCredentials::new(AwsEnv::from_vars([(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            base.as_str(),
+        )]));
+        let got = creds.get().await.unwrap();
+        assert_eq!(got.access_key_id, "ASIAIMDS");
+        assert_eq!(got.session_token.as_deref(), Some("imds-token"));
+        assert_eq!(got.source, "EC2 instance metadata");
+    }
+
+    #[tokio::test]
+    async fn web_identity_is_exchanged_at_sts_and_comes_before_ecs() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "eyJ.web.identity\n").unwrap();
+        let base = server(|method, path, headers, body| {
+            let form: BTreeMap<String, String> = body
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| {
+                    (
+                        k.to_owned(),
+                        percent_encoding::percent_decode_str(v)
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    )
+                })
+                .collect();
+            let get = |k: &str| form.get(k).map(String::as_str);
+            if method != "POST"
+                || path != "/"
+                || header(headers, "content-type") != Some("application/x-www-form-urlencoded")
+                || get("Action") != Some("AssumeRoleWithWebIdentity")
+                || get("Version") != Some("2011-06-15")
+                || get("RoleArn") != Some("arn:aws:iam::123456789012:role/relay")
+                || get("WebIdentityToken") != Some("eyJ.web.identity")
+            {
+                return (
+                    400,
+                    "<ErrorResponse><Error><Code>InvalidParameter</Code><Message>bad request</Message></Error></ErrorResponse>".into(),
+                );
+            }
+            (200, "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>ASIASTS</AccessKeyId><SecretAccessKey>sts&amp;secret</SecretAccessKey><SessionToken>sts-token</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>".into())
+        })
+        .await;
+        let env = |role: &str| {
+            AwsEnv::from_vars([
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.to_str().unwrap()),
+                ("AWS_ROLE_ARN", role),
+                ("AWS_ENDPOINT_URL_STS", base.as_str()),
+                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:1/"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ])
+        };
+        let got = AwsCredentials::new(env("arn:aws:iam::123456789012:role/relay"))
+            .get()
+            .await
+            .unwrap();
+        assert_eq!(got.access_key_id, "ASIASTS");
+        assert_eq!(got.secret_access_key, "sts&secret");
+        assert_eq!(got.source, "web identity");
+        // STS refusing: the error names what STS said, and never the web identity token.
+        let error = AwsCredentials::new(env("arn:aws:iam::123456789012:role/other"))
+            .get()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("InvalidParameter"), "{error}");
+        assert!(!error.contains("eyJ.web.identity"), "{error}");
     }
 
     #[test]

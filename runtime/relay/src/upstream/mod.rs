@@ -140,7 +140,7 @@ impl Upstream {
 }
 
 /// TLS for a server whose certificate chains to a well-known public root (Mozilla's list).
-fn platform_roots_config() -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn platform_roots_config() -> Result<Arc<ClientConfig>, TlsError> {
     let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()

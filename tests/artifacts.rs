@@ -18,7 +18,8 @@ use std::time::Duration;
 use dbward::emit::layout;
 use dbward::source::Source;
 use dbward_tests::{
-    Cluster, Tree, dbward_apply as apply, psql_path, superuser_query, superuser_sql, workspace_bin,
+    Cluster, Tree, dbward_apply as apply, psql_command, superuser_query, superuser_sql,
+    workspace_bin,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -185,24 +186,7 @@ fn conninfo_value(value: &str) -> String {
 
 /// Runs real psql with a connection string; returns stdout or stderr.
 fn psql(conninfo: &str, sql: &str, home: &Path) -> Result<String, String> {
-    let out = Command::new(psql_path())
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            conninfo,
-            "-c",
-            sql,
-        ])
-        // No stray defaults: no ~/.postgresql certificates, no service file, no password.
-        .env("HOME", home)
-        .env_remove("PGSERVICEFILE")
-        .env_remove("PGPASSWORD")
-        .env_remove("PGSSLMODE")
-        .env("PGCONNECT_TIMEOUT", "10")
+    let out = psql_command(conninfo, sql, home)
         .output()
         .expect("run psql");
     if out.status.success() {

@@ -8,14 +8,14 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dbward_relay::audit::AuditSink;
 use dbward_relay::metrics::Metrics;
 use dbward_relay::state::Shared;
-use dbward_tests::{Cluster, free_port, psql_path, wait_for, workspace_bin};
+use dbward_tests::{Cluster, free_port, psql_command, run_bin, superuser_sql, wait_for};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
@@ -103,31 +103,6 @@ user dave
         config_dir = cluster.config_dir().display(),
         vault_port = free_port(),
     )
-}
-
-/// Runs a workspace binary; panics with its output when it fails.
-fn run_bin(name: &str, args: &[&str]) -> Output {
-    let out = Command::new(workspace_bin(name))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Runs SQL as the cluster's superuser (peer authentication over the local socket).
-fn superuser_sql(cluster: &Cluster, database: &str, sql: &str) -> String {
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    fs::write(file.path(), sql).expect("write sql");
-    cluster
-        .peer_sql_file(database, file.path())
-        .unwrap_or_else(|e| panic!("superuser SQL failed: {e}\nSQL: {sql}"))
 }
 
 /// A whole deployment: PostgreSQL, the applied output directory, and the relay running
@@ -373,30 +348,6 @@ fn apply(manifest: &Path, out: &Path) {
             "--auto-approve",
         ],
     );
-}
-
-fn psql_command(conninfo: &str, sql: &str, home: &Path) -> Command {
-    let mut command = Command::new(psql_path());
-    command
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            conninfo,
-            "-c",
-            sql,
-        ])
-        // No stray defaults: no ~/.postgresql certificates, no service file, no password.
-        .env("HOME", home)
-        .env_remove("PGSERVICEFILE")
-        .env_remove("PGPASSWORD")
-        .env_remove("PGSSLMODE")
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null());
-    command
 }
 
 /// rustls client config for tokio-postgres: trust the server CA, present the person's cert.

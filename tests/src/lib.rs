@@ -88,6 +88,49 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs a workspace binary (see [`workspace_bin`]) with no standard input; panics with its
+/// output when it fails.
+pub fn run_bin(name: &str, args: &[&str]) -> Output {
+    let out = Command::new(workspace_bin(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Real psql running one SQL command against a libpq connection string, unaligned and without
+/// headers, stopping at the first error. Hermetic: `HOME` is `home` (no `~/.postgresql`
+/// certificates), and no service file, password or sslmode leaks in from the environment.
+pub fn psql_command(conninfo: &str, sql: &str, home: &Path) -> Command {
+    let mut command = Command::new(psql_path());
+    command
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ])
+        .env("HOME", home)
+        .env_remove("PGSERVICEFILE")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSSLMODE")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null());
+    command
+}
+
 /// Whether this process runs as root, in which case PostgreSQL runs as `postgres`.
 fn running_as_root() -> bool {
     Command::new("id")

@@ -4,7 +4,7 @@
 //! [`run`] accepts it → [`session::handle`] negotiates TLS (answering SSLRequest/GSSENCRequest,
 //! or direct TLS with ALPN) → checks the client certificate ([`tls::ClientCertCheck`]) → decides
 //! from the compiled access table (`session::decide`) → opens the upstream
-//! ([`upstream::connect`], mutual TLS) → completes the client's startup with a relay-issued
+//! ([`upstream::connect`]: mutual TLS, or an RDS IAM token as the password) → completes the client's startup with a relay-issued
 //! cancel key ([`cancel::CancelMap`]) → relays bytes ([`session::relay`]) until either side ends.
 //!
 //! **Invariants**
@@ -21,7 +21,9 @@
 //! - [`protocol`]: the PostgreSQL messages the relay reads and writes.
 //! - [`readahead`]: large socket reads during bulk transfers, none held while idle.
 //! - [`listener`]: the accept loop and connection limit; [`session`]: one client connection.
-//! - [`upstream`]: how to reach and authenticate to each database (one module per method).
+//! - [`upstream`]: how to reach and authenticate to each database (one module per method:
+//!   [`upstream::mtls`]; [`upstream::rds`] signing SigV4 tokens with ambient credentials from
+//!   [`upstream::aws_credentials`], injectable with [`state::Loaded::with_aws_credentials`]).
 //! - [`cancel`]: relay-issued cancel keys and forwarding CancelRequests.
 //! - [`audit`], [`metrics`], [`http`]: what the relay reports (audit log, Prometheus, probes).
 //! - [`config`], [`ops`], [`logging`]: loading and verifying the config, signals and drain,

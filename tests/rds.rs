@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use dbward_relay::audit::AuditSink;
 use dbward_relay::metrics::Metrics;
 use dbward_relay::state::Shared;
 use dbward_relay::upstream::aws_credentials::{AwsCredentials, AwsEnv};
-use dbward_tests::{Cluster, free_port, psql_path, wait_for, workspace_bin};
+use dbward_tests::{Cluster, free_port, psql_command, run_bin, wait_for, workspace_bin};
 use tokio_util::sync::CancellationToken;
 
 const PUBLIC_NAME: &str = "db.localhost";
@@ -72,21 +72,6 @@ user alice {{
         pg_port = cluster.port,
         ca = ca.display(),
     )
-}
-
-fn run_bin(name: &str, args: &[&str]) -> Output {
-    let out = Command::new(workspace_bin(name))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// A PAM service in /etc/pam.d for the test's lifetime.
@@ -265,21 +250,7 @@ impl Rds {
             certs.display(),
             certs.display()
         );
-        let mut child = Command::new(psql_path())
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-d",
-                &conninfo,
-                "-c",
-                "SELECT current_user",
-            ])
-            .env("HOME", self.dir.path())
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSSLMODE")
-            .env("PGCONNECT_TIMEOUT", "10")
-            .stdin(Stdio::null())
+        let mut child = psql_command(&conninfo, "SELECT current_user", self.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -465,18 +436,13 @@ fn env_credentials_sign_a_token_postgres_accepts_and_a_wrong_secret_is_refused()
             std::time::SystemTime::now(),
         )
         .unwrap();
-        let out = Command::new(psql_path())
-            .args(["-X", "-A", "-t", "-c", "SELECT current_user"])
-            .arg("-d")
-            .arg(format!(
-                "host=127.0.0.1 port={} user=app dbname=shop sslmode=verify-full sslrootcert={}",
-                rds.cluster.port,
-                rds.dir.path().join("rds-ca.pem").display()
-            ))
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=app dbname=shop sslmode=verify-full sslrootcert={}",
+            rds.cluster.port,
+            rds.dir.path().join("rds-ca.pem").display()
+        );
+        let out = psql_command(&conninfo, "SELECT current_user", rds.dir.path())
             .env("PGPASSWORD", token)
-            .env("HOME", rds.dir.path())
-            .env("PGCONNECT_TIMEOUT", "10")
-            .stdin(Stdio::null())
             .output()
             .unwrap();
         (

@@ -236,19 +236,24 @@ impl AwsCredentials {
             Some(("application/x-www-form-urlencoded", form.into_bytes())),
         )
         .await?;
-        let xml = String::from_utf8_lossy(&body);
-        let field =
-            |tag: &str| xml_text(&xml, tag).ok_or_else(|| format!("the STS answer has no {tag}"));
-        let expiration = field("Expiration")?;
+        let answer: StsAnswer = quick_xml::de::from_reader(body.as_ref()).map_err(|e| {
+            format!("the STS answer is not an AssumeRoleWithWebIdentityResponse: {e}")
+        })?;
+        let StsCredentials {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expiration,
+        } = answer.result.credentials;
         let expiry = time::OffsetDateTime::parse(
             &expiration,
             &time::format_description::well_known::Rfc3339,
         )
         .map_err(|e| format!("the STS Expiration {expiration:?} is not RFC 3339: {e}"))?;
         Ok(Some(Credentials {
-            access_key_id: field("AccessKeyId")?,
-            secret_access_key: field("SecretAccessKey")?,
-            session_token: Some(field("SessionToken")?),
+            access_key_id,
+            secret_access_key,
+            session_token: Some(session_token),
             expiry: Some(expiry.into()),
             source: "web identity",
         }))
@@ -494,29 +499,59 @@ where
 
 /// `: CODE: MESSAGE` from an AWS XML error body (STS), or nothing. These never carry secrets.
 fn error_of(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    match (xml_text(&text, "Code"), xml_text(&text, "Message")) {
-        (Some(code), Some(message)) => format!(": {code}: {message}"),
-        (Some(code), None) => format!(": {code}"),
-        _ => String::new(),
+    match quick_xml::de::from_reader::<_, StsErrorAnswer>(body) {
+        Ok(StsErrorAnswer {
+            error:
+                StsError {
+                    code,
+                    message: Some(message),
+                },
+        }) => format!(": {code}: {message}"),
+        Ok(StsErrorAnswer {
+            error: StsError {
+                code,
+                message: None,
+            },
+        }) => format!(": {code}"),
+        Err(_) => String::new(),
     }
 }
 
-/// The text of the first `<tag>…</tag>` in `xml`, with the predefined entities decoded. The
-/// STS answers read with it are flat and fixed in shape.
-fn xml_text(xml: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&format!("</{tag}>"))?;
-    Some(
-        xml[start..end]
-            .trim()
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&"),
-    )
+/// `<AssumeRoleWithWebIdentityResponse>`: the parts of STS's answer the relay uses (the root
+/// element's name is not checked; other elements are ignored).
+#[derive(serde::Deserialize)]
+struct StsAnswer {
+    #[serde(rename = "AssumeRoleWithWebIdentityResult")]
+    result: StsResult,
+}
+
+#[derive(serde::Deserialize)]
+struct StsResult {
+    #[serde(rename = "Credentials")]
+    credentials: StsCredentials,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StsCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: String,
+    expiration: String,
+}
+
+/// `<ErrorResponse><Error><Code>…</Code><Message>…</Message></Error></ErrorResponse>`.
+#[derive(serde::Deserialize)]
+struct StsErrorAnswer {
+    #[serde(rename = "Error")]
+    error: StsError,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StsError {
+    code: String,
+    message: Option<String>,
 }
 
 #[cfg(test)]

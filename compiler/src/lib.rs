@@ -7,9 +7,12 @@
 //! 2. [`model`] — check the manifest against the language ([`syntax::vocabulary`]) and the
 //!    validation rules ([`model::rules`]), resolve names, evaluate selectors and compute the access
 //!    table: [`model::resolve`] returns an `Option<`[`model::Model`]`>` and diagnostics.
-//! 3. [`emit`] — pure functions from `Model` to `Artifacts` (files with bytes, mode, sensitivity).
-//! 4. [`plan`] — compare artifacts with what exists on disk: a `Plan` of changes with diffs.
-//! 5. [`apply`] — write a plan to disk atomically.
+//! 3. [`emit`] — pure functions from `Model` to files: [`emit::emit`] takes the model and an
+//!    [`emit::env::Env`] (clock, keys, the files that exist now) and returns
+//!    [`emit::Artifacts`] (bytes, mode and sensitivity per relative path).
+//! 4. [`plan`] — compare artifacts with what is on disk and with what the last apply wrote:
+//!    [`plan::compute`] returns a [`plan::Plan`] of additions, changes, removals and drift.
+//! 5. [`apply`] — write a plan to disk atomically: [`apply::apply`] returns what it wrote.
 //!
 //! [`check`] runs phases 1 and 2 in one call: it is the front end every subcommand uses, and
 //! returns a [`Checked`] whose model exists only when there is no error.

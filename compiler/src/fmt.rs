@@ -10,7 +10,7 @@
 //! sections of a manifest and rewrites every value's spelling, which would make the reference
 //! manifest itself "unformatted".
 //!
-//! **Invariant: formatting never changes meaning or drops a comment.** [`format`] re-parses its
+//! **Invariant: formatting never changes meaning or drops a comment.** [`format`](fn@format) re-parses its
 //! output and compares it with the input (the KDL data model, and every non-blank character
 //! outside indentation); on any difference it refuses with [`FmtError::Unfaithful`] instead of
 //! returning text that would be written to disk.

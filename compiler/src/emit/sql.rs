@@ -5,7 +5,7 @@
 //! since `CREATE ROLE` has no `IF NOT EXISTS`), attributes are converged with `ALTER ROLE`,
 //! memberships among the roles the manifest manages are granted when missing and revoked when
 //! the manifest no longer declares them, and privileges converge the same way: what those roles
-//! hold and the manifest does not declare is revoked ([`converge`]), then what it declares is
+//! hold and the manifest does not declare is revoked (`sql/converge.rs`), then what it declares is
 //! granted (granting twice is a no-op). It runs in one transaction, so a failure changes
 //! nothing and nobody sees the roles between the old privileges and the new.
 //!

@@ -338,10 +338,20 @@ log_disconnections = 0
         pid = self.middle_pid(path)
         cpu0 = proc_cpu_seconds(pid) if pid else 0.0
         pg0 = postgres_cpu_seconds(self.pg_data)
+        perf = None
+        if self.args.perf and path == "relay":
+            # A CPU profile of the relay during this run, for `perf report -i FILE`.
+            Path(self.args.perf).mkdir(parents=True, exist_ok=True)
+            name = re.sub(r"[^A-Za-z0-9]+", "_", " ".join(args)).strip("_")[:60]
+            perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-p", str(pid), "-o", str(Path(self.args.perf) / f"{name}.data")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.time()
         res = subprocess.run([str(self.pg_bin / "pgbench"), "-n", *args], env=self.env_for(path), capture_output=True, text=True, cwd=workdir)
         wall = time.time() - t0
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=60)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.last_client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
         if res.returncode != 0:
@@ -558,6 +568,7 @@ def main():
     ap.add_argument("--scenarios", nargs="*", help="run only scenarios whose name contains one of these words (e.g. 'prepared c1' bulk)")
     ap.add_argument("--relay-bin", help="benchmark this dbward-relay binary (e.g. an older build, to compare)")
     ap.add_argument("--relay-args", default="", help="extra arguments for dbward-relay, e.g. --relay-args='--threads 1'")
+    ap.add_argument("--perf", metavar="DIR", help="record a perf profile of the relay during each of its runs into DIR (needs an unstripped build)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build; use target/release as it is")
     args = ap.parse_args()
     if args.quick:

@@ -234,7 +234,15 @@ fn readme_shows_the_quickstart_verbatim() {
         readme.contains(&format!("```kdl\n{quickstart}```")),
         "README.md's quickstart block differs from examples/quickstart.kdl; copy the file into it"
     );
-    assert!(readme.contains("cargo run -p dbward -- check examples/quickstart.kdl"));
+    for setup in [
+        "cargo run -p dbward -- apply examples/quickstart.kdl --out out --auto-approve",
+        "cargo nextest run --workspace",
+    ] {
+        assert!(
+            readme.contains(setup),
+            "README.md's set-up commands must include `{setup}`"
+        );
+    }
     assert!(
         readme.contains("(schemas/reference.md)"),
         "README links the language reference"
@@ -286,4 +294,31 @@ fn readme_tour_shows_real_output() {
             "README.md's tour no longer shows the real output; replace its block with:\n{output}"
         );
     }
+}
+
+/// The README's first set-up command, as a newcomer runs it (with `out` in a temp dir): it
+/// writes the quickstart's deployment, and running it again changes nothing.
+#[test]
+fn readme_main_command_applies_the_quickstart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let quickstart = examples_dir().join("quickstart.kdl");
+    let args = [
+        "apply",
+        quickstart.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--auto-approve",
+    ];
+    let first = dbward_in(dir.path(), &args);
+    assert!(first.contains("Apply complete"), "{first}");
+    for file in [
+        "relay/frozen.json",
+        "databases/shop/pg_hba.conf",
+        "databases/shop/setup.sql",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing after:\n{first}");
+    }
+    let second = dbward_in(dir.path(), &args);
+    assert!(second.contains("No changes."), "{second}");
 }

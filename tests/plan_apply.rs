@@ -382,6 +382,39 @@ fn a_write_failure_leaves_every_previous_file_intact_and_no_temp_files() {
     assert_eq!(ws.ok(&["plan", "m.kdl", "--out", "out"]), "No changes.\n");
 }
 
+/// The quickstart with `count` more self-hosted databases (seven files each).
+fn quickstart_with_databases(count: usize) -> String {
+    let mut manifest = quickstart();
+    for i in 0..count {
+        manifest.push_str(&format!(
+            "\ndatabase extra{i} {{\n    postgres host=\"pg{i}.internal\" port=5432\n    \
+             self-hosted {{\n        server-names \"pg{i}.internal\"\n        \
+             config-dir \"/etc/dbward\"\n    }}\n    db-user readonly\n}}\n"
+        ));
+    }
+    manifest
+}
+
+#[test]
+fn an_apply_of_more_files_than_open_descriptors_goes_through() {
+    // 40 databases are about 300 files; the process may hold only 64 descriptors. Staged temp
+    // files are closed once synced, so the count of files does not matter.
+    let ws = Workspace::new(&quickstart_with_databases(40));
+    let bin = workspace_bin("dbward");
+    let applied = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -n 64; exec \"$0\" apply m.kdl --out out --auto-approve")
+        .arg(&bin)
+        .current_dir(ws.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash");
+    let (stdout, stderr) = text(&applied);
+    assert!(applied.status.success(), "{stdout}\n{stderr}");
+    assert!(ws.out().join("databases/extra39/setup.sql").exists());
+    assert_eq!(ws.ok(&["plan", "m.kdl", "--out", "out"]), "No changes.\n");
+}
+
 #[test]
 fn a_second_apply_waits_for_none_and_is_refused_while_one_runs() {
     let ws = Workspace::new(&quickstart());

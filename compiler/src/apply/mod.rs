@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use tempfile::NamedTempFile;
+use tempfile::{NamedTempFile, TempPath};
 
 use crate::emit::env::{STATE_DIR, TEMP_PREFIX};
 use crate::plan::state::state_path;
@@ -186,11 +186,7 @@ pub fn apply(out: &Path, plan: &Plan, force: bool) -> Result<Applied, ApplyError
 }
 
 /// Renames a staged temp file over its target and remembers its directory for the fsync.
-fn commit(
-    target: &Path,
-    temp: NamedTempFile,
-    dirs: &mut BTreeSet<PathBuf>,
-) -> Result<(), ApplyError> {
+fn commit(target: &Path, temp: TempPath, dirs: &mut BTreeSet<PathBuf>) -> Result<(), ApplyError> {
     temp.persist(target).map_err(|e| ApplyError::Commit {
         action: "rename into place",
         path: target.to_path_buf(),
@@ -259,11 +255,13 @@ fn check_relative(path: &str) -> Result<(), ApplyError> {
     }
 }
 
-/// Temp files ready to be renamed into place.
+/// Temp files ready to be renamed into place. They are written, synced and closed: only their
+/// paths are held (each still deleted if dropped), so an apply of tens of thousands of files
+/// never holds more than a few descriptors open.
 struct Staged {
-    files: Vec<(PathBuf, NamedTempFile)>,
+    files: Vec<(PathBuf, TempPath)>,
     /// `.dbward/state.json`, committed after everything else.
-    state: Option<(PathBuf, NamedTempFile)>,
+    state: Option<(PathBuf, TempPath)>,
 }
 
 /// Phase one: every add/change (and the new state record) written to a synced temp file
@@ -314,7 +312,7 @@ fn stage_all(
                 path: target.clone(),
                 source,
             })?;
-        Ok((target.clone(), temp))
+        Ok((target.clone(), temp.into_temp_path()))
     });
     // On the first error, returning drops every staged temp file, which deletes it.
     let mut staged = results

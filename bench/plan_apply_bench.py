@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark `dbward plan` and `dbward apply` for 10, 100 and 1,000 self-hosted databases.
+"""Benchmark `dbward plan` and `dbward apply` for 10, 100, 1,000 and 5,000 self-hosted databases.
 
 One command (see the README, "Plan and apply"):
 
@@ -83,7 +83,7 @@ def median_run(cmd, cwd, repeat, expect_stdout=None):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--sizes", default="10,100,1000,5000")
     ap.add_argument("--bin", help="dbward binary (default: build target/release/dbward)")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()

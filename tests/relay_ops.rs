@@ -1107,3 +1107,33 @@ fn drain_ends_at_the_drain_timeout_when_sessions_do_not() {
         relay.log()
     );
 }
+
+#[test]
+fn byte_counters_move_while_a_session_runs() {
+    let deployment = Deployment::new("app");
+    let relay = deployment.relay();
+    let session = deployment.connect("app");
+    let before = (
+        relay.metric("dbward_client_to_server_bytes_total"),
+        relay.metric("dbward_server_to_client_bytes_total"),
+    );
+    let rows = deployment
+        .rt
+        .block_on(session.query("select repeat('x', 100000)", &[]))
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    // The session is still open: the traffic shows in /metrics now, not only at its end.
+    let after = (
+        relay.metric("dbward_client_to_server_bytes_total"),
+        relay.metric("dbward_server_to_client_bytes_total"),
+    );
+    assert_eq!(relay.metric("dbward_sessions_active"), 1.0);
+    assert!(
+        after.0 > before.0,
+        "client to server: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 >= before.1 + 100_000.0,
+        "server to client: {before:?} -> {after:?}"
+    );
+}

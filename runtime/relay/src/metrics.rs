@@ -141,13 +141,21 @@ impl Metrics {
         self.sessions_active.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A started session ended, having relayed these many bytes each way.
-    pub fn session_ended(&self, bytes_from_client: u64, bytes_to_client: u64) {
+    /// A started session ended.
+    pub fn session_ended(&self) {
         self.sessions_active.fetch_sub(1, Ordering::Relaxed);
-        self.bytes_client_to_server
-            .fetch_add(bytes_from_client, Ordering::Relaxed);
-        self.bytes_server_to_client
-            .fetch_add(bytes_to_client, Ordering::Relaxed);
+    }
+
+    /// Bytes a session just relayed each way (counted as they pass, not at its end).
+    pub fn bytes_relayed(&self, from_client: u64, to_client: u64) {
+        if from_client > 0 {
+            self.bytes_client_to_server
+                .fetch_add(from_client, Ordering::Relaxed);
+        }
+        if to_client > 0 {
+            self.bytes_server_to_client
+                .fetch_add(to_client, Ordering::Relaxed);
+        }
     }
 
     /// Sessions currently relayed.
@@ -281,7 +289,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.session_started();
         assert_eq!(metrics.sessions_active(), 1);
-        metrics.session_ended(10, 2000);
+        metrics.bytes_relayed(10, 2000);
+        metrics.session_ended();
         metrics.session_denied(DenyReason::NoAccess);
         metrics.session_denied(DenyReason::NoAccess);
         metrics.connection_refused();

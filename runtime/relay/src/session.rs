@@ -25,7 +25,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::audit::{QueryMessage, SessionInfo};
 use crate::cancel::CancelTarget;
-use crate::metrics::DenyReason;
+use crate::metrics::{DenyReason, Metrics};
 use crate::protocol::backend::{
     self, CONNECTION_FAILURE, INVALID_AUTHORIZATION, TOO_MANY_CONNECTIONS,
 };
@@ -626,6 +626,7 @@ async fn session(
         *client,
         upstream.stream,
         audit_queries.then_some(&mut on_query),
+        Some(&shared.metrics),
     )
     .await;
     drop(registration);
@@ -633,7 +634,7 @@ async fn session(
     shared
         .audit
         .session_end(&info, started.elapsed(), from_client, to_client);
-    shared.metrics.session_ended(from_client, to_client);
+    shared.metrics.session_ended();
     tracing::info!(
         session = info.id,
         duration_ms = started.elapsed().as_millis() as u64,
@@ -666,7 +667,8 @@ async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io:
 pub type OnQuery<'a> = dyn FnMut(QueryKind, &[u8]) + Send + 'a;
 
 /// Relays both directions until either side ends, then closes both. Returns the bytes relayed
-/// from the client and to the client.
+/// from the client and to the client; with `metrics`, they are also counted there as they
+/// pass, so `/metrics` shows the traffic of long sessions while they run.
 ///
 /// Both directions are driven by one future polling both streams in turn, rather than two
 /// halves of `tokio::io::split`: split guards each TLS stream with a lock taken on every poll,
@@ -677,6 +679,7 @@ pub async fn relay<C, U>(
     mut client: C,
     mut upstream: U,
     on_query: Option<&mut OnQuery<'_>>,
+    metrics: Option<&Metrics>,
 ) -> (u64, u64)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -686,15 +689,22 @@ where
     let mut from_client = Pump::new();
     let mut to_client = Pump::new();
     let ended = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) =
+        let before = (from_client.bytes, to_client.bytes);
+        let ended = if let Poll::Ready(result) =
             from_client.poll_copy(cx, &mut client, &mut upstream, scanner.as_mut())
         {
-            return Poll::Ready(("client", result));
+            Poll::Ready(("client", result))
+        } else if let Poll::Ready(result) =
+            to_client.poll_copy(cx, &mut upstream, &mut client, None)
+        {
+            Poll::Ready(("upstream", result))
+        } else {
+            Poll::Pending
+        };
+        if let Some(metrics) = metrics {
+            metrics.bytes_relayed(from_client.bytes - before.0, to_client.bytes - before.1);
         }
-        if let Poll::Ready(result) = to_client.poll_copy(cx, &mut upstream, &mut client, None) {
-            return Poll::Ready(("upstream", result));
-        }
-        Poll::Pending
+        ended
     })
     .await;
     if let (side, Err(error)) = ended {
@@ -1048,7 +1058,7 @@ mod tests {
         };
         let ((from_client, to_client), ()) = tokio::time::timeout(Duration::from_secs(10), async {
             tokio::join!(
-                relay(client_side, upstream_side, Some(&mut on_query)),
+                relay(client_side, upstream_side, Some(&mut on_query), None),
                 driver
             )
         })

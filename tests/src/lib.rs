@@ -335,14 +335,6 @@ impl Cluster {
         }
     }
 
-    /// Stops the server (`fast` mode).
-    pub fn stop(&mut self) {
-        if self.running {
-            let _ = self.pg_ctl(&["stop", "-m", "fast", "-w"]);
-            self.running = false;
-        }
-    }
-
     /// Restarts the server (`fast` mode), e.g. to test sessions that lose their upstream.
     pub fn restart(&mut self) {
         let out = self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);
@@ -407,29 +399,10 @@ impl Cluster {
         }
     }
 
-    /// Runs a SQL file as the superuser, stopping at the first error.
+    /// Runs a SQL file as the superuser, stopping at the first error. It runs as the server's
+    /// OS user, so it works under initdb's rules and under dbward's generated pg_hba.conf alike.
     pub fn sql_file(&self, database: &str, path: &Path) -> Result<String, String> {
-        let out = Command::new(psql_path())
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-            .arg("-h")
-            .arg(self.socket_dir())
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                database,
-            ])
-            .arg("-f")
-            .arg(path)
-            .output()
-            .expect("run psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        self.peer_sql_file(database, path)
     }
 }
 

@@ -13,23 +13,12 @@ pub fn policy(model: &Model, cloud: &Cloud, databases: &[&Database]) -> Result<V
         account, region, ..
     } = &cloud.kind
     else {
-        return Err(EmitError::WrongCloud {
-            database: databases
-                .first()
-                .map(|d| d.name.clone())
-                .unwrap_or_default(),
-            cloud: cloud.name.clone(),
-            expected: "aws",
-        });
+        return Err(super::wrong_cloud(cloud, databases.first().copied(), "aws"));
     };
     let mut resources = Vec::new();
     for db in databases {
         let DatabaseKind::AwsRds { resource_id, .. } = &db.kind else {
-            return Err(EmitError::WrongCloud {
-                database: db.name.clone(),
-                cloud: cloud.name.clone(),
-                expected: "aws-rds",
-            });
+            return Err(super::wrong_cloud(cloud, Some(db), "aws-rds"));
         };
         let logins = Logins::of(model, &db.name);
         for user in logins.db_users.iter().chain(logins.admin.iter()) {

@@ -16,14 +16,11 @@ pub fn role(cloud: &Cloud, databases: &[&Database]) -> Result<Value, EmitError> 
         ..
     } = &cloud.kind
     else {
-        return Err(EmitError::WrongCloud {
-            database: databases
-                .first()
-                .map(|d| d.name.clone())
-                .unwrap_or_default(),
-            cloud: cloud.name.clone(),
-            expected: "azure",
-        });
+        return Err(super::wrong_cloud(
+            cloud,
+            databases.first().copied(),
+            "azure",
+        ));
     };
     let client_id = relay_client_id
         .as_ref()
@@ -35,11 +32,7 @@ pub fn role(cloud: &Cloud, databases: &[&Database]) -> Result<Value, EmitError> 
     let mut servers = Vec::new();
     for db in databases {
         let DatabaseKind::AzurePostgres { server, .. } = &db.kind else {
-            return Err(EmitError::WrongCloud {
-                database: db.name.clone(),
-                cloud: cloud.name.clone(),
-                expected: "azure-postgres",
-            });
+            return Err(super::wrong_cloud(cloud, Some(db), "azure-postgres"));
         };
         servers.push(server.clone());
     }

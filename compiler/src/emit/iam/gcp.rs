@@ -29,14 +29,7 @@ pub fn bindings(cloud: &Cloud, databases: &[&Database]) -> Result<Value, EmitErr
         relay_service_account,
     } = &cloud.kind
     else {
-        return Err(EmitError::WrongCloud {
-            database: databases
-                .first()
-                .map(|d| d.name.clone())
-                .unwrap_or_default(),
-            cloud: cloud.name.clone(),
-            expected: "gcp",
-        });
+        return Err(super::wrong_cloud(cloud, databases.first().copied(), "gcp"));
     };
     let relay = relay_service_account
         .as_ref()
@@ -49,11 +42,7 @@ pub fn bindings(cloud: &Cloud, databases: &[&Database]) -> Result<Value, EmitErr
     let mut instances = BTreeSet::new();
     for db in databases {
         let DatabaseKind::CloudSql { instance, .. } = &db.kind else {
-            return Err(EmitError::WrongCloud {
-                database: db.name.clone(),
-                cloud: cloud.name.clone(),
-                expected: "cloud-sql",
-            });
+            return Err(super::wrong_cloud(cloud, Some(db), "cloud-sql"));
         };
         instances.insert(instance.clone());
         let users = db

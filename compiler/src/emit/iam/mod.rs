@@ -12,7 +12,7 @@ pub mod gcp;
 use serde_json::Value;
 
 use super::EmitError;
-use crate::model::{CloudKind, Database, Model};
+use crate::model::{Cloud, CloudKind, Database, Model};
 
 /// `(path, text)` of every IAM file the model needs. Clouds no database uses get no file.
 pub fn emit(model: &Model) -> Result<Vec<(String, String)>, EmitError> {
@@ -42,4 +42,14 @@ pub fn pretty(value: &Value) -> String {
     let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
     text.push('\n');
     text
+}
+
+/// The error for a database bound to a cloud of another kind (the front end rules this out;
+/// the emitters still refuse a hand-built model). `database` is the one at fault, when known.
+fn wrong_cloud(cloud: &Cloud, database: Option<&Database>, expected: &'static str) -> EmitError {
+    EmitError::WrongCloud {
+        database: database.map(|d| d.name.clone()).unwrap_or_default(),
+        cloud: cloud.name.clone(),
+        expected,
+    }
 }

@@ -34,8 +34,9 @@ pub struct Config {
     pub relay: Relay,
     /// Every database the relay can reach, by manifest name.
     pub databases: BTreeMap<String, Database>,
-    /// The compiled access table: one entry per (person, database) pair that allows anything.
-    /// A pair that is absent allows nothing.
+    /// The compiled access table: one entry per (person, database) pair that allows anything,
+    /// sorted by (identity, database) without duplicates (checked on load). A pair that is
+    /// absent allows nothing.
     pub access: Vec<Access>,
 }
 
@@ -179,6 +180,13 @@ pub struct Access {
     pub grants: Vec<String>,
 }
 
+impl Access {
+    /// The table's sort key: (identity, database).
+    fn key(&self) -> (&str, &str) {
+        (&self.identity, &self.database)
+    }
+}
+
 /// A set of names, or every name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -230,6 +238,15 @@ pub enum LoadError {
          regenerate it with `dbward apply` instead of editing it"
     )]
     Checksum { path: PathBuf },
+    #[error(
+        "{path} lists access for {identity} on {database} out of order or twice; \
+         regenerate it with `dbward apply`"
+    )]
+    AccessOrder {
+        path: PathBuf,
+        identity: String,
+        database: String,
+    },
 }
 
 impl Config {
@@ -282,6 +299,18 @@ impl Config {
                 path: path.to_owned(),
             });
         }
+        // `access_for` binary-searches: an unsorted or duplicated table is not understood.
+        if let Some(pair) = config
+            .access
+            .windows(2)
+            .find(|pair| Access::key(&pair[0]) >= Access::key(&pair[1]))
+        {
+            return Err(LoadError::AccessOrder {
+                path: path.to_owned(),
+                identity: pair[1].identity.clone(),
+                database: pair[1].database.clone(),
+            });
+        }
         Ok(config)
     }
 
@@ -307,10 +336,12 @@ impl Config {
     }
 
     /// The access entry for a person on a database, if any.
+    /// Every session asks this, so it is a binary search over the sorted table.
     pub fn access_for(&self, identity: &str, database: &str) -> Option<&Access> {
         self.access
-            .iter()
-            .find(|a| a.identity == identity && a.database == database)
+            .binary_search_by(|a| a.key().cmp(&(identity, database)))
+            .ok()
+            .map(|i| &self.access[i])
     }
 
     /// The JSON Schema of this format, as checked in at `schemas/frozen.schema.json`.
@@ -355,6 +386,45 @@ mod tests {
         let config = sample();
         let back = Config::from_json(Path::new("f.json"), &config.to_json()).unwrap();
         assert_eq!(back, config);
+    }
+
+    fn entry(identity: &str, database: &str) -> Access {
+        Access {
+            identity: identity.into(),
+            database: database.into(),
+            db_users: vec!["app".into()],
+            db_names: NameSet::Any,
+            provision: Provision::Off,
+            db_roles: vec![],
+            grants: vec![],
+        }
+    }
+
+    #[test]
+    fn access_is_found_by_binary_search_and_must_be_sorted() {
+        let mut config = sample();
+        config.access = vec![
+            entry("alice", "orders"),
+            entry("alice", "shop"),
+            entry("bob", "a"),
+        ];
+        config.seal();
+        let config = Config::from_json(Path::new("f.json"), &config.to_json()).unwrap();
+        assert_eq!(config.access_for("alice", "shop").unwrap().database, "shop");
+        assert_eq!(config.access_for("bob", "a").unwrap().identity, "bob");
+        assert!(config.access_for("alice", "a").is_none());
+        assert!(config.access_for("carol", "shop").is_none());
+
+        for access in [
+            vec![entry("bob", "a"), entry("alice", "shop")],
+            vec![entry("alice", "shop"), entry("alice", "shop")],
+        ] {
+            let mut bad = sample();
+            bad.access = access;
+            bad.seal();
+            let err = Config::from_json(Path::new("f.json"), &bad.to_json()).unwrap_err();
+            assert!(matches!(err, LoadError::AccessOrder { .. }), "{err}");
+        }
     }
 
     #[test]

@@ -71,7 +71,9 @@ pub fn free_port() -> u16 {
 }
 
 /// Path of a binary built from this workspace (`dbward`, `dbward-relay`), next to the test
-/// executable's `deps/` directory. `cargo nextest run --workspace` builds them before tests run.
+/// executable's `deps/` directory. `cargo nextest run --workspace` builds them before tests run
+/// because each one's package has integration tests of its own (`compiler/tests/`,
+/// `runtime/relay/tests/`): cargo builds a package's binaries only for those.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe

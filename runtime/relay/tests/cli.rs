@@ -33,7 +33,11 @@ fn check_of_a_file_that_is_not_a_frozen_config_exits_1_without_echoing_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("frozen.json");
     // Whatever the file holds must not be printed back: it could be a key pasted by mistake.
-    std::fs::write(&path, "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n").unwrap();
+    std::fs::write(
+        &path,
+        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n",
+    )
+    .unwrap();
     let out = relay(&["--config", path.to_str().unwrap(), "--check"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);

@@ -206,8 +206,7 @@ pub fn explain(model: &Model, filter: &Filter) -> Result<Explanation, ExplainErr
                     .cloned()
                     .collect()
             };
-            let key = (user_name.clone(), db_name.clone());
-            match model.access.get(&key) {
+            match model.access.get(user_name, db_name) {
                 Some(entry) => {
                     reaches_any = true;
                     access.push(describe(entry, selecting(false)));
@@ -241,18 +240,19 @@ pub fn explain(model: &Model, filter: &Filter) -> Result<Explanation, ExplainErr
     })
 }
 
-fn describe(entry: &Access, via: Vec<String>) -> Entry {
-    let provisioning = entry.provision != Provision::Off;
+fn describe(entry: Access<'_>, via: Vec<String>) -> Entry {
+    let rights = entry.rights;
+    let provisioning = rights.provision != Provision::Off;
     Entry {
-        user: entry.user.clone(),
-        database: entry.database.clone(),
+        user: entry.user.to_string(),
+        database: entry.database.to_string(),
         via,
-        db_users: entry.db_users.iter().cloned().collect(),
-        provisioned_user: provisioning.then(|| entry.user.clone()),
-        provision: entry.provision,
-        db_names: Names::from_set(&entry.db_names),
-        db_roles: entry.db_roles.iter().cloned().collect(),
-        permissions: entry
+        db_users: rights.db_users.iter().cloned().collect(),
+        provisioned_user: provisioning.then(|| entry.user.to_string()),
+        provision: rights.provision,
+        db_names: Names::from_set(&rights.db_names),
+        db_roles: rights.db_roles.iter().cloned().collect(),
+        permissions: rights
             .permissions
             .iter()
             .map(Permission::from_grant)

@@ -164,14 +164,12 @@ pub fn service_file(model: &Model, user: &str, dest: &Path) -> (String, Option<S
          # through the relay; use with PGSERVICEFILE=<this file> psql \"service=<database>\".\n"
     );
     let mut first = None;
-    for ((person, database), access) in &model.access {
-        if person != user {
-            continue;
-        }
-        first.get_or_insert_with(|| database.clone());
+    for entry in model.access.of_user(user) {
+        let (database, access) = (entry.database, entry.rights);
+        first.get_or_insert_with(|| database.to_string());
         let dbname = match &access.db_names {
-            NameSet::Only(names) if !names.contains(database) => names.first().cloned(),
-            _ => Some(database.clone()),
+            NameSet::Only(names) if !names.iter().any(|n| n == database) => names.first().cloned(),
+            _ => Some(database.to_string()),
         };
         // The first declared login; a person with only a provisioned user logs in as
         // themself. Every choice is listed, so they can pick another with `user=`.

@@ -22,16 +22,17 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
         databases.insert(name.clone(), database(model, db)?);
     }
     let mut access = Vec::new();
-    for entry in model.access.values() {
-        if entry.provision != Provision::Off && entry.user.contains('$') {
+    for entry in model.access.iter() {
+        let rights = entry.rights;
+        if rights.provision != Provision::Off && entry.user.contains('$') {
             return Err(EmitError::UnsafePersonName {
-                name: entry.user.clone(),
+                name: entry.user.to_string(),
             });
         }
         // `{user}` is replaced by the relay with the quoted name; in the database grant it sits
         // inside a dollar-quoted literal, which is why a person name may not contain `$`.
         let grantee_literal = format!("$dbward_user${USER_PLACEHOLDER}$dbward_user$");
-        let grants = entry
+        let grants = rights
             .permissions
             .iter()
             .flat_map(|grant| {
@@ -44,12 +45,12 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
             })
             .collect();
         access.push(frozen::Access {
-            identity: entry.user.clone(),
-            database: entry.database.clone(),
-            db_users: entry.db_users.iter().cloned().collect(),
-            db_names: entry.db_names.clone(),
-            provision: entry.provision,
-            db_roles: entry.db_roles.iter().cloned().collect(),
+            identity: entry.user.to_string(),
+            database: entry.database.to_string(),
+            db_users: rights.db_users.iter().cloned().collect(),
+            db_names: rights.db_names.clone(),
+            provision: rights.provision,
+            db_roles: rights.db_roles.iter().cloned().collect(),
             grants,
         });
     }

@@ -117,13 +117,13 @@ impl Logins {
         let mut db_users = BTreeSet::new();
         let mut db_names = Some(BTreeSet::new());
         let mut provisioning = false;
-        for access in model.access.values().filter(|a| a.database == database) {
-            db_users.extend(access.db_users.iter().cloned());
-            if access.provision != Provision::Off {
+        for access in model.access.of_database(database) {
+            db_users.extend(access.rights.db_users.iter().cloned());
+            if access.rights.provision != Provision::Off {
                 provisioning = true;
-                db_users.insert(access.user.clone());
+                db_users.insert(access.user.to_string());
             }
-            match (&access.db_names, &mut db_names) {
+            match (&access.rights.db_names, &mut db_names) {
                 (NameSet::Any, _) => db_names = None,
                 (NameSet::Only(names), Some(set)) => set.extend(names.iter().cloned()),
                 // Already every name: nothing to add.

@@ -149,8 +149,8 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
     let provisioning = logins.admin.is_some()
         || model
             .access
-            .values()
-            .any(|a| a.database == db.name && a.provision != crate::model::Provision::Off);
+            .of_database(&db.name)
+            .any(|a| a.rights.provision != crate::model::Provision::Off);
     if provisioning {
         let _ = writeln!(
             body,

@@ -4,7 +4,7 @@
 //! Lowering runs only after the rules found no error, so it can take the manifest's shape for
 //! granted; it still never panics, falling back to defaults where a value is somehow missing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::rules::durations::parse_duration;
@@ -55,7 +55,7 @@ pub fn build(manifest: &Manifest) -> Model {
             .filter_map(user)
             .map(|u| (u.name.clone(), u))
             .collect(),
-        access: BTreeMap::new(),
+        access: AccessTable::default(),
     }
 }
 

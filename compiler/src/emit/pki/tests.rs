@@ -48,7 +48,7 @@ pub(crate) fn model(databases: &[&str]) -> Model {
             .collect(),
         roles: BTreeMap::new(),
         users: BTreeMap::new(),
-        access: BTreeMap::new(),
+        access: Default::default(),
     }
 }
 

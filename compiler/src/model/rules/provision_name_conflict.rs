@@ -26,8 +26,9 @@ pub fn check(manifest: &Manifest, model: &Model, diags: &mut Vec<Diagnostic>) {
     let users = by_name(manifest, "user");
     let databases = by_name(manifest, "database");
     let mut reported = BTreeSet::new();
-    for ((person, db_name), access) in &model.access {
-        if access.provision == Provision::Off {
+    for access in model.access.iter() {
+        let (person, db_name) = (access.user, access.database);
+        if access.rights.provision == Provision::Off {
             continue;
         }
         let Some(db) = model.databases.get(db_name) else {
@@ -37,7 +38,7 @@ pub fn check(manifest: &Manifest, model: &Model, diags: &mut Vec<Diagnostic>) {
             "db-user"
         } else if db.db_roles.contains_key(person) {
             "db-role"
-        } else if db.admin_user.as_ref().is_some_and(|a| &a.name == person) {
+        } else if db.admin_user.as_ref().is_some_and(|a| a.name == person) {
             "admin-user"
         } else {
             continue;
@@ -45,7 +46,7 @@ pub fn check(manifest: &Manifest, model: &Model, diags: &mut Vec<Diagnostic>) {
         if !reported.insert((person, db_name)) {
             continue;
         }
-        let Some(user) = users.get(person.as_str()) else {
+        let Some(user) = users.get(person) else {
             continue;
         };
         let mut diag = Diagnostic::error(
@@ -53,11 +54,11 @@ pub fn check(manifest: &Manifest, model: &Model, diags: &mut Vec<Diagnostic>) {
             format!("`{person}` would be provisioned on database `{db_name}`, which already declares a {what} of that name"),
         )
         .label(user.first_arg_span(), "provisioned as this name");
-        if let Some(db_node) = databases.get(db_name.as_str()) {
+        if let Some(db_node) = databases.get(db_name) {
             let declared = db_node
                 .children()
                 .iter()
-                .find(|n| n.name() == what && n.first_str() == Some(person.as_str()));
+                .find(|n| n.name() == what && n.first_str() == Some(person));
             if let Some(node) = declared {
                 diag = diag.label(node.first_arg_span(), format!("the {what}"));
             }

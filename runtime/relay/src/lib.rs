@@ -17,7 +17,8 @@
 //!
 //! Modules:
 //! - [`state`]: the shared runtime state ([`state::Shared`], [`state::Loaded`]).
-//! - [`tls`]: rustls configs for clients and upstreams, built once per config load.
+//! - [`tls`]: rustls configs for clients and upstreams, built once per config load;
+//!   [`verified`]: chains verified before, so a returning certificate is not verified again.
 //! - [`protocol`]: the PostgreSQL messages the relay reads and writes.
 //! - [`readahead`]: large socket reads during bulk transfers, none held while idle.
 //! - [`listener`]: the accept loop and connection limit; [`session`]: one client connection.
@@ -43,5 +44,6 @@ pub mod session;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod verified;
 
 pub use listener::run;

@@ -15,16 +15,19 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
     ServerConfig, SignatureScheme,
 };
+
+use crate::verified::VerifiedChains;
 
 /// The ALPN protocol name PostgreSQL 17 uses for direct TLS (`sslnegotiation=direct`).
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
@@ -126,7 +129,10 @@ impl ServerTls {
                 path: client_ca.to_owned(),
                 reason: e.to_string(),
             })?;
-        let check = Arc::new(ClientCertCheck { inner });
+        let check = Arc::new(ClientCertCheck {
+            inner,
+            verified: VerifiedChains::default(),
+        });
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -156,6 +162,8 @@ impl ServerTls {
 #[derive(Debug)]
 pub struct ClientCertCheck {
     inner: Arc<dyn ClientCertVerifier>,
+    /// Chains verified before, with the identity they carry (see [`crate::verified`]).
+    verified: VerifiedChains<String>,
 }
 
 /// Why a client certificate was refused, in words a person can act on.
@@ -188,25 +196,31 @@ impl ClientCertCheck {
         let Some((end_entity, intermediates)) = chain.and_then(|c| c.split_first()) else {
             return Err(CertRefusal::Missing);
         };
-        if let Err(error) =
-            self.inner
-                .verify_client_cert(end_entity, intermediates, UnixTime::now())
-        {
-            return Err(match error {
-                rustls::Error::InvalidCertificate(e) => match e {
-                    CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                        CertRefusal::Expired
-                    }
-                    CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                        CertRefusal::NotYetValid
-                    }
-                    CertificateError::UnknownIssuer => CertRefusal::UnknownIssuer,
-                    other => CertRefusal::Invalid(format!("{other:?}")),
-                },
-                other => CertRefusal::Invalid(other.to_string()),
-            });
-        }
-        common_name(end_entity).ok_or(CertRefusal::NoCommonName)
+        let now = UnixTime::now();
+        self.verified
+            .get_or_verify(end_entity, intermediates, b"", now, || {
+                self.inner
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .map_err(refusal)?;
+                common_name(end_entity).ok_or(CertRefusal::NoCommonName)
+            })
+    }
+}
+
+/// Why rustls refused a client chain, in words a person can act on.
+fn refusal(error: rustls::Error) -> CertRefusal {
+    match error {
+        rustls::Error::InvalidCertificate(e) => match e {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                CertRefusal::Expired
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                CertRefusal::NotYetValid
+            }
+            CertificateError::UnknownIssuer => CertRefusal::UnknownIssuer,
+            other => CertRefusal::Invalid(format!("{other:?}")),
+        },
+        other => CertRefusal::Invalid(other.to_string()),
     }
 }
 
@@ -269,11 +283,22 @@ pub fn upstream_client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = load_roots(ca)?;
-    let builder = ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let roots = Arc::new(load_roots(ca)?);
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Ca {
+            path: ca.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(UpstreamCertCheck {
+            inner,
+            verified: VerifiedChains::default(),
+        }));
     let mut config = match identity {
         Some((cert, key)) => builder
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
@@ -286,6 +311,57 @@ pub fn upstream_client_config(
     // PostgreSQL does not resume sessions; keeping tickets would only cost memory.
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// rustls' WebPKI verification of upstream servers (`verify-full`), remembering chains it
+/// accepted for a server name (see [`crate::verified`]). The handshake signature is checked on
+/// every connection.
+#[derive(Debug)]
+struct UpstreamCertCheck {
+    inner: Arc<WebPkiServerVerifier>,
+    verified: VerifiedChains<()>,
+}
+
+impl ServerCertVerifier for UpstreamCertCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = server_name.to_str();
+        self.verified
+            .get_or_verify(end_entity, intermediates, name.as_bytes(), now, || {
+                self.inner
+                    .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                    .map(drop)
+            })
+            .map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 #[cfg(test)]

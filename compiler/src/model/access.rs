@@ -622,6 +622,37 @@ mod tests {
                 && table.iter().any(|a| a.rights.provision == Provision::Keep)
         );
         assert!(table.get("p1", "d4").is_some() && table.get("p9", "d4").is_none());
+        // The selector index answers what `matches` answers, for every block and for selectors
+        // naming what does not exist.
+        let databases: Vec<&Database> = model.databases.values().collect();
+        let selection = Selection::new(&databases);
+        let mut selectors: Vec<Selector> = model
+            .roles
+            .values()
+            .flat_map(|r| r.allow.iter().chain(&r.deny))
+            .map(|rule| rule.databases.clone())
+            .collect();
+        let labels = |pairs: &[(&str, &str)]| {
+            Selector::Labels(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        selectors.extend([
+            Selector::Names(["d3", "nope", "d0"].map(String::from).into()),
+            labels(&[]),
+            labels(&[("env", "prod"), ("team", "b")]),
+            labels(&[("env", "prod"), ("team", "x")]),
+            labels(&[("owner", "prod")]),
+        ]);
+        for selector in &selectors {
+            let expected: Vec<usize> = (0..databases.len())
+                .filter(|&i| matches(selector, databases[i]))
+                .collect();
+            assert_eq!(selection.select(selector), expected, "{selector:?}");
+        }
         // Lookups agree with iteration.
         for entry in table.iter() {
             assert_eq!(table.get(entry.user, entry.database), Some(entry));

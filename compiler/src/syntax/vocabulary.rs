@@ -487,8 +487,20 @@ pub fn spec(path: &str) -> Option<&'static NodeSpec> {
     VOCABULARY.iter().find(|s| s.path == path)
 }
 
+/// Whether `path` names a node directly under `parent` (`""` for the top level), comparing bytes
+/// in place: this runs for every node of large manifests, several times each.
+fn is_child_of(path: &str, parent: &str) -> bool {
+    let own = if parent.is_empty() {
+        Some(path)
+    } else {
+        path.strip_prefix(parent)
+            .and_then(|rest| rest.strip_prefix('/'))
+    };
+    own.is_some_and(|own| !own.contains('/'))
+}
+
 /// The spec of the node called `name` directly under `parent` (`""` for the top level), without
-/// building the child's path: rules look this up for every node of large manifests.
+/// building the child's path.
 pub fn child_spec(parent: &str, name: &str) -> Option<&'static NodeSpec> {
     let len = if parent.is_empty() {
         name.len()
@@ -497,12 +509,14 @@ pub fn child_spec(parent: &str, name: &str) -> Option<&'static NodeSpec> {
     };
     VOCABULARY
         .iter()
-        .find(|s| s.path.len() == len && s.name() == name && s.parent() == parent)
+        .find(|s| s.path.len() == len && s.path.ends_with(name) && is_child_of(s.path, parent))
 }
 
 /// The specs of the nodes allowed directly under `parent` (`""` for the top level).
 pub fn children_of(parent: &str) -> impl Iterator<Item = &'static NodeSpec> + '_ {
-    VOCABULARY.iter().filter(move |s| s.parent() == parent)
+    VOCABULARY
+        .iter()
+        .filter(move |s| is_child_of(s.path, parent))
 }
 
 #[cfg(test)]
@@ -524,6 +538,38 @@ mod tests {
                 spec.path
             );
         }
+    }
+
+    #[test]
+    fn child_lookups_agree_with_the_paths() {
+        let mut parents: Vec<&str> = vocabulary().iter().map(|s| s.parent()).collect();
+        parents.extend(["database/db-role/grant", "nowhere", "data", "database/"]);
+        let mut names: Vec<&str> = vocabulary().iter().map(|s| s.name()).collect();
+        names.extend(["", "/", "db-role/grant", "database/db-user", "x"]);
+        for parent in &parents {
+            let children: Vec<&str> = children_of(parent).map(|s| s.path).collect();
+            let expected: Vec<&str> = vocabulary()
+                .iter()
+                .filter(|s| s.parent() == *parent)
+                .map(|s| s.path)
+                .collect();
+            assert_eq!(children, expected, "children of {parent:?}");
+            for name in &names {
+                let expected = vocabulary()
+                    .iter()
+                    .find(|s| s.parent() == *parent && s.name() == *name)
+                    .map(|s| s.path);
+                assert_eq!(
+                    child_spec(parent, name).map(|s| s.path),
+                    expected,
+                    "{parent:?} / {name:?}"
+                );
+            }
+        }
+        assert_eq!(
+            child_spec("database", "db-role").map(|s| s.path),
+            Some("database/db-role")
+        );
     }
 
     #[test]

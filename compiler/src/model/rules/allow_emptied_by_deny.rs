@@ -17,12 +17,14 @@
 
 use super::by_name;
 use crate::diag::Diagnostic;
-use crate::model::access::{DenyEffect, allowed, allows_something, apply_deny, matches};
-use crate::model::types::{Model, Role};
+use crate::model::access::{DenyEffect, Selection, allowed, allows_something, apply_deny, matches};
+use crate::model::types::{Database, Model, Role};
 use crate::syntax::ast::Manifest;
 
 pub fn check(manifest: &Manifest, model: &Model, diags: &mut Vec<Diagnostic>) {
     let nodes = by_name(manifest, "role");
+    let databases: Vec<&Database> = model.databases.values().collect();
+    let selection = Selection::new(&databases);
     for role in model.roles.values() {
         let Some(node) = nodes.get(role.name.as_str()) else {
             continue;
@@ -35,10 +37,10 @@ pub fn check(manifest: &Manifest, model: &Model, diags: &mut Vec<Diagnostic>) {
             };
             let mut reached = 0;
             let mut emptied = 0;
-            for db in model
-                .databases
-                .values()
-                .filter(|db| matches(&allow.databases, db))
+            for db in selection
+                .select(&allow.databases)
+                .into_iter()
+                .filter_map(|index| databases.get(index).copied())
             {
                 let Some(mut acc) = allowed(&[&alone], db) else {
                     continue;

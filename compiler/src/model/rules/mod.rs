@@ -27,7 +27,7 @@ pub mod value_types;
 pub mod version;
 pub mod vocabulary;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::access::WildcardNarrowing;
 use super::types::Model;
@@ -137,50 +137,114 @@ pub fn labels_of(db: &Node) -> BTreeMap<&str, &str> {
         .collect()
 }
 
-/// Whether a database carries `key=value` (without building its label map: selectors are
-/// evaluated for every database, for every allow and deny block).
-pub fn has_label(db: &Node, key: &str, value: &str) -> bool {
-    db.children_named("labels")
-        .flat_map(|l| l.props.iter())
-        .any(|p| p.name.text == key && p.value.as_str() == Some(value))
+/// The manifest's `database` nodes indexed by name and by label, so that the `databases`
+/// selector of every allow and deny block is evaluated without testing every database (with
+/// thousands of both, testing each pair dominated `dbward check`).
+pub struct Databases<'a> {
+    /// In manifest order; the lists below hold positions in it, ascending.
+    nodes: Vec<&'a Node>,
+    by_name: HashMap<&'a str, Vec<usize>>,
+    /// Every string-valued `labels` property, as (key, value).
+    by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
 }
 
-/// The databases (nodes) a `databases` selector node matches, evaluated on the AST.
-pub fn selected<'a>(manifest: &'a Manifest, selector: &Node) -> Vec<&'a Node> {
-    let wanted: Vec<(&str, &str)> = selector
-        .props
-        .iter()
-        .filter_map(|p| Some((p.name.text.as_str(), p.value.as_str()?)))
-        .collect();
-    let names: Vec<&str> = selector.str_args().map(|(s, _)| s).collect();
-    manifest
-        .nodes_named("database")
-        .filter(|db| {
-            if !selector.props.is_empty() {
-                wanted.iter().all(|(k, v)| has_label(db, k, v))
-            } else if names.contains(&"*") {
-                true
-            } else {
-                db.first_str().is_some_and(|n| names.contains(&n))
+impl<'a> Databases<'a> {
+    pub fn new(manifest: &'a Manifest) -> Databases<'a> {
+        let nodes: Vec<&Node> = manifest.nodes_named("database").collect();
+        let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (index, db) in nodes.iter().enumerate() {
+            if let Some(name) = db.first_str() {
+                by_name.entry(name).or_default().push(index);
             }
-        })
-        .collect()
-}
-
-/// Whether a `databases` selector node matches at least one database.
-pub fn selects_any(manifest: &Manifest, selector: &Node) -> bool {
-    let names: Vec<&str> = selector.str_args().map(|(s, _)| s).collect();
-    manifest.nodes_named("database").any(|db| {
-        if !selector.props.is_empty() {
-            selector.props.iter().all(|p| {
-                p.value
-                    .as_str()
-                    .is_some_and(|v| has_label(db, &p.name.text, v))
-            })
-        } else {
-            names.contains(&"*") || db.first_str().is_some_and(|n| names.contains(&n))
+            for prop in db.children_named("labels").flat_map(|l| l.props.iter()) {
+                if let Some(value) = prop.value.as_str() {
+                    let list = by_label
+                        .entry((prop.name.text.as_str(), value))
+                        .or_default();
+                    // A label written twice on one database lists it once.
+                    if list.last() != Some(&index) {
+                        list.push(index);
+                    }
+                }
+            }
         }
-    })
+        Databases {
+            nodes,
+            by_name,
+            by_label,
+        }
+    }
+
+    /// Positions of the databases carrying every one of `wanted` (all of them when it is empty).
+    fn with_labels(&self, wanted: &[(&str, &str)]) -> Vec<usize> {
+        let mut lists = Vec::with_capacity(wanted.len());
+        for pair in wanted {
+            match self.by_label.get(pair) {
+                Some(list) => lists.push(list),
+                None => return Vec::new(),
+            }
+        }
+        lists.sort_by_key(|list| list.len());
+        let Some((first, rest)) = lists.split_first() else {
+            return (0..self.nodes.len()).collect();
+        };
+        first
+            .iter()
+            .copied()
+            .filter(|index| rest.iter().all(|list| list.binary_search(index).is_ok()))
+            .collect()
+    }
+
+    /// Positions of the databases named by a selector's arguments (`"*"`: all of them).
+    fn named(&self, selector: &Node) -> Vec<usize> {
+        let names: Vec<&str> = selector.str_args().map(|(s, _)| s).collect();
+        if names.contains(&"*") {
+            return (0..self.nodes.len()).collect();
+        }
+        let mut found: Vec<usize> = names
+            .iter()
+            .filter_map(|name| self.by_name.get(name))
+            .flatten()
+            .copied()
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    /// The databases (nodes, in manifest order) a `databases` selector node matches: by labels
+    /// when it has properties (those with a string value), else by name or `"*"`.
+    pub fn selected(&self, selector: &Node) -> Vec<&'a Node> {
+        let positions = if selector.props.is_empty() {
+            self.named(selector)
+        } else {
+            let wanted: Vec<(&str, &str)> = selector
+                .props
+                .iter()
+                .filter_map(|p| Some((p.name.text.as_str(), p.value.as_str()?)))
+                .collect();
+            self.with_labels(&wanted)
+        };
+        positions
+            .into_iter()
+            .filter_map(|index| self.nodes.get(index).copied())
+            .collect()
+    }
+
+    /// Whether a `databases` selector node matches at least one database (a property whose
+    /// value is not a string matches none).
+    pub fn selects_any(&self, selector: &Node) -> bool {
+        if selector.props.is_empty() {
+            return !self.named(selector).is_empty();
+        }
+        let wanted: Vec<(&str, &str)> = selector
+            .props
+            .iter()
+            .filter_map(|p| Some((p.name.text.as_str(), p.value.as_str()?)))
+            .collect();
+        wanted.len() == selector.props.len() && !self.with_labels(&wanted).is_empty()
+    }
 }
 
 /// Names declared by children `kind` of a node (`db-user` of a database).
@@ -188,6 +252,64 @@ pub fn declared<'a>(node: &'a Node, kind: &'a str) -> Vec<&'a str> {
     node.children_named(kind)
         .filter_map(Node::first_str)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Databases;
+    use crate::source::Source;
+    use crate::syntax::ast::Node;
+
+    /// Whether one database node matches a selector node, testing it directly.
+    fn direct(db: &Node, selector: &Node) -> bool {
+        let carries = |key: &str, value: &str| {
+            db.children_named("labels")
+                .flat_map(|l| l.props.iter())
+                .any(|p| p.name.text == key && p.value.as_str() == Some(value))
+        };
+        if !selector.props.is_empty() {
+            selector
+                .props
+                .iter()
+                .filter_map(|p| Some((p.name.text.as_str(), p.value.as_str()?)))
+                .all(|(k, v)| carries(k, v))
+        } else {
+            let names: Vec<&str> = selector.str_args().map(|(s, _)| s).collect();
+            names.contains(&"*") || db.first_str().is_some_and(|n| names.contains(&n))
+        }
+    }
+
+    #[test]
+    fn the_database_index_selects_what_testing_each_database_selects() {
+        let text = "database a {\n    labels env=prod team=x\n}\ndatabase b {\n    labels env=dev team=x\n    labels env=prod\n}\ndatabase a {\n    labels env=prod\n}\ndatabase c\n\
+             s { databases \"*\"; }\ns { databases a c nope; }\ns { databases env=prod; }\n\
+             s { databases env=prod team=x; }\ns { databases team=y; }\ns { databases env=1; }\n\
+             s { databases env=1 team=x; }\ns { databases; }\n";
+        let source = Source::new("t.kdl", text);
+        let manifest = crate::syntax::parse(&source).manifest.expect("parses");
+        let index = Databases::new(&manifest);
+        let dbs: Vec<&Node> = manifest.nodes_named("database").collect();
+        let selectors: Vec<&Node> = manifest
+            .nodes_named("s")
+            .filter_map(|s| s.child("databases"))
+            .collect();
+        assert_eq!(selectors.len(), 8);
+        for selector in selectors {
+            let expected: Vec<&Node> = dbs
+                .iter()
+                .copied()
+                .filter(|db| direct(db, selector))
+                .collect();
+            let got = index.selected(selector);
+            assert_eq!(got.len(), expected.len());
+            assert!(got.iter().zip(&expected).all(|(g, e)| std::ptr::eq(*g, *e)));
+            let all_strings = selector.props.iter().all(|p| p.value.as_str().is_some());
+            assert_eq!(
+                index.selects_any(selector),
+                all_strings && !expected.is_empty()
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,14 +26,16 @@ pub fn check(manifest: &Manifest, model: &Model, diags: &mut Vec<Diagnostic>) {
     let users = by_name(manifest, "user");
     let databases = by_name(manifest, "database");
     let mut reported = BTreeSet::new();
-    for access in model.access.iter() {
-        let (person, db_name) = (access.user, access.database);
+    // Database by database: the order of diagnostics is settled by sorting them at the end.
+    for (db, access) in model
+        .databases
+        .values()
+        .flat_map(|db| model.access.of_database(&db.name).map(move |a| (db, a)))
+    {
+        let (person, db_name) = (access.user, db.name.as_str());
         if access.rights.provision == Provision::Off {
             continue;
         }
-        let Some(db) = model.databases.get(db_name) else {
-            continue;
-        };
         let what = if db.db_users.contains_key(person) {
             "db-user"
         } else if db.db_roles.contains_key(person) {

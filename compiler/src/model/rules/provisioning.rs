@@ -17,11 +17,12 @@
 //! **How to fix:** add `provision keep` (or `best-effort-drop`) to the role, `admin-user …` to
 //! each database it provisions on, and `db-role …` to each database it grants on.
 
-use super::{declared, selected, suggestion};
+use super::{Databases, declared, suggestion};
 use crate::diag::Diagnostic;
 use crate::syntax::ast::{Manifest, Node};
 
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
+    let databases = Databases::new(manifest);
     for role in manifest.nodes_named("role") {
         let role_name = role.first_str().unwrap_or("?");
         let mode = role.child("provision");
@@ -42,7 +43,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
             let Some(mode) = mode else { continue };
             let matched = allow
                 .child("databases")
-                .map(|s| selected(manifest, s))
+                .map(|s| databases.selected(s))
                 .unwrap_or_default();
             for db in &matched {
                 let db_name = db.first_str().unwrap_or("?");

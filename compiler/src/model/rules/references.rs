@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{by_name, declared, labels_of, selected, suggestion};
+use super::{Databases, by_name, declared, labels_of, suggestion};
 use crate::diag::Diagnostic;
 use crate::syntax::ast::{Manifest, Node};
 
@@ -41,14 +41,17 @@ fn unknown(
 }
 
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
-    let roles: Vec<&str> = by_name(manifest, "role").keys().copied().collect();
+    let role_names = by_name(manifest, "role");
+    let roles: Vec<&str> = role_names.keys().copied().collect();
     let clouds: Vec<&str> = by_name(manifest, "cloud").keys().copied().collect();
-    let databases: Vec<&str> = by_name(manifest, "database").keys().copied().collect();
+    let database_names = by_name(manifest, "database");
+    let databases: Vec<&str> = database_names.keys().copied().collect();
+    let index = Databases::new(manifest);
 
     for user in manifest.nodes_named("user") {
         for roles_node in user.children_named("roles") {
             for (name, span) in roles_node.str_args() {
-                if !roles.contains(&name) {
+                if !role_names.contains_key(name) {
                     diags.push(unknown(
                         "dbward::unknown_role",
                         "role",
@@ -118,7 +121,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
                 continue;
             };
             for (name, span) in selector.str_args() {
-                if name != "*" && !databases.contains(&name) {
+                if name != "*" && !database_names.contains_key(name) {
                     diags.push(unknown(
                         "dbward::unknown_database",
                         "database",
@@ -149,7 +152,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
             }
             // db-users must exist on at least one selected database (a role may span databases
             // that each declare a different subset).
-            let matched = selected(manifest, selector);
+            let matched = index.selected(selector);
             if matched.is_empty() {
                 continue;
             }

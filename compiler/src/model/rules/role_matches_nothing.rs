@@ -14,19 +14,20 @@
 
 use std::collections::BTreeSet;
 
-use super::{labels_of, selects_any, suggestion};
+use super::{Databases, labels_of, suggestion};
 use crate::diag::Diagnostic;
 use crate::model::types::Model;
 use crate::syntax::ast::Manifest;
 
 pub fn check(manifest: &Manifest, _model: &Model, diags: &mut Vec<Diagnostic>) {
+    let databases = Databases::new(manifest);
     for role in manifest.nodes_named("role") {
         let role_name = role.first_str().unwrap_or("?");
         for allow in role.children_named("allow") {
             let Some(selector) = allow.child("databases") else {
                 continue;
             };
-            if selects_any(manifest, selector) {
+            if databases.selects_any(selector) {
                 continue;
             }
             // Suggest a close value for the first label no database carries.

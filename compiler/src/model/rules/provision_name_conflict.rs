@@ -25,49 +25,54 @@ use crate::syntax::ast::Manifest;
 pub fn check(manifest: &Manifest, model: &Model, diags: &mut Vec<Diagnostic>) {
     let users = by_name(manifest, "user");
     let databases = by_name(manifest, "database");
-    let mut reported = BTreeSet::new();
-    // Database by database: the order of diagnostics is settled by sorting them at the end.
-    for (db, access) in model
-        .databases
-        .values()
-        .flat_map(|db| model.access.of_database(&db.name).map(move |a| (db, a)))
-    {
-        let (person, db_name) = (access.user, db.name.as_str());
-        if access.rights.provision == Provision::Off {
-            continue;
-        }
-        let what = if db.db_users.contains_key(person) {
-            "db-user"
-        } else if db.db_roles.contains_key(person) {
-            "db-role"
-        } else if db.admin_user.as_ref().is_some_and(|a| a.name == person) {
-            "admin-user"
-        } else {
-            continue;
-        };
-        if !reported.insert((person, db_name)) {
-            continue;
-        }
-        let Some(user) = users.get(person) else {
-            continue;
-        };
-        let mut diag = Diagnostic::error(
+    // Only the few names a database declares can conflict, so ask the table about those rather
+    // than walk every provisioned entry. The order of diagnostics is settled by sorting.
+    for db in model.databases.values() {
+        let db_name = db.name.as_str();
+        let declared: BTreeSet<&str> = db
+            .db_users
+            .keys()
+            .chain(db.db_roles.keys())
+            .chain(db.admin_user.as_ref().map(|a| &a.name))
+            .map(String::as_str)
+            .collect();
+        for person in declared {
+            let provisioned = model
+                .access
+                .get(person, db_name)
+                .is_some_and(|a| a.rights.provision != Provision::Off);
+            if !provisioned {
+                continue;
+            }
+            // A name declared as several things is reported as the first of them.
+            let what = if db.db_users.contains_key(person) {
+                "db-user"
+            } else if db.db_roles.contains_key(person) {
+                "db-role"
+            } else {
+                "admin-user"
+            };
+            let Some(user) = users.get(person) else {
+                continue;
+            };
+            let mut diag = Diagnostic::error(
             "dbward::provision_name_conflict",
             format!("`{person}` would be provisioned on database `{db_name}`, which already declares a {what} of that name"),
         )
         .label(user.first_arg_span(), "provisioned as this name");
-        if let Some(db_node) = databases.get(db_name) {
-            let declared = db_node
-                .children()
-                .iter()
-                .find(|n| n.name() == what && n.first_str() == Some(person));
-            if let Some(node) = declared {
-                diag = diag.label(node.first_arg_span(), format!("the {what}"));
+            if let Some(db_node) = databases.get(db_name) {
+                let declared = db_node
+                    .children()
+                    .iter()
+                    .find(|n| n.name() == what && n.first_str() == Some(person));
+                if let Some(node) = declared {
+                    diag = diag.label(node.first_arg_span(), format!("the {what}"));
+                }
             }
-        }
-        diags.push(diag.help(format!(
+            diags.push(diag.help(format!(
             "rename the {what} in database `{db_name}`: provisioned users are named after the person"
         )));
+        }
     }
 }
 

@@ -600,10 +600,17 @@ fn sigterm_drains_then_exits_and_a_second_one_exits_at_once() {
 
 /// Starts `dbward-relay --config config` with its log in `log`, and waits until both of its
 /// ports accept connections.
-fn spawn_relay(config: &Path, log: PathBuf, port: u16, metrics_port: u16) -> Running {
+fn spawn_relay(
+    config: &Path,
+    log: PathBuf,
+    port: u16,
+    metrics_port: u16,
+    extra: &[&str],
+) -> Running {
     let child = Command::new(workspace_bin("dbward-relay"))
         .arg("--config")
         .arg(config)
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -772,11 +779,17 @@ user alice {{
     }
 
     fn relay(&self) -> Running {
+        self.relay_with(&[])
+    }
+
+    /// The relay binary started with `extra` arguments.
+    fn relay_with(&self, extra: &[&str]) -> Running {
         spawn_relay(
             &self.out().join("relay/frozen.json"),
             self.path("relay.log"),
             self.port,
             self.metrics_port,
+            extra,
         )
     }
 
@@ -1136,4 +1149,38 @@ fn byte_counters_move_while_a_session_runs() {
         after.1 >= before.1 + 100_000.0,
         "server to client: {before:?} -> {after:?}"
     );
+}
+
+#[test]
+fn sessions_spread_over_the_session_threads_and_each_is_served() {
+    let deployment = Deployment::new("app");
+    let relay = deployment.relay_with(&["--threads", "3"]);
+    let per_worker = |relay: &Running| -> Vec<f64> {
+        (0..3)
+            .map(|i| relay.metric(&format!("dbward_worker_connections{{worker=\"{i}\"}}")))
+            .collect()
+    };
+    // The start-up probe's connection ends first.
+    let idle = wait_for(Duration::from_secs(10), || {
+        (per_worker(&relay) == [0.0; 3]).then_some(())
+    });
+    assert!(idle.is_some(), "{:?}", per_worker(&relay));
+    let sessions: Vec<_> = (0..6).map(|_| deployment.connect("app")).collect();
+    // Each new connection goes to the thread with the fewest: two each.
+    assert_eq!(per_worker(&relay), [2.0; 3]);
+    for (n, session) in sessions.iter().enumerate() {
+        assert_eq!(deployment.select(session, n as i32).unwrap(), n as i32);
+    }
+    assert_eq!(relay.metric("dbward_sessions_active"), 6.0);
+    drop(sessions);
+    let released = wait_for(Duration::from_secs(10), || {
+        (per_worker(&relay) == [0.0; 3]).then_some(())
+    });
+    assert!(
+        released.is_some(),
+        "still counted: {:?}",
+        per_worker(&relay)
+    );
+    // A thread that served and ended sessions serves new ones.
+    assert_eq!(deployment.psql("app", "select 41 + 1"), Ok("42".to_owned()));
 }

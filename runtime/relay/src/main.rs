@@ -22,9 +22,8 @@ struct Args {
     /// Log line format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Threads relaying sessions (default: one per CPU core). With 1, every session runs on a
-    /// single-threaded runtime: no cross-thread wake-ups, the least CPU and latency per query,
-    /// at most one core in all.
+    /// Threads relaying sessions (default: one per CPU core). Each session stays on one thread
+    /// from handshake to end; new connections go to the thread with the fewest sessions.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
 }
@@ -52,23 +51,23 @@ fn main() -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
     }
-    let mut builder = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(threads) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(usize::from(threads));
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = match builder.enable_all().build() {
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
+    // Sessions run on their own threads (`ops::serve`); this one accepts, handles signals and
+    // reloads, and serves /metrics.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ops::serve(args.config)) {
+    match runtime.block_on(ops::serve(args.config, threads)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "dbward-relay stopped");

@@ -6,7 +6,8 @@
 //! live with it ([`crate::audit::AuditSink::render_metrics`]) and are appended by the endpoint.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Why a connection was refused. Each reason is one label value of
@@ -127,11 +128,18 @@ pub struct Metrics {
     upstream_connect: Histogram,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Connections open on each session thread, once the binary's threads have started.
+    worker_connections: OnceLock<Vec<Arc<AtomicUsize>>>,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics::default()
+    }
+
+    /// Reports the connections of each session thread (see [`crate::listener::Workers`]).
+    pub fn watch_workers(&self, connections: Vec<Arc<AtomicUsize>>) {
+        let _ = self.worker_connections.set(connections);
     }
 
     /// A session passed its access check and reached its upstream. Pair with
@@ -229,13 +237,13 @@ impl Metrics {
         counter(
             out,
             "dbward_client_to_server_bytes_total",
-            "Bytes relayed from clients to upstream servers, counted when a session ends.",
+            "Bytes relayed from clients to upstream servers.",
             load(&self.bytes_client_to_server),
         );
         counter(
             out,
             "dbward_server_to_client_bytes_total",
-            "Bytes relayed from upstream servers to clients, counted when a session ends.",
+            "Bytes relayed from upstream servers to clients.",
             load(&self.bytes_server_to_client),
         );
         counter(
@@ -261,6 +269,18 @@ impl Metrics {
             "{name}{{result=\"failed\"}} {}",
             load(&self.reloads_failed)
         );
+        if let Some(workers) = self.worker_connections.get() {
+            let name = "dbward_worker_connections";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Connections open on each session thread; new ones go to the \
+                 thread with the fewest.\n# TYPE {name} gauge"
+            );
+            for (index, connections) in workers.iter().enumerate() {
+                let value = connections.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{worker=\"{index}\"}} {value}");
+            }
+        }
     }
 }
 

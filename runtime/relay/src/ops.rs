@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditSink, OpenError};
 use crate::config::{self, ConfigError};
+use crate::listener::Workers;
 use crate::metrics::Metrics;
 use crate::state::Shared;
 
@@ -71,6 +72,8 @@ pub enum ServeError {
         signal: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot start the session threads: {0}")]
+    Threads(std::io::Error),
     #[error("the relay stopped: {0}")]
     Run(String),
 }
@@ -130,8 +133,10 @@ pub fn reload(shared: &Shared, config_path: &Path) -> bool {
     }
 }
 
-/// Runs the relay until SIGTERM/SIGINT and the drain that follows.
-pub async fn serve(config_path: PathBuf) -> Result<(), ServeError> {
+/// Runs the relay until SIGTERM/SIGINT and the drain that follows, with sessions on `threads`
+/// worker threads (see [`Workers`]). The caller's runtime (one thread is enough) runs the
+/// accept loop, signals, reloads and the metrics endpoint.
+pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeError> {
     let started = Instant::now();
     let loaded = config::load(&config_path)?;
     let audit = AuditSink::start(config::audit_path(&loaded))?;
@@ -168,8 +173,15 @@ pub async fn serve(config_path: PathBuf) -> Result<(), ServeError> {
         "dbward-relay listening"
     );
 
+    let workers = Workers::start(threads).map_err(ServeError::Threads)?;
+    shared.metrics.watch_workers(workers.connections());
     let shutdown = CancellationToken::new();
-    let mut relay = tokio::spawn(crate::run(listener, Arc::clone(&shared), shutdown.clone()));
+    let mut relay = tokio::spawn(crate::listener::run_on(
+        listener,
+        Arc::clone(&shared),
+        shutdown.clone(),
+        workers,
+    ));
 
     // Serve, reloading on SIGHUP, until the first SIGTERM/SIGINT (or the relay fails).
     loop {

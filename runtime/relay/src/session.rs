@@ -101,14 +101,16 @@ enum Negotiated {
 /// Socket options for both sides of a session: no Nagle delay (the protocol is request and
 /// response; small messages must leave at once), and TCP keepalive, so that a peer that vanished
 /// without a FIN (a laptop closed, a NAT entry dropped) ends its session within minutes instead
-/// of holding an upstream backend forever.
-pub(crate) fn tune_socket(tcp: &TcpStream) {
-    let _ = tcp.set_nodelay(true);
+/// of holding an upstream backend forever. Set on the listening socket, they are inherited by
+/// every accepted one.
+pub(crate) fn tune_socket(socket: &impl std::os::fd::AsFd) {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_tcp_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
         .with_retries(6);
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+    let _ = socket.set_tcp_keepalive(&keepalive);
 }
 
 /// Whether an accepted connection fits under the connection limit.
@@ -129,7 +131,6 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admis
     let mut info = SessionInfo::new(shared.next_session_id(), peer);
     let limits = &loaded.config.relay.limits;
     let handshake_timeout = Duration::from_millis(limits.handshake_timeout_ms);
-    tune_socket(&tcp);
 
     // The handshake and upstream-connect futures are boxed: they are large (TLS state machines,
     // read buffers) and short-lived, and a task keeps room for its largest state for its whole

@@ -10,8 +10,8 @@ pub mod ast;
 mod vocabulary;
 
 pub use vocabulary::{
-    ArgSpec, Block, NodeSpec, OBJECT_KINDS, PRIVILEGES, PROVISION_MODES, PropSpec, ValueKind,
-    child_spec, children_of, spec, vocabulary,
+    ArgSpec, Block, ChildIndex, NodeSpec, OBJECT_KINDS, PRIVILEGES, PROVISION_MODES, PropSpec,
+    ValueKind, child_spec, children_of, spec, vocabulary,
 };
 
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};

@@ -512,6 +512,46 @@ pub fn child_spec(parent: &str, name: &str) -> Option<&'static NodeSpec> {
         .find(|s| s.path.len() == len && s.path.ends_with(name) && is_child_of(s.path, parent))
 }
 
+/// The vocabulary arranged by parent, for walks that look up every node of a manifest: finding a
+/// node's spec is then a scan of its siblings' few names, not of the whole vocabulary.
+#[derive(Debug, Clone)]
+pub struct ChildIndex {
+    /// (parent path, [(child name, child spec)]), one entry per parent (`""`: the top level).
+    by_parent: Vec<(&'static str, Vec<(&'static str, &'static NodeSpec)>)>,
+}
+
+impl ChildIndex {
+    pub fn new() -> ChildIndex {
+        let mut by_parent: Vec<(&'static str, Vec<(&'static str, &'static NodeSpec)>)> = Vec::new();
+        for spec in VOCABULARY {
+            let parent = spec.parent();
+            let index = match by_parent.iter().position(|(p, _)| *p == parent) {
+                Some(index) => index,
+                None => {
+                    by_parent.push((parent, Vec::new()));
+                    by_parent.len() - 1
+                }
+            };
+            by_parent[index].1.push((spec.name(), spec));
+        }
+        ChildIndex { by_parent }
+    }
+
+    /// The nodes allowed directly under `parent` (`""` for the top level), with their names.
+    pub fn children(&self, parent: &str) -> &[(&'static str, &'static NodeSpec)] {
+        self.by_parent
+            .iter()
+            .find(|(p, _)| *p == parent)
+            .map_or(&[], |(_, children)| children.as_slice())
+    }
+}
+
+impl Default for ChildIndex {
+    fn default() -> ChildIndex {
+        ChildIndex::new()
+    }
+}
+
 /// The specs of the nodes allowed directly under `parent` (`""` for the top level).
 pub fn children_of(parent: &str) -> impl Iterator<Item = &'static NodeSpec> + '_ {
     VOCABULARY
@@ -554,6 +594,17 @@ mod tests {
                 .map(|s| s.path)
                 .collect();
             assert_eq!(children, expected, "children of {parent:?}");
+            let indexed: Vec<(&str, &str)> = ChildIndex::new()
+                .children(parent)
+                .iter()
+                .map(|(name, spec)| (*name, spec.path))
+                .collect();
+            let expected: Vec<(&str, &str)> = vocabulary()
+                .iter()
+                .filter(|s| s.parent() == *parent)
+                .map(|s| (s.name(), s.path))
+                .collect();
+            assert_eq!(indexed, expected, "index of {parent:?}");
             for name in &names {
                 let expected = vocabulary()
                     .iter()

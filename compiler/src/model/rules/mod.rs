@@ -33,7 +33,7 @@ use super::access::WildcardNarrowing;
 use super::types::Model;
 use crate::diag::Diagnostic;
 use crate::syntax::ast::{Manifest, Node};
-use crate::syntax::{NodeSpec, child_spec};
+use crate::syntax::{ChildIndex, NodeSpec};
 
 /// Runs every rule that works on the AST alone.
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
@@ -73,18 +73,24 @@ pub fn check_model(
 /// nodes are skipped: the vocabulary rule has already reported their parent).
 pub fn walk_known<'a>(manifest: &'a Manifest, mut f: impl FnMut(&'a Node, &'static NodeSpec)) {
     fn go<'a>(
+        index: &ChildIndex,
         nodes: &'a [Node],
         parent: &'static str,
         f: &mut impl FnMut(&'a Node, &'static NodeSpec),
     ) {
+        if nodes.is_empty() {
+            return;
+        }
+        let children = index.children(parent);
         for node in nodes {
-            if let Some(spec) = child_spec(parent, node.name()) {
+            let name = node.name();
+            if let Some((_, spec)) = children.iter().find(|(n, _)| *n == name) {
                 f(node, spec);
-                go(node.children(), spec.path, f);
+                go(index, node.children(), spec.path, f);
             }
         }
     }
-    go(&manifest.nodes, "", &mut f);
+    go(&ChildIndex::new(), &manifest.nodes, "", &mut f);
 }
 
 /// The closest candidate to `word`, if one is close enough to be a likely typo.

@@ -22,21 +22,24 @@ use std::collections::BTreeMap;
 use super::suggestion;
 use crate::diag::{Diagnostic, Span};
 use crate::syntax::ast::{Manifest, Node};
-use crate::syntax::{Block, child_spec, children_of, vocabulary};
+use crate::syntax::{Block, ChildIndex, children_of, vocabulary};
 
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
-    check_nodes(&manifest.nodes, "", None, diags);
+    check_nodes(&ChildIndex::new(), &manifest.nodes, "", None, diags);
 }
 
 fn check_nodes(
+    index: &ChildIndex,
     nodes: &[Node],
     parent: &str,
     parent_node: Option<&Node>,
     diags: &mut Vec<Diagnostic>,
 ) {
+    let allowed = index.children(parent);
     let mut seen: BTreeMap<&str, &Node> = BTreeMap::new();
     for node in nodes {
-        let Some(spec) = child_spec(parent, node.name()) else {
+        let name = node.name();
+        let Some(&(_, spec)) = allowed.iter().find(|(n, _)| *n == name) else {
             diags.push(unknown_node(node, parent));
             continue;
         };
@@ -61,11 +64,11 @@ fn check_nodes(
         check_node(node, spec, diags);
         // The children of a node that takes no block were reported with it, not one by one.
         if spec.block != Block::No {
-            check_nodes(node.children(), spec.path, Some(node), diags);
+            check_nodes(index, node.children(), spec.path, Some(node), diags);
         }
     }
     // Required children (the `dbward` line itself is the version rule's business).
-    for child in children_of(parent) {
+    for &(_, child) in allowed {
         if child.required
             && child.path != "dbward"
             && !nodes.iter().any(|n| n.name() == child.name())

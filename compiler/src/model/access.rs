@@ -227,7 +227,7 @@ impl<'m> Selection<'m> {
     }
 
     /// The positions of the databases `selector` matches, ascending; the same answer as
-    /// [`matches`] on each database.
+    /// [`matches()`] on each database.
     pub fn select(&self, selector: &Selector) -> Vec<usize> {
         match selector {
             Selector::Any => (0..self.count).collect(),

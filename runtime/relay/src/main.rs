@@ -22,8 +22,10 @@ struct Args {
     /// Log line format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Threads relaying sessions (default: one per CPU core). Each session stays on one thread
-    /// from handshake to end; new connections go to the thread with the fewest sessions.
+    /// Threads relaying sessions (default: half the CPU cores, at least one). Each session stays
+    /// on one thread from handshake to end; new connections go to the thread with the fewest.
+    /// A thread spends about 25 µs of CPU per query and 1 ms per new TLS session (README,
+    /// Benchmarks); raise this on a host that runs nothing but the relay.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
 }
@@ -51,8 +53,12 @@ fn main() -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
     }
+    // Half the cores by default: most of a relay's CPU is the kernel's network work, which
+    // needs cores of its own, and a relay often shares its machine with clients or the
+    // database. On the 2-core benchmark machine, one session thread used 15-20 % less CPU per
+    // query than two (README, Benchmarks) at the same throughput.
     let threads = args.threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        || std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         usize::from,
     );
     // Sessions run on their own threads (`ops::serve`); this one accepts, handles signals and

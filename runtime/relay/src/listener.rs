@@ -1,8 +1,8 @@
 //! The accept loop: a connection limit, where each connection is served, and a graceful stop.
 //!
-//! **Threads.** The `dbward-relay` binary serves sessions on [`Workers`]: one thread per core,
-//! each running a single-threaded tokio runtime, and the accept loop hands every connection to
-//! the worker with the fewest sessions. A session then lives on one thread from handshake to
+//! **Threads.** The `dbward-relay` binary serves sessions on [`Workers`]: session threads, each
+//! running a single-threaded tokio runtime. The accept loop runs on the first of them and hands
+//! every connection to the worker with the fewest (keeping it when that is its own). A session then lives on one thread from handshake to
 //! end, so relaying a query never wakes another thread; a work-stealing runtime measured about
 //! ten futex calls per session and 7–11 % more CPU per query (README, Benchmarks). [`run`]
 //! serves on the caller's runtime instead, for tests and embedders.
@@ -36,7 +36,9 @@ pub async fn run(
     accept_loop(listener, shared, shutdown, None).await
 }
 
-/// Like [`run`], with sessions served on `workers`. Returns once every session has ended; the
+/// Like [`run`], with sessions served on `workers`. The accept loop itself runs on the first
+/// worker, which serves the connections it keeps without handing them anywhere (with one
+/// thread, no connection ever changes threads). Returns once every session has ended; the
 /// worker threads then finish on their own.
 pub async fn run_on(
     listener: TcpListener,
@@ -44,8 +46,18 @@ pub async fn run_on(
     shutdown: CancellationToken,
     workers: Workers,
 ) -> io::Result<()> {
-    accept_loop(listener, shared, shutdown, Some(workers)).await
+    let listener = listener.into_std()?;
+    let home = &workers.workers[HOME];
+    let (runtime, tracker) = (home.runtime.clone(), home.tracker.clone());
+    let accepting = runtime.spawn(tracker.track_future(async move {
+        let listener = TcpListener::from_std(listener)?;
+        accept_loop(listener, shared, shutdown, Some(workers)).await
+    }));
+    accepting.await.map_err(io::Error::other)?
 }
+
+/// The worker that runs the accept loop.
+const HOME: usize = 0;
 
 async fn accept_loop(
     listener: TcpListener,
@@ -134,6 +146,10 @@ pub struct Workers {
 struct Worker {
     jobs: mpsc::UnboundedSender<Job>,
     connections: Arc<AtomicUsize>,
+    runtime: tokio::runtime::Handle,
+    /// What the worker waits for before its thread ends: its sessions (and, on the first
+    /// worker, the accept loop).
+    tracker: TaskTracker,
 }
 
 impl Workers {
@@ -146,6 +162,8 @@ impl Workers {
                 .build()?;
             let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
             let tracker = TaskTracker::new();
+            let handle = runtime.handle().clone();
+            let local = tracker.clone();
             thread::Builder::new()
                 .name(format!("dbward-worker-{index}"))
                 .spawn(move || {
@@ -164,18 +182,20 @@ impl Workers {
                                     continue;
                                 }
                             };
-                            tracker.spawn(async move {
+                            local.spawn(async move {
                                 connection.serve(tcp).await;
                                 drop((drain, load));
                             });
                         }
-                        tracker.close();
-                        tracker.wait().await;
+                        local.close();
+                        local.wait().await;
                     });
                 })?;
             workers.push(Worker {
                 jobs,
                 connections: Arc::new(AtomicUsize::new(0)),
+                runtime: handle,
+                tracker,
             });
         }
         Ok(workers.into())
@@ -199,15 +219,26 @@ impl Workers {
         self.workers.is_empty()
     }
 
-    /// Sends a connection to the worker with the fewest sessions.
+    /// Serves a connection on the worker with the fewest (the first on a tie). Runs on the
+    /// first worker, inside the accept loop: a connection it keeps is served right here.
     fn dispatch(&self, tcp: TcpStream, connection: Connection, drain: TaskTrackerToken) {
-        let Some(worker) = self
+        let Some((index, worker)) = self
             .workers
             .iter()
-            .min_by_key(|worker| worker.connections.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|(_, worker)| worker.connections.load(Ordering::Relaxed))
         else {
             return;
         };
+        worker.connections.fetch_add(1, Ordering::Relaxed);
+        let load = Load(Arc::clone(&worker.connections));
+        if index == HOME {
+            worker.tracker.spawn(async move {
+                connection.serve(tcp).await;
+                drop((drain, load));
+            });
+            return;
+        }
         let tcp = match tcp.into_std() {
             Ok(tcp) => tcp,
             Err(error) => {
@@ -215,12 +246,11 @@ impl Workers {
                 return;
             }
         };
-        worker.connections.fetch_add(1, Ordering::Relaxed);
         let job = Job {
             tcp,
             connection,
             drain,
-            load: Load(Arc::clone(&worker.connections)),
+            load,
         };
         if worker.jobs.send(job).is_err() {
             // The worker's thread is gone (it only ends after the queue closes): the job, and

@@ -96,6 +96,14 @@ def proc_cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_ticks():
+    """(steal, total) jiffies of the whole machine, from the `cpu` line of /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
+    # counted in user and nice.
+    return fields[7], sum(fields[:8])
+
+
 def proc_rss_kib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -500,7 +508,12 @@ log_disconnections = 0
             log(f"round {r + 1}/{self.args.rounds}, order {order}")
             for name, fn in scenarios:
                 for path in order:
+                    # CPU time the hypervisor gave to other guests during this run: on a shared
+                    # VM every figure of a run with a high steal share is suspect.
+                    steal0, total0 = cpu_ticks()
                     m = fn(path)
+                    steal1, total1 = cpu_ticks()
+                    m["steal_pct"] = 100.0 * (steal1 - steal0) / max(total1 - total0, 1)
                     log(f"  {name:20} {path:10} {m}")
                     results.append({"round": r, "scenario": name, "path": path, "metrics": m})
         for count in self.args.idle:
@@ -544,7 +557,7 @@ def summarize(results):
         for path, values in by_path.items():
             entry[path] = statistics.median(v for _, v in values)
         for base in ("direct", "pgbouncer"):
-            if "relay" in by_path and base in by_path:
+            if metric != "steal_pct" and "relay" in by_path and base in by_path:
                 base_by_round = dict(by_path[base])
                 ratios = [v / base_by_round[r] for r, v in by_path["relay"] if base_by_round.get(r)]
                 if ratios:

@@ -209,16 +209,6 @@ impl Workers {
             .collect()
     }
 
-    /// How many worker threads there are.
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Never true: [`Workers::start`] starts at least one.
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     /// Serves a connection on the worker with the fewest (the first on a tie). Runs on the
     /// first worker, inside the accept loop: a connection it keeps is served right here.
     fn dispatch(&self, tcp: TcpStream, connection: Connection, drain: TaskTrackerToken) {

@@ -134,8 +134,8 @@ pub fn reload(shared: &Shared, config_path: &Path) -> bool {
 }
 
 /// Runs the relay until SIGTERM/SIGINT and the drain that follows, with sessions on `threads`
-/// worker threads (see [`Workers`]). The caller's runtime (one thread is enough) runs the
-/// accept loop, signals, reloads and the metrics endpoint.
+/// worker threads (see [`Workers`]; the first also runs the accept loop). The caller's runtime
+/// (one thread is enough) handles signals and reloads and serves the metrics endpoint.
 pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeError> {
     let started = Instant::now();
     let loaded = config::load(&config_path)?;

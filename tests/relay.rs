@@ -115,6 +115,8 @@ struct Deployment {
     rt: tokio::runtime::Runtime,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    /// The relay's listening socket (a duplicate descriptor), to read its options.
+    listening: socket2::Socket,
 }
 
 impl Deployment {
@@ -165,6 +167,9 @@ impl Deployment {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(("127.0.0.1", relay_port)))
             .expect("bind relay port");
+        let listening = socket2::SockRef::from(&listener)
+            .try_clone()
+            .expect("dup the listening socket");
         rt.spawn(dbward_relay::run(
             listener,
             Arc::clone(&shared),
@@ -177,6 +182,7 @@ impl Deployment {
             rt,
             shared,
             shutdown,
+            listening,
         }
     }
 
@@ -414,6 +420,16 @@ fn psql_and_tokio_postgres_work_through_the_relay() {
         )
         .unwrap_or_else(|e| panic!("psql through the relay failed: {e}"));
     assert_eq!(who, "app@shop apple");
+    // Client sockets get TCP_NODELAY and keepalive from the listening socket (Linux copies
+    // them on accept; a relay unit test checks the copy).
+    assert!(
+        d.listening.tcp_nodelay().unwrap(),
+        "TCP_NODELAY on the listener"
+    );
+    assert!(
+        d.listening.keepalive().unwrap(),
+        "keepalive on the listener"
+    );
 
     // No SNI (an IP address as host): the database is named in options, and stripped before
     // PostgreSQL sees it.

@@ -127,7 +127,7 @@ impl Deployment {
         })
     }
 
-    fn start_with(tune: impl FnOnce(&Cluster)) -> Deployment {
+    fn start_with(tune: impl FnOnce(&mut Cluster)) -> Deployment {
         let dir = tempfile::Builder::new()
             .prefix("dbward-relay-e2e-")
             .tempdir()
@@ -144,7 +144,7 @@ impl Deployment {
         apply(&deployment_paths.0, &deployment_paths.1);
 
         cluster.install_dbward(&deployment_paths.1, "shop");
-        tune(&cluster);
+        tune(&mut cluster);
         if let Err(log) = cluster.try_start() {
             panic!("PostgreSQL refused the generated configuration:\n{log}");
         }
@@ -420,6 +420,15 @@ fn psql_and_tokio_postgres_work_through_the_relay() {
         )
         .unwrap_or_else(|e| panic!("psql through the relay failed: {e}"));
     assert_eq!(who, "app@shop apple");
+    // Upstream, the relay offers TLS 1.3 with AES-128-GCM-SHA256 only: PostgreSQL's own order
+    // would pick AES-256-GCM-SHA384 (SHA-384 costs every handshake more).
+    let cipher = d
+        .psql(
+            &d.conninfo(&format!("shop.{PUBLIC_NAME}"), Some(&alice), "app", "shop"),
+            "select version || ' ' || cipher from pg_stat_ssl where pid = pg_backend_pid()",
+        )
+        .unwrap_or_else(|e| panic!("psql through the relay failed: {e}"));
+    assert_eq!(cipher, "TLSv1.3 TLS_AES_128_GCM_SHA256");
     // Client sockets get TCP_NODELAY and keepalive from the listening socket (Linux copies
     // them on accept; a relay unit test checks the copy).
     assert!(
@@ -527,6 +536,43 @@ fn psql_and_tokio_postgres_work_through_the_relay() {
             .then_some(()))
         .is_some(),
         "cancel keys outlive their sessions"
+    );
+}
+
+/// A server whose OpenSSL offers no AES-128-GCM-SHA256 for TLS 1.3 (e.g. a "FUTURE" crypto
+/// policy) refuses the relay's fast offer: sessions still work, with the full list of suites,
+/// and the refusal costs one failed handshake, not one per session.
+#[test]
+fn an_upstream_without_aes_128_gets_the_full_list_once() {
+    let d = Deployment::start_with(|cluster| {
+        let conf = cluster.root().join("openssl-aes256-only.cnf");
+        fs::write(
+            &conf,
+            "openssl_conf = openssl_init\n\
+             [openssl_init]\nssl_conf = ssl_module\n\
+             [ssl_module]\nsystem_default = tls_defaults\n\
+             [tls_defaults]\nCiphersuites = TLS_AES_256_GCM_SHA384\n",
+        )
+        .expect("write openssl.cnf");
+        cluster.set_server_env("OPENSSL_CONF", conf.to_str().unwrap());
+    });
+    let alice = d.issue("alice", "1h");
+    let conninfo = d.conninfo(&format!("shop.{PUBLIC_NAME}"), Some(&alice), "app", "shop");
+    for _ in 0..3 {
+        let cipher = d
+            .psql(
+                &conninfo,
+                "select cipher from pg_stat_ssl where pid = pg_backend_pid()",
+            )
+            .unwrap_or_else(|e| panic!("psql through the relay failed: {e}"));
+        assert_eq!(cipher, "TLS_AES_256_GCM_SHA384");
+    }
+    let refused = d.cluster.log().matches("no shared cipher").count();
+    assert_eq!(
+        refused,
+        1,
+        "the fast offer is refused once, then remembered; server log:\n{}",
+        d.cluster.log()
     );
 }
 

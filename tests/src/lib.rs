@@ -181,6 +181,8 @@ pub struct Cluster {
     /// TCP port on 127.0.0.1.
     pub port: u16,
     running: bool,
+    /// Environment variables for the server process (see [`Cluster::set_server_env`]).
+    server_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -200,6 +202,7 @@ impl Cluster {
             as_root,
             port: free_port(),
             running: false,
+            server_env: Vec::new(),
         };
         fs::create_dir_all(cluster.socket_dir()).expect("socket dir");
         fs::create_dir_all(cluster.config_dir()).expect("config dir");
@@ -354,8 +357,15 @@ impl Cluster {
         assert!(out.status.success(), "pg_ctl reload failed: {}", self.log());
     }
 
+    /// Sets an environment variable for the server, from the next start on (e.g.
+    /// `OPENSSL_CONF`, to configure what its TLS offers beyond `postgresql.conf`).
+    pub fn set_server_env(&mut self, key: &str, value: &str) {
+        self.server_env.push((key.to_owned(), value.to_owned()));
+    }
+
     fn pg_ctl(&self, args: &[&str]) -> Output {
         as_cluster_user(&self.bin.join("pg_ctl"), self.as_root)
+            .envs(self.server_env.iter().map(|(k, v)| (k, v)))
             .arg("-D")
             .arg(self.data_dir())
             .arg("-l")

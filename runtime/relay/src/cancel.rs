@@ -123,20 +123,14 @@ pub enum CancelError {
 mod tests {
     use super::*;
     use dbward_frozen::UpstreamAuth;
-    use rustls::ClientConfig;
     use rustls::pki_types::ServerName;
 
     fn target() -> CancelTarget {
-        let config = ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
         CancelTarget {
             upstream: Arc::new(Target {
                 address: "127.0.0.1:1".into(),
                 server_name: ServerName::try_from("localhost").unwrap(),
-                tls: Arc::new(config),
+                tls: Arc::new(crate::tls::public_roots_upstream().unwrap()),
                 auth: UpstreamAuth::Mtls,
                 rds: None,
             }),

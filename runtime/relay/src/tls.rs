@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -68,6 +69,21 @@ pub fn provider() -> Arc<CryptoProvider> {
             rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
             _ => 2,
         });
+    Arc::new(provider)
+}
+
+/// The provider for upstream handshakes: [`provider`], offering TLS 1.3 with AES-128-GCM-SHA256
+/// only. PostgreSQL (OpenSSL, `ssl_prefer_server_ciphers = on`) picks by its own order, which
+/// puts AES-256-GCM-SHA384 first whenever the client offers it, and SHA-384 (the key schedule
+/// and the transcript hash of every handshake) has no hardware help where SHA-256 has. Every
+/// TLS 1.3 server must implement AES-128-GCM-SHA256 (RFC 8446, section 9.1); one configured
+/// without it is retried with [`provider`] (see [`UpstreamTls`]).
+pub fn upstream_provider() -> Arc<CryptoProvider> {
+    let mut provider = (*provider()).clone();
+    provider.cipher_suites.retain(|suite| {
+        suite.version() != &rustls::version::TLS13
+            || suite.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    });
     Arc::new(provider)
 }
 
@@ -278,39 +294,124 @@ impl ClientCertVerifier for ClientCertCheck {
     }
 }
 
-/// A client config for one upstream: trust `ca`, present `identity` when given (mutual TLS).
+/// The client side of the TLS to one upstream, built once per config load.
+///
+/// Handshakes offer [`upstream_provider`]'s suites (TLS 1.3 with AES-128-GCM-SHA256 only). A
+/// server configured without that suite answers `handshake_failure`; the session is then
+/// dialled again with every suite of [`provider`], and once that succeeds the upstream is
+/// remembered as refusing the fast offer, so it costs one failed handshake per config load,
+/// not one per session.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    fast: Arc<ClientConfig>,
+    full: Arc<ClientConfig>,
+    refuses_fast: AtomicBool,
+}
+
+impl UpstreamTls {
+    /// Builds both configs with `build`, which is given the provider to use.
+    fn new(
+        build: impl Fn(Arc<CryptoProvider>) -> Result<ClientConfig, TlsError>,
+    ) -> Result<UpstreamTls, TlsError> {
+        let finish = |mut config: ClientConfig| {
+            // PostgreSQL does not resume sessions; keeping tickets would only cost memory.
+            config.resumption = rustls::client::Resumption::disabled();
+            Arc::new(config)
+        };
+        Ok(UpstreamTls {
+            fast: finish(build(upstream_provider())?),
+            full: finish(build(provider())?),
+            refuses_fast: AtomicBool::new(false),
+        })
+    }
+
+    /// The config for the next handshake, and whether it is the fast offer.
+    pub fn config(&self) -> (&Arc<ClientConfig>, bool) {
+        if self.refuses_fast.load(Ordering::Relaxed) {
+            (&self.full, false)
+        } else {
+            (&self.fast, true)
+        }
+    }
+
+    /// The config with every suite, for a retry after [`is_refusal`].
+    pub fn full(&self) -> &Arc<ClientConfig> {
+        &self.full
+    }
+
+    /// Records that the server completed a handshake with the full offer after refusing the
+    /// fast one. Returns true the first time, so the caller logs it once.
+    pub fn remember_refusal(&self) -> bool {
+        !self.refuses_fast.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// True when a handshake failed because the server refused what was offered (a
+/// `handshake_failure` alert, which is what OpenSSL sends when no suite is shared).
+pub fn is_refusal(error: &std::io::Error) -> bool {
+    matches!(
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure
+        ))
+    )
+}
+
+/// The TLS for one upstream: trust `ca`, present `identity` when given (mutual TLS).
 pub fn upstream_client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
-) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = provider();
+) -> Result<UpstreamTls, TlsError> {
     let roots = Arc::new(load_roots(ca)?);
-    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
         .build()
         .map_err(|e| TlsError::Ca {
             path: ca.to_owned(),
             reason: e.to_string(),
         })?;
-    let builder = ClientConfig::builder_with_provider(provider)
+    // One verifier for both configs, so that a chain verified once is remembered for both.
+    let verifier = Arc::new(UpstreamCertCheck {
+        inner,
+        verified: VerifiedChains::default(),
+    });
+    let identity = match identity {
+        Some((cert, key)) => Some((load_certs(cert)?, load_key(key)?, key)),
+        None => None,
+    };
+    UpstreamTls::new(|provider| {
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone());
+        match &identity {
+            Some((certs, key, key_path)) => builder
+                .with_client_auth_cert(certs.clone(), key.clone_key())
+                .map_err(|e| TlsError::Key {
+                    path: key_path.to_path_buf(),
+                    reason: e.to_string(),
+                }),
+            None => Ok(builder.with_no_client_auth()),
+        }
+    })
+}
+
+/// The TLS for an upstream whose certificate chains to a well-known public root (Mozilla's
+/// list), without a client certificate.
+pub fn public_roots_upstream() -> Result<UpstreamTls, TlsError> {
+    UpstreamTls::new(public_roots_config)
+}
+
+/// A client config trusting the well-known public roots (Mozilla's list, from webpki-roots).
+pub fn public_roots_config(provider: Arc<CryptoProvider>) -> Result<ClientConfig, TlsError> {
+    let roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(UpstreamCertCheck {
-            inner,
-            verified: VerifiedChains::default(),
-        }));
-    let mut config = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|e| TlsError::Key {
-                path: key.to_owned(),
-                reason: e.to_string(),
-            })?,
-        None => builder.with_no_client_auth(),
-    };
-    // PostgreSQL does not resume sessions; keeping tickets would only cost memory.
-    config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// rustls' WebPKI verification of upstream servers (`verify-full`), remembering chains it
@@ -385,5 +486,44 @@ mod tests {
             rustls::crypto::ring::default_provider().cipher_suites.len(),
             "reordered, nothing dropped"
         );
+    }
+
+    #[test]
+    fn upstreams_are_offered_aes_128_only_in_tls_13_and_every_tls_12_suite() {
+        let full = provider();
+        let fast = upstream_provider();
+        let tls13: Vec<_> = fast
+            .cipher_suites
+            .iter()
+            .filter(|s| s.version() == &rustls::version::TLS13)
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(tls13, [rustls::CipherSuite::TLS13_AES_128_GCM_SHA256]);
+        let tls12 = |p: &CryptoProvider| {
+            p.cipher_suites
+                .iter()
+                .filter(|s| s.version() == &rustls::version::TLS12)
+                .map(|s| s.suite())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(tls12(&fast), tls12(&full));
+        assert_eq!(fast.kx_groups[0].name(), rustls::NamedGroup::secp256r1);
+    }
+
+    #[test]
+    fn only_a_handshake_failure_alert_is_a_refusal() {
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert!(is_refusal(&io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure
+        ))));
+        assert!(!is_refusal(&io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+        ))));
+        assert!(!is_refusal(&io(rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+        ))));
+        assert!(!is_refusal(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        )));
     }
 }

@@ -29,7 +29,7 @@ use crate::protocol::frames::{Frame, FrameReader};
 use crate::protocol::startup::{cancel_request, ssl_request};
 use crate::protocol::{BackendKey, StartupMessage};
 use crate::readahead::ReadAhead;
-use crate::tls::{TlsError, upstream_client_config};
+use crate::tls::{TlsError, UpstreamTls, is_refusal, upstream_client_config};
 
 /// The largest message accepted from an upstream during startup.
 const MAX_STARTUP_MESSAGE: usize = 64 * 1024;
@@ -52,7 +52,7 @@ pub struct Target {
     /// The name its certificate must be valid for (`verify-full`).
     pub server_name: ServerName<'static>,
     /// Trusts the database's CA; presents the relay's client certificate for mutual TLS.
-    pub tls: Arc<ClientConfig>,
+    pub tls: Arc<UpstreamTls>,
     pub auth: UpstreamAuth,
     /// The token signer of an RDS IAM database.
     pub rds: Option<rds::RdsAuth>,
@@ -107,7 +107,7 @@ impl Upstream {
                 &resolve(ca),
                 identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
             )?,
-            None if identity.is_none() => platform_roots_config()?,
+            None if identity.is_none() => crate::tls::public_roots_upstream()?,
             None => {
                 return Ok(Upstream::Unsupported(format!(
                     "database {name} uses mutual TLS but names no CA; recompile it with \
@@ -118,7 +118,7 @@ impl Upstream {
         Ok(Upstream::Ready(Arc::new(Target {
             address,
             server_name,
-            tls,
+            tls: Arc::new(tls),
             auth: database.auth.clone(),
             rds,
         })))
@@ -139,16 +139,10 @@ impl Upstream {
     }
 }
 
-/// TLS for a server whose certificate chains to a well-known public root (Mozilla's list).
+/// TLS for an HTTPS server whose certificate chains to a well-known public root (Mozilla's
+/// list), e.g. an AWS endpoint.
 pub(crate) fn platform_roots_config() -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    Ok(Arc::new(config))
+    crate::tls::public_roots_config(crate::tls::provider()).map(Arc::new)
 }
 
 fn auth_name(auth: &UpstreamAuth) -> &'static str {
@@ -197,8 +191,32 @@ pub struct Connected {
     pub leftover: Vec<u8>,
 }
 
-/// TCP + SSLRequest + TLS to an upstream, checking that nothing arrives before the handshake.
+/// TCP + SSLRequest + TLS to an upstream. The first offer is the fast one (see
+/// [`UpstreamTls`]); a server that refuses it is dialled again with every suite.
 async fn tls_connect(target: &Target) -> Result<TlsStream<ReadAhead<TcpStream>>, UpstreamError> {
+    let (config, fast) = target.tls.config();
+    match tls_dial(target, config).await {
+        Err(UpstreamError::Tls { source, .. }) if fast && is_refusal(&source) => {
+            let stream = tls_dial(target, target.tls.full()).await?;
+            if target.tls.remember_refusal() {
+                tracing::warn!(
+                    upstream = %target.address,
+                    "the upstream refused TLS_AES_128_GCM_SHA256 (the suite every TLS 1.3 \
+                     server must offer); using the full list of suites with it from now on"
+                );
+            }
+            Ok(stream)
+        }
+        other => other,
+    }
+}
+
+/// One dial: TCP + SSLRequest + TLS with `config`, checking that nothing arrives before the
+/// handshake.
+async fn tls_dial(
+    target: &Target,
+    config: &Arc<ClientConfig>,
+) -> Result<TlsStream<ReadAhead<TcpStream>>, UpstreamError> {
     let address = || target.address.clone();
     let mut tcp = TcpStream::connect(&target.address)
         .await
@@ -222,7 +240,7 @@ async fn tls_connect(target: &Target) -> Result<TlsStream<ReadAhead<TcpStream>>,
         [b'S', ..] => return Err(UpstreamError::Violation { address: address() }),
         _ => return Err(UpstreamError::NoTls { address: address() }),
     }
-    TlsConnector::from(target.tls.clone())
+    TlsConnector::from(config.clone())
         .connect(target.server_name.clone(), ReadAhead::new(tcp))
         .await
         .map_err(tls_error)
@@ -371,15 +389,10 @@ mod tests {
 
     /// A target whose TLS is never reached: these tests end before the handshake.
     fn target(address: String) -> Target {
-        let config = ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
         Target {
             address,
             server_name: ServerName::try_from("localhost").unwrap(),
-            tls: Arc::new(config),
+            tls: Arc::new(crate::tls::public_roots_upstream().unwrap()),
             auth: UpstreamAuth::Mtls,
             rds: None,
         }

@@ -20,7 +20,10 @@ What it does, on a fresh machine of the project's kind:
 
 Paths: `direct` is pgbench -> PostgreSQL (TLS, client certificate); `relay` is pgbench ->
 dbward-relay (mTLS) -> PostgreSQL (mTLS); `pgbouncer` is pgbench -> pgbouncer (TLS, client
-certificate) -> PostgreSQL (mTLS). The CPU figures of the middle process come from
+certificate) -> PostgreSQL (mTLS). In the `-c 1` and fixed-rate latency scenarios, `hop` is
+pgbench -> socat -> PostgreSQL, TLS end to end: a process that only forwards bytes, the floor
+any middle process pays in latency on this machine. `--compare BIN` adds `relay-b`, a second
+relay binary in the same rounds (an A/B). The CPU figures of the middle process come from
 /proc/PID/stat (utime + stime), the most stable figure on a noisy machine.
 
 Only loopback addresses are used. Every process it starts is stopped at exit.
@@ -28,6 +31,7 @@ Only loopback addresses are used. Every process it starts is stopped at exit.
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import pwd
@@ -47,6 +51,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ["direct", "relay", "pgbouncer"]
+# Scenarios that measure the latency one extra hop adds; they also run the `hop` path (a plain
+# TCP forwarder, TLS end to end with PostgreSQL): the floor any middle process pays here.
+HOP_SCENARIOS = ("A prepared c1", "A simple c1", "B latency R2000")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -94,6 +101,23 @@ def proc_cpu_seconds(pid):
     """utime + stime of a process, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_tree_cpu_seconds(pid):
+    """CPU of a forking server (socat): itself, its reaped children (cutime + cstime) and its
+    live children, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(f) for f in fields[11:15])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid:
+            total += int(stat[11]) + int(stat[12])
+    return total / CLK_TCK
 
 
 def cpu_ticks():
@@ -192,7 +216,11 @@ class Bench:
         self.pg_conf = self.pg_root / "conf"
         self.pg_sock = self.pg_root / "run"
         self.user_dir = self.work / "user"
+        self.hop_port = free_port()
+        self.relay_b_port = free_port()
         self.relay_pid = None
+        self.relay_b_pid = None
+        self.hop_pid = None
         self.bouncer_pid = None
         self.idle_rss_start = {}
 
@@ -203,6 +231,9 @@ class Bench:
             log("installing pgbouncer")
             run(["apt-get", "update", "-qq"])
             run(["apt-get", "install", "-y", "-qq", "pgbouncer"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if shutil.which("socat") is None:
+            log("installing socat (the hop path)")
+            run(["apt-get", "install", "-y", "-qq", "socat"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         if self.args.no_build:
             log("using the release binaries as they are (--no-build)")
         else:
@@ -262,6 +293,35 @@ class Bench:
         self.procs.append(p)
         self.relay_pid = p.pid
         self.wait_port(self.relay_port, "dbward-relay", self.work / "relay.log")
+
+    def start_relay_b(self):
+        """A second relay, the --compare binary, on its own port: an A/B in the same rounds."""
+        config = json.loads((self.out / "relay/frozen.json").read_text())
+        config["relay"]["listen"] = f"127.0.0.1:{self.relay_b_port}"
+        config["relay"]["metrics"] = None
+        if config["relay"].get("audit"):
+            config["relay"]["audit"]["path"] = str(self.work / "audit-b.jsonl")
+        # The relay refuses a config whose checksum does not match: recompute it the way the
+        # compiler does (sha256 of the compact JSON, fields in order, with checksum "").
+        config["checksum"] = ""
+        compact = json.dumps(config, separators=(",", ":"), ensure_ascii=False).encode()
+        config["checksum"] = "sha256:" + hashlib.sha256(compact).hexdigest()
+        frozen_b = self.out / "relay/frozen-b.json"
+        frozen_b.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        log(f"start the --compare relay on 127.0.0.1:{self.relay_b_port}")
+        p = subprocess.Popen([str(self.args.compare), "--config", str(frozen_b), *self.args.relay_args.split()], stdout=subprocess.DEVNULL, stderr=open(self.work / "relay-b.log", "w"), env={**os.environ, "RUST_LOG": "warn"})
+        self.procs.append(p)
+        self.relay_b_pid = p.pid
+        self.wait_port(self.relay_b_port, "the --compare relay", self.work / "relay-b.log")
+
+    def start_hop(self):
+        """socat forwarding bytes to PostgreSQL: one more process and two more wake-ups per
+        round trip, and nothing else (no TLS of its own, no protocol)."""
+        log(f"start the hop (socat) on 127.0.0.1:{self.hop_port}")
+        p = subprocess.Popen(["socat", f"TCP-LISTEN:{self.hop_port},bind=127.0.0.1,reuseaddr,fork,backlog=128,nodelay", f"TCP:127.0.0.1:{self.pg_port},nodelay"], stdout=subprocess.DEVNULL, stderr=open(self.work / "hop.log", "w"))
+        self.procs.append(p)
+        self.hop_pid = p.pid
+        self.wait_port(self.hop_port, "socat", self.work / "hop.log")
 
     def start_pgbouncer(self):
         log(f"start pgbouncer on 127.0.0.1:{self.bouncer_port}")
@@ -326,9 +386,9 @@ log_disconnections = 0
     def env_for(self, path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env.update(PGUSER="bench", PGDATABASE="bench", PGSSLMODE="verify-full", PGCONNECT_TIMEOUT="10")
-        if path == "direct":
+        if path in ("direct", "hop"):
             env.update(
-                PGHOST="127.0.0.1", PGPORT=str(self.pg_port),
+                PGHOST="127.0.0.1", PGPORT=str(self.pg_port if path == "direct" else self.hop_port),
                 PGSSLROOTCERT=str(self.out / "relay/server-ca.crt"),
                 PGSSLCERT=str(self.out / "relay/upstream-client.crt"),
                 PGSSLKEY=str(self.out / "relay/upstream-client.key"),
@@ -336,7 +396,7 @@ log_disconnections = 0
         else:
             env.update(
                 PGHOST="bench.db.localhost", PGHOSTADDR="127.0.0.1",
-                PGPORT=str(self.relay_port if path == "relay" else self.bouncer_port),
+                PGPORT=str({"relay": self.relay_port, "relay-b": self.relay_b_port, "pgbouncer": self.bouncer_port}[path]),
                 PGSSLROOTCERT=str(self.user_dir / "root.crt"),
                 PGSSLCERT=str(self.user_dir / "postgresql.crt"),
                 PGSSLKEY=str(self.user_dir / "postgresql.key"),
@@ -344,18 +404,24 @@ log_disconnections = 0
         return env
 
     def middle_pid(self, path):
-        return {"relay": self.relay_pid, "pgbouncer": self.bouncer_pid}.get(path)
+        return {"relay": self.relay_pid, "relay-b": self.relay_b_pid, "hop": self.hop_pid, "pgbouncer": self.bouncer_pid}.get(path)
+
+    def middle_cpu(self, path):
+        pid = self.middle_pid(path)
+        if not pid:
+            return 0.0
+        return proc_tree_cpu_seconds(pid) if path == "hop" else proc_cpu_seconds(pid)
 
     def pgbench(self, path, args, workdir=None):
         """Runs pgbench on one path; returns (parsed output, middle CPU s, postgres CPU s, wall s)."""
         pid = self.middle_pid(path)
-        cpu0 = proc_cpu_seconds(pid) if pid else 0.0
+        cpu0 = self.middle_cpu(path)
         pg0 = postgres_cpu_seconds(self.pg_data)
         perf = None
-        if self.args.perf and path == "relay":
+        if self.args.perf and path in ("relay", "relay-b"):
             # A CPU profile of the relay during this run, for `perf report -i FILE`.
             Path(self.args.perf).mkdir(parents=True, exist_ok=True)
-            name = re.sub(r"[^A-Za-z0-9]+", "_", " ".join(args)).strip("_")[:60]
+            name = path + "_" + re.sub(r"[^A-Za-z0-9]+", "_", " ".join(args)).strip("_")[:60]
             perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-p", str(pid), "-o", str(Path(self.args.perf) / f"{name}.data")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -369,7 +435,9 @@ log_disconnections = 0
         self.last_client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
         if res.returncode != 0:
             sys.exit(f"pgbench on {path} failed ({' '.join(args)}):\n{res.stdout}\n{res.stderr}")
-        cpu = (proc_cpu_seconds(pid) - cpu0) if pid else 0.0
+        if path == "hop":
+            time.sleep(0.3)  # let socat reap the child that served this run
+        cpu = self.middle_cpu(path) - cpu0
         pg_cpu = postgres_cpu_seconds(self.pg_data) - pg0
         out = res.stdout
         parsed = {}
@@ -503,10 +571,12 @@ log_disconnections = 0
         ]
         if self.args.scenarios:
             scenarios = [(n, f) for n, f in scenarios if any(w.lower() in n.lower() for w in self.args.scenarios)]
+        paths = PATHS + (["relay-b"] if self.args.compare else [])
         for r in range(self.args.rounds):
-            order = PATHS[r % 3:] + PATHS[: r % 3]
-            log(f"round {r + 1}/{self.args.rounds}, order {order}")
+            log(f"round {r + 1}/{self.args.rounds}")
             for name, fn in scenarios:
+                these = paths + (["hop"] if name in HOP_SCENARIOS and not self.args.no_hop else [])
+                order = these[r % len(these):] + these[: r % len(these)]
                 for path in order:
                     # CPU time the hypervisor gave to other guests during this run: on a shared
                     # VM every figure of a run with a high steal share is suspect.
@@ -517,7 +587,7 @@ log_disconnections = 0
                     log(f"  {name:20} {path:10} {m}")
                     results.append({"round": r, "scenario": name, "path": path, "metrics": m})
         for count in self.args.idle:
-            for path in ["relay", "pgbouncer"]:
+            for path in ["relay", "pgbouncer"] + (["relay-b"] if self.args.compare else []):
                 log(f"F idle sessions: {count} on {path}")
                 m = self.scenario_idle_memory(path, count)
                 log(f"  {m}")
@@ -544,8 +614,17 @@ log_disconnections = 0
             log(f"kept {self.work}")
 
 
+def same_round(by_path, a, b, combine):
+    """Median over rounds of combine(a's value, b's value), from runs of the same round."""
+    if a not in by_path or b not in by_path:
+        return None
+    b_by_round = dict(by_path[b])
+    values = [combine(v, b_by_round[r]) for r, v in by_path[a] if b_by_round.get(r)]
+    return statistics.median(values) if values else None
+
+
 def summarize(results):
-    """Medians per (scenario, path, metric), and medians of same-round ratios."""
+    """Medians per (scenario, path, metric), and medians of same-round ratios and differences."""
     table = {}
     for row in results:
         for metric, value in row["metrics"].items():
@@ -556,26 +635,28 @@ def summarize(results):
         entry = {"scenario": scenario, "metric": metric}
         for path, values in by_path.items():
             entry[path] = statistics.median(v for _, v in values)
-        for base in ("direct", "pgbouncer"):
-            if metric != "steal_pct" and "relay" in by_path and base in by_path:
-                base_by_round = dict(by_path[base])
-                ratios = [v / base_by_round[r] for r, v in by_path["relay"] if base_by_round.get(r)]
-                if ratios:
-                    entry[f"relay/{base}"] = statistics.median(ratios)
-        # Added latency: the same-round difference relay - direct, in microseconds.
+        if metric != "steal_pct":
+            for a, b in (("relay", "direct"), ("relay", "pgbouncer"), ("relay-b", "relay")):
+                ratio = same_round(by_path, a, b, lambda x, y: x / y)
+                if ratio is not None:
+                    entry[f"{a}/{b}"] = ratio
+        # Added latency: the same-round difference X - direct, in microseconds; `hop` (a plain
+        # forwarder) is the floor for any middle process, and relay - hop what the relay adds
+        # on top of it.
         scale = {"_ms": 1000.0, "_us": 1.0}.get(metric[-3:])
         if scale and ("latency" in metric or re.fullmatch(r"p\d+_us", metric)):
-            if "relay" in by_path and "direct" in by_path:
-                direct_by_round = dict(by_path["direct"])
-                diffs = [(v - direct_by_round[r]) * scale for r, v in by_path["relay"] if r in direct_by_round]
-                if diffs:
-                    entry["relay-direct_us"] = statistics.median(diffs)
+            for a, b in (("relay", "direct"), ("hop", "direct"), ("relay", "hop"), ("pgbouncer", "direct")):
+                diff = same_round(by_path, a, b, lambda x, y: (x - y) * scale)
+                if diff is not None:
+                    entry[f"{a}-{b}_us"] = diff
         summary.append(entry)
     return summary
 
 
 def print_table(summary):
-    cols = ["direct", "relay", "pgbouncer", "relay/direct", "relay/pgbouncer", "relay-direct_us"]
+    order = ["direct", "hop", "relay", "relay-b", "pgbouncer", "relay/direct", "relay/pgbouncer", "relay-b/relay",
+             "relay-direct_us", "hop-direct_us", "relay-hop_us", "pgbouncer-direct_us"]
+    cols = [c for c in order if any(c in e for e in summary)]
     print(f"{'scenario':22} {'metric':26} " + " ".join(f"{c:>15}" for c in cols))
     for e in summary:
         cells = []
@@ -599,6 +680,8 @@ def main():
     ap.add_argument("--relay-args", default="", help="extra arguments for dbward-relay, e.g. --relay-args='--threads 1'")
     ap.add_argument("--perf", metavar="DIR", help="record a perf profile of the relay during each of its runs into DIR (needs an unstripped build)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build; use target/release as it is")
+    ap.add_argument("--compare", metavar="BIN", help="also run this dbward-relay binary as path relay-b, in the same rounds (an A/B; ratio relay-b/relay)")
+    ap.add_argument("--no-hop", action="store_true", help="skip the hop path (socat) in the latency scenarios")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.duration, args.bulk_count, args.idle = 1, 3, 2, [200]
@@ -610,6 +693,10 @@ def main():
         bench.generate()
         bench.start_postgres()
         bench.start_relay()
+        if args.compare:
+            bench.start_relay_b()
+        if not args.no_hop:
+            bench.start_hop()
         bench.start_pgbouncer()
         results = bench.run_all()
     finally:

@@ -120,6 +120,18 @@ def proc_tree_cpu_seconds(pid):
     return total / CLK_TCK
 
 
+def flame_graph(perf_data):
+    """Writes FILE.svg next to a perf recording, with inferno (`cargo install inferno`)."""
+    if not (shutil.which("inferno-collapse-perf") and shutil.which("inferno-flamegraph")):
+        log(f"perf profile in {perf_data}; `cargo install inferno` to get flame graphs too")
+        return
+    script = subprocess.run(["perf", "script", "-i", str(perf_data)], capture_output=True, check=True)
+    folded = subprocess.run(["inferno-collapse-perf"], input=script.stdout, capture_output=True, check=True)
+    svg = subprocess.run(["inferno-flamegraph", "--title", perf_data.stem], input=folded.stdout, capture_output=True, check=True)
+    perf_data.with_suffix(".svg").write_bytes(svg.stdout)
+    log(f"flame graph {perf_data.with_suffix('.svg')}")
+
+
 def cpu_ticks():
     """(steal, total) jiffies of the whole machine, from the `cpu` line of /proc/stat."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -422,7 +434,8 @@ log_disconnections = 0
             # A CPU profile of the relay during this run, for `perf report -i FILE`.
             Path(self.args.perf).mkdir(parents=True, exist_ok=True)
             name = path + "_" + re.sub(r"[^A-Za-z0-9]+", "_", " ".join(args)).strip("_")[:60]
-            perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-p", str(pid), "-o", str(Path(self.args.perf) / f"{name}.data")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            perf_data = Path(self.args.perf) / f"{name}.data"
+            perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-p", str(pid), "-o", str(perf_data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.time()
@@ -431,6 +444,7 @@ log_disconnections = 0
         if perf:
             perf.send_signal(signal.SIGINT)
             perf.wait(timeout=60)
+            flame_graph(perf_data)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.last_client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
         if res.returncode != 0:
@@ -678,7 +692,7 @@ def main():
     ap.add_argument("--scenarios", nargs="*", help="run only scenarios whose name contains one of these words (e.g. 'prepared c1' bulk)")
     ap.add_argument("--relay-bin", help="benchmark this dbward-relay binary (e.g. an older build, to compare)")
     ap.add_argument("--relay-args", default="", help="extra arguments for dbward-relay, e.g. --relay-args='--threads 1'")
-    ap.add_argument("--perf", metavar="DIR", help="record a perf profile of the relay during each of its runs into DIR (needs an unstripped build)")
+    ap.add_argument("--perf", metavar="DIR", help="record a perf profile (and, with inferno installed, a flame graph) of the relay during each of its runs into DIR (needs an unstripped build)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build; use target/release as it is")
     ap.add_argument("--compare", metavar="BIN", help="also run this dbward-relay binary as path relay-b, in the same rounds (an A/B; ratio relay-b/relay)")
     ap.add_argument("--no-hop", action="store_true", help="skip the hop path (socat) in the latency scenarios")

@@ -104,8 +104,13 @@ def proc_cpu_seconds(pid):
 
 
 def proc_tree_cpu_seconds(pid):
-    """CPU of a forking server (socat): itself, its reaped children (cutime + cstime) and its
-    live children, in seconds."""
+    """CPU seconds used so far by a forking server (the postmaster, socat): its own time, the
+    time of the children it has already reaped (cutime + cstime), and the time of the live ones.
+
+    A child that exits between two samples moves from the live sum into the parent's
+    cutime/cstime, so differences of this figure never go negative, and other servers on the
+    machine are not counted.
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     total = sum(int(f) for f in fields[11:15])
     for proc in Path("/proc").iterdir():
@@ -148,26 +153,8 @@ def proc_rss_kib(pid):
 
 
 def postgres_cpu_seconds(data_dir):
-    """CPU seconds used so far by one PostgreSQL server: the postmaster's own time, the time of
-    the backends it has already reaped (cutime + cstime), and the time of the live ones.
-
-    A backend that exits between two samples moves from the live sum into the postmaster's
-    cutime/cstime, so differences of this figure never go negative, and other clusters on the
-    machine are not counted.
-    """
-    postmaster = int(Path(data_dir, "postmaster.pid").read_text().split()[0])
-    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
-    total = sum(int(f) for f in fields[11:15]) / CLK_TCK
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat[1]) == postmaster:
-            total += (int(stat[11]) + int(stat[12])) / CLK_TCK
-    return total
+    """CPU seconds used so far by one PostgreSQL server (its postmaster and backends)."""
+    return proc_tree_cpu_seconds(int(Path(data_dir, "postmaster.pid").read_text().split()[0]))
 
 
 MANIFEST = """\

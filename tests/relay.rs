@@ -413,22 +413,21 @@ fn psql_and_tokio_postgres_work_through_the_relay() {
     );
 
     // Real psql, verify-full against the relay's certificate, database chosen by SNI.
-    let who = d
-        .psql(
-            &d.conninfo(&format!("shop.{PUBLIC_NAME}"), Some(&alice), "app", "shop"),
-            "select current_user || '@' || current_database() || ' ' || (select name from items)",
-        )
-        .unwrap_or_else(|e| panic!("psql through the relay failed: {e}"));
-    assert_eq!(who, "app@shop apple");
+    let shop = d.conninfo(&format!("shop.{PUBLIC_NAME}"), Some(&alice), "app", "shop");
+    let psql = |sql| {
+        d.psql(&shop, sql)
+            .unwrap_or_else(|e| panic!("psql through the relay failed: {e}"))
+    };
+    assert_eq!(
+        psql("select current_user || '@' || current_database() || ' ' || (select name from items)"),
+        "app@shop apple"
+    );
     // Upstream, the relay offers TLS 1.3 with AES-128-GCM-SHA256 only: PostgreSQL's own order
     // would pick AES-256-GCM-SHA384 (SHA-384 costs every handshake more).
-    let cipher = d
-        .psql(
-            &d.conninfo(&format!("shop.{PUBLIC_NAME}"), Some(&alice), "app", "shop"),
-            "select version || ' ' || cipher from pg_stat_ssl where pid = pg_backend_pid()",
-        )
-        .unwrap_or_else(|e| panic!("psql through the relay failed: {e}"));
-    assert_eq!(cipher, "TLSv1.3 TLS_AES_128_GCM_SHA256");
+    assert_eq!(
+        psql("select version || ' ' || cipher from pg_stat_ssl where pid = pg_backend_pid()"),
+        "TLSv1.3 TLS_AES_128_GCM_SHA256"
+    );
     // Client sockets get TCP_NODELAY and keepalive from the listening socket (Linux copies
     // them on accept; a relay unit test checks the copy).
     assert!(

@@ -1135,20 +1135,25 @@ fn byte_counters_move_while_a_session_runs() {
         .block_on(session.query("select repeat('x', 100000)", &[]))
         .unwrap();
     assert_eq!(rows.len(), 1);
-    // The session is still open: the traffic shows in /metrics now, not only at its end.
-    let after = (
-        relay.metric("dbward_client_to_server_bytes_total"),
-        relay.metric("dbward_server_to_client_bytes_total"),
+    // The session is still open: the traffic shows in /metrics now, not only at its end. The
+    // session thread adds what it relayed once it has nothing more to copy, which can be a
+    // moment after the client has the last byte: wait for it, with the session still open.
+    let counters = || {
+        (
+            relay.metric("dbward_client_to_server_bytes_total"),
+            relay.metric("dbward_server_to_client_bytes_total"),
+        )
+    };
+    let moved = wait_for(Duration::from_secs(5), || {
+        let after = counters();
+        (after.0 > before.0 && after.1 >= before.1 + 100_000.0).then_some(after)
+    });
+    assert!(
+        moved.is_some(),
+        "the byte counters did not move while the session ran: {before:?} -> {:?}",
+        counters()
     );
     assert_eq!(relay.metric("dbward_sessions_active"), 1.0);
-    assert!(
-        after.0 > before.0,
-        "client to server: {before:?} -> {after:?}"
-    );
-    assert!(
-        after.1 >= before.1 + 100_000.0,
-        "server to client: {before:?} -> {after:?}"
-    );
 }
 
 #[test]

@@ -980,7 +980,7 @@ fn reload_applies_to_new_sessions_only() {
 /// PostgreSQL 17's direct TLS (`sslnegotiation=direct`): TLS from the first byte, ALPN
 /// `postgresql` required. Spoken here with rustls directly, as psql 15 cannot.
 #[test]
-fn direct_tls_with_alpn_works_and_without_alpn_is_closed() {
+fn direct_tls_with_alpn_works_and_without_alpn_is_refused_in_the_handshake() {
     let d = Deployment::start();
     let alice = d.issue("alice", "1h");
     let packet = |version: u32, params: &[u8]| {
@@ -1025,11 +1025,21 @@ fn direct_tls_with_alpn_works_and_without_alpn_is_closed() {
         greeting.ends_with(b"Z\0\0\0\x05I"),
         "no ReadyForQuery: {greeting:?}"
     );
-    let refused = attempt(false, &startup);
-    assert!(
-        refused.is_empty(),
-        "direct TLS without ALPN was served: {refused:?}"
+    // Without ALPN the handshake itself is refused, with the alert PostgreSQL sends.
+    let refused = raw_tls(
+        d.relay_port,
+        &d.out(),
+        &alice,
+        Negotiation::Direct { alpn: false },
+        &startup,
     );
+    match refused {
+        Err(error) => assert!(
+            error.contains("NoApplicationProtocol"),
+            "direct TLS without ALPN failed otherwise: {error}"
+        ),
+        Ok(reply) => panic!("direct TLS without ALPN completed its handshake: {reply:?}"),
+    }
 
     // A client asking for protocol 3.2 with a protocol option is told (as PostgreSQL would)
     // that the relay speaks 3.0 and ignored the option, then served.
@@ -1090,4 +1100,341 @@ fn the_connection_limit_refuses_with_a_message() {
             .await
             .expect("second still works");
     });
+}
+
+/// How a raw test client reaches TLS.
+#[derive(Clone, Copy)]
+enum Negotiation {
+    /// SSLRequest, `S`, then TLS (what libpq does by default).
+    SslRequest,
+    /// TLS from the first byte, offering ALPN `postgresql` or not.
+    Direct { alpn: bool },
+}
+
+/// A hand-written client: opens TLS to `shop` as the person in `certs`, sends `payload` in one
+/// TLS record, and returns what came back until ReadyForQuery-idle after a `select`, an error
+/// followed by the end of the stream, or the end of the stream. An error means the TLS
+/// handshake failed (its text).
+fn raw_tls(
+    relay_port: u16,
+    out: &Path,
+    certs: &Path,
+    negotiation: Negotiation,
+    payload: &[u8],
+) -> Result<Vec<u8>, String> {
+    let mut config = client_tls(out, certs);
+    let mut sock = TcpStream::connect(("127.0.0.1", relay_port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    match negotiation {
+        Negotiation::SslRequest => {
+            sock.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).unwrap();
+            let mut answer = [0u8; 1];
+            sock.read_exact(&mut answer).unwrap();
+            assert_eq!(&answer, b"S");
+        }
+        Negotiation::Direct { alpn } => {
+            if alpn {
+                config.alpn_protocols = vec![b"postgresql".to_vec()];
+            }
+        }
+    }
+    let name = format!("shop.{PUBLIC_NAME}").try_into().unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| e.to_string())?;
+    }
+    tls.write_all(payload)
+        .and_then(|_| tls.flush())
+        .map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tls.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Ok(got)
+}
+
+/// A StartupMessage (or any first packet) with `code` and the raw parameter bytes.
+fn first_packet(code: u32, params: &[u8]) -> Vec<u8> {
+    let mut packet = ((params.len() + 8) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&code.to_be_bytes());
+    packet.extend_from_slice(params);
+    packet
+}
+
+/// `name\0value\0…\0` from pairs.
+fn params(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out.push(0);
+    out
+}
+
+/// A simple Query message.
+fn query(sql: &str) -> Vec<u8> {
+    let mut out = vec![b'Q'];
+    out.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    out.extend_from_slice(sql.as_bytes());
+    out.push(0);
+    out
+}
+
+/// The text of the first ErrorResponse in `reply`: `SQLSTATE message`.
+fn error_of(reply: &[u8]) -> Option<String> {
+    let start = reply.iter().position(|&b| b == b'E')?;
+    let fields = reply.get(start + 5..)?;
+    let mut code = "";
+    let mut message = "";
+    for field in fields.split(|&b| b == 0) {
+        match field.split_first() {
+            Some((b'C', value)) => code = std::str::from_utf8(value).unwrap_or("?"),
+            Some((b'M', value)) => message = std::str::from_utf8(value).unwrap_or("?"),
+            None => break,
+            _ => {}
+        }
+    }
+    Some(format!("{code} {message}"))
+}
+
+/// Every startup parameter that decides who logs in, to what and where: given twice (the
+/// second time a value the person may not use, which PostgreSQL would take), it is a protocol
+/// violation answered with FATAL 08P01, audited, and nothing reaches PostgreSQL. A session
+/// sees exactly what the relay decided: the user, the database name, the options without the
+/// relay's own setting.
+#[test]
+fn startup_parameters_given_twice_are_refused_and_postgres_sees_what_was_decided() {
+    let d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+    let out = d.out();
+    let startup = |pairs: &[(&str, &str)]| first_packet(0x0003_0000, &params(pairs));
+    let before = d.cluster.log().matches("connection authorized").count();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "user",
+            startup(&[("user", "app"), ("database", "shop"), ("user", "readonly")]),
+            "08P01 startup parameter \"user\" is given more than once",
+        ),
+        (
+            "database",
+            startup(&[
+                ("user", "app"),
+                ("database", "shop"),
+                ("database", "postgres"),
+            ]),
+            "08P01 startup parameter \"database\" is given more than once",
+        ),
+        (
+            "options",
+            startup(&[
+                ("user", "app"),
+                ("database", "shop"),
+                ("options", "-c dbward.database=shop"),
+                ("options", "-c dbward.database=vault"),
+            ]),
+            "08P01 startup parameter \"options\" is given more than once",
+        ),
+        (
+            "dbward.database inside options",
+            startup(&[
+                ("user", "app"),
+                ("database", "shop"),
+                ("options", "-c dbward.database=shop --dbward.database=vault"),
+            ]),
+            "08P01 dbward.database is given more than once in options",
+        ),
+        (
+            "a run-time setting",
+            startup(&[
+                ("user", "app"),
+                ("database", "shop"),
+                ("application_name", "a"),
+                ("application_name", "b"),
+            ]),
+            "08P01 startup parameter \"application_name\" is given more than once",
+        ),
+        (
+            "replication",
+            startup(&[
+                ("user", "app"),
+                ("database", "shop"),
+                ("replication", "database"),
+            ]),
+            "0A000 replication connections (replication=database) are not relayed",
+        ),
+    ];
+    for (what, packet, expected) in cases {
+        for negotiation in [Negotiation::SslRequest, Negotiation::Direct { alpn: true }] {
+            let reply = raw_tls(d.relay_port, &out, &alice, negotiation, &packet)
+                .unwrap_or_else(|e| panic!("{what}: handshake failed: {e}"));
+            let error = error_of(&reply).unwrap_or_else(|| {
+                panic!(
+                    "{what}: no ErrorResponse, got {:?}",
+                    String::from_utf8_lossy(&reply)
+                )
+            });
+            assert!(
+                error.starts_with(expected),
+                "{what}: the relay said {error:?}, expected {expected:?}"
+            );
+            assert!(
+                !reply.windows(6).any(|w| w == b"Z\0\0\0\x05I"),
+                "{what}: a session was opened"
+            );
+        }
+        let message = expected.split_once(' ').unwrap().1;
+        let event = wait_for(Duration::from_secs(5), || {
+            let event = d.last_event("session.denied");
+            (event["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message)))
+            .then_some(event)
+        })
+        .unwrap_or_else(|| panic!("{what}: no session.denied audit event"));
+        assert_eq!(event["reason"], "protocol", "{what}: {event}");
+    }
+    let after = d.cluster.log().matches("connection authorized").count();
+    assert_eq!(before, after, "a refused startup reached PostgreSQL");
+
+    // What PostgreSQL sees is what the relay decided: the database name defaults to the user
+    // (refused here, since alice may open only `shop`), the relay's option is removed, the
+    // client's other options and settings arrive.
+    superuser_sql(&d.cluster, "shop", "GRANT pg_read_all_settings TO app;");
+    let packet = startup(&[
+        ("user", "app"),
+        ("database", "shop"),
+        ("application_name", "decided"),
+        (
+            "options",
+            "-c dbward.database=shop -c search_path=pg_catalog",
+        ),
+    ]);
+    let mut payload = packet.clone();
+    payload.extend_from_slice(&query(
+        "select current_user || '|' || current_database() || '|' || \
+         current_setting('application_name') || '|' || current_setting('search_path')",
+    ));
+    payload.extend_from_slice(b"X\0\0\0\x04");
+    let reply = raw_tls(
+        d.relay_port,
+        &out,
+        &alice,
+        Negotiation::SslRequest,
+        &payload,
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("app|shop|decided|pg_catalog"),
+        "the session did not see the decided values: {text:?}"
+    );
+    let reply = raw_tls(
+        d.relay_port,
+        &out,
+        &alice,
+        Negotiation::SslRequest,
+        &startup(&[("user", "app"), ("database", "")]),
+    )
+    .unwrap();
+    assert!(
+        error_of(&reply).is_some_and(|e| e.contains("database name \"app\"")),
+        "an empty database name must be decided as the user name: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
+/// A query pipelined behind the StartupMessage, in the same TLS record, is relayed and
+/// audited like any other.
+#[test]
+fn a_query_pipelined_behind_the_startup_is_audited() {
+    let d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+    let mut payload = first_packet(
+        0x0003_0000,
+        &params(&[("user", "app"), ("database", "shop")]),
+    );
+    payload.extend_from_slice(&query("select 'pipelined-behind-startup'"));
+    payload.extend_from_slice(b"X\0\0\0\x04");
+    let reply = raw_tls(
+        d.relay_port,
+        &d.out(),
+        &alice,
+        Negotiation::SslRequest,
+        &payload,
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&reply).contains("pipelined-behind-startup"),
+        "the pipelined query was not answered: {reply:?}"
+    );
+    let audited = wait_for(Duration::from_secs(5), || {
+        d.audit().into_iter().find(|e| {
+            e["event"] == "session.query"
+                && e["query"].as_str() == Some("select 'pipelined-behind-startup'")
+        })
+    });
+    let event = audited.expect("no session.query event for the pipelined query");
+    assert_eq!(event["identity"], "alice", "{event}");
+}
+
+/// Protocol versions other than 3.x, and the special request codes with a wrong size, are
+/// answered as PostgreSQL answers them (FATAL 0A000, in the clear before TLS or inside it) and
+/// audited.
+#[test]
+fn unknown_protocol_versions_are_answered_and_audited() {
+    let d = Deployment::start();
+    let alice = d.issue("alice", "1h");
+    let versions: [(u32, &[u8], &str); 4] = [
+        (2 << 16, b"user\0app\0\0", "2.0"),
+        (4 << 16, b"user\0app\0\0", "4.0"),
+        ((1234 << 16) | 5678, b"", "1234.5678"),
+        ((1234 << 16) | 5681, b"", "1234.5681"),
+    ];
+    for (code, body, shown) in versions {
+        let expected =
+            format!("0A000 unsupported frontend protocol {shown}: server supports 3.0 to 3.0");
+        // In the clear, as the first packet.
+        let mut s = TcpStream::connect(("127.0.0.1", d.relay_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(&first_packet(code, body)).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        assert_eq!(
+            error_of(&reply).as_deref(),
+            Some(expected.as_str()),
+            "version {shown} in the clear: {reply:?}"
+        );
+        // Inside TLS.
+        let reply = raw_tls(
+            d.relay_port,
+            &d.out(),
+            &alice,
+            Negotiation::SslRequest,
+            &first_packet(code, body),
+        )
+        .unwrap();
+        assert_eq!(
+            error_of(&reply).as_deref(),
+            Some(expected.as_str()),
+            "version {shown} inside TLS: {reply:?}"
+        );
+        let message = expected.split_once(' ').unwrap().1.to_owned();
+        let event = wait_for(Duration::from_secs(5), || {
+            let event = d.last_event("session.denied");
+            (event["message"].as_str() == Some(message.as_str())).then_some(event)
+        })
+        .unwrap_or_else(|| panic!("version {shown}: no session.denied audit event"));
+        assert_eq!(event["reason"], "protocol", "{event}");
+    }
 }

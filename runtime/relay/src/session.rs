@@ -21,13 +21,14 @@ use dbward_frozen::{Config, NameSet, Provision};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+use tokio_rustls::server::{StartHandshake, TlsStream};
 
 use crate::audit::{QueryMessage, SessionInfo};
 use crate::cancel::CancelTarget;
 use crate::metrics::{DenyReason, Metrics};
 use crate::protocol::backend::{
-    self, CONNECTION_FAILURE, INVALID_AUTHORIZATION, TOO_MANY_CONNECTIONS,
+    self, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION, PROTOCOL_VIOLATION,
+    TOO_MANY_CONNECTIONS,
 };
 use crate::protocol::frames::{QueryKind, QueryScanner};
 use crate::protocol::options::{self, DATABASE_OPTION};
@@ -58,7 +59,8 @@ enum HandshakeError {
     Closed,
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
-    #[error("invalid startup packet: {0}")]
+    /// Audited with exactly the text the client was told.
+    #[error(transparent)]
     Startup(#[from] StartupError),
     #[error("protocol violation: {0}")]
     Violation(&'static str),
@@ -140,7 +142,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admis
         Box::pin(negotiate(tcp, &loaded, &shared, &mut info)),
     )
     .await;
-    let (tls, mut startup, leftover) = match negotiated {
+    let (tls, startup, leftover) = match negotiated {
         Err(_) => {
             shared.metrics.handshake_failed();
             tracing::debug!(session = info.id, %peer, "handshake timed out");
@@ -182,10 +184,11 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admis
         };
         return refuse(tls, &shared, &info, denial).await;
     }
-    let target = match authorize(&loaded, &tls, &mut startup, &mut info) {
-        Ok(target) => target,
+    let (target, decided) = match authorize(&loaded, &tls, &startup, &mut info) {
+        Ok(decided) => decided,
         Err(denial) => return refuse(tls, &shared, &info, denial).await,
     };
+    drop(startup);
     if !shared.audit.admits_new_sessions() {
         let denial = Denial {
             reason: DenyReason::AuditUnavailable,
@@ -197,7 +200,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admis
         };
         return refuse(tls, &shared, &info, denial).await;
     }
-    session(tls, startup, leftover, target, &loaded, &shared, info).await;
+    session(tls, decided, leftover, target, &loaded, &shared, info).await;
 }
 
 /// Reads the first packet(s), answers SSLRequest/GSSENCRequest, runs the TLS handshake and
@@ -217,7 +220,13 @@ async fn negotiate(
         let mut buf = Vec::with_capacity(256);
         let mut declined_gss = false;
         loop {
-            match read_startup(&mut tcp, &mut buf).await? {
+            let packet = match read_startup(&mut tcp, &mut buf).await {
+                Err(HandshakeError::Startup(error)) => {
+                    return Err(answer_startup_error(&mut tcp, error).await);
+                }
+                other => other?,
+            };
+            match packet {
                 Startup::Ssl => {
                     // Anything the client sent after SSLRequest, before our answer, would be
                     // taken as if it came through TLS (CVE-2021-23214): refuse it.
@@ -258,18 +267,22 @@ async fn negotiate(
             }
         }
     }
-    let mut tls = TlsAcceptor::from(loaded.server_tls.config.clone())
-        .accept(ReadAhead::new(tcp))
-        .await?;
-    if direct && tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
-        // PostgreSQL itself insists on ALPN for direct TLS, so that a TLS connection meant for
-        // another protocol can never be mistaken for a PostgreSQL session.
-        return Err(HandshakeError::Violation(
-            "direct TLS connection without ALPN protocol \"postgresql\"",
-        ));
-    }
+    let config = loaded.server_tls.config.clone();
+    let mut tls = if direct {
+        accept_direct(tcp, config).await?
+    } else {
+        TlsAcceptor::from(config)
+            .accept(ReadAhead::new(tcp))
+            .await?
+    };
     let mut buf = Vec::with_capacity(256);
-    match read_startup(&mut tls, &mut buf).await? {
+    let packet = match read_startup(&mut tls, &mut buf).await {
+        Err(HandshakeError::Startup(error)) => {
+            return Err(answer_startup_error(&mut tls, error).await);
+        }
+        other => other?,
+    };
+    match packet {
         Startup::Startup(startup) => Ok(Negotiated::Session {
             tls: Box::new(tls),
             startup,
@@ -280,6 +293,72 @@ async fn negotiate(
             "SSLRequest or GSSENCRequest inside TLS",
         )),
     }
+}
+
+/// Direct TLS (PostgreSQL 17's `sslnegotiation=direct`): TLS from the first byte. The
+/// ClientHello must offer ALPN `postgresql`, as PostgreSQL itself insists, so that a TLS
+/// connection meant for another protocol can never be mistaken for a PostgreSQL session; one
+/// that does not is refused inside the handshake with a `no_application_protocol` alert.
+async fn accept_direct(
+    mut tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<ClientTls, HandshakeError> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut chunk = [0u8; 2048];
+    let accepted = loop {
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(HandshakeError::Closed);
+        }
+        let mut input = &chunk[..n];
+        while !input.is_empty() {
+            acceptor.read_tls(&mut input)?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted,
+            Ok(None) => continue,
+            Err((error, mut alert)) => {
+                let mut out = Vec::new();
+                let _ = alert.write_all(&mut out);
+                let _ = write_flush(&mut tcp, &out).await;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, error).into());
+            }
+        }
+    };
+    let offers_postgresql = accepted
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|protocol| protocol == ALPN_POSTGRESQL));
+    if !offers_postgresql {
+        let _ = write_flush(&mut tcp, &NO_APPLICATION_PROTOCOL_ALERT).await;
+        return Err(HandshakeError::Violation(
+            "direct TLS connection without ALPN protocol \"postgresql\"",
+        ));
+    }
+    Ok(StartHandshake::from_parts(accepted, ReadAhead::new(tcp))
+        .into_stream(config)
+        .await?)
+}
+
+/// A TLS alert record, sent in the clear before any key exists: fatal (2),
+/// `no_application_protocol` (120).
+const NO_APPLICATION_PROTOCOL_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 120];
+
+/// Answers an invalid first packet the way PostgreSQL does (a FATAL where it would send one)
+/// and returns the error for the caller to audit.
+async fn answer_startup_error<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    error: StartupError,
+) -> HandshakeError {
+    if let Some(code) = error.sqlstate() {
+        let frame = backend::fatal(code, &error.to_string(), None);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            write_flush(stream, &frame).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+    HandshakeError::Startup(error)
 }
 
 /// Reads one first packet into `buf` and removes it; bytes after it stay in `buf`.
@@ -301,15 +380,28 @@ async fn read_startup<S: AsyncRead + Unpin>(
     }
 }
 
+/// What the relay decided for one session. The StartupMessage it forwards is encoded from
+/// these values, never copied from the client's bytes: what PostgreSQL sees is exactly what
+/// was decided and audited.
+#[derive(Debug)]
+struct Decided {
+    /// The database's manifest name.
+    database: String,
+    /// The StartupMessage for the upstream (protocol 3.0).
+    forwarded: StartupMessage,
+    /// NegotiateProtocolVersion for the client, when it asked for a newer minor version or
+    /// for protocol options (`_pq_.*`) the relay does not speak; empty otherwise.
+    negotiate: Vec<u8>,
+}
+
 /// Decides from the client certificate, SNI and startup parameters, with the access table of
-/// `loaded` only. Normalizes the startup message for forwarding: `user` and `database` set as
-/// decided, `dbward.database` removed from `options`.
+/// `loaded` only.
 fn authorize(
     loaded: &Loaded,
     tls: &ClientTls,
-    startup: &mut StartupMessage,
+    startup: &StartupMessage,
     info: &mut SessionInfo,
-) -> Result<Arc<Target>, Denial> {
+) -> Result<(Arc<Target>, Decided), Denial> {
     let conn = tls.get_ref().1;
     // Who: the certificate, checked before anything else is looked at.
     let identity = loaded
@@ -317,9 +409,9 @@ fn authorize(
         .check
         .check(conn.peer_certificates())
         .map_err(|refusal| Denial::access(DenyReason::Certificate, refusal.to_string(), None))?;
-    let database = decide(&loaded.config, &identity, conn.server_name(), startup, info)?;
-    match loaded.upstreams.get(&database) {
-        Some(Upstream::Ready(target)) => Ok(target.clone()),
+    let decided = decide(&loaded.config, &identity, conn.server_name(), startup, info)?;
+    match loaded.upstreams.get(&decided.database) {
+        Some(Upstream::Ready(target)) => Ok((target.clone(), decided)),
         Some(Upstream::Unsupported(reason)) => Err(Denial {
             reason: DenyReason::Upstream,
             code: CONNECTION_FAILURE,
@@ -328,22 +420,26 @@ fn authorize(
         }),
         None => Err(Denial::access(
             DenyReason::UnknownDatabase,
-            format!("database \"{database}\" has no upstream in this relay's config"),
+            format!(
+                "database \"{}\" has no upstream in this relay's config",
+                decided.database
+            ),
             None,
         )),
     }
 }
 
 /// The access decision for an identified person: which database (from SNI or options), as
-/// which user, under which name, checked against the compiled access table only. Returns the
-/// database's manifest name; records what it learns in `info` for the audit log.
+/// which user, under which name, checked against the compiled access table only. Records what
+/// it learns in `info` for the audit log. Every startup parameter was given at most once (the
+/// parser refuses repeats).
 fn decide(
     config: &Config,
     identity: &str,
     sni: Option<&str>,
-    startup: &mut StartupMessage,
+    startup: &StartupMessage,
     info: &mut SessionInfo,
-) -> Result<String, Denial> {
+) -> Result<Decided, Denial> {
     let public_name = config.relay.public_name.to_ascii_lowercase();
     info.identity = Some(identity.to_owned());
 
@@ -356,17 +452,19 @@ fn decide(
             .filter(|db| !db.is_empty())
             .map(str::to_owned)
     });
-    let from_options = match startup.get("options") {
-        Some(opts) => {
-            let split = options::split(opts);
-            if split.rest.is_empty() {
-                startup.remove("options");
-            } else {
-                startup.set("options", split.rest);
-            }
-            split.database
+    let (from_options, other_options) = match startup.get("options").map(options::split) {
+        Some(Ok(split)) => (split.database, split.rest),
+        Some(Err(duplicate)) => {
+            return Err(Denial {
+                reason: DenyReason::Protocol,
+                code: PROTOCOL_VIOLATION,
+                message: duplicate.to_string(),
+                hint: Some(format!(
+                    "name the database once: -c {DATABASE_OPTION}=<database>"
+                )),
+            });
         }
-        None => None,
+        None => (None, String::new()),
     };
     let database = match (from_sni, from_options) {
         (Some(sni), Some(opt)) if sni != opt => {
@@ -415,7 +513,6 @@ fn decide(
         Some(name) if !name.is_empty() => name.to_owned(),
         _ => user.clone(),
     };
-    startup.set("database", db_name.clone());
     info.db_user = Some(user.clone());
     info.db_name = Some(db_name.clone());
 
@@ -451,7 +548,68 @@ fn decide(
             Some(format!("allowed database names: {allowed}")),
         ));
     }
-    Ok(database)
+    let (forwarded, negotiate) = forwarded_startup(startup, user, db_name, other_options)?;
+    Ok(Decided {
+        database,
+        forwarded,
+        negotiate,
+    })
+}
+
+/// The StartupMessage the relay sends upstream, encoded from the decided `user`, `db_name` and
+/// `options` (without `dbward.database`), plus the client's other parameters (run-time
+/// settings such as `application_name`, which PostgreSQL checks itself). Protocol options
+/// (`_pq_.*`) are dropped and named in NegotiateProtocolVersion, as PostgreSQL does for options
+/// it does not know. A replication connection is refused: the access table grants sessions.
+fn forwarded_startup(
+    client: &StartupMessage,
+    user: String,
+    db_name: String,
+    options: String,
+) -> Result<(StartupMessage, Vec<u8>), Denial> {
+    let mut params = vec![("user".to_owned(), user), ("database".to_owned(), db_name)];
+    let mut ignored = Vec::new();
+    for (name, value) in &client.params {
+        match name.as_str() {
+            "user" | "database" | "options" => {}
+            "replication" if is_false(value) => {}
+            "replication" => {
+                return Err(Denial {
+                    reason: DenyReason::Protocol,
+                    code: FEATURE_NOT_SUPPORTED,
+                    message: format!(
+                        "replication connections (replication={value}) are not relayed: the \
+                         dbward relay opens sessions only"
+                    ),
+                    hint: Some(
+                        "connect replication clients to the database server directly".into(),
+                    ),
+                });
+            }
+            _ if name.starts_with("_pq_.") => ignored.push(name.clone()),
+            _ => params.push((name.clone(), value.clone())),
+        }
+    }
+    if !options.is_empty() {
+        params.push(("options".to_owned(), options));
+    }
+    let negotiate = if client.version != PROTOCOL_3_0 || !ignored.is_empty() {
+        negotiate_protocol_version(&ignored)
+    } else {
+        Vec::new()
+    };
+    let forwarded = StartupMessage {
+        version: PROTOCOL_3_0,
+        params,
+    };
+    Ok((forwarded, negotiate))
+}
+
+/// Whether a boolean startup value is false the way PostgreSQL's `parse_bool` reads it
+/// (`replication=false` asks for a normal session).
+fn is_false(value: &str) -> bool {
+    let value = value.trim().to_ascii_lowercase();
+    ["0", "off", "no", "false", "n", "f", "fa", "fal", "fals"].contains(&value.as_str())
 }
 
 /// Sends a refusal, audits and counts it, and closes the connection.
@@ -487,33 +645,18 @@ async fn refuse<S: AsyncWrite + Unpin>(
 /// ends.
 async fn session(
     tls: Box<ClientTls>,
-    mut startup: StartupMessage,
+    decided: Decided,
     leftover: Vec<u8>,
     target: Arc<Target>,
     loaded: &Loaded,
     shared: &Shared,
     info: SessionInfo,
 ) {
-    // The relay speaks protocol 3.0 upstream; a client asking for a newer minor version is told
-    // so (NegotiateProtocolVersion), as PostgreSQL would, and its `_pq_.` options are dropped.
-    let mut negotiate = Vec::new();
-    if startup.version != PROTOCOL_3_0 {
-        let unsupported: Vec<String> = startup
-            .params
-            .iter()
-            .filter(|(n, _)| n.starts_with("_pq_."))
-            .map(|(n, _)| n.clone())
-            .collect();
-        startup.params.retain(|(n, _)| !n.starts_with("_pq_."));
-        startup.version = PROTOCOL_3_0;
-        negotiate = negotiate_protocol_version(&unsupported);
-    }
-
     let limits = &loaded.config.relay.limits;
     let connect_started = Instant::now();
     let connected = tokio::time::timeout(
         Duration::from_millis(limits.upstream_connect_timeout_ms),
-        Box::pin(upstream::connect(&target, &startup)),
+        Box::pin(upstream::connect(&target, &decided.forwarded)),
     )
     .await;
     let database = info.database.clone().unwrap_or_default();
@@ -578,7 +721,7 @@ async fn session(
 
     // The whole startup reply in one write: AuthenticationOk, ParameterStatus…, BackendKeyData,
     // ReadyForQuery.
-    let mut reply = negotiate;
+    let mut reply = decided.negotiate;
     reply.reserve(upstream.greeting.len() + 64 + upstream.leftover.len());
     reply.extend_from_slice(&backend::AUTHENTICATION_OK);
     reply.extend_from_slice(&upstream.greeting);
@@ -593,9 +736,6 @@ async fn session(
     }
     drop(reply);
     upstream.greeting = Vec::new();
-    if !leftover.is_empty() && write_flush(&mut upstream.stream, &leftover).await.is_err() {
-        return;
-    }
 
     let info = Arc::new(info);
     let started = Instant::now();
@@ -623,9 +763,12 @@ async fn session(
         };
         shared.audit.session_query(&info, message, sql);
     };
+    // Bytes the client sent behind its StartupMessage (a pipelined query) are relayed like any
+    // others: through the query scanner and the counters.
     let (from_client, to_client) = relay(
         *client,
         upstream.stream,
+        leftover,
         audit_queries.then_some(&mut on_query),
         Some(&shared.metrics),
     )
@@ -667,9 +810,11 @@ async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io:
 /// Called with the SQL text of every Query and Parse message the client sends.
 pub type OnQuery<'a> = dyn FnMut(QueryKind, &[u8]) + Send + 'a;
 
-/// Relays both directions until either side ends, then closes both. Returns the bytes relayed
-/// from the client and to the client; with `metrics`, they are also counted there as they
-/// pass, so `/metrics` shows the traffic of long sessions while they run.
+/// Relays both directions until either side ends, then closes both. `pending` holds client
+/// bytes already read (those that came behind the StartupMessage): they go first, and are
+/// scanned and counted like every other client byte. Returns the bytes relayed from the client
+/// and to the client; with `metrics`, they are also counted there as they pass, so `/metrics`
+/// shows the traffic of long sessions while they run.
 ///
 /// Both directions are driven by one future polling both streams in turn, rather than two
 /// halves of `tokio::io::split`: split guards each TLS stream with a lock taken on every poll,
@@ -679,6 +824,7 @@ pub type OnQuery<'a> = dyn FnMut(QueryKind, &[u8]) + Send + 'a;
 pub async fn relay<C, U>(
     mut client: C,
     mut upstream: U,
+    pending: Vec<u8>,
     on_query: Option<&mut OnQuery<'_>>,
     metrics: Option<&Metrics>,
 ) -> (u64, u64)
@@ -689,6 +835,17 @@ where
     let mut scanner = on_query.map(|callback| (QueryScanner::default(), callback));
     let mut from_client = Pump::new();
     let mut to_client = Pump::new();
+    if !pending.is_empty() {
+        if let Some((scanner, on_query)) = scanner.as_mut() {
+            scanner.feed(&pending, |kind, sql| on_query(kind, sql));
+        }
+        if let Some(metrics) = metrics {
+            metrics.bytes_relayed(pending.len() as u64, 0);
+        }
+        from_client.bytes = pending.len() as u64;
+        from_client.end = pending.len();
+        from_client.buf = pending;
+    }
     let ended = std::future::poll_fn(|cx| {
         let before = (from_client.bytes, to_client.bytes);
         let ended = if let Poll::Ready(result) =
@@ -880,7 +1037,7 @@ mod tests {
     /// Runs the decision for `identity` with SNI `sni` and startup parameters `params`, and
     /// renders the outcome: `ok <database> <forwarded params>` or `denied <reason>: <message>`.
     fn check(identity: &str, sni: Option<&str>, params: &[(&str, &str)], expected: &str) {
-        let mut startup = StartupMessage {
+        let startup = StartupMessage {
             version: PROTOCOL_3_0,
             params: params
                 .iter()
@@ -888,9 +1045,13 @@ mod tests {
                 .collect(),
         };
         let mut info = SessionInfo::new(1, "127.0.0.1:1".parse().unwrap());
-        let actual = match decide(&config(), identity, sni, &mut startup, &mut info) {
-            Ok(database) => {
-                let params: Vec<String> = startup
+        let actual = match decide(&config(), identity, sni, &startup, &mut info) {
+            Ok(Decided {
+                database,
+                forwarded,
+                ..
+            }) => {
+                let params: Vec<String> = forwarded
                     .params
                     .iter()
                     .map(|(n, v)| format!("{n}={v}"))
@@ -1059,7 +1220,13 @@ mod tests {
         };
         let ((from_client, to_client), ()) = tokio::time::timeout(Duration::from_secs(10), async {
             tokio::join!(
-                relay(client_side, upstream_side, Some(&mut on_query), None),
+                relay(
+                    client_side,
+                    upstream_side,
+                    Vec::new(),
+                    Some(&mut on_query),
+                    None
+                ),
                 driver
             )
         })

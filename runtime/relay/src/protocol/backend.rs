@@ -6,6 +6,8 @@ use super::ClientKey;
 pub const INVALID_AUTHORIZATION: &str = "28000";
 /// SQLSTATE `08P01` protocol_violation.
 pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// SQLSTATE `0A000` feature_not_supported: an unsupported protocol version or connection kind.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 /// SQLSTATE `08006` connection_failure: the upstream could not be reached.
 pub const CONNECTION_FAILURE: &str = "08006";
 /// SQLSTATE `53300` too_many_connections.

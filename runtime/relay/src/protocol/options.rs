@@ -60,9 +60,14 @@ fn database_setting(setting: &str) -> Option<String> {
         .then(|| value.to_owned())
 }
 
-/// Finds and removes `dbward.database` from an `options` string. When it appears more than
-/// once, the last one wins, as for any PostgreSQL setting.
-pub fn split(options: &str) -> Split {
+/// `dbward.database` given more than once in `options`. PostgreSQL would take the last value
+/// of a setting; the relay refuses to guess which one the client meant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{DATABASE_OPTION} is given more than once in options")]
+pub struct DuplicateDatabase;
+
+/// Finds and removes `dbward.database` from an `options` string.
+pub fn split(options: &str) -> Result<Split, DuplicateDatabase> {
     let words = words(options);
     let mut database = None;
     let mut kept: Vec<&str> = Vec::new();
@@ -79,6 +84,7 @@ pub fn split(options: &str) -> Split {
             (None, 1)
         };
         match setting.and_then(database_setting) {
+            Some(_) if database.is_some() => return Err(DuplicateDatabase),
             Some(value) => {
                 database = Some(value);
                 i += used;
@@ -89,10 +95,10 @@ pub fn split(options: &str) -> Split {
             }
         }
     }
-    Split {
+    Ok(Split {
         database,
         rest: kept.join(" "),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -100,7 +106,7 @@ mod tests {
     use super::*;
 
     fn check(options: &str, database: Option<&str>, rest: &str) {
-        let split = split(options);
+        let split = split(options).unwrap();
         assert_eq!(split.database.as_deref(), database, "options: {options:?}");
         assert_eq!(split.rest, rest, "options: {options:?}");
     }
@@ -116,11 +122,25 @@ mod tests {
             Some("orders"),
             "-c search_path=a\\ b -c x=1",
         );
-        check("-c dbward.database=a -c dbward.database=b", Some("b"), "");
         check("-c dbward.database=we\\ ird", Some("we ird"), "");
         check("-c statement_timeout=5", None, "-c statement_timeout=5");
         check("-c", None, "-c");
         check("trailing\\", None, "trailing\\");
+    }
+
+    #[test]
+    fn a_database_given_twice_is_refused() {
+        for options in [
+            "-c dbward.database=a -c dbward.database=b",
+            "-c dbward.database=a --dbward.database=a",
+            "-cdbward.database=a -c DBWARD.DATABASE=b",
+        ] {
+            assert_eq!(
+                split(options),
+                Err(DuplicateDatabase),
+                "options: {options:?}"
+            );
+        }
     }
 
     /// Property: any string (whitespace, backslashes, multi-byte characters) splits without
@@ -151,7 +171,9 @@ mod tests {
             let text: String = (0..len)
                 .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
                 .collect();
-            let split = split(&text);
+            let Ok(split) = split(&text) else {
+                continue;
+            };
             for word in split.rest.split(' ').filter(|w| !w.is_empty()) {
                 assert!(text.contains(word), "{word:?} is not from {text:?}");
             }

@@ -43,12 +43,31 @@ pub struct StartupMessage {
 pub enum StartupError {
     #[error("startup packet length {0} is invalid (must be 8 to {MAX_STARTUP_LEN} bytes)")]
     Length(u32),
-    #[error("unsupported frontend protocol {major}.{minor}: the relay speaks 3.x")]
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
     Version { major: u32, minor: u32 },
     #[error("invalid {0} packet")]
     Malformed(&'static str),
     #[error("startup parameters must be valid UTF-8")]
     NotUtf8,
+    /// PostgreSQL takes the last of two values and a naive reader the first: a parameter given
+    /// twice could make the relay decide on one value while the server uses another.
+    #[error("startup parameter \"{0}\" is given more than once")]
+    Duplicate(String),
+}
+
+impl StartupError {
+    /// What the client is told, as PostgreSQL would tell it: the SQLSTATE of a FATAL
+    /// ErrorResponse, or `None` where PostgreSQL closes without a word (a length it cannot trust
+    /// says nothing about the protocol the client speaks).
+    pub fn sqlstate(&self) -> Option<&'static str> {
+        match self {
+            StartupError::Length(_) => None,
+            StartupError::Version { .. } => Some(super::backend::FEATURE_NOT_SUPPORTED),
+            StartupError::Malformed(_) | StartupError::NotUtf8 | StartupError::Duplicate(_) => {
+                Some(super::backend::PROTOCOL_VIOLATION)
+            }
+        }
+    }
 }
 
 impl Startup {
@@ -69,32 +88,31 @@ impl Startup {
         };
         let (body, code) = be_u32::<_, nom::error::Error<&[u8]>>(packet)
             .map_err(|_| StartupError::Length(len as u32))?;
+        // The special requests are "versions" 1234.5678 to 1234.5680; one with the wrong size
+        // is no request PostgreSQL knows, and is refused like any other unknown version.
+        let unknown = || StartupError::Version {
+            major: code >> 16,
+            minor: code & 0xffff,
+        };
         let startup = match code {
             SSL_REQUEST if body.is_empty() => Startup::Ssl,
-            SSL_REQUEST => return Err(StartupError::Malformed("SSLRequest")),
             GSSENC_REQUEST if body.is_empty() => Startup::GssEnc,
-            GSSENC_REQUEST => return Err(StartupError::Malformed("GSSENCRequest")),
-            CANCEL_REQUEST => Startup::Cancel(parse_cancel(body)?),
+            CANCEL_REQUEST => Startup::Cancel(parse_cancel(body).ok_or_else(unknown)?),
             version if version >> 16 == 3 => Startup::Startup(StartupMessage {
                 version,
                 params: parse_params(body)?,
             }),
-            version => {
-                return Err(StartupError::Version {
-                    major: version >> 16,
-                    minor: version & 0xffff,
-                });
-            }
+            _ => return Err(unknown()),
         };
         Ok(Some((startup, len)))
     }
 }
 
-fn parse_cancel(body: &[u8]) -> Result<ClientKey, StartupError> {
+fn parse_cancel(body: &[u8]) -> Option<ClientKey> {
     let parsed: IResult<&[u8], (u32, u32)> = (be_u32, be_u32).parse(body);
     match parsed {
-        Ok((&[], (pid, secret))) => Ok(ClientKey { pid, secret }),
-        _ => Err(StartupError::Malformed("CancelRequest")),
+        Ok((&[], (pid, secret))) => Some(ClientKey { pid, secret }),
+        _ => None,
     }
 }
 
@@ -102,11 +120,12 @@ fn cstr(input: &[u8]) -> IResult<&[u8], &[u8]> {
     terminated(take_until(&b"\0"[..]), tag(&b"\0"[..])).parse(input)
 }
 
-/// `name\0value\0 … \0`.
+/// `name\0value\0 … \0`, each name at most once.
 fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, StartupError> {
     let malformed = || StartupError::Malformed("StartupMessage");
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| StartupError::NotUtf8);
-    let mut params = Vec::new();
+    let mut params: Vec<(String, String)> = Vec::new();
+    let mut names = std::collections::HashSet::new();
     loop {
         let (rest, name) = cstr(body).map_err(|_| malformed())?;
         if name.is_empty() {
@@ -117,6 +136,11 @@ fn parse_params(mut body: &[u8]) -> Result<Vec<(String, String)>, StartupError> 
             };
         }
         let (rest, value) = cstr(rest).map_err(|_| malformed())?;
+        if !names.insert(name) {
+            return Err(StartupError::Duplicate(
+                String::from_utf8_lossy(name).into_owned(),
+            ));
+        }
         params.push((text(name)?, text(value)?));
         body = rest;
     }
@@ -129,19 +153,6 @@ impl StartupMessage {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
-    }
-
-    /// Sets a parameter, replacing an existing one or appending it.
-    pub fn set(&mut self, name: &str, value: String) {
-        match self.params.iter_mut().find(|(n, _)| n == name) {
-            Some(param) => param.1 = value,
-            None => self.params.push((name.to_owned(), value)),
-        }
-    }
-
-    /// Removes a parameter.
-    pub fn remove(&mut self, name: &str) {
-        self.params.retain(|(n, _)| n != name);
     }
 
     /// The wire form.
@@ -235,15 +246,35 @@ mod tests {
         );
         check(
             &packet(SSL_REQUEST, b"x"),
-            "error: invalid SSLRequest packet",
+            "error: unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0",
         );
         check(
             &packet(CANCEL_REQUEST, b"1234"),
-            "error: invalid CancelRequest packet",
+            "error: unsupported frontend protocol 1234.5678: server supports 3.0 to 3.0",
+        );
+        check(
+            &packet(4 << 16, b"user\0app\0\0"),
+            "error: unsupported frontend protocol 4.0: server supports 3.0 to 3.0",
         );
         check(
             &packet(2 << 16, b""),
-            "error: unsupported frontend protocol 2.0: the relay speaks 3.x",
+            "error: unsupported frontend protocol 2.0: server supports 3.0 to 3.0",
+        );
+        check(
+            &packet((1234 << 16) | 5678, b""),
+            "error: unsupported frontend protocol 1234.5678: server supports 3.0 to 3.0",
+        );
+        // A parameter given twice, whatever it is: PostgreSQL would use the last value.
+        check(
+            &packet(PROTOCOL_3_0, b"user\0app\0database\0shop\0user\0root\0\0"),
+            "error: startup parameter \"user\" is given more than once",
+        );
+        check(
+            &packet(
+                PROTOCOL_3_0,
+                b"application_name\0a\0application_name\0b\0\0",
+            ),
+            "error: startup parameter \"application_name\" is given more than once",
         );
         check(
             &packet(PROTOCOL_3_0, b"user\0app"),

@@ -1,8 +1,9 @@
 //! `dbward apply` killed with SIGKILL at random instants, again and again, on a manifest whose
 //! artifacts change between runs. After every kill: no file is torn (each one holds its old or
-//! its new content and mode), a following `dbward apply` without `--force` goes through (a file
-//! the killed apply had already renamed is not taken for a hand edit), `dbward plan` then says
-//! `No changes.`, and no temp file or journal is left anywhere under `--out`.
+//! its new content and mode), `dbward plan` writes nothing, a following `dbward apply` without
+//! `--force` goes through (a file the killed apply had already renamed is not taken for a hand
+//! edit), `dbward plan` then says `No changes.`, and no temp file or journal is left anywhere
+//! under `--out`.
 //!
 //! Real timing, no test hook in dbward: half of the kills land at a random instant of the whole
 //! run (reading, staging, fsyncs, renames, state), the other half right after the first rename
@@ -269,6 +270,14 @@ fn an_apply_killed_at_any_instant_is_finished_by_the_next_apply_without_force() 
         } else {
             elsewhere += 1;
         }
+
+        // `dbward plan` reads the journal and the leftovers, and writes nothing.
+        let killed = files(&out);
+        dbward_ok(ws, &["plan", "m.kdl", "--out", "out"]);
+        assert!(
+            files(&out) == killed,
+            "round {round} (seed {seed}): `dbward plan` wrote under --out"
+        );
 
         // The next apply, of the manifest the killed one was applying or of another one,
         // goes through without --force, and leaves nothing of the killed one behind.

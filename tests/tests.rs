@@ -13,6 +13,8 @@
 //! - `plan_apply`: `dbward plan`/`apply` on a real filesystem: no-change re-apply, drift, saved
 //!   plans and staleness, removals, the lock, confirmation on a real terminal, and an apply that
 //!   fails halfway (EFBIG) changing nothing.
+//! - `apply_killed`: `dbward apply` SIGKILLed at random instants in a loop: no torn file, and
+//!   the next apply (no `--force`) finishes the record, converges and leaves no temp file.
 //! - `cert`: `dbward cert issue` files used by real `psql` with verify-full against a real
 //!   PostgreSQL presenting the relay's certificate.
 //! - `relay`: the relay end to end with real PostgreSQL, psql and tokio-postgres: access,
@@ -21,6 +23,7 @@
 //!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
 
+mod apply_killed;
 mod artifacts;
 mod cert;
 mod convergence;

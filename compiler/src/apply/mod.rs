@@ -1,5 +1,6 @@
 //! Apply: writes a [`Plan`] to disk so that a failure at any point leaves every previous file
-//! intact and no temporary file behind.
+//! intact and no temporary file behind, and an apply killed at any instant (SIGKILL, power
+//! loss) leaves no torn file and nothing the next apply cannot finish.
 //!
 //! **Two phases.** First every new file is *staged*: written to a temp file in its target's
 //! own directory (so the final rename never crosses a filesystem), created with mode 0600 (so
@@ -8,6 +9,14 @@
 //! over its target and each touched directory is fsynced. A failure while staging (disk full,
 //! permission denied, a directory where a file should be) drops the staged temp files, which
 //! deletes them, and touches nothing else. Removals and the state record come last.
+//!
+//! **The journal.** Between the two phases, before the first rename, apply writes (and
+//! fsyncs) `.dbward/journal.json`: the hash and mode of every file it is about to leave behind
+//! ([`Journal`]). It removes the journal once `state.json` is durable. An apply killed in
+//! between leaves the journal; the next plan reads it to tell the files that apply already
+//! renamed from hand edits ([`Record::settle`](crate::plan::journal::Record::settle)), and the
+//! next apply, under the lock, removes every leftover temp file, writes the record and removes
+//! the journal.
 
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File};
@@ -18,6 +27,7 @@ use std::path::{Component, Path, PathBuf};
 use tempfile::{NamedTempFile, TempPath};
 
 use crate::emit::env::{STATE_DIR, TEMP_PREFIX};
+use crate::plan::journal::{Journal, journal_path};
 use crate::plan::state::state_path;
 use crate::plan::{Action, Plan};
 
@@ -83,9 +93,9 @@ impl Lock {
             .map_err(stage_err)?;
         match file.try_lock() {
             Ok(()) => {
-                // Holding the lock, any temp file under `out` is a leftover of an apply that
-                // was killed before it could clean up: remove it.
-                remove_leftovers(out, out);
+                // Holding the lock, any temp file under `out` (`.dbward/` included) is a
+                // leftover of an apply that was killed before it could clean up: remove it.
+                remove_leftovers(out);
                 Ok(Lock { _file: file })
             }
             Err(fs::TryLockError::WouldBlock) => Err(ApplyError::Locked(out.to_path_buf())),
@@ -94,23 +104,52 @@ impl Lock {
     }
 }
 
-/// Removes apply's temp files under `dir`, recursively; best effort (a leftover that cannot
+/// Removes apply's temp files under `out`, recursively; best effort (a leftover that cannot
 /// be removed is harmless: plans and applies skip temp files).
-fn remove_leftovers(root: &Path, dir: &Path) {
+fn remove_leftovers(out: &Path) {
+    for_each_leftover(out, &mut |path| {
+        let _ = fs::remove_file(path);
+        true
+    });
+}
+
+/// Whether an apply that was killed left temp files under `out` (read only: `plan` and a
+/// no-change apply call it, and only then take the lock that removes them).
+pub fn has_leftovers(out: &Path) -> bool {
+    let mut found = false;
+    for_each_leftover(out, &mut |_| {
+        found = true;
+        false
+    });
+    found
+}
+
+/// Calls `f` on every apply temp file under `dir`, recursively, until it returns `false`.
+/// Symlinks are not followed.
+fn for_each_leftover(dir: &Path, f: &mut dyn FnMut(&Path) -> bool) -> bool {
     let Ok(entries) = fs::read_dir(dir) else {
-        return;
+        return true;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
         let Ok(kind) = entry.file_type() else {
             continue;
         };
-        if name.to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX)) && kind.is_file() {
-            let _ = fs::remove_file(entry.path());
-        } else if kind.is_dir() && !(dir == root && name == STATE_DIR) {
-            remove_leftovers(root, &entry.path());
+        let temp = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(TEMP_PREFIX));
+        let go_on = if temp && kind.is_file() {
+            f(&entry.path())
+        } else if kind.is_dir() {
+            for_each_leftover(&entry.path(), f)
+        } else {
+            true
+        };
+        if !go_on {
+            return false;
         }
     }
+    true
 }
 
 /// What an apply did.
@@ -135,7 +174,15 @@ pub fn apply(out: &Path, plan: &Plan, force: bool) -> Result<Applied, ApplyError
 
     let mut created_dirs = Vec::new();
     let write_state = plan.state_outdated || !plan.is_empty();
-    let staged = match stage_all(out, plan, write_state, &mut created_dirs) {
+    let staged = stage_all(out, plan, write_state, &mut created_dirs).and_then(|staged| {
+        // Before the first rename, the intent: an apply killed from here on is finished by
+        // the next one instead of leaving files that look edited by hand.
+        if !plan.is_empty() {
+            write_journal(out, plan)?;
+        }
+        Ok(staged)
+    });
+    let staged = match staged {
         Ok(staged) => staged,
         Err(e) => {
             // The staged temp files are already gone (dropped); remove directories this apply
@@ -182,7 +229,38 @@ pub fn apply(out: &Path, plan: &Plan, force: bool) -> Result<Applied, ApplyError
             source,
         })?;
     }
+    // The record is durable: the journal (this apply's, or an interrupted one's) has served.
+    remove_journal(out)?;
     Ok(applied)
+}
+
+/// Writes `.dbward/journal.json` atomically and durably (fsync of the file and of `.dbward/`).
+fn write_journal(out: &Path, plan: &Plan) -> Result<(), ApplyError> {
+    let path = journal_path(out);
+    let journal = Journal::new(&plan.base_state, &plan.next_state);
+    write_atomic(&path, &journal.to_bytes(), 0o644).map_err(|e| match e {
+        ApplyError::Stage { source, .. } | ApplyError::Commit { source, .. } => ApplyError::Stage {
+            action: "write the journal",
+            path,
+            source,
+        },
+        other => other,
+    })
+}
+
+/// Removes `.dbward/journal.json`, if any, durably.
+fn remove_journal(out: &Path) -> Result<(), ApplyError> {
+    let path = journal_path(out);
+    let err = |source| ApplyError::Commit {
+        action: "remove the journal",
+        path: path.clone(),
+        source,
+    };
+    match fs::remove_file(&path) {
+        Ok(()) => sync_dir(&out.join(STATE_DIR)).map_err(err),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(err(source)),
+    }
 }
 
 /// Renames a staged temp file over its target and remembers its directory for the fsync.

@@ -180,3 +180,89 @@ fn leftovers_of_a_killed_apply_are_removed_under_the_lock() {
     assert!(!leftover.exists());
     assert!(out.join("ca/x.key").exists());
 }
+
+#[test]
+fn leftovers_in_the_state_directory_are_found_and_removed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let files = wanted(&[("x.conf", Artifact::text("a\n"))]);
+    apply(out, &plan_for(out, &files), false).unwrap();
+    assert!(!has_leftovers(out));
+    // A state record or journal being staged when the apply was killed.
+    let leftover = out.join(STATE_DIR).join(format!("{TEMP_PREFIX}state"));
+    fs::write(&leftover, "{").unwrap();
+    assert!(has_leftovers(out), "found without writing anything");
+    assert!(leftover.exists());
+    let _lock = Lock::acquire(out).unwrap();
+    assert!(!leftover.exists());
+    assert!(!has_leftovers(out));
+}
+
+/// The plan of the CLI: the record settled by an interrupted apply's journal.
+fn settled_plan_for(out: &Path, wanted: &Artifacts) -> Plan {
+    let existing = read_tree(out).unwrap();
+    let record = crate::plan::journal::Record::load(out).unwrap();
+    let mut plan = plan::compute(wanted, &existing, &record.settle(&existing));
+    plan.state_outdated |= record.interrupted();
+    plan
+}
+
+#[test]
+fn an_apply_killed_after_its_first_rename_is_finished_without_force() {
+    use crate::plan::journal::journal_path;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let first = wanted(&[
+        ("a.conf", Artifact::text("a1\n")),
+        ("b.conf", Artifact::text("b1\n")),
+    ]);
+    apply(out, &plan_for(out, &first), false).unwrap();
+    let second = wanted(&[
+        ("a.conf", Artifact::text("a2\n")),
+        ("b.conf", Artifact::text("b2\n")),
+    ]);
+    // What apply does up to its first rename, then a kill: the journal is on disk, `a.conf`
+    // is new, `b.conf` and state.json are old.
+    let plan = plan_for(out, &second);
+    write_journal(out, &plan).unwrap();
+    fs::write(out.join("a.conf"), "a2\n").unwrap();
+
+    // Without the journal `a.conf` would be a hand edit; with it, it is dbward's.
+    let plan = settled_plan_for(out, &second);
+    assert_eq!(plan.drifted().count(), 0, "{plan:?}");
+    assert_eq!(plan.counts(), (0, 1, 0), "only b.conf is left to write");
+    apply(out, &plan, false).unwrap();
+    assert!(!journal_path(out).exists());
+    let again = settled_plan_for(out, &second);
+    assert!(again.is_empty() && !again.state_outdated, "{again:?}");
+
+    // The same kill, then the user goes back to the first manifest: `a.conf` (written by
+    // the killed apply) is changed back without --force, and a hand edit is still drift.
+    let plan = plan_for(out, &first);
+    write_journal(out, &plan).unwrap();
+    fs::write(out.join("a.conf"), "a1\n").unwrap();
+    fs::write(out.join("b.conf"), "by hand\n").unwrap();
+    let plan = settled_plan_for(out, &first);
+    let drifted: Vec<&str> = plan.drifted().map(|c| c.path.as_str()).collect();
+    assert_eq!(drifted, ["b.conf"]);
+}
+
+#[test]
+fn a_no_change_apply_after_an_interrupted_one_writes_the_record_and_removes_the_journal() {
+    use crate::plan::journal::journal_path;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let first = wanted(&[("a.conf", Artifact::text("a1\n"))]);
+    apply(out, &plan_for(out, &first), false).unwrap();
+    let second = wanted(&[("a.conf", Artifact::text("a2\n"))]);
+    // Killed after every rename, before the state record.
+    let plan = plan_for(out, &second);
+    write_journal(out, &plan).unwrap();
+    fs::write(out.join("a.conf"), "a2\n").unwrap();
+    let plan = settled_plan_for(out, &second);
+    assert!(plan.is_empty() && plan.state_outdated, "{plan:?}");
+    let applied = apply(out, &plan, false).unwrap();
+    assert!(applied.state_written && applied.written == 0);
+    assert!(!journal_path(out).exists());
+    assert_eq!(State::load(out).unwrap(), plan.next_state);
+}

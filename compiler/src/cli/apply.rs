@@ -13,6 +13,7 @@ use anyhow::Context;
 use super::plan::{prepare, read_optional};
 use crate::apply;
 use crate::emit::env::{ExistingFile, read_tree};
+use crate::plan::journal::{Journal, Record};
 use crate::plan::planfile::PlanFile;
 use crate::plan::render::render;
 use crate::plan::state::state_path;
@@ -59,10 +60,14 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         prepared.state_bytes.as_deref(),
     );
     if plan.is_empty() {
-        if plan.state_outdated {
+        // Nothing to write, but the record to finish or the temp files of an apply that was
+        // killed are cleaned up (taking the lock removes the temp files).
+        if plan.state_outdated || apply::has_leftovers(&prepared.out) {
             let _lock = apply::Lock::acquire(&prepared.out)?;
             fresh(&seen, "the plan")?;
-            apply::apply(&prepared.out, &plan, args.force)?;
+            if plan.state_outdated {
+                apply::apply(&prepared.out, &plan, args.force)?;
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -156,7 +161,12 @@ fn apply_planfile(args: &ApplyArgs, bytes: &[u8]) -> anyhow::Result<ExitCode> {
         })?,
         None => State::default(),
     };
-    let plan = saved.to_plan(&existing, &state)?;
+    let record = Record {
+        state,
+        journal: Journal::load(&saved.out)?,
+    };
+    let mut plan = saved.to_plan(&existing, &record.settle(&existing))?;
+    plan.state_outdated |= record.interrupted();
     print!("{}", render(&plan));
     finish(&saved.out, &plan, args.force)
 }

@@ -11,9 +11,10 @@ use anyhow::Context;
 use crate::emit::env::{Env, ExistingFile};
 use crate::emit::{self, Artifacts};
 use crate::model::Model;
+use crate::plan::journal::Record;
 use crate::plan::planfile::PlanFile;
 use crate::plan::state::state_path;
-use crate::plan::{self, Plan, State};
+use crate::plan::{self, Plan};
 
 /// Arguments of `dbward plan`.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,7 +47,8 @@ pub struct Prepared {
     /// Absolute path of `--out`.
     pub out: PathBuf,
     pub existing: std::collections::BTreeMap<String, ExistingFile>,
-    pub state: State,
+    /// `state.json`, and the journal of an interrupted apply if there is one.
+    pub record: Record,
     pub state_bytes: Option<Vec<u8>>,
 }
 
@@ -89,7 +91,7 @@ pub fn prepare(manifest: &Path, out: &Path) -> anyhow::Result<Prepared> {
         .with_context(|| format!("cannot resolve {}", manifest.display()))?;
     let env = Env::read_dir(&out)?;
     let artifacts = emit::emit(&model, &env)?;
-    let state = State::load(&out)?;
+    let record = Record::load(&out)?;
     let state_bytes = read_optional(&state_path(&out))?;
     Ok(Prepared {
         manifest,
@@ -98,7 +100,7 @@ pub fn prepare(manifest: &Path, out: &Path) -> anyhow::Result<Prepared> {
         artifacts,
         out,
         existing: env.existing,
-        state,
+        record,
         state_bytes,
     })
 }
@@ -113,8 +115,13 @@ pub fn read_optional(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 impl Prepared {
+    /// The plan, compared against the record settled by an interrupted apply's journal (only
+    /// read here: `plan` never writes).
     pub fn plan(&self) -> Plan {
-        plan::compute(&self.artifacts, &self.existing, &self.state)
+        let settled = self.record.settle(&self.existing);
+        let mut plan = plan::compute(&self.artifacts, &self.existing, &settled);
+        plan.state_outdated |= self.record.interrupted();
+        plan
     }
 }
 

@@ -12,7 +12,12 @@
 //!   apply refuses to overwrite or remove it without `--force`;
 //! - never written by dbward (unmanaged): dbward never removes it, and overwrites it only with
 //!   `--force`.
+//!
+//! "The last apply" includes one that was killed before it wrote its record: its
+//! [journal](journal) says which files it wrote, and [`journal::Record::settle`] counts them
+//! as dbward's.
 
+pub mod journal;
 pub mod json;
 pub mod planfile;
 pub mod render;
@@ -84,8 +89,12 @@ pub struct Plan {
     /// The record apply writes afterwards: every artifact's hash and mode.
     pub next_state: State,
     /// Whether the stored state differs from `next_state` even with no file changes (e.g. the
-    /// first apply over files that are already right); apply then rewrites only the record.
+    /// first apply over files that are already right, or an apply that was interrupted);
+    /// apply then rewrites only the record.
     pub state_outdated: bool,
+    /// The record the plan was compared against. Apply keeps what it says about the files it
+    /// changes or removes in its journal, so they stay dbward's if it is killed too.
+    pub base_state: State,
 }
 
 impl Plan {
@@ -185,6 +194,7 @@ pub fn compute(
         changes,
         next_state,
         state_outdated,
+        base_state: state.clone(),
     }
 }
 

@@ -260,6 +260,7 @@ impl PlanFile {
             changes,
             state_outdated: self.next_state != *current_state,
             next_state: self.next_state.clone(),
+            base_state: current_state.clone(),
         })
     }
 }

@@ -56,6 +56,11 @@ pub enum StateError {
          file under the output directory as unmanaged (apply then needs --force to overwrite them)"
     )]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "{path} is not a dbward journal ({reason}); restore it, or delete it: files an \
+         interrupted apply already wrote then count as edited by hand (apply needs --force)"
+    )]
+    CorruptJournal { path: PathBuf, reason: String },
 }
 
 impl State {

@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(
             found
                 .iter()
-                .filter(|c| c.starts_with("dbward::invisible") || c.contains("database_name"))
+                .filter(|c| **c == "dbward::invisible_character" || c.contains("database_name"))
                 .count(),
             1,
             "{found:?}"

@@ -127,10 +127,17 @@ fn check_mention(tree: &Tree, binary: &str, rest: &str, code: bool) -> Result<()
 }
 
 /// Every problem of one file's mentions, as `path:line: problem`.
+///
+/// A mention is code — where an unknown subcommand is an error — when `dbward` starts a
+/// command: at the start of an inline code span, or of a line of a shell code block (or of a
+/// `$ ` line of a console or text block), after an optional `$ ` or directory. Elsewhere
+/// (prose, JSON strings, `the dbward relay` inside a message) only a known subcommand's flags
+/// are checked. `cargo run -p dbward -- <sub>` is a command too.
 fn check_text(trees: &[(&str, &Tree)], path: &Path, text: &str) -> Vec<String> {
     let mut problems = Vec::new();
     let markdown = path.extension().is_some_and(|e| e == "md");
-    let mut fenced = false;
+    // The info string of the code block we are in, if any.
+    let mut fence: Option<String> = None;
     // Shell line continuations join a command written over several lines.
     let mut joined: Vec<(usize, String)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -144,10 +151,18 @@ fn check_text(trees: &[(&str, &Tree)], path: &Path, text: &str) -> Vec<String> {
         }
     }
     for (number, line) in joined {
-        if markdown && line.trim_start().starts_with("```") {
-            fenced = !fenced;
+        if markdown && let Some(info) = line.trim_start().strip_prefix("```") {
+            fence = match fence {
+                Some(_) => None,
+                None => Some(info.trim().to_string()),
+            };
             continue;
         }
+        let shell_line = match fence.as_deref() {
+            Some("" | "sh" | "bash" | "shell") => true,
+            Some(_) => line.trim_start().starts_with("$ "),
+            None => false,
+        };
         for (at, _) in line.match_indices("dbward") {
             let before = line[..at].chars().next_back();
             if before.is_some_and(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c)) {
@@ -155,7 +170,7 @@ fn check_text(trees: &[(&str, &Tree)], path: &Path, text: &str) -> Vec<String> {
             }
             let after = &line[at + "dbward".len()..];
             // `dbward-relay` or `dbward`, followed by a space.
-            let (binary, rest) = match after.strip_prefix("-relay ") {
+            let (binary, mut rest) = match after.strip_prefix("-relay ") {
                 Some(rest) => ("dbward-relay", rest),
                 None => match after.strip_prefix(' ') {
                     Some(rest) => ("dbward", rest),
@@ -165,24 +180,37 @@ fn check_text(trees: &[(&str, &Tree)], path: &Path, text: &str) -> Vec<String> {
             let Some((_, tree)) = trees.iter().find(|(name, _)| *name == binary) else {
                 continue;
             };
+            let in_backticks = line[..at].matches('`').count() % 2 == 1;
+            let span_start = if in_backticks {
+                line[..at].rfind('`').map_or(0, |i| i + 1)
+            } else {
+                0
+            };
+            let prefix = line[span_start..at].trim();
+            let prefix = prefix.strip_prefix('$').unwrap_or(prefix).trim();
+            let mut starts_command =
+                prefix.is_empty() || (prefix.ends_with('/') && !prefix.contains(' '));
+            // `cargo run -p dbward -- apply …` runs dbward; `cargo bench -p dbward …` does not.
+            if prefix.ends_with("-p") || prefix.ends_with("--package") {
+                match rest.strip_prefix("-- ") {
+                    Some(args) => {
+                        rest = args;
+                        starts_command = true;
+                    }
+                    None => continue,
+                }
+            }
+            let code = starts_command && (in_backticks || shell_line);
             // The command ends where the code span or the shell command ends.
             let end = rest
                 .find(['`', '|', ';', '&', ')', '#'])
                 .unwrap_or(rest.len());
-            let in_backticks = line[..at].matches('`').count() % 2 == 1;
-            let code = fenced || in_backticks || !markdown && !path_is_prose(path);
             if let Err(problem) = check_mention(tree, binary, &rest[..end], code) {
                 problems.push(format!("{}:{number}: {problem}", path.display()));
             }
         }
     }
     problems
-}
-
-/// Text files whose lines are prose rather than commands (mentions there are checked for
-/// their flags, not for the shape of the words after `dbward`).
-fn path_is_prose(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "txt")
 }
 
 /// Every regular file under `dir`, recursively.
@@ -306,6 +334,20 @@ fn the_command_checker_finds_missing_subcommands_and_flags() {
         ),
         (md, "`dbward --version` and `dbward check --help`\n"),
         (Path::new("m.kdl"), "dbward version=1\n"),
+        (
+            md,
+            "```text\n$ dbward plan m.kdl --out out\ndbward will make these changes:\n```\n",
+        ),
+        (md, "`too many connections to the dbward relay`\n"),
+        (md, "```sh\ncargo bench -p dbward --bench check\n```\n"),
+        (
+            Path::new("pg_hba.conf"),
+            "# map=dbward lets its certificate in\n",
+        ),
+        (
+            Path::new("role.json"),
+            "  \"role\": \"dbward relay (azure-prod)\",\n",
+        ),
     ] {
         assert!(
             bad(path, text).is_empty(),

@@ -40,10 +40,13 @@ fn namespace(kind: Kind) -> Option<Kind> {
     }
 }
 
+/// A name as first written: its kind, its text and where.
+type Written<'a> = (Kind, &'a str, Span);
+
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     // The first place each distinct (kind, name) is written, in manifest order.
     let mut seen: HashMap<(Kind, &str), Span> = HashMap::new();
-    let mut names: Vec<(Kind, &str, Span)> = Vec::new();
+    let mut names: Vec<Written> = Vec::new();
     each_name(manifest, |name, span, _, kind| {
         if namespace(kind).is_some() && !seen.contains_key(&(kind, name)) {
             seen.insert((kind, name), span);
@@ -51,7 +54,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
         }
     });
     // Skeleton -> the names already met with it, per namespace.
-    let mut by_skeleton: HashMap<(Kind, String), Vec<(Kind, &str, Span)>> = HashMap::new();
+    let mut by_skeleton: HashMap<(Kind, String), Vec<Written>> = HashMap::new();
     for (kind, name, span) in names {
         let Some(space) = namespace(kind) else {
             continue;

@@ -226,3 +226,57 @@ fn unknown_users_and_missing_cas_are_clear_errors() {
     assert_eq!(bad_ttl.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad_ttl.stderr).contains("--ttl"));
 }
+
+/// Like ssh, dbward does not sign with (or reuse) a private key that group or others may read:
+/// `cert issue`, `plan` and `apply` name the key, its mode and the `chmod` that fixes it.
+#[test]
+fn keys_readable_by_group_or_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("m.kdl"), manifest(6432)).unwrap();
+    dbward_ok(
+        dir.path(),
+        &["apply", "m.kdl", "--out", "out", "--auto-approve"],
+    );
+    let ca_key = dir.path().join("out/ca/users-ca.key");
+    let canonical = fs::canonicalize(&ca_key).unwrap();
+    let relative = Path::new("out/ca/users-ca.key");
+    for mode in [0o640, 0o644, 0o604] {
+        fs::set_permissions(&ca_key, fs::Permissions::from_mode(mode)).unwrap();
+        let issue = dbward(
+            dir.path(),
+            &[
+                "cert", "issue", "m.kdl", "--out", "out", "--user", "alice", "--dest", "d",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&issue.stderr);
+        assert_eq!(issue.status.code(), Some(1), "{mode:o}: {stderr}");
+        assert!(stderr.contains(&format!("mode {mode:04o}")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("`chmod 600 {}`", relative.display()))
+                || stderr.contains(&format!("`chmod 600 {}`", canonical.display())),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+        assert!(!dir.path().join("d").exists(), "nothing is issued");
+        for command in [
+            &["plan", "m.kdl", "--out", "out"][..],
+            &["apply", "m.kdl", "--out", "out", "--auto-approve"][..],
+        ] {
+            let out = dbward(dir.path(), command);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+            assert!(
+                stderr.contains("users-ca.key") && stderr.contains(&format!("mode {mode:04o}")),
+                "{command:?}: {stderr}"
+            );
+            assert!(stderr.contains("chmod 600"), "{command:?}: {stderr}");
+        }
+    }
+    fs::set_permissions(&ca_key, fs::Permissions::from_mode(0o600)).unwrap();
+    dbward_ok(
+        dir.path(),
+        &[
+            "cert", "issue", "m.kdl", "--out", "out", "--user", "alice", "--dest", "d",
+        ],
+    );
+}

@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -355,6 +355,28 @@ fn check_accepts_a_good_config_and_explains_each_bad_one() {
         fs::Permissions::from_mode(0o600),
     )
     .unwrap();
+
+    // A key owned by someone who is neither the relay's user nor root (PostgreSQL's rule for
+    // ssl_key_file), even with mode 0600.
+    let me = fs::metadata(fixture.path("relay/server.key"))
+        .unwrap()
+        .uid();
+    let id = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .unwrap();
+    let other: u32 = String::from_utf8_lossy(&id.stdout).trim().parse().unwrap();
+    assert_ne!(me, other, "the tests run as root, the cluster as postgres");
+    std::os::unix::fs::chown(fixture.path("relay/server.key"), Some(other), None).unwrap();
+    let (status, _, stderr) = fixture.check();
+    std::os::unix::fs::chown(fixture.path("relay/server.key"), Some(me), None).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("relay/server.key"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("owned by uid {other}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("chown"), "{stderr}");
 
     // A certificate that is not PEM.
     fs::write(fixture.path("relay/users-ca.crt"), "garbage").unwrap();

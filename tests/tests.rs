@@ -21,11 +21,14 @@
 //!   every refusal with its message and audit event, cancel, restarts, 200 sessions, reload.
 //! - `rds`: Amazon RDS IAM authentication: SigV4 tokens from env and ECS credentials, checked by
 //!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged.
+//! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
+//!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
 
 mod apply_killed;
 mod artifacts;
 mod cert;
+mod commands;
 mod convergence;
 mod examples;
 mod golden;

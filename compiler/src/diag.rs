@@ -227,8 +227,13 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// Replaces control characters (other than newline and tab) with `?`, byte for byte, so spans
 /// stay valid and a manifest cannot send escape sequences to the terminal showing its errors.
+/// Invisible and bidirectional characters ([`crate::source::hidden`]) are replaced too: the
+/// snippet then shows where they are, and cannot be reordered on screen (Trojan Source).
 fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
-    let bad = |c: char| c.is_control() && c != '\n' && c != '\t' && c != '\r';
+    let bad = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t' && c != '\r')
+            || crate::source::hidden(c).is_some()
+    };
     if !text.chars().any(bad) {
         return std::borrow::Cow::Borrowed(text);
     }

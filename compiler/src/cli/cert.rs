@@ -92,7 +92,13 @@ fn issue(args: &IssueArgs) -> anyhow::Result<ExitCode> {
         })
     };
     let ca_cert = read_ca(layout::USERS_CA_CERT)?;
-    let ca_key = read_ca(layout::USERS_CA_KEY)?;
+    // The CA key is checked like ssh checks a key: group or others must not have any access.
+    let ca_key_path = args.out.join(layout::USERS_CA_KEY);
+    let ca_key = match crate::emit::env::read_private_key(&ca_key_path) {
+        Err(error @ crate::emit::env::EnvError::KeyMode { .. }) => return Err(error.into()),
+        Err(_) => read_ca(layout::USERS_CA_KEY)?,
+        Ok(bytes) => bytes,
+    };
     let root = read_ca(layout::SERVER_CA_CERT)?;
 
     let env = Env::new(

@@ -7,3 +7,54 @@ pub mod check;
 pub mod explain;
 pub mod fmt;
 pub mod plan;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Safe, audited, least-privilege access to PostgreSQL from one KDL manifest.
+///
+/// The whole command tree lives here, in the library, so that tests can walk it
+/// (`<Cli as clap::CommandFactory>::command()`): every `dbward <sub> --flag` that a document
+/// or a generated file names is checked against it.
+#[derive(Debug, Parser)]
+#[command(name = "dbward", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a manifest and report every problem at once.
+    Check(check::CheckArgs),
+    /// Print the access table: who can reach which database, as which database user.
+    Explain(explain::ExplainArgs),
+    /// Rewrite a manifest in canonical form, keeping comments.
+    Fmt(fmt::FmtArgs),
+    /// Show what `apply` would change, as a diff.
+    Plan(plan::PlanArgs),
+    /// Write the artifacts (and, with a plan file, exactly that plan).
+    Apply(apply::ApplyArgs),
+    /// Issue certificates for people.
+    Cert(cert::CertArgs),
+}
+
+/// Runs one parsed command line; errors are printed here, as `error: …`, and exit 1.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Explain(args) => explain::run(args),
+        Command::Fmt(args) => fmt::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Apply(args) => apply::run(args),
+        Command::Cert(args) => cert::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -29,6 +29,45 @@ pub enum EnvError {
     },
     #[error("{path} is not valid UTF-8; rename it or move it out of the output directory")]
     NonUtf8Path { path: PathBuf },
+    /// A private key that group or others may read or write, refused the way ssh refuses one.
+    #[error(
+        "private key {0} is accessible by group or others (mode {1:04o}); run `chmod 600 {0}` \
+         (and replace the key if someone else may have copied it)",
+        .path.display(),
+        .mode
+    )]
+    KeyMode { path: PathBuf, mode: u32 },
+}
+
+/// Whether a file under `--out` holds a private key (every key dbward writes ends in `.key`).
+pub fn is_private_key(path: &str) -> bool {
+    path.ends_with(".key")
+}
+
+/// Refuses a private key whose permission bits let group or others in: like ssh, dbward does
+/// not use a key that may have been read by someone else, and says how to fix the mode.
+pub fn check_key_mode(path: &Path, mode: u32) -> Result<(), EnvError> {
+    if mode & 0o077 != 0 {
+        return Err(EnvError::KeyMode {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a private key file after checking its mode ([`check_key_mode`]).
+pub fn read_private_key(path: &Path) -> Result<Vec<u8>, EnvError> {
+    let read_err = |source| EnvError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    check_key_mode(path, meta.permissions().mode())?;
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut file, &mut bytes).map_err(read_err)?;
+    Ok(bytes)
 }
 
 /// Failures generating a key.
@@ -197,8 +236,13 @@ fn walk(
         if meta.is_dir() {
             walk(root, &path, files)?;
         } else if meta.is_file() {
-            let bytes = fs::read(&path).map_err(read_err(&path))?;
             let relative = relative_path(root, &path)?;
+            // Keys are reused (the CAs sign with them), so a key others could read is refused
+            // before it is used, not just rewritten with a better mode.
+            if is_private_key(&relative) {
+                check_key_mode(&path, meta.permissions().mode())?;
+            }
+            let bytes = fs::read(&path).map_err(read_err(&path))?;
             files.insert(
                 relative,
                 ExistingFile {
@@ -248,6 +292,35 @@ mod tests {
         let files = read_tree(dir.path()).unwrap();
         assert_eq!(files.keys().collect::<Vec<_>>(), vec!["ca/users-ca.key"]);
         assert_eq!(files["ca/users-ca.key"].mode, 0o600);
+    }
+
+    #[test]
+    fn keys_that_group_or_others_may_read_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("ca")).unwrap();
+        let key = dir.path().join("ca/users-ca.key");
+        fs::write(&key, b"k").unwrap();
+        for mode in [0o640, 0o604, 0o660, 0o644] {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            let error = read_tree(dir.path()).unwrap_err().to_string();
+            assert!(error.contains(&format!("mode {mode:04o}")), "{error}");
+            assert!(
+                error.contains(&format!("chmod 600 {}", key.display())),
+                "{error}"
+            );
+            assert!(read_private_key(&key).is_err());
+        }
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(read_private_key(&key).unwrap(), b"k");
+        // Certificates may be world-readable.
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(dir.path().join("ca/users-ca.crt"), b"c").unwrap();
+        fs::set_permissions(
+            dir.path().join("ca/users-ca.crt"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert_eq!(read_tree(dir.path()).unwrap().len(), 2);
     }
 
     #[test]

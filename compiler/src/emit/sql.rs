@@ -109,7 +109,7 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
     if let Some(admin) = &db.admin_user {
         let _ = writeln!(
             body,
-            "  -- The admin user: runs `dbward apply --live` and provisions people's users."
+            "  -- The admin user: the login automatic provisioning uses."
         );
         body.push_str(&create_login(db, &admin.name, Login::Admin));
         if self_hosted {

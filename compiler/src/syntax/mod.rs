@@ -246,6 +246,30 @@ fn skip_string(bytes: &[u8], at: usize, hashes: usize) -> usize {
     bytes.len()
 }
 
+/// A literal bidirectional control or byte order mark, which KDL 2.0 refuses anywhere in a
+/// document: say which character it is (a terminal shows none of them) instead of the parser's
+/// "expected quoted string". The same codes as the names rule (`model::rules::invisible_characters`).
+fn hidden_literal(snippet: &str, span: Span) -> Option<Diagnostic> {
+    use crate::source::{Hidden, hidden, hidden_name};
+    let (c, what) = snippet.chars().find_map(|c| Some((c, hidden(c)?)))?;
+    let name = hidden_name(c).unwrap_or("format character");
+    let code = match what {
+        Hidden::Bidi => "dbward::bidi_control",
+        Hidden::Invisible => "dbward::invisible_character",
+    };
+    Some(
+        Diagnostic::error(
+            code,
+            format!("the manifest holds a literal U+{:04X} {name}", c as u32),
+        )
+        .label(span, "here (shown as `?`)")
+        .help(
+            "delete it: KDL 2.0 does not allow it in a document, and it changes what editors and \
+             reviews show",
+        ),
+    )
+}
+
 /// Turns the KDL parser's errors into diagnostics, recognizing KDL 1.0 habits.
 fn kdl_errors(text: &str, err: &kdl::KdlError) -> Vec<Diagnostic> {
     let mut out: Vec<Diagnostic> = Vec::new();
@@ -255,7 +279,8 @@ fn kdl_errors(text: &str, err: &kdl::KdlError) -> Vec<Diagnostic> {
         let span = Span::from(d.span);
         let span = Span::new(span.start.min(text.len()), span.end.min(text.len()));
         let snippet = text.get(span.start..span.end).unwrap_or("");
-        let diag = kdl1_habit(snippet, span)
+        let diag = hidden_literal(snippet, span)
+            .or_else(|| kdl1_habit(snippet, span))
             .or_else(|| bad_escape(snippet, span))
             .or_else(|| unquoted(text, span))
             .unwrap_or_else(|| {

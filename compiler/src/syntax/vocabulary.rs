@@ -321,7 +321,7 @@ static VOCABULARY: &[NodeSpec] = &[
         props: &[prop("default-database", NAME, false)],
         ..node(
             "database/admin-user",
-            "the login `dbward apply` and provisioning use (default-database defaults to postgres)",
+            "the login automatic provisioning uses (default-database defaults to postgres)",
         )
     },
     NodeSpec {

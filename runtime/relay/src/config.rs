@@ -1,8 +1,8 @@
 //! Loading a frozen config the way the relay trusts it: format version and checksum
 //! ([`dbward_frozen::Config::load`]), then every file it names — certificates and keys readable
-//! and parseable, certificates within their validity period, private keys not readable by
-//! group or others, the audit log writable, the addresses valid — and finally the TLS configs
-//! built once ([`Loaded::build`]).
+//! and parseable, certificates within their validity period, private keys owned and
+//! protected as PostgreSQL requires of `ssl_key_file` ([`key_mode_problem`]), the audit log
+//! writable, the addresses valid — and finally the TLS configs built once ([`Loaded::build`]).
 //!
 //! The same function serves `--check`, startup and SIGHUP reload, so a config that passes
 //! `--check` is exactly a config the relay would run, and a reload can never install a config
@@ -11,7 +11,7 @@
 use std::fmt;
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use dbward_frozen::{Config, LoadError};
@@ -174,25 +174,53 @@ fn validity_problem(path: &Path, der: &[u8], now: i64) -> Option<String> {
     }
 }
 
-/// A private key must not be readable (or writable) by group or others.
+/// A private key must pass PostgreSQL's own rule for `ssl_key_file`: a regular file, owned by
+/// the user the relay runs as (then no group or other bits: `0600` or less) or by root (then
+/// group read is allowed: `0640` or less, so a root-owned key can be shared with the relay's
+/// group), and by nobody else.
 fn key_mode_problem(key: &Path) -> Option<String> {
-    match fs::metadata(key) {
-        Err(error) => Some(format!(
-            "cannot read private key {}: {error}; check the path and that the relay may read it",
-            key.display()
-        )),
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            (mode & 0o077 != 0).then(|| {
-                format!(
-                    "private key {} is accessible by group or others (mode {mode:04o}); run \
-                     `chmod 600 {}`",
-                    key.display(),
-                    key.display()
-                )
-            })
+    let meta = match fs::metadata(key) {
+        Err(error) => {
+            return Some(format!(
+                "cannot read private key {}: {error}; check the path and that the relay may read it",
+                key.display()
+            ));
         }
+        Ok(meta) => meta,
+    };
+    key_owner_problem(key, &meta, rustix::process::geteuid().as_raw())
+}
+
+/// [`key_mode_problem`] for a file's metadata and the relay's effective uid.
+fn key_owner_problem(key: &Path, meta: &fs::Metadata, euid: u32) -> Option<String> {
+    let path = key.display();
+    if !meta.is_file() {
+        return Some(format!(
+            "private key {path} is not a regular file; point the config at the key file itself"
+        ));
     }
+    let mode = meta.permissions().mode() & 0o7777;
+    let owner = meta.uid();
+    if owner != euid && owner != 0 {
+        return Some(format!(
+            "private key {path} is owned by uid {owner}, not by the user the relay runs as \
+             (uid {euid}) or root; run `chown {euid} {path}`, or run the relay as its owner"
+        ));
+    }
+    if owner == euid && mode & 0o077 != 0 {
+        return Some(format!(
+            "private key {path} is accessible by group or others (mode {mode:04o}); run \
+             `chmod 600 {path}`"
+        ));
+    }
+    if owner != euid && mode & 0o037 != 0 {
+        return Some(format!(
+            "private key {path}, owned by root, is accessible by others or writable by its \
+             group (mode {mode:04o}); run `chmod 640 {path}` (root-owned keys may be \
+             group-readable, as PostgreSQL allows)"
+        ));
+    }
+    None
 }
 
 /// The audit log must be appendable, or creatable in an existing directory. Checked without
@@ -235,6 +263,45 @@ mod tests {
         assert_eq!(key_mode_problem(&key), None);
         let missing = key_mode_problem(&dir.path().join("nope.key")).unwrap();
         assert!(missing.contains("nope.key"), "{missing}");
+        assert!(
+            key_mode_problem(dir.path())
+                .unwrap()
+                .contains("not a regular file")
+        );
+    }
+
+    /// PostgreSQL's `ssl_key_file` rule, for a relay that does not run as the key's owner.
+    #[test]
+    fn key_owners_follow_postgresql() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("server.key");
+        fs::write(&key, "not a key").unwrap();
+        let owner = fs::metadata(&key).unwrap().uid();
+        let problem = |mode: u32, euid: u32| {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            key_owner_problem(&key, &fs::metadata(&key).unwrap(), euid)
+        };
+        // Owned by the relay's user: 0600 or less.
+        assert_eq!(problem(0o600, owner), None);
+        assert_eq!(problem(0o400, owner), None);
+        assert!(problem(0o640, owner).unwrap().contains("chmod 600"));
+        if owner == 0 {
+            // Owned by root, relay running as another user: 0640 or less.
+            assert_eq!(problem(0o640, 1234), None);
+            let open = problem(0o644, 1234).unwrap();
+            assert!(
+                open.contains("mode 0644") && open.contains("chmod 640"),
+                "{open}"
+            );
+            assert!(problem(0o660, 1234).unwrap().contains("chmod 640"));
+        } else {
+            // Owned by someone who is neither the relay's user nor root.
+            let foreign = problem(0o600, owner + 1).unwrap();
+            assert!(
+                foreign.contains(&format!("owned by uid {owner}")),
+                "{foreign}"
+            );
+        }
     }
 
     #[test]

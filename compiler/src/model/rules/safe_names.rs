@@ -165,76 +165,140 @@ pub fn problem(name: &str, usage: Use) -> Option<(&'static str, String, String)>
     None
 }
 
-/// Which names to check: (node path, property or `None` for arguments, all arguments?, usage).
-const NAMES: &[(&str, Option<&str>, bool, Use)] = &[
-    ("database", None, false, Use::DnsLabel),
-    ("cloud", None, false, Use::DnsLabel),
-    ("role", None, false, Use::Text),
-    ("user", None, false, Use::Person),
-    ("database/db-role", None, false, Use::PgRole),
-    ("database/db-user", None, false, Use::PgRole),
-    ("database/admin-user", None, false, Use::PgRole),
+/// Which namespace a name lives in: names of one kind are compared with each other by the
+/// look-alike rule ([`super::confusable_names`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Database,
+    Cloud,
+    Role,
+    Person,
+    /// A PostgreSQL role: db-user, db-role and admin-user share PostgreSQL's one namespace.
+    DbUser,
+    /// A PostgreSQL database name (db-names, default-database).
+    DbName,
+    SqlObject,
+    LabelKey,
+    LabelValue,
+}
+
+impl Kind {
+    /// What the name is, in a message ("user `carol`").
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Database => "database",
+            Kind::Cloud => "cloud",
+            Kind::Role => "role",
+            Kind::Person => "user",
+            Kind::DbUser => "database user",
+            Kind::DbName => "database name",
+            Kind::SqlObject => "SQL object",
+            Kind::LabelKey => "label",
+            Kind::LabelValue => "label value",
+        }
+    }
+}
+
+/// Which names to check: (node path, property or `None` for arguments, all arguments?, usage,
+/// namespace).
+const NAMES: &[(&str, Option<&str>, bool, Use, Kind)] = &[
+    ("database", None, false, Use::DnsLabel, Kind::Database),
+    ("cloud", None, false, Use::DnsLabel, Kind::Cloud),
+    ("role", None, false, Use::Text, Kind::Role),
+    ("user", None, false, Use::Person, Kind::Person),
+    ("database/db-role", None, false, Use::PgRole, Kind::DbUser),
+    ("database/db-user", None, false, Use::PgRole, Kind::DbUser),
+    (
+        "database/admin-user",
+        None,
+        false,
+        Use::PgRole,
+        Kind::DbUser,
+    ),
     (
         "database/admin-user",
         Some("default-database"),
         false,
         Use::PgDatabase,
+        Kind::DbName,
     ),
-    ("role/allow/db-names", None, true, Use::PgDatabase),
-    ("role/deny/db-names", None, true, Use::PgDatabase),
+    (
+        "role/allow/db-names",
+        None,
+        true,
+        Use::PgDatabase,
+        Kind::DbName,
+    ),
+    (
+        "role/deny/db-names",
+        None,
+        true,
+        Use::PgDatabase,
+        Kind::DbName,
+    ),
     (
         "database/db-role/grant",
         Some("schema"),
         false,
         Use::SqlObject,
+        Kind::SqlObject,
     ),
     (
         "database/db-role/grant",
         Some("table"),
         false,
         Use::SqlObject,
+        Kind::SqlObject,
     ),
     (
         "database/db-role/grant",
         Some("sequence"),
         false,
         Use::SqlObject,
+        Kind::SqlObject,
     ),
     (
         "database/db-role/grant",
         Some("function"),
         false,
         Use::SqlObject,
+        Kind::SqlObject,
     ),
     (
         "role/allow/permission",
         Some("schema"),
         false,
         Use::SqlObject,
+        Kind::SqlObject,
     ),
     (
         "role/allow/permission",
         Some("table"),
         false,
         Use::SqlObject,
+        Kind::SqlObject,
     ),
     (
         "role/allow/permission",
         Some("sequence"),
         false,
         Use::SqlObject,
+        Kind::SqlObject,
     ),
     (
         "role/allow/permission",
         Some("function"),
         false,
         Use::SqlObject,
+        Kind::SqlObject,
     ),
 ];
 
-pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
+/// Calls `f` on every name the manifest writes (defined or referred to), in manifest order,
+/// with its span, what it is used for and its namespace. Label keys and values are `Use::Text`.
+pub fn each_name<'a>(manifest: &'a Manifest, mut f: impl FnMut(&'a str, Span, Use, Kind)) {
     walk_known(manifest, |node, spec| {
-        for (path, prop, all_args, usage) in NAMES {
+        for (path, prop, all_args, usage, kind) in NAMES {
             if spec.path != *path {
                 continue;
             }
@@ -248,31 +312,33 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
                 None => node.str_args().take(1).collect(),
             };
             for (name, span) in values {
-                if let Some((code, message, help)) = problem(name, *usage) {
-                    diags.push(
-                        Diagnostic::error(code, message)
-                            .label(span, "unsafe here")
-                            .help(help),
-                    );
+                f(name, span, *usage, *kind);
+            }
+        }
+        if spec.path == "database/labels" || spec.path.ends_with("/databases") {
+            for prop in &node.props {
+                f(&prop.name.text, prop.name.span, Use::Text, Kind::LabelKey);
+                if let Some(value) = prop.value.as_str() {
+                    f(value, prop.value.span, Use::Text, Kind::LabelValue);
                 }
             }
         }
-        // Label keys and values only have to be printable.
-        if spec.path == "database/labels" || spec.path.ends_with("/databases") {
-            for prop in &node.props {
-                for (text, span) in [(prop.name.text.as_str(), prop.name.span)]
-                    .into_iter()
-                    .chain(prop.value.as_str().map(|v| (v, prop.value.span)))
-                {
-                    if let Some((code, message, help)) = problem(text, Use::Text) {
-                        diags.push(
-                            Diagnostic::error(code, message)
-                                .label(span, "unsafe here")
-                                .help(help),
-                        );
-                    }
-                }
-            }
+    });
+}
+
+pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
+    each_name(manifest, |name, span, usage, _| {
+        // A name with an invisible or bidirectional character gets that one error
+        // (`invisible_characters`), not a second one about the same character.
+        if name.chars().any(|c| crate::source::hidden(c).is_some()) {
+            return;
+        }
+        if let Some((code, message, help)) = problem(name, usage) {
+            diags.push(
+                Diagnostic::error(code, message)
+                    .label(span, "unsafe here")
+                    .help(help),
+            );
         }
     });
 }

@@ -10,7 +10,7 @@ BEGIN;
 -- Create the roles that are missing.
 DO $dbward$
 BEGIN
-  -- The admin user: runs `dbward apply --live` and provisions people's users.
+  -- The admin user: the login automatic provisioning uses.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'dbward-admin') THEN
     CREATE ROLE "dbward-admin" LOGIN CREATEROLE;
   END IF;

@@ -686,6 +686,12 @@ fn ecs_container_credentials_reach_the_relay_binary_and_the_token_is_never_logge
         !log.contains("ecs-auth-token"),
         "the ECS authorization token was logged"
     );
+    // Nor the session token of the temporary credentials (aws-sigv4 traces the canonical
+    // request, which carries it).
+    assert!(
+        !log.contains("ecs-session-token"),
+        "the credentials' session token was logged"
+    );
     rds.assert_no_token_in("audit log", &rds.audit());
 }
 

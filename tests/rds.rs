@@ -9,6 +9,12 @@
 //! HTTP server given to the real `dbward-relay` binary's environment. A wrong secret key is
 //! refused by PostgreSQL itself, and the token never appears in the relay's log or audit file.
 //!
+//! Clock skew: the verifier's notion of now and the fake AWS endpoint's `Date` are moved
+//! together ("AWS's time"), playing a relay whose clock is ten minutes behind or ahead; the
+//! relay learns the offset from the `Date` and signs tokens PostgreSQL accepts with their full
+//! validity. A token the database refused is never used again, and the client is told what to
+//! check (clock, IAM policy, `rds_iam`) without seeing the token.
+//!
 //! PAM services live in /etc/pam.d, so this module needs root; it fails saying so otherwise.
 
 use std::fs;
@@ -268,6 +274,29 @@ impl Rds {
         }
     }
 
+    /// Sets "AWS's time" for the verifier: its clock plus `seconds`.
+    fn set_aws_offset(&self, seconds: i64) {
+        fs::write(
+            self.dir.path().join("record/clock_offset"),
+            seconds.to_string(),
+        )
+        .unwrap();
+    }
+
+    /// The verifier refuses the next token it sees, once.
+    fn reject_next_token(&self) {
+        fs::write(self.dir.path().join("record/reject_next"), "").unwrap();
+    }
+
+    /// The verifier's last decision.
+    fn last_decision(&self) -> String {
+        self.record("verifier.log")
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     fn record(&self, name: &str) -> String {
         fs::read_to_string(self.dir.path().join("record").join(name)).unwrap_or_default()
     }
@@ -483,6 +512,16 @@ fn env_credentials_sign_a_token_postgres_accepts_and_a_wrong_secret_is_refused()
 /// A local ECS container-credentials endpoint: answers GET /creds carrying the expected
 /// Authorization header with temporary credentials; counts the requests it served.
 fn ecs_server(secret: &'static str, authorization: &'static str) -> (u16, Arc<AtomicUsize>) {
+    ecs_server_at(secret, authorization, 0)
+}
+
+/// [`ecs_server`] whose clock ("AWS's time": its `Date` header and the credentials' expiry) is
+/// `offset` seconds from this machine's.
+fn ecs_server_at(
+    secret: &'static str,
+    authorization: &'static str,
+    offset: i64,
+) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let served = Arc::new(AtomicUsize::new(0));
@@ -509,13 +548,19 @@ fn ecs_server(secret: &'static str, authorization: &'static str) -> (u16, Arc<At
                     authorized = true;
                 }
             }
+            let now = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset);
+            let date = now
+                .format(time::macros::format_description!(
+                    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+                ))
+                .unwrap();
             let (status, body) = if !request_line.starts_with("GET /creds ") {
                 ("404 Not Found", String::new())
             } else if !authorized {
                 ("401 Unauthorized", String::new())
             } else {
                 count.fetch_add(1, Ordering::SeqCst);
-                let expiration = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+                let expiration = now + time::Duration::hours(1);
                 let expiration = expiration
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap();
@@ -528,8 +573,8 @@ fn ecs_server(secret: &'static str, authorization: &'static str) -> (u16, Arc<At
             };
             let _ = write!(
                 stream,
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                 connection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ndate: {date}\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
         }
@@ -641,5 +686,162 @@ fn ecs_container_credentials_reach_the_relay_binary_and_the_token_is_never_logge
         !log.contains("ecs-auth-token"),
         "the ECS authorization token was logged"
     );
+    // Nor the session token of the temporary credentials (aws-sigv4 traces the canonical
+    // request, which carries it).
+    assert!(
+        !log.contains("ecs-session-token"),
+        "the credentials' session token was logged"
+    );
     rds.assert_no_token_in("audit log", &rds.audit());
+}
+
+/// The age of the token behind an "accepted" decision of the verifier, in seconds.
+fn accepted_age(decision: &str) -> i64 {
+    decision
+        .strip_prefix("app: accepted, age ")
+        .and_then(|rest| rest.strip_suffix(" s"))
+        .and_then(|age| age.parse().ok())
+        .unwrap_or_else(|| panic!("not an accepted token: {decision}"))
+}
+
+/// The client's error for a refused token names what to check, and not the token.
+fn assert_refusal_hints(rds: &Rds, error: &str, clock: &str) {
+    for part in [
+        "PAM authentication failed for user \"app\"",
+        "HINT:",
+        "relay's clock",
+        clock,
+        "rds-db:connect",
+        &format!("arn:aws:rds-db:{REGION}:ACCOUNT:dbuser:RESOURCE_ID/app"),
+        "GRANT rds_iam TO \"app\"",
+    ] {
+        assert!(
+            error.contains(part),
+            "{part:?} missing from the client's error:\n{error}"
+        );
+    }
+    rds.assert_no_token_in("client's error", error);
+}
+
+fn ecs_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://127.0.0.1:{port}/creds"),
+        ),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            "ecs-auth-token".to_owned(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
+#[test]
+fn a_relay_clock_ten_minutes_off_learns_aws_time_from_the_date_of_the_credentials_endpoint() {
+    let rds = Rds::start();
+
+    // The relay's clock is ten minutes behind AWS's. Unlearned, its tokens would reach RDS with
+    // 5 of their 15 minutes left (and the old cache reused them after they expired).
+    rds.set_aws_offset(600);
+    let (port, _) = ecs_server_at(SECRET, "ecs-auth-token", 600);
+    let relay = Binary::start(&rds, &ecs_env(port));
+    let who = rds.psql().unwrap_or_else(|e| {
+        panic!(
+            "{e}\nverifier: {}\nrelay: {}",
+            rds.record("verifier.log"),
+            relay.log()
+        )
+    });
+    assert_eq!(who, "app");
+    let age = accepted_age(&rds.last_decision());
+    assert!(
+        (-5..=5).contains(&age),
+        "the token was signed {age} s before AWS's now: the relay did not sign with AWS's time\n\
+         relay: {}",
+        relay.log()
+    );
+    // The offset is logged once, with its size.
+    let warning = "behind AWS's (learned from the Date of";
+    assert_eq!(relay.log().matches(warning).count(), 1, "{}", relay.log());
+    assert!(
+        relay.log().contains("9 min 59 s behind") || relay.log().contains("10 min 0 s behind"),
+        "{}",
+        relay.log()
+    );
+
+    // The database refuses a token: the client and the relay's log say what to check, with
+    // the learned offset.
+    rds.reject_next_token();
+    let error = rds.psql().expect_err("the verifier refuses this token");
+    assert_refusal_hints(
+        &rds,
+        &error,
+        "behind AWS's, learned from the Date of AWS's answers",
+    );
+    assert!(error.contains("from ECS container credentials"), "{error}");
+    drop(relay);
+    let log = fs::read_to_string(rds.dir.path().join("relay.log")).unwrap_or_default();
+    assert!(
+        log.contains("the database refused the RDS IAM token") && log.contains("rds-db:connect"),
+        "{log}"
+    );
+    rds.assert_no_token_in("relay log", &log);
+
+    // Ten minutes ahead: unlearned, the token would be signed in the future and refused.
+    rds.set_aws_offset(-600);
+    let (port, _) = ecs_server_at(SECRET, "ecs-auth-token", -600);
+    let relay = Binary::start(&rds, &ecs_env(port));
+    let who = rds.psql().unwrap_or_else(|e| {
+        panic!(
+            "{e}\nverifier: {}\nrelay: {}",
+            rds.record("verifier.log"),
+            relay.log()
+        )
+    });
+    assert_eq!(who, "app");
+    let age = accepted_age(&rds.last_decision());
+    assert!((-5..=5).contains(&age), "signed {age} s before AWS's now");
+    assert!(relay.log().contains("ahead of AWS's"), "{}", relay.log());
+}
+
+#[test]
+fn a_refused_token_is_never_reused_and_the_client_is_told_what_to_check() {
+    let rds = Rds::start();
+    let _relay = InProcess::start(&rds, env_credentials(SECRET));
+    assert_eq!(rds.psql().as_deref(), Ok("app"));
+    // The database refuses the cached token once.
+    rds.reject_next_token();
+    let error = rds.psql().expect_err("the verifier refuses this token");
+    assert_refusal_hints(&rds, &error, "no offset from AWS's clock was learned");
+    // SigV4 dates have one-second resolution: a token signed in the same second as the refused
+    // one would be the same token.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(rds.psql().as_deref(), Ok("app"));
+    let tokens = rds.tokens();
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    assert_eq!(tokens[0], tokens[1], "the cached token was not reused");
+    assert_ne!(
+        tokens[2], tokens[1],
+        "the token the database refused was used again"
+    );
+    // And the new token is cached in turn.
+    assert_eq!(rds.psql().as_deref(), Ok("app"));
+    assert_eq!(rds.tokens()[3], tokens[2]);
+
+    // Credentials from the environment teach no offset: with the relay's clock ten minutes
+    // ahead the cached token is refused, and so is the fresh one that replaces it; the hint
+    // says the relay's own clock was used.
+    rds.set_aws_offset(-600);
+    rds.psql().expect_err("a token signed ten minutes ahead");
+    std::thread::sleep(Duration::from_millis(1100));
+    let error = rds.psql().expect_err("a token signed ten minutes ahead");
+    assert!(
+        rds.last_decision().contains("s in the future"),
+        "{}",
+        rds.record("verifier.log")
+    );
+    let tokens = rds.tokens();
+    assert_ne!(tokens[tokens.len() - 1], tokens[tokens.len() - 2]);
+    assert_refusal_hints(&rds, &error, "signed with the relay's own clock");
 }

@@ -20,7 +20,8 @@
 //! - `relay`: the relay end to end with real PostgreSQL, psql and tokio-postgres: access,
 //!   every refusal with its message and audit event, cancel, restarts, 200 sessions, reload.
 //! - `rds`: Amazon RDS IAM authentication: SigV4 tokens from env and ECS credentials, checked by
-//!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged.
+//!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged;
+//!   clock skew learned from the credential endpoint's `Date`; a refused token never reused.
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.

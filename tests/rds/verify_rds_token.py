@@ -3,8 +3,15 @@
 
 Arguments: HOST:PORT REGION ACCESS_KEY_ID SECRET_ACCESS_KEY RECORD_DIR. The token arrives on
 stdin (NUL-terminated), the database user in PAM_USER. Exit 0 accepts, anything else refuses.
-Each decision is appended to RECORD_DIR/verifier.log; each token seen to RECORD_DIR/tokens.txt
-so the test can check the relay never logs it. Standard library only.
+Each decision is appended to RECORD_DIR/verifier.log (an accepted token with its age: how long
+before the verifier's now it was signed); each token seen to RECORD_DIR/tokens.txt so the test
+can check the relay never logs it. Standard library only.
+
+The test steers it with files in RECORD_DIR:
+- clock_offset: seconds added to the verifier's clock ("AWS's time"), to play a relay whose
+  clock is off (600: the relay is ten minutes behind);
+- reject_next: refuse the next token whatever it is (once; the file is removed), to play a
+  token the database refused.
 """
 import datetime
 import hashlib
@@ -20,17 +27,36 @@ def main():
     with open(os.path.join(record, "tokens.txt"), "a") as f:
         f.write(token + "\n")
     user = os.environ.get("PAM_USER", "")
-    why = check(token, user, endpoint, region, key_id, secret)
+    try:
+        with open(os.path.join(record, "clock_offset")) as f:
+            offset = int(f.read().strip())
+    except FileNotFoundError:
+        offset = 0
+    now = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=offset)
+    try:
+        os.remove(os.path.join(record, "reject_next"))
+        why = "rejected on purpose"
+    except FileNotFoundError:
+        why = check(token, user, endpoint, region, key_id, secret, now)
     with open(os.path.join(record, "verifier.log"), "a") as f:
-        f.write(f"{user}: {why or 'accepted'}\n")
+        f.write(f"{user}: {why or 'accepted, age ' + str(age_of(token, now)) + ' s'}\n")
     sys.exit(1 if why else 0)
+
+
+def age_of(token, now):
+    """Seconds between the token's X-Amz-Date and now (only called on accepted tokens)."""
+    date = dict(urllib.parse.parse_qsl(token.partition("/?")[2]))["X-Amz-Date"]
+    signed_at = datetime.datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(
+        tzinfo=datetime.timezone.utc
+    )
+    return round((now - signed_at).total_seconds())
 
 
 def encode(s):
     return urllib.parse.quote(s, safe="-_.~")
 
 
-def check(token, user, endpoint, region, key_id, secret):
+def check(token, user, endpoint, region, key_id, secret, now):
     authority, sep, query = token.partition("/?")
     if not sep:
         return "not a presigned URL without scheme"
@@ -60,10 +86,11 @@ def check(token, user, endpoint, region, key_id, secret):
         return "missing or bad X-Amz-Expires / X-Amz-Date"
     if not 0 < expires <= 900:
         return f"X-Amz-Expires {expires} is over 900"
-    now = datetime.datetime.now(datetime.timezone.utc)
     age = (now - signed_at).total_seconds()
-    if age > expires or age < -300:
-        return "expired or signed in the future"
+    if age > expires:
+        return f"expired: signed {round(age)} s ago"
+    if age < -300:
+        return f"signed {round(-age)} s in the future"
     date = params["X-Amz-Date"][:8]
     scope = f"{date}/{region}/rds-db/aws4_request"
     if params.get("X-Amz-Credential") != f"{key_id}/{scope}":

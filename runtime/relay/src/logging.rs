@@ -29,12 +29,18 @@ pub enum LoggingError {
 
 /// Installs the process-wide subscriber. Call once, from `main`.
 pub fn init(format: LogFormat) -> Result<(), LoggingError> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(value) if !value.trim().is_empty() => {
-            EnvFilter::try_new(&value).map_err(|e| LoggingError::Filter(e.to_string()))?
+    let filter =
+        match std::env::var("RUST_LOG") {
+            Ok(value) if !value.trim().is_empty() => {
+                EnvFilter::try_new(&value).map_err(|e| LoggingError::Filter(e.to_string()))?
+            }
+            _ => EnvFilter::new("info"),
         }
-        _ => EnvFilter::new("info"),
-    };
+        // aws-sigv4 traces the canonical request it signs, which holds the session token of
+        // temporary credentials (`X-Amz-Security-Token`): never, whatever RUST_LOG says.
+        .add_directive("aws_sigv4=off".parse().map_err(
+            |e: tracing_subscriber::filter::ParseError| LoggingError::Filter(e.to_string()),
+        )?);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -96,6 +96,35 @@ pub fn error_message(body: &[u8]) -> String {
         .unwrap_or_else(|| "(no message)".to_owned())
 }
 
+/// The SQLSTATE of an ErrorResponse body (field `C`).
+pub fn error_code(body: &[u8]) -> Option<String> {
+    error_fields(body)
+        .into_iter()
+        .find(|(kind, _)| *kind == b'C')
+        .map(|(_, c)| c)
+}
+
+/// The ErrorResponse whose body is `body` (a server's), with `hint` as its hint: every other
+/// field kept byte for byte, in order; a hint of its own replaced.
+pub fn with_hint(body: &[u8], hint: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + body.len() + hint.len());
+    out.push(tag::ERROR_RESPONSE);
+    out.extend_from_slice(&[0; 4]);
+    for field in body.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        if field[0] != b'H' {
+            out.extend_from_slice(field);
+            out.push(0);
+        }
+    }
+    out.push(b'H');
+    out.extend(hint.bytes().map(|b| if b == 0 { b'?' } else { b }));
+    out.push(0);
+    out.push(0);
+    let len = u32::try_from(out.len() - 1).unwrap_or(u32::MAX);
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +145,29 @@ mod tests {
             ]
         );
         assert_eq!(error_message(&bytes[5..]), "no?way");
+        assert_eq!(error_code(&bytes[5..]).as_deref(), Some("28000"));
+    }
+
+    #[test]
+    fn a_hint_is_added_to_a_server_error() {
+        let server = fatal("28P01", "PAM authentication failed", Some("old"));
+        let bytes = with_hint(&server[5..], "check the clock");
+        let (kind, size) = frame_header(&bytes).unwrap().unwrap();
+        assert_eq!((kind, size), (b'E', bytes.len()));
+        assert_eq!(
+            error_fields(&bytes[5..]),
+            vec![
+                (b'S', "FATAL".to_owned()),
+                (b'V', "FATAL".to_owned()),
+                (b'C', "28P01".to_owned()),
+                (b'M', "PAM authentication failed".to_owned()),
+                (b'H', "check the clock".to_owned()),
+            ]
+        );
+        // Garbage in, a well-formed frame out.
+        let bytes = with_hint(b"\0\0xyz", "h");
+        assert_eq!(frame_header(&bytes).unwrap().unwrap().1, bytes.len());
+        assert_eq!(*bytes.last().unwrap(), 0);
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! use, so tests (and embedders) can inject them without mutating the process environment, and
 //! every endpoint can point at a local server. Credentials that expire are cached until five
 //! minutes before their expiry. Secrets never appear in `Debug` output or in errors.
+//!
+//! Every answer's `Date` header teaches the chain's [`ClockSkew`] the relay's offset from AWS's
+//! clock; expiry checks and RDS token signing use the corrected time.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,6 +27,8 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+
+use super::clock_skew::ClockSkew;
 
 /// How long before their expiry cached credentials are refreshed.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -109,6 +114,8 @@ pub struct CredentialsError {
 pub struct AwsCredentials {
     env: AwsEnv,
     cache: Mutex<Option<Credentials>>,
+    /// The relay's clock offset from AWS, learned from the endpoints' answers.
+    clock: ClockSkew,
 }
 
 impl AwsCredentials {
@@ -116,7 +123,28 @@ impl AwsCredentials {
         AwsCredentials {
             env,
             cache: Mutex::new(None),
+            clock: ClockSkew::new(),
         }
+    }
+
+    /// AWS's clock as this chain has learned it; sign with [`ClockSkew::now`].
+    pub fn clock(&self) -> &ClockSkew {
+        &self.clock
+    }
+
+    /// Which source the cached credentials came from, if any are cached (without waiting for
+    /// a refresh in progress).
+    pub fn cached_source(&self) -> Option<&'static str> {
+        self.cache
+            .try_lock()
+            .ok()
+            .and_then(|cache| cache.as_ref().map(|c| c.source))
+    }
+
+    /// The cache itself, for tests that plant credentials.
+    #[cfg(test)]
+    pub(crate) async fn cache_for_tests(&self) -> tokio::sync::MutexGuard<'_, Option<Credentials>> {
+        self.cache.lock().await
     }
 
     /// Valid credentials: the cached ones while they are fresh, else the first source that
@@ -124,7 +152,7 @@ impl AwsCredentials {
     pub async fn get(&self) -> Result<Credentials, CredentialsError> {
         let mut cache = self.cache.lock().await;
         if let Some(cached) = cache.as_ref()
-            && fresh(cached, SystemTime::now())
+            && fresh(cached, self.clock.now())
         {
             return Ok(cached.clone());
         }
@@ -230,6 +258,7 @@ impl AwsCredentials {
         .collect::<Vec<_>>()
         .join("&");
         let body = http(
+            &self.clock,
             Method::POST,
             &format!("{endpoint}/"),
             &[("accept", "application/xml")],
@@ -289,7 +318,7 @@ impl AwsCredentials {
             .as_deref()
             .map(|t| vec![("authorization", t)])
             .unwrap_or_default();
-        let body = http(Method::GET, &url, &headers, None).await?;
+        let body = http(&self.clock, Method::GET, &url, &headers, None).await?;
         parse_credentials(&body, "ECS container credentials").map(Some)
     }
 
@@ -302,6 +331,7 @@ impl AwsCredentials {
             .trim_end_matches('/')
             .to_owned();
         let token = http(
+            &self.clock,
             Method::PUT,
             &format!("{base}/latest/api/token"),
             &[("x-aws-ec2-metadata-token-ttl-seconds", "21600")],
@@ -313,6 +343,7 @@ impl AwsCredentials {
         let token = token.trim();
         let auth = [("x-aws-ec2-metadata-token", token)];
         let roles = http(
+            &self.clock,
             Method::GET,
             &format!("{base}/latest/meta-data/iam/security-credentials/"),
             &auth,
@@ -332,6 +363,7 @@ impl AwsCredentials {
             ));
         }
         let body = http(
+            &self.clock,
             Method::GET,
             &format!("{base}/latest/meta-data/iam/security-credentials/{role}"),
             &auth,
@@ -394,8 +426,9 @@ fn parse_credentials(body: &[u8], source: &'static str) -> Result<Credentials, S
 /// One HTTP/1.1 exchange with a credential endpoint (`http://`, or `https://` verified against
 /// the public roots); the body of a 2xx answer. `body` is `(content type, bytes)`. Errors name
 /// the URL and the status (and, from `error_of`, what the service said), never a header value
-/// or the request body.
+/// or the request body. The answer's `Date` (of any status) is given to `clock`.
 async fn http(
+    clock: &ClockSkew,
     method: Method,
     url: &str,
     headers: &[(&str, &str)],
@@ -453,9 +486,9 @@ async fn http(
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS with {url} failed: {e}"))?;
-            send(TokioIo::new(stream), request, url).await?
+            send(TokioIo::new(stream), request, url, clock).await?
         } else {
-            send(TokioIo::new(tcp), request, url).await?
+            send(TokioIo::new(tcp), request, url, clock).await?
         };
         if !status.is_success() {
             return Err(format!("{url} answered HTTP {status}{}", error_of(&body)));
@@ -471,6 +504,7 @@ async fn send<T>(
     io: TokioIo<T>,
     request: Request<Full<Bytes>>,
     url: &str,
+    clock: &ClockSkew,
 ) -> Result<(hyper::StatusCode, Vec<u8>), String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -484,6 +518,14 @@ where
             .send_request(request)
             .await
             .map_err(|e| format!("HTTP with {url} failed: {e}"))?;
+        let received = SystemTime::now();
+        if let Some(date) = response
+            .headers()
+            .get(hyper::header::DATE)
+            .and_then(|d| d.to_str().ok())
+        {
+            clock.observe(date, received, url);
+        }
         let status = response.status();
         let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
@@ -590,6 +632,14 @@ mod tests {
     async fn server(
         answer: impl Fn(&str, &str, &[(String, String)], &str) -> (u16, String) + Send + Sync + 'static,
     ) -> String {
+        server_dated(None, answer).await
+    }
+
+    /// [`server`] whose answers carry `date` as their `Date` header.
+    async fn server_dated(
+        date: Option<String>,
+        answer: impl Fn(&str, &str, &[(String, String)], &str) -> (u16, String) + Send + Sync + 'static,
+    ) -> String {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -600,6 +650,10 @@ mod tests {
                     return;
                 };
                 let answer = answer.clone();
+                let date = date
+                    .as_deref()
+                    .map(|d| format!("date: {d}\r\n"))
+                    .unwrap_or_default();
                 tokio::spawn(async move {
                     let mut reader = BufReader::new(socket);
                     let mut line = String::new();
@@ -627,7 +681,7 @@ mod tests {
                     let (status, text) =
                         answer(&method, &path, &headers, &String::from_utf8_lossy(&body));
                     let response = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        "HTTP/1.1 {status} X\r\n{date}content-length: {}\r\nconnection: close\r\n\r\n{text}",
                         text.len()
                     );
                     let mut socket = reader.into_inner();
@@ -737,6 +791,41 @@ mod tests {
             .to_string();
         assert!(error.contains("InvalidParameter"), "{error}");
         assert!(!error.contains("eyJ.web.identity"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_clock_offset_is_learned_from_the_date_of_the_answers() {
+        // The endpoint's clock is ten minutes ahead of ours (ours is behind).
+        let date = time::OffsetDateTime::now_utc() + time::Duration::minutes(10);
+        let date = date
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap();
+        let expiration = (time::OffsetDateTime::now_utc() + time::Duration::minutes(14))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let base = server_dated(Some(date), move |_, _, _, _| {
+            (
+                200,
+                format!(
+                    r#"{{"AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"{expiration}"}}"#
+                ),
+            )
+        })
+        .await;
+        let creds = AwsCredentials::new(AwsEnv::from_vars([(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("{base}/creds"),
+        )]));
+        assert_eq!(creds.clock().offset_ms(), None);
+        creds.get().await.unwrap();
+        let offset = creds.clock().offset_ms().expect("no offset learned");
+        assert!((598_000..=601_000).contains(&offset), "{offset}");
+        // Credentials expiring in 14 minutes of the endpoint's time have 4 left by AWS's
+        // clock: inside the refresh margin, so they are fetched again.
+        assert_eq!(creds.cached_source(), Some("ECS container credentials"));
+        let cached = creds.cache_for_tests().await.clone().unwrap();
+        assert!(!fresh(&cached, creds.clock().now()));
+        assert!(fresh(&cached, SystemTime::now()));
     }
 
     #[test]

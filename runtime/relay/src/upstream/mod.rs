@@ -2,13 +2,15 @@
 //!
 //! Each way of authenticating is one module. Self-hosted databases use [`mtls`]: the relay's
 //! client certificate, mapped by `pg_ident.conf`. Amazon RDS uses [`rds`]: a SigV4 auth token
-//! as the password, signed with ambient credentials ([`aws_credentials`]). Cloud SQL and Azure
+//! as the password, signed with ambient credentials ([`aws_credentials`]) at AWS's time as
+//! learned from those endpoints' answers ([`clock_skew`]). Cloud SQL and Azure
 //! will each add a module that produces a password and share the connect and startup code here.
 //!
 //! A database whose frozen `tls.ca` is absent is verified against the Mozilla roots
 //! (webpki-roots); RDS certificates chain to Amazon's own CA, so RDS databases need `ca-file`.
 
 pub mod aws_credentials;
+pub mod clock_skew;
 pub mod mtls;
 pub mod rds;
 
@@ -273,7 +275,9 @@ pub async fn connect(
                 Err(e) => Err(protocol(e.to_string())),
             }
         };
-    // Authentication.
+    // Authentication. `sent` is the RDS token given to the server, if any.
+    let user = startup.get("user").unwrap_or_default();
+    let mut sent = None;
     loop {
         let frame = next(&mut stream).await?;
         match frame.tag {
@@ -289,8 +293,9 @@ pub async fn connect(
                 let reply = match &target.auth {
                     UpstreamAuth::Mtls => mtls::respond(code, &target.address)?,
                     UpstreamAuth::RdsIam { .. } if let Some(rds) = &target.rds => {
-                        rds.respond(code, startup.get("user").unwrap_or_default())
-                            .await?
+                        let answer = rds.respond(code, user).await?;
+                        sent = Some(answer.token);
+                        answer.message
                     }
                     other => {
                         return Err(UpstreamError::Auth(format!(
@@ -304,10 +309,17 @@ pub async fn connect(
             }
             tag::ERROR_RESPONSE => {
                 let message = backend::error_message(frame.body());
-                return Err(UpstreamError::Refused {
-                    frame: frame.bytes,
-                    message,
-                });
+                // A token the database refused (28P01 invalid_password, 28000): never used
+                // again, and the client is told what to check.
+                let refused_token =
+                    backend::error_code(frame.body()).is_some_and(|code| code.starts_with("28"));
+                let frame = match (&target.rds, &sent) {
+                    (Some(rds), Some(token)) if refused_token => {
+                        rds.rejected(user, token, &frame.bytes)
+                    }
+                    _ => frame.bytes,
+                };
+                return Err(UpstreamError::Refused { frame, message });
             }
             tag::NEGOTIATE_PROTOCOL_VERSION | tag::NOTICE_RESPONSE => {}
             other => {

@@ -1316,7 +1316,7 @@ fn idle_sessions_are_ended_with_a_fatal_the_client_reads_and_active_ones_are_not
             .into_iter()
             .filter(|e| e["event"] == "session.end")
             .collect();
-        (ends.len() >= 2).then_some(ends)
+        (ends.len() >= 3).then_some(ends)
     })
     .unwrap_or_else(|| panic!("no session.end events: {:?}", audit_lines(&audit)));
     let mut reasons: Vec<_> = ends
@@ -1324,7 +1324,11 @@ fn idle_sessions_are_ended_with_a_fatal_the_client_reads_and_active_ones_are_not
         .map(|e| e["reason"].as_str().unwrap_or("(none)").to_owned())
         .collect();
     reasons.sort();
-    assert_eq!(reasons, ["idle_in_transaction_timeout", "idle_timeout"]);
+    // The session whose long query completed ended when its client was dropped.
+    assert_eq!(
+        reasons,
+        ["client_closed", "idle_in_transaction_timeout", "idle_timeout"]
+    );
     assert_eq!(
         relay.metric("dbward_sessions_ended_total{reason=\"idle_timeout\"}"),
         1.0
@@ -1333,13 +1337,13 @@ fn idle_sessions_are_ended_with_a_fatal_the_client_reads_and_active_ones_are_not
         relay.metric("dbward_sessions_ended_total{reason=\"idle_in_transaction_timeout\"}"),
         1.0
     );
-    assert_eq!(relay.metric("dbward_sessions_active"), 2.0);
+    assert_eq!(relay.metric("dbward_sessions_active"), 1.0);
     assert_eq!(deployment.select(&active, 42).unwrap(), 42);
 
     // A session that ends normally says so.
     drop(active);
     let closed = wait_for(Duration::from_secs(5), || {
-        (relay.metric("dbward_sessions_ended_total{reason=\"client_closed\"}") >= 1.0)
+        (relay.metric("dbward_sessions_ended_total{reason=\"client_closed\"}") >= 2.0)
             .then_some(())
     });
     assert!(closed.is_some(), "{}", relay.get("/metrics").2);
@@ -1377,7 +1381,6 @@ fn the_open_file_limit_caps_sessions_and_keeps_metrics_and_cancel_working() {
     });
     assert!(up.is_some(), "the relay did not listen:\n{}", relay.log());
     relay.wait_log("connection limit in force");
-    assert!(relay.log().contains("connection_limit=15"), "{}", relay.log());
     assert_eq!(relay.metric("dbward_connection_limit"), 15.0);
     assert_eq!(relay.metric("dbward_open_files_limit"), 160.0);
 

@@ -1280,9 +1280,9 @@ fn idle_sessions_are_ended_with_a_fatal_the_client_reads_and_active_ones_are_not
     // A session that keeps working, and a query that runs longer than both limits, are not
     // idle: both outlive the idle timeout.
     let (busy, _) = deployment.connect_watched("app").unwrap();
-    let sleeping = deployment.rt.spawn(async move {
-        busy.simple_query("select pg_sleep(4.5)").await.map(|_| ())
-    });
+    let sleeping = deployment
+        .rt
+        .spawn(async move { busy.simple_query("select pg_sleep(4.5)").await.map(|_| ()) });
     let active = deployment.connect("app");
     for n in 0..10 {
         assert_eq!(deployment.select(&active, n).unwrap(), n);
@@ -1327,7 +1327,11 @@ fn idle_sessions_are_ended_with_a_fatal_the_client_reads_and_active_ones_are_not
     // The session whose long query completed ended when its client was dropped.
     assert_eq!(
         reasons,
-        ["client_closed", "idle_in_transaction_timeout", "idle_timeout"]
+        [
+            "client_closed",
+            "idle_in_transaction_timeout",
+            "idle_timeout"
+        ]
     );
     assert_eq!(
         relay.metric("dbward_sessions_ended_total{reason=\"idle_timeout\"}"),
@@ -1343,8 +1347,7 @@ fn idle_sessions_are_ended_with_a_fatal_the_client_reads_and_active_ones_are_not
     // A session that ends normally says so.
     drop(active);
     let closed = wait_for(Duration::from_secs(5), || {
-        (relay.metric("dbward_sessions_ended_total{reason=\"client_closed\"}") >= 2.0)
-            .then_some(())
+        (relay.metric("dbward_sessions_ended_total{reason=\"client_closed\"}") >= 2.0).then_some(())
     });
     assert!(closed.is_some(), "{}", relay.get("/metrics").2);
 }
@@ -1394,7 +1397,12 @@ fn the_open_file_limit_caps_sessions_and_keeps_metrics_and_cancel_working() {
         }
         assert!(sessions.len() <= 100, "no limit after 100 sessions");
     };
-    assert_eq!(sessions.len(), 15, "refused after {} sessions", sessions.len());
+    assert_eq!(
+        sessions.len(),
+        15,
+        "refused after {} sessions",
+        sessions.len()
+    );
     let db = refusal
         .as_db_error()
         .unwrap_or_else(|| panic!("not a server error: {refusal:?}"));

@@ -105,9 +105,8 @@ impl FdBudget {
 
     /// The budget under an open-file limit of `open_files` with `threads` session threads.
     pub fn for_limit(open_files: u64, threads: usize) -> FdBudget {
-        let reserved = RESERVED_DESCRIPTORS
-            + 2 * threads as u64
-            + 2 * OVER_LIMIT_CONNECTIONS as u64;
+        let reserved =
+            RESERVED_DESCRIPTORS + 2 * threads as u64 + 2 * OVER_LIMIT_CONNECTIONS as u64;
         let sessions = open_files.saturating_sub(reserved) / 2;
         FdBudget {
             open_files,
@@ -117,8 +116,7 @@ impl FdBudget {
 
     /// The smallest open-file limit that leaves room for `sessions`.
     pub fn needed(sessions: u64, threads: usize) -> u64 {
-        RESERVED_DESCRIPTORS + 2 * threads as u64 + 2 * OVER_LIMIT_CONNECTIONS as u64
-            + 2 * sessions
+        RESERVED_DESCRIPTORS + 2 * threads as u64 + 2 * OVER_LIMIT_CONNECTIONS as u64 + 2 * sessions
     }
 }
 

@@ -10,11 +10,11 @@
 //! - After startup the bytes are relayed as they are; only frame headers (and the SQL text of
 //!   Query/Parse messages, when audit asks for it) are looked at.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::future::Future as _;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -788,7 +788,10 @@ impl IdleWatch {
             let (limit, reason) = if self.status == b'I' {
                 (self.limits.idle, EndReason::IdleTimeout)
             } else {
-                (self.limits.in_transaction, EndReason::IdleInTransactionTimeout)
+                (
+                    self.limits.in_transaction,
+                    EndReason::IdleInTransactionTimeout,
+                )
             };
             let limit = limit.filter(|_| waiting);
             if let Some(limit) = limit
@@ -849,8 +852,7 @@ where
                 watch.client_bytes(chunk);
             }
         };
-        let ended = match from_client.poll_copy(cx, &mut client, &mut upstream, &mut client_chunk)
-        {
+        let ended = match from_client.poll_copy(cx, &mut client, &mut upstream, &mut client_chunk) {
             Poll::Ready(Ok(())) => Poll::Ready(EndReason::ClientClosed),
             Poll::Ready(Err(Failed::Read(error))) => Poll::Ready(client_error(error)),
             Poll::Ready(Err(Failed::Write(error))) => {
@@ -1012,7 +1014,8 @@ impl Pump {
     {
         loop {
             while self.start < self.end {
-                let written = Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]);
+                let written =
+                    Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]);
                 let n = ready!(written).map_err(Failed::Write)?;
                 if n == 0 {
                     return Poll::Ready(Err(Failed::Write(io::ErrorKind::WriteZero.into())));
@@ -1358,8 +1361,10 @@ mod tests {
                 server.read_to_end(&mut terminate).await.unwrap();
                 (reply, terminate)
             };
-            let (relayed, (reply, terminate)) =
-                tokio::join!(relay(client_side, upstream_side, None, None, limits), driver);
+            let (relayed, (reply, terminate)) = tokio::join!(
+                relay(client_side, upstream_side, None, None, limits),
+                driver
+            );
             let took = started.elapsed();
             assert_eq!(relayed.end, expected, "status {}", status as char);
             let limit = match expected {
@@ -1386,8 +1391,10 @@ mod tests {
             client.read_exact(&mut ready).await.unwrap();
             drop(client);
         };
-        let (relayed, ()) =
-            tokio::join!(relay(client_side, upstream_side, None, None, limits), driver);
+        let (relayed, ()) = tokio::join!(
+            relay(client_side, upstream_side, None, None, limits),
+            driver
+        );
         assert_eq!(relayed.end, EndReason::ClientClosed);
     }
 }

@@ -152,7 +152,13 @@ mod tests {
         assert_eq!(found.len(), 1, "{diags:?}");
         let span = found[0].labels[0].span;
         assert_eq!(&text[span.start..span.end], "\"0s\"");
-        assert!(found[0].help.as_deref().unwrap_or_default().contains("\"off\""));
+        assert!(
+            found[0]
+                .help
+                .as_deref()
+                .unwrap_or_default()
+                .contains("\"off\"")
+        );
     }
 
     #[test]

@@ -664,11 +664,18 @@ struct Deployment {
     port: u16,
     metrics_port: u16,
     rt: tokio::runtime::Runtime,
+    /// Lines added to the manifest's `relay` block.
+    relay_extra: String,
 }
 
 impl Deployment {
     /// `db_users`: the database users alice's role allows (KDL arguments, e.g. `app readonly`).
     fn new(db_users: &str) -> Deployment {
+        Deployment::with_relay(db_users, "")
+    }
+
+    /// Like [`Deployment::new`], with `relay_extra` added to the manifest's `relay` block.
+    fn with_relay(db_users: &str, relay_extra: &str) -> Deployment {
         let dir = tempfile::Builder::new()
             .prefix("dbward-relay-deploy-")
             .tempdir()
@@ -683,6 +690,7 @@ impl Deployment {
                 .enable_all()
                 .build()
                 .unwrap(),
+            relay_extra: relay_extra.to_owned(),
         };
         deployment.apply(db_users);
         let out = deployment.out();
@@ -752,6 +760,7 @@ relay {{
     client-cert-ttl "1h"
     audit "{audit}" queries=#true
     metrics "127.0.0.1:{metrics}"
+    {relay_extra}
 }}
 database shop {{
     postgres host="127.0.0.1" port={pg} version=15
@@ -789,6 +798,7 @@ user alice {{
             audit = self.audit().display(),
             pg = self.cluster.port,
             config_dir = self.cluster.config_dir().display(),
+            relay_extra = self.relay_extra,
         );
         fs::write(self.path("manifest.kdl"), manifest).unwrap();
         self.dbward(&[
@@ -846,6 +856,48 @@ user alice {{
 
     /// A tokio-postgres session as alice logging in as `user`, held open by the caller.
     fn connect(&self, user: &str) -> tokio_postgres::Client {
+        self.try_connect(user).unwrap_or_else(|e| {
+            panic!(
+                "connect as {user} through the relay: {e}: {:?}",
+                e.as_db_error()
+            )
+        })
+    }
+
+    /// Like [`Deployment::connect`], returning the error.
+    fn try_connect(&self, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        self.connect_watched(user).map(|(client, _)| client)
+    }
+
+    /// A session and its connection task, which ends with the error the server sent (a FATAL
+    /// that ends the session arrives there, not at a query).
+    fn connect_watched(
+        &self,
+        user: &str,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+        ),
+        tokio_postgres::Error,
+    > {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("shop.db.localhost")
+            .hostaddr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .port(self.port)
+            .user(user)
+            .dbname("shop")
+            .ssl_mode(tokio_postgres::config::SslMode::Require)
+            .connect_timeout(Duration::from_secs(10));
+        self.rt.block_on(async {
+            let (client, connection) = config.connect(self.alice_tls()).await?;
+            Ok((client, tokio::spawn(connection)))
+        })
+    }
+
+    /// The TLS config alice's tokio-postgres sessions use (also for cancel requests).
+    fn alice_tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
         let alice = self.path("alice");
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(alice.join("root.crt")).unwrap() {
@@ -864,28 +916,7 @@ user alice {{
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap();
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("shop.db.localhost")
-            .hostaddr(IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .port(self.port)
-            .user(user)
-            .dbname("shop")
-            .ssl_mode(tokio_postgres::config::SslMode::Require)
-            .connect_timeout(Duration::from_secs(10));
-        self.rt.block_on(async {
-            let (client, connection) = config
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-                .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "connect as {user} through the relay: {e}: {:?}",
-                        e.as_db_error()
-                    )
-                });
-            tokio::spawn(connection);
-            client
-        })
+        tokio_postgres_rustls::MakeRustlsConnect::new(tls)
     }
 
     /// Runs `select <n>` on a held session and returns the number.
@@ -1210,4 +1241,242 @@ fn sessions_spread_over_the_session_threads_and_each_is_served() {
     );
     // A thread that served and ended sessions serves new ones.
     assert_eq!(deployment.psql("app", "select 41 + 1"), Ok("42".to_owned()));
+}
+
+/// The SQLSTATE of the error a session's connection task ended with.
+fn ended_with(
+    deployment: &Deployment,
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) -> String {
+    let ended = deployment
+        .rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), connection).await })
+        .expect("the session was not ended within 10 s")
+        .unwrap();
+    let error = ended.expect_err("the session ended without an error");
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("no server error: {error:?}"));
+    assert_eq!(db.severity(), "FATAL", "{db:?}");
+    format!("{} {}", db.code().code(), db.message())
+}
+
+#[test]
+fn idle_sessions_are_ended_with_a_fatal_the_client_reads_and_active_ones_are_not() {
+    let deployment = Deployment::with_relay(
+        "app",
+        "idle-timeout \"3s\"\n    idle-in-transaction-timeout \"1s\"",
+    );
+    let relay = deployment.relay();
+
+    // Real psql, idle after its first query; it reads the FATAL when it sends the next one.
+    let mut psql = Command::new(psql_path())
+        .args(["-X", "-A", "-t"])
+        .arg(deployment.conninfo("app"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = psql.stdin.take().unwrap();
+    writeln!(stdin, "select 'before';").unwrap();
+    let started = Instant::now();
+
+    // Idle in a transaction: ended by the shorter limit, with PostgreSQL's 25P03.
+    let (in_transaction, connection) = deployment.connect_watched("app").unwrap();
+    deployment
+        .rt
+        .block_on(in_transaction.batch_execute("begin"))
+        .unwrap();
+    let began = Instant::now();
+    assert_eq!(
+        ended_with(&deployment, connection),
+        "25P03 terminating connection due to idle-in-transaction timeout"
+    );
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
+        "idle in transaction ended after {took:?}, expected about 1 s"
+    );
+
+    // A session that keeps working, and a query that runs longer than both limits, are not
+    // idle: both outlive the idle timeout.
+    let (busy, _) = deployment.connect_watched("app").unwrap();
+    let sleeping = deployment
+        .rt
+        .spawn(async move { busy.simple_query("select pg_sleep(4.5)").await.map(|_| ()) });
+    let active = deployment.connect("app");
+    for n in 0..10 {
+        assert_eq!(deployment.select(&active, n).unwrap(), n);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    deployment
+        .rt
+        .block_on(sleeping)
+        .unwrap()
+        .expect("a query running longer than the idle timeout is not idle");
+
+    // psql has been idle for well over 3 s by now.
+    assert!(started.elapsed() > Duration::from_secs(4));
+    writeln!(stdin, "select 'after';").unwrap();
+    drop(stdin);
+    let out = psql.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("before"), "{stdout}");
+    assert!(!stdout.contains("after"), "{stdout}");
+    assert!(
+        stderr.contains("FATAL:  terminating connection due to idle-session timeout"),
+        "psql said: {stderr}"
+    );
+    assert!(stderr.contains("relay idle-timeout"), "no hint: {stderr}");
+
+    // Audited with their reasons, and counted; the active sessions go on.
+    let audit = deployment.audit();
+    let ends = wait_for(Duration::from_secs(5), || {
+        let ends: Vec<_> = audit_lines(&audit)
+            .into_iter()
+            .filter(|e| e["event"] == "session.end")
+            .collect();
+        (ends.len() >= 3).then_some(ends)
+    })
+    .unwrap_or_else(|| panic!("no session.end events: {:?}", audit_lines(&audit)));
+    let mut reasons: Vec<_> = ends
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or("(none)").to_owned())
+        .collect();
+    reasons.sort();
+    // The session whose long query completed ended when its client was dropped.
+    assert_eq!(
+        reasons,
+        [
+            "client_closed",
+            "idle_in_transaction_timeout",
+            "idle_timeout"
+        ]
+    );
+    assert_eq!(
+        relay.metric("dbward_sessions_ended_total{reason=\"idle_timeout\"}"),
+        1.0
+    );
+    assert_eq!(
+        relay.metric("dbward_sessions_ended_total{reason=\"idle_in_transaction_timeout\"}"),
+        1.0
+    );
+    assert_eq!(relay.metric("dbward_sessions_active"), 1.0);
+    assert_eq!(deployment.select(&active, 42).unwrap(), 42);
+
+    // A session that ends normally says so.
+    drop(active);
+    let closed = wait_for(Duration::from_secs(5), || {
+        (relay.metric("dbward_sessions_ended_total{reason=\"client_closed\"}") >= 2.0).then_some(())
+    });
+    assert!(closed.is_some(), "{}", relay.get("/metrics").2);
+}
+
+#[test]
+fn the_open_file_limit_caps_sessions_and_keeps_metrics_and_cancel_working() {
+    let deployment = Deployment::new("app");
+    // 160 descriptors: 64 reserved, 2 for the one session thread, 64 for connections over the
+    // limit, so 15 sessions of two.
+    let child = Command::new("prlimit")
+        .arg("--nofile=160:160")
+        .arg("--")
+        .arg(workspace_bin("dbward-relay"))
+        .arg("--config")
+        .arg(deployment.out().join("relay/frozen.json"))
+        .args(["--threads", "1"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(deployment.path("relay.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut relay = Running {
+        child,
+        log: deployment.path("relay.log"),
+        port: deployment.port,
+        metrics_port: deployment.metrics_port,
+    };
+    let up = wait_for(Duration::from_secs(20), || {
+        if let Ok(Some(status)) = relay.child.try_wait() {
+            panic!("the relay exited with {status}:\n{}", relay.log());
+        }
+        (connects(relay.port) && connects(relay.metrics_port)).then_some(())
+    });
+    assert!(up.is_some(), "the relay did not listen:\n{}", relay.log());
+    relay.wait_log("connection limit in force");
+    assert_eq!(relay.metric("dbward_connection_limit"), 15.0);
+    assert_eq!(relay.metric("dbward_open_files_limit"), 160.0);
+
+    // Sessions until one is refused (the old relay ran out of descriptors instead, around 70,
+    // and said "Too many open files").
+    let mut sessions = Vec::new();
+    let refusal = loop {
+        match deployment.try_connect("app") {
+            Ok(client) => sessions.push(client),
+            Err(error) => break error,
+        }
+        assert!(sessions.len() <= 100, "no limit after 100 sessions");
+    };
+    assert_eq!(
+        sessions.len(),
+        15,
+        "refused after {} sessions",
+        sessions.len()
+    );
+    let db = refusal
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {refusal:?}"));
+    assert_eq!(db.code().code(), "53300", "{db:?}");
+    assert!(
+        db.message()
+            .contains("too many connections to the dbward relay (limit 15)"),
+        "{db:?}"
+    );
+    // psql reads the same.
+    let refused = deployment.psql("app", "select 1").unwrap_err();
+    assert!(refused.contains("too many connections"), "{refused}");
+    assert!(!refused.contains("Too many open files"), "{refused}");
+
+    // The operations endpoint still answers.
+    assert_eq!(relay.get("/livez").0, 200);
+    assert_eq!(relay.metric("dbward_sessions_active"), 15.0);
+    assert!(relay.metric("dbward_sessions_denied_total{reason=\"connection_limit\"}") >= 2.0);
+
+    // A cancel request for a live session still cancels its query.
+    let victim = sessions.pop().unwrap();
+    let token = victim.cancel_token();
+    let sleeper = deployment
+        .rt
+        .spawn(async move { victim.simple_query("select pg_sleep(60)").await });
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    deployment
+        .rt
+        .block_on(token.cancel_query(deployment.alice_tls()))
+        .expect("send the cancel request");
+    let result = deployment
+        .rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), sleeper).await })
+        .expect("the query was not cancelled within 10 s")
+        .unwrap();
+    let error = result.expect_err("the query was cancelled");
+    assert_eq!(
+        error.as_db_error().map(|db| db.code().code()),
+        Some("57014"),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        relay.child.try_wait().unwrap(),
+        None,
+        "the relay died:\n{}",
+        relay.log()
+    );
+    assert!(
+        !relay.log().contains("Too many open files"),
+        "{}",
+        relay.log()
+    );
 }

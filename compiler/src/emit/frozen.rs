@@ -75,13 +75,22 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
                 queries: audit.queries,
             }),
             metrics: relay.metrics.clone(),
-            limits: frozen::Limits::default(),
+            limits: frozen::Limits {
+                idle_timeout_ms: millis(relay.idle_timeout),
+                idle_in_transaction_timeout_ms: millis(relay.idle_in_transaction_timeout),
+                ..frozen::Limits::default()
+            },
         },
         databases,
         access,
     };
     config.seal();
     Ok(config)
+}
+
+/// A timeout in the frozen config's milliseconds, `0` meaning off.
+fn millis(timeout: Option<std::time::Duration>) -> u64 {
+    timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A `relay/…` layout path relative to `relay/`, where frozen.json lives.

@@ -7,12 +7,19 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::rules::durations::parse_duration;
+use super::rules::durations::{parse_duration, parse_timeout};
 use super::types::*;
 use crate::syntax::ast::{Manifest, Node};
 
 /// `client-cert-ttl` when the manifest does not say.
 pub const DEFAULT_CLIENT_CERT_TTL: Duration = Duration::from_secs(12 * 3600);
+/// `idle-timeout` when the manifest does not say (see [`dbward_frozen::DEFAULT_IDLE_TIMEOUT_MS`]
+/// for why).
+pub const DEFAULT_IDLE_TIMEOUT: Duration =
+    Duration::from_millis(dbward_frozen::DEFAULT_IDLE_TIMEOUT_MS);
+/// `idle-in-transaction-timeout` when the manifest does not say.
+pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration =
+    Duration::from_millis(dbward_frozen::DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS);
 /// `postgres port=` when the manifest does not say.
 pub const DEFAULT_PORT: u16 = 5432;
 /// `admin-user default-database=` when the manifest does not say.
@@ -94,6 +101,12 @@ fn relay(node: &Node) -> Relay {
         client_cert_ttl: child_str(node, "client-cert-ttl")
             .and_then(|s| parse_duration(&s).ok())
             .unwrap_or(DEFAULT_CLIENT_CERT_TTL),
+        idle_timeout: timeout(node, "idle-timeout", DEFAULT_IDLE_TIMEOUT),
+        idle_in_transaction_timeout: timeout(
+            node,
+            "idle-in-transaction-timeout",
+            DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT,
+        ),
         audit: node.child("audit").map(|a| Audit {
             path: a.first_str().unwrap_or_default().to_string(),
             queries: a
@@ -102,6 +115,14 @@ fn relay(node: &Node) -> Relay {
                 .unwrap_or(false),
         }),
         metrics: child_str(node, "metrics"),
+    }
+}
+
+/// A timeout child: its duration, `None` for `"off"`, `default` when absent.
+fn timeout(node: &Node, name: &str, default: Duration) -> Option<Duration> {
+    match child_str(node, name) {
+        Some(text) => parse_timeout(&text).unwrap_or(Some(default)),
+        None => Some(default),
     }
 }
 

@@ -35,6 +35,10 @@ pub struct Relay {
     pub public_name: String,
     /// `client-cert-ttl`: lifetime of user certificates from `dbward cert issue`.
     pub client_cert_ttl: Duration,
+    /// `idle-timeout`; `None` when turned off (`"off"`).
+    pub idle_timeout: Option<Duration>,
+    /// `idle-in-transaction-timeout`; `None` when turned off.
+    pub idle_in_transaction_timeout: Option<Duration>,
     pub audit: Option<Audit>,
     /// `metrics "host:port"`.
     pub metrics: Option<String>,

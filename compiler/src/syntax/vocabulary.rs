@@ -192,6 +192,22 @@ static VOCABULARY: &[NodeSpec] = &[
         )
     },
     NodeSpec {
+        args: args(S, 1, Some(1), "a duration such as \"15m\", or \"off\""),
+        ..node(
+            "relay/idle-timeout",
+            "end a session idle (waiting for its client, outside a transaction) this long \
+             (default \"15m\"; \"off\" turns it off)",
+        )
+    },
+    NodeSpec {
+        args: args(S, 1, Some(1), "a duration such as \"5m\", or \"off\""),
+        ..node(
+            "relay/idle-in-transaction-timeout",
+            "end a session idle this long inside an open transaction (default \"5m\"; \"off\" \
+             turns it off)",
+        )
+    },
+    NodeSpec {
         args: args(S, 1, Some(1), "a file path"),
         props: &[prop("queries", ValueKind::Bool, false)],
         ..node(

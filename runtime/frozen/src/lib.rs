@@ -88,6 +88,17 @@ pub struct Audit {
     pub queries: bool,
 }
 
+/// `idle-timeout` when the manifest does not say: 15 minutes, the idle limit after which
+/// PCI DSS (requirement 8.2.8) wants a person to authenticate again. A forgotten psql on an
+/// unlocked laptop should not keep a database session open all day; psql reconnects by itself
+/// and connection pools replace closed connections.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+
+/// `idle-in-transaction-timeout` when the manifest does not say: 5 minutes. An open transaction
+/// holds locks and the oldest snapshot (blocking vacuum); nobody legitimately thinks that long
+/// inside one.
+pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
 /// Operational limits of the relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +111,13 @@ pub struct Limits {
     pub drain_timeout_ms: u64,
     /// Time allowed to connect and authenticate to an upstream.
     pub upstream_connect_timeout_ms: u64,
+    /// A session waiting for its client (no query running, not in a transaction) with no byte
+    /// in either direction for this long is ended with FATAL 57P05, as PostgreSQL's
+    /// `idle_session_timeout` does. `0` turns it off.
+    pub idle_timeout_ms: u64,
+    /// The same inside an open transaction (the last ReadyForQuery said `T` or `E`): FATAL
+    /// 25P03, as PostgreSQL's `idle_in_transaction_session_timeout`. `0` turns it off.
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -109,6 +127,8 @@ impl Default for Limits {
             handshake_timeout_ms: 10_000,
             drain_timeout_ms: 30_000,
             upstream_connect_timeout_ms: 10_000,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            idle_in_transaction_timeout_ms: DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS,
         }
     }
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::metrics::{DenyReason, counter, gauge};
+use crate::metrics::{DenyReason, EndReason, counter, gauge};
 
 /// Events queued between sessions and the writer. Beyond this, events are dropped and counted
 /// (`dbward_audit_events_dropped_total`) rather than making a session wait.
@@ -90,6 +90,7 @@ enum Kind {
         duration: Duration,
         client_to_server: u64,
         server_to_client: u64,
+        reason: EndReason,
     },
     Denied {
         reason: DenyReason,
@@ -280,13 +281,15 @@ impl AuditSink {
         self.send(session, Kind::Start);
     }
 
-    /// `session.end`, with how long the session lasted and the bytes relayed each way.
+    /// `session.end`, with how long the session lasted, the bytes relayed each way and why
+    /// it ended.
     pub fn session_end(
         &self,
         session: &Arc<SessionInfo>,
         duration: Duration,
         client_to_server: u64,
         server_to_client: u64,
+        reason: EndReason,
     ) {
         self.send(
             session,
@@ -294,6 +297,7 @@ impl AuditSink {
                 duration,
                 client_to_server,
                 server_to_client,
+                reason,
             },
         );
     }
@@ -443,8 +447,10 @@ impl Writer {
                 duration,
                 client_to_server,
                 server_to_client,
+                reason,
             } => {
                 line.event = "session.end";
+                line.reason = Some(reason.as_str());
                 line.duration_ms = Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
                 line.bytes_client_to_server = Some(*client_to_server);
                 line.bytes_server_to_client = Some(*server_to_client);
@@ -573,7 +579,13 @@ mod tests {
         sink.session_start(&session);
         sink.session_query(&session, QueryMessage::Query, b"select 1");
         sink.session_query(&session, QueryMessage::Parse, b"select \"\n\xff");
-        sink.session_end(&session, Duration::from_millis(1500), 10, 20);
+        sink.session_end(
+            &session,
+            Duration::from_millis(1500),
+            10,
+            20,
+            EndReason::ClientClosed,
+        );
         let mut refused = SessionInfo::new(8, session.client_addr);
         refused.identity = Some("mallory".into());
         sink.session_denied(
@@ -616,6 +628,7 @@ mod tests {
         assert_eq!(events[2]["protocol"], "parse");
         assert_eq!(events[3]["duration_ms"], 1500);
         assert_eq!(events[3]["bytes_server_to_client"], 20);
+        assert_eq!(events[3]["reason"], "client_closed");
         assert_eq!(events[4]["reason"], "no_access");
         assert_eq!(events[4]["db_user"], serde_json::Value::Null);
         assert_ne!(events[0]["session"], events[4]["session"]);

@@ -9,6 +9,13 @@
 //!
 //! **Socket options** (TCP_NODELAY, keepalive) are set once on the listening socket: Linux
 //! copies them into every accepted socket, which saves five system calls per connection.
+//!
+//! **Descriptors.** A session holds two (client and upstream). [`FdBudget`] raises the soft
+//! open-file limit to the hard one at startup and caps the connection limit so that sessions can
+//! never take the descriptors the listener, the metrics endpoint, the audit log, reloads and
+//! cancel forwarding need. Connections over the limit are still negotiated (their CancelRequest
+//! is served, a session reads "too many connections"), but only [`OVER_LIMIT_CONNECTIONS`] at a
+//! time; beyond that they are closed at once, so a flood cannot exhaust the descriptors either.
 
 use std::io;
 use std::sync::Arc;
@@ -59,6 +66,60 @@ pub async fn run_on(
 /// The worker that runs the accept loop.
 const HOME: usize = 0;
 
+/// Connections over the limit negotiated at once (each holds its socket, and a CancelRequest
+/// one more to the upstream, for at most the handshake timeout); further ones are closed at
+/// once.
+pub const OVER_LIMIT_CONNECTIONS: usize = 32;
+
+/// Descriptors kept for everything but sessions: standard streams, the runtimes' epoll and wake
+/// descriptors and the signal pipe, the two listening sockets, the audit log (two while it is
+/// reopened), `/metrics` scrapes, config and certificate files read on reload, DNS lookups and
+/// cloud credential requests. Counted generously: descriptors left over are harmless, missing
+/// ones break the relay for everyone.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// The open-file limit and the connections it leaves room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    /// The soft `RLIMIT_NOFILE` in force.
+    pub open_files: u64,
+    /// Sessions that fit: two descriptors each, after the reserve, the session threads' own
+    /// (two each) and two for each connection over the limit.
+    pub sessions: usize,
+}
+
+impl FdBudget {
+    /// Raises the soft open-file limit to the hard limit (a process may always do that), and
+    /// derives the budget from the result. Falls back to the limit as it was when it cannot be
+    /// raised, and to no cap when it cannot even be read.
+    pub fn raise(threads: usize) -> Option<FdBudget> {
+        let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => limit,
+            Err(error) => {
+                tracing::warn!(%error, "cannot raise the open-file limit");
+                rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?.0
+            }
+        };
+        Some(FdBudget::for_limit(open_files, threads))
+    }
+
+    /// The budget under an open-file limit of `open_files` with `threads` session threads.
+    pub fn for_limit(open_files: u64, threads: usize) -> FdBudget {
+        let reserved =
+            RESERVED_DESCRIPTORS + 2 * threads as u64 + 2 * OVER_LIMIT_CONNECTIONS as u64;
+        let sessions = open_files.saturating_sub(reserved) / 2;
+        FdBudget {
+            open_files,
+            sessions: usize::try_from(sessions).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The smallest open-file limit that leaves room for `sessions`.
+    pub fn needed(sessions: u64, threads: usize) -> u64 {
+        RESERVED_DESCRIPTORS + 2 * threads as u64 + 2 * OVER_LIMIT_CONNECTIONS as u64 + 2 * sessions
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -68,6 +129,7 @@ async fn accept_loop(
     session::tune_socket(&listener);
     let tracker = TaskTracker::new();
     let open = Arc::new(AtomicUsize::new(0));
+    let over_limit = Arc::new(AtomicUsize::new(0));
     loop {
         let (tcp, peer) = tokio::select! {
             biased;
@@ -82,12 +144,19 @@ async fn accept_loop(
                 }
             },
         };
-        let max = shared.current().config.relay.limits.max_connections as usize;
-        let slot = Slot::take(&open, max);
-        let admission = match slot {
-            Some(_) => Admission::Admitted,
-            // Still negotiated, so that the client reads why it was refused.
-            None => Admission::OverLimit(max),
+        let max = shared.connection_limit();
+        let (admission, slot) = match Slot::take(&open, max) {
+            Some(slot) => (Admission::Admitted, slot),
+            // Still negotiated, so that the client reads why it was refused and a CancelRequest
+            // is served, while few enough are that descriptors remain for everything else.
+            None => match Slot::take(&over_limit, OVER_LIMIT_CONNECTIONS) {
+                Some(slot) => (Admission::OverLimit(max), slot),
+                None => {
+                    shared.metrics.connection_refused();
+                    tracing::debug!(%peer, "over the connection limit; closed at once");
+                    continue;
+                }
+            },
         };
         let connection = Connection {
             peer,
@@ -115,7 +184,8 @@ struct Connection {
     peer: std::net::SocketAddr,
     admission: Admission,
     shared: Arc<Shared>,
-    slot: Option<Slot>,
+    /// Counts the connection under the limit, or among those negotiated over it.
+    slot: Slot,
 }
 
 impl Connection {
@@ -289,6 +359,20 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_descriptor_budget_keeps_room_for_everything_but_sessions() {
+        // 1,024 (a common default): 64 reserved, 2 for one session thread, 64 for connections
+        // over the limit; the rest is 447 sessions of two.
+        assert_eq!(FdBudget::for_limit(1024, 1).sessions, 447);
+        assert_eq!(FdBudget::needed(447, 1), 1024);
+        assert_eq!(FdBudget::for_limit(100, 1).sessions, 0);
+        assert_eq!(FdBudget::for_limit(0, 4).sessions, 0);
+        assert_eq!(
+            FdBudget::for_limit(u64::MAX, 1024).sessions as u64,
+            (u64::MAX - 64 - 2048 - 64) / 2
+        );
+    }
 
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_and_keepalive_from_the_listener() {

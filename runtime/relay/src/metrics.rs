@@ -73,6 +73,53 @@ impl DenyReason {
     }
 }
 
+/// Why a relayed session ended. Each reason is one label value of
+/// `dbward_sessions_ended_total` and the `reason` field of a `session.end` audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client closed its connection (Terminate, or end of stream).
+    ClientClosed,
+    /// The upstream closed its connection (the database ended the session: shutdown,
+    /// `pg_terminate_backend`, its own timeouts).
+    UpstreamClosed,
+    /// Reading from or writing to the client failed (reset, broken pipe, TLS error).
+    ClientError,
+    /// Reading from or writing to the upstream failed.
+    UpstreamError,
+    /// Idle outside a transaction for `limits.idle_timeout_ms` (FATAL 57P05 sent).
+    IdleTimeout,
+    /// Idle inside a transaction for `limits.idle_in_transaction_timeout_ms` (FATAL 25P03).
+    IdleInTransactionTimeout,
+}
+
+impl EndReason {
+    /// Every reason, in the order they are rendered.
+    pub const ALL: [EndReason; 6] = [
+        EndReason::ClientClosed,
+        EndReason::UpstreamClosed,
+        EndReason::ClientError,
+        EndReason::UpstreamError,
+        EndReason::IdleTimeout,
+        EndReason::IdleInTransactionTimeout,
+    ];
+
+    /// The stable snake_case name used as a metric label and in audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientClosed => "client_closed",
+            EndReason::UpstreamClosed => "upstream_closed",
+            EndReason::ClientError => "client_error",
+            EndReason::UpstreamError => "upstream_error",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::IdleInTransactionTimeout => "idle_in_transaction_timeout",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Upper bounds, in seconds, of the upstream connect latency buckets. Connecting includes TCP,
 /// TLS and authentication, so the range spans a LAN (1 ms) to a slow cloud login (10 s).
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -122,6 +169,12 @@ pub struct Metrics {
     sessions_active: AtomicI64,
     sessions_total: AtomicU64,
     denied: [AtomicU64; DenyReason::ALL.len()],
+    ended: [AtomicU64; EndReason::ALL.len()],
+    /// The connection limit in force: `limits.max_connections`, or less when the descriptor
+    /// limit allows fewer (see [`crate::listener::FdBudget`]).
+    connection_limit: AtomicU64,
+    /// The process's open-file limit (soft `RLIMIT_NOFILE`) after startup raised it.
+    fd_limit: AtomicU64,
     bytes_client_to_server: AtomicU64,
     bytes_server_to_client: AtomicU64,
     handshake_failures: AtomicU64,
@@ -149,9 +202,26 @@ impl Metrics {
         self.sessions_active.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A started session ended.
-    pub fn session_ended(&self) {
+    /// A started session ended, for `reason`.
+    pub fn session_ended(&self, reason: EndReason) {
         self.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        self.ended[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many sessions ended for `reason` so far.
+    pub fn ended_count(&self, reason: EndReason) -> u64 {
+        self.ended[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Records the connection limit in force (at startup and after each reload).
+    pub fn set_connection_limit(&self, limit: usize) {
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        self.connection_limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Records the open-file limit the relay runs with.
+    pub fn set_open_files(&self, limit: u64) {
+        self.fd_limit.store(limit, Ordering::Relaxed);
     }
 
     /// Bytes a session just relayed each way (counted as they pass, not at its end).
@@ -234,6 +304,38 @@ impl Metrics {
                 load(&self.denied[reason.index()])
             );
         }
+        let name = "dbward_sessions_ended_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Sessions that ended, by reason.\n# TYPE {name} counter"
+        );
+        for reason in EndReason::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                load(&self.ended[reason.index()])
+            );
+        }
+        let limit = load(&self.connection_limit);
+        if limit > 0 {
+            gauge(
+                out,
+                "dbward_connection_limit",
+                "Connections the relay admits at once: limits.max_connections, or fewer when \
+                 the open-file limit allows fewer.",
+                i64::try_from(limit).unwrap_or(i64::MAX),
+            );
+        }
+        if load(&self.fd_limit) > 0 {
+            gauge(
+                out,
+                "dbward_open_files_limit",
+                "The process's open-file limit (RLIMIT_NOFILE), raised to the hard limit at \
+                 startup.",
+                i64::try_from(load(&self.fd_limit)).unwrap_or(i64::MAX),
+            );
+        }
         counter(
             out,
             "dbward_client_to_server_bytes_total",
@@ -310,7 +412,7 @@ mod tests {
         metrics.session_started();
         assert_eq!(metrics.sessions_active(), 1);
         metrics.bytes_relayed(10, 2000);
-        metrics.session_ended();
+        metrics.session_ended(EndReason::IdleTimeout);
         metrics.session_denied(DenyReason::NoAccess);
         metrics.session_denied(DenyReason::NoAccess);
         metrics.connection_refused();
@@ -322,6 +424,8 @@ mod tests {
         for line in [
             "dbward_sessions_active 0",
             "dbward_sessions_total 1",
+            "dbward_sessions_ended_total{reason=\"idle_timeout\"} 1",
+            "dbward_sessions_ended_total{reason=\"client_closed\"} 0",
             "dbward_sessions_denied_total{reason=\"no_access\"} 2",
             "dbward_sessions_denied_total{reason=\"connection_limit\"} 1",
             "dbward_sessions_denied_total{reason=\"tls_required\"} 0",

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditSink, OpenError};
 use crate::config::{self, ConfigError};
-use crate::listener::Workers;
+use crate::listener::{FdBudget, Workers};
 use crate::metrics::Metrics;
 use crate::state::Shared;
 
@@ -72,6 +72,11 @@ pub enum ServeError {
         signal: &'static str,
         source: std::io::Error,
     },
+    #[error(
+        "the open-file limit ({open_files}) leaves no descriptors for sessions; raise it to at \
+         least {needed} (`ulimit -n`, or LimitNOFILE= in the systemd unit)"
+    )]
+    Descriptors { open_files: u64, needed: u64 },
     #[error("cannot start the session threads: {0}")]
     Threads(std::io::Error),
     #[error("the relay stopped: {0}")]
@@ -115,6 +120,9 @@ pub fn reload(shared: &Shared, config_path: &Path) -> bool {
             let checksum = loaded.config.checksum.clone();
             shared.replace_config(loaded);
             shared.metrics.config_reloaded(true);
+            shared
+                .metrics
+                .set_connection_limit(shared.connection_limit());
             tracing::info!(
                 %checksum,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -150,6 +158,7 @@ pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeErro
     );
     let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()));
     let health = Arc::new(Health::default());
+    limit_connections(&shared, threads)?;
 
     // Install signal handlers before listening, so a SIGTERM right after "listening" drains
     // rather than killing the process with the default action.
@@ -234,6 +243,42 @@ pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeErro
         _ = interrupt.recv() => second_signal(&shared).await,
     }
     flush_audit(&shared).await;
+    Ok(())
+}
+
+/// Raises the open-file limit and caps the connection limit at what it leaves room for, so that
+/// sessions can never take the descriptors that the listener, `/metrics`, the audit log,
+/// reloads and cancel forwarding need; logs the limit in force.
+fn limit_connections(shared: &Shared, threads: usize) -> Result<(), ServeError> {
+    let configured = shared.current().config.relay.limits.max_connections;
+    if let Some(budget) = FdBudget::raise(threads) {
+        if budget.sessions == 0 {
+            return Err(ServeError::Descriptors {
+                open_files: budget.open_files,
+                needed: FdBudget::needed(1, threads),
+            });
+        }
+        shared.cap_connections(budget.sessions);
+        shared.metrics.set_open_files(budget.open_files);
+        if budget.sessions < configured as usize {
+            tracing::warn!(
+                open_files = budget.open_files,
+                max_connections = configured,
+                connection_limit = budget.sessions,
+                "the open-file limit leaves room for fewer connections than \
+                 limits.max_connections (two descriptors each); raise the hard limit \
+                 (LimitNOFILE= in the systemd unit) to at least {} to serve them all",
+                FdBudget::needed(u64::from(configured), threads)
+            );
+        }
+    }
+    let limit = shared.connection_limit();
+    shared.metrics.set_connection_limit(limit);
+    tracing::info!(
+        connection_limit = limit,
+        max_connections = configured,
+        "connection limit in force"
+    );
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! - After startup the bytes are relayed as they are; only frame headers (and the SQL text of
 //!   Query/Parse messages, when audit asks for it) are looked at.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,12 +26,12 @@ use tokio_rustls::server::{StartHandshake, TlsStream};
 
 use crate::audit::{QueryMessage, SessionInfo};
 use crate::cancel::CancelTarget;
-use crate::metrics::{DenyReason, Metrics};
+use crate::metrics::{DenyReason, EndReason, Metrics};
 use crate::protocol::backend::{
-    self, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION, PROTOCOL_VIOLATION,
-    TOO_MANY_CONNECTIONS,
+    self, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+    IDLE_SESSION_TIMEOUT, INVALID_AUTHORIZATION, PROTOCOL_VIOLATION, TOO_MANY_CONNECTIONS,
 };
-use crate::protocol::frames::{QueryKind, QueryScanner};
+use crate::protocol::frames::{FrameWalker, QueryKind, QueryScanner};
 use crate::protocol::options::{self, DATABASE_OPTION};
 use crate::protocol::startup::PROTOCOL_3_0;
 use crate::protocol::{ClientKey, Startup, StartupError, StartupMessage};
@@ -764,26 +765,32 @@ async fn session(
         shared.audit.session_query(&info, message, sql);
     };
     // Bytes the client sent behind its StartupMessage (a pipelined query) are relayed like any
-    // others: through the query scanner and the counters.
-    let (from_client, to_client) = relay(
+    // others: through the query scanner, the idle watch and the counters.
+    let relayed = relay(
         *client,
         upstream.stream,
         leftover,
         audit_queries.then_some(&mut on_query),
         Some(&shared.metrics),
+        IdleLimits::from_limits(limits),
     )
     .await;
     drop(registration);
 
-    shared
-        .audit
-        .session_end(&info, started.elapsed(), from_client, to_client);
-    shared.metrics.session_ended();
+    shared.audit.session_end(
+        &info,
+        started.elapsed(),
+        relayed.from_client,
+        relayed.to_client,
+        relayed.end,
+    );
+    shared.metrics.session_ended(relayed.end);
     tracing::info!(
         session = info.id,
         duration_ms = started.elapsed().as_millis() as u64,
-        from_client,
-        to_client,
+        from_client = relayed.from_client,
+        to_client = relayed.to_client,
+        reason = relayed.end.as_str(),
         "session ended"
     );
 }
@@ -810,10 +817,150 @@ async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io:
 /// Called with the SQL text of every Query and Parse message the client sends.
 pub type OnQuery<'a> = dyn FnMut(QueryKind, &[u8]) + Send + 'a;
 
-/// Relays both directions until either side ends, then closes both. `pending` holds client
-/// bytes already read (those that came behind the StartupMessage): they go first, and are
-/// scanned and counted like every other client byte. Returns the bytes relayed from the client
-/// and to the client; with `metrics`, they are also counted there as they pass, so `/metrics`
+/// How long a session may wait for its client before the relay ends it; `None` turns a limit
+/// off. The semantics are PostgreSQL's `idle_session_timeout` and
+/// `idle_in_transaction_session_timeout`: a session is idle when no request of the client is
+/// outstanding (every Query, Sync and FunctionCall has had its ReadyForQuery) and no byte has
+/// passed either way since; which limit applies follows the last ReadyForQuery's status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdleLimits {
+    /// Outside a transaction (ReadyForQuery `I`).
+    pub idle: Option<Duration>,
+    /// Inside a transaction, open or failed (ReadyForQuery `T` or `E`).
+    pub in_transaction: Option<Duration>,
+}
+
+impl IdleLimits {
+    /// The limits of a frozen config (`0` is off).
+    pub fn from_limits(limits: &dbward_frozen::Limits) -> IdleLimits {
+        let limit = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        IdleLimits {
+            idle: limit(limits.idle_timeout_ms),
+            in_transaction: limit(limits.idle_in_transaction_timeout_ms),
+        }
+    }
+
+    /// The shorter of the limits that are on.
+    fn shortest(&self) -> Option<Duration> {
+        match (self.idle, self.in_transaction) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// How a relayed session went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// Bytes relayed from the client, and to it.
+    pub from_client: u64,
+    pub to_client: u64,
+    pub end: EndReason,
+}
+
+/// Frontend messages that the server answers with exactly one ReadyForQuery.
+fn expects_ready(tag: u8) -> bool {
+    matches!(tag, b'Q' | b'S' | b'F')
+}
+
+/// Watches a session for idleness at the cost of one clock read per wake-up that moved bytes
+/// (no timer is touched per read): one sleep is armed for the shortest limit, and when it fires
+/// it checks what happened since and either ends the session or re-arms for the remainder.
+struct IdleWatch {
+    limits: IdleLimits,
+    shortest: Duration,
+    /// Boxed once per session: a timer entry is large, and a session is pinned to nothing.
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When bytes last moved either way.
+    last_activity: tokio::time::Instant,
+    /// Client messages sent that expect a ReadyForQuery, and ReadyForQuery messages received.
+    requests: FrameWalker,
+    requested: u64,
+    replies: FrameWalker,
+    answered: u64,
+    /// The status byte of the last ReadyForQuery: `I` idle, `T` in a transaction, `E` failed
+    /// transaction. The relay forwards the startup's ReadyForQuery itself, which says `I`.
+    status: u8,
+}
+
+impl IdleWatch {
+    fn new(limits: IdleLimits) -> Option<IdleWatch> {
+        let shortest = limits.shortest()?;
+        let now = tokio::time::Instant::now();
+        Some(IdleWatch {
+            limits,
+            shortest,
+            sleep: Box::pin(tokio::time::sleep_until(now + shortest)),
+            last_activity: now,
+            requests: FrameWalker::default(),
+            requested: 0,
+            replies: FrameWalker::default(),
+            answered: 0,
+            status: b'I',
+        })
+    }
+
+    fn client_bytes(&mut self, chunk: &[u8]) {
+        let requested = &mut self.requested;
+        self.requests.feed(chunk, |tag, _| {
+            if expects_ready(tag) {
+                *requested += 1;
+            }
+        });
+    }
+
+    fn upstream_bytes(&mut self, chunk: &[u8]) {
+        let (answered, status) = (&mut self.answered, &mut self.status);
+        self.replies.feed(chunk, |tag, first| {
+            if tag == backend::tag::READY_FOR_QUERY
+                && let Some(byte) = first
+            {
+                *answered += 1;
+                *status = byte;
+            }
+        });
+    }
+
+    /// Ready with the reason once the session has been idle for its limit.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<EndReason> {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            let now = tokio::time::Instant::now();
+            // A request is outstanding (a query running, a COPY in progress): not idle.
+            let waiting = self.requested <= self.answered;
+            let (limit, reason) = if self.status == b'I' {
+                (self.limits.idle, EndReason::IdleTimeout)
+            } else {
+                (
+                    self.limits.in_transaction,
+                    EndReason::IdleInTransactionTimeout,
+                )
+            };
+            let limit = limit.filter(|_| waiting);
+            if let Some(limit) = limit
+                && now >= self.last_activity + limit
+            {
+                return Poll::Ready(reason);
+            }
+            // Check again when the limit in force would pass, and no later than one shortest
+            // limit after the last activity (or from now): activity since may have moved the
+            // session into a state with a shorter limit.
+            let mut next = self.last_activity + self.shortest;
+            if next <= now {
+                next = now + self.shortest;
+            }
+            if let Some(limit) = limit {
+                next = next.min(self.last_activity + limit);
+            }
+            self.sleep.as_mut().reset(next);
+        }
+        Poll::Pending
+    }
+}
+
+/// Relays both directions until either side ends or the session is idle past its limit, then
+/// closes both. `pending` holds client bytes already read (those that came behind the
+/// StartupMessage): they go first, and are scanned, watched and counted like every other client
+/// byte. With `metrics`, the bytes are also counted there as they pass, so `/metrics`
 /// shows the traffic of long sessions while they run.
 ///
 /// Both directions are driven by one future polling both streams in turn, rather than two
@@ -821,23 +968,31 @@ pub type OnQuery<'a> = dyn FnMut(QueryKind, &[u8]) + Send + 'a;
 /// and costs a second wake-up per round trip. Writes are flushed only once the reader has
 /// nothing more to give, so a burst of messages leaves in as few TLS records and system calls
 /// as possible, while a lone message still leaves at once.
+///
+/// A session idle past `idle` gets the FATAL ErrorResponse PostgreSQL would send (57P05 or
+/// 25P03), and its upstream a Terminate, before both are closed.
 pub async fn relay<C, U>(
     mut client: C,
     mut upstream: U,
     pending: Vec<u8>,
     on_query: Option<&mut OnQuery<'_>>,
     metrics: Option<&Metrics>,
-) -> (u64, u64)
+    idle: IdleLimits,
+) -> Relayed
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut scanner = on_query.map(|callback| (QueryScanner::default(), callback));
+    let mut watch = IdleWatch::new(idle);
     let mut from_client = Pump::new();
     let mut to_client = Pump::new();
     if !pending.is_empty() {
         if let Some((scanner, on_query)) = scanner.as_mut() {
             scanner.feed(&pending, |kind, sql| on_query(kind, sql));
+        }
+        if let Some(watch) = watch.as_mut() {
+            watch.client_bytes(&pending);
         }
         if let Some(metrics) = metrics {
             metrics.bytes_relayed(pending.len() as u64, 0);
@@ -846,36 +1001,125 @@ where
         from_client.end = pending.len();
         from_client.buf = pending;
     }
-    let ended = std::future::poll_fn(|cx| {
+    let end = std::future::poll_fn(|cx| {
         let before = (from_client.bytes, to_client.bytes);
-        let ended = if let Poll::Ready(result) =
-            from_client.poll_copy(cx, &mut client, &mut upstream, scanner.as_mut())
-        {
-            Poll::Ready(("client", result))
-        } else if let Poll::Ready(result) =
-            to_client.poll_copy(cx, &mut upstream, &mut client, None)
-        {
-            Poll::Ready(("upstream", result))
-        } else {
-            Poll::Pending
+        let mut client_chunk = |chunk: &[u8]| {
+            if let Some((scanner, on_query)) = scanner.as_mut() {
+                scanner.feed(chunk, |kind, sql| on_query(kind, sql));
+            }
+            if let Some(watch) = watch.as_mut() {
+                watch.client_bytes(chunk);
+            }
         };
-        if let Some(metrics) = metrics {
-            metrics.bytes_relayed(from_client.bytes - before.0, to_client.bytes - before.1);
+        let ended = match from_client.poll_copy(cx, &mut client, &mut upstream, &mut client_chunk) {
+            Poll::Ready(Ok(())) => Poll::Ready(EndReason::ClientClosed),
+            Poll::Ready(Err(Failed::Read(error))) => Poll::Ready(client_error(error)),
+            Poll::Ready(Err(Failed::Write(error))) => {
+                tracing::debug!(%error, "writing to the upstream failed");
+                Poll::Ready(EndReason::UpstreamError)
+            }
+            Poll::Pending => {
+                let mut upstream_chunk = |chunk: &[u8]| {
+                    if let Some(watch) = watch.as_mut() {
+                        watch.upstream_bytes(chunk);
+                    }
+                };
+                match to_client.poll_copy(cx, &mut upstream, &mut client, &mut upstream_chunk) {
+                    Poll::Ready(Ok(())) => Poll::Ready(EndReason::UpstreamClosed),
+                    Poll::Ready(Err(Failed::Read(error))) => {
+                        tracing::debug!(%error, "reading from the upstream failed");
+                        Poll::Ready(EndReason::UpstreamError)
+                    }
+                    Poll::Ready(Err(Failed::Write(error))) => Poll::Ready(client_error(error)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        };
+        let moved = (from_client.bytes - before.0, to_client.bytes - before.1);
+        if moved != (0, 0) {
+            if let Some(metrics) = metrics {
+                metrics.bytes_relayed(moved.0, moved.1);
+            }
+            if let Some(watch) = watch.as_mut() {
+                watch.last_activity = tokio::time::Instant::now();
+            }
+        }
+        if ended.is_pending()
+            && let Some(watch) = watch.as_mut()
+        {
+            return watch.poll_expired(cx);
         }
         ended
     })
     .await;
-    if let (side, Err(error)) = ended {
-        tracing::debug!(%error, "{side} side ended");
-    }
+
     // Whichever side ended, end the other: a client that quit ends its backend, a backend that
-    // went away (restart, termination) ends the client's session after its last message.
+    // went away (restart, termination) ends the client's session after its last message. An
+    // idle session is told why, in the middle of nothing (both buffers are empty then, unless
+    // a peer stopped reading; then it is only closed).
+    let farewell = match end {
+        EndReason::IdleTimeout => Some(backend::fatal(
+            IDLE_SESSION_TIMEOUT,
+            "terminating connection due to idle-session timeout",
+            Some(&idle_hint("idle-timeout", idle.idle)),
+        )),
+        EndReason::IdleInTransactionTimeout => Some(backend::fatal(
+            IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            "terminating connection due to idle-in-transaction timeout",
+            Some(&idle_hint(
+                "idle-in-transaction-timeout",
+                idle.in_transaction,
+            )),
+        )),
+        _ => None,
+    };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Some(farewell) = &farewell {
+            if from_client.is_empty() {
+                let _ = write_flush(&mut upstream, &TERMINATE).await;
+            }
+            if to_client.is_empty() {
+                let _ = write_flush(&mut client, farewell).await;
+            }
+        }
         let _ = upstream.shutdown().await;
         let _ = client.shutdown().await;
     })
     .await;
-    (from_client.bytes, to_client.bytes)
+    Relayed {
+        from_client: from_client.bytes,
+        to_client: to_client.bytes,
+        end,
+    }
+}
+
+/// A client that closed TCP without TLS's close_notify ended its session as surely as one that
+/// said goodbye (the protocol's own Terminate precedes it); other errors are errors.
+fn client_error(error: io::Error) -> EndReason {
+    if error.kind() == io::ErrorKind::UnexpectedEof {
+        EndReason::ClientClosed
+    } else {
+        tracing::debug!(%error, "the client connection failed");
+        EndReason::ClientError
+    }
+}
+
+/// The hint of an idle FATAL: which manifest setting ended the session, and its value.
+fn idle_hint(setting: &str, limit: Option<Duration>) -> String {
+    let secs = limit.map_or(0, |l| l.as_secs());
+    format!(
+        "the dbward relay ends sessions idle for {secs} s (relay {setting}); reconnect to \
+         continue"
+    )
+}
+
+/// Terminate: what a client sends last.
+const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+
+/// Why a direction stopped: its reader failed, or its writer did.
+enum Failed {
+    Read(io::Error),
+    Write(io::Error),
 }
 
 /// One direction of [`relay`]: copies a reader to a writer until end of stream. The buffer
@@ -908,31 +1152,38 @@ impl Pump {
         }
     }
 
-    /// Moves as many bytes as the two streams allow now. Ready once the reader has ended and
-    /// everything read was written and flushed, or on an error.
+    /// Whether everything read has been written.
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Moves as many bytes as the two streams allow now, showing each chunk read to `inspect`
+    /// (before it is written). Ready once the reader has ended and everything read was written
+    /// and flushed, or on an error.
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
-        mut scan: Option<&mut (QueryScanner, &mut OnQuery<'_>)>,
-    ) -> Poll<io::Result<()>>
+        inspect: &mut impl FnMut(&[u8]),
+    ) -> Poll<Result<(), Failed>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         loop {
             while self.start < self.end {
-                let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]))?;
+                let written =
+                    Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]);
+                let n = ready!(written).map_err(Failed::Write)?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(Failed::Write(io::ErrorKind::WriteZero.into())));
                 }
                 self.start += n;
                 self.unflushed = true;
             }
             if self.eof {
-                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Failed::Write)?;
                 return Poll::Ready(Ok(()));
             }
             if self.buf.len() != self.next_size {
@@ -943,21 +1194,19 @@ impl Pump {
                 Poll::Pending => {
                     // Nothing more to read for now: what was written leaves now.
                     if self.unflushed {
-                        ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                        ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Failed::Write)?;
                         self.unflushed = false;
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(Failed::Read(error))),
                 Poll::Ready(Ok(())) => {
                     let n = read.filled().len();
                     if n == 0 {
                         self.eof = true;
                         continue;
                     }
-                    if let Some((scanner, on_query)) = scan.as_mut() {
-                        scanner.feed(&self.buf[..n], |kind, sql| on_query(kind, sql));
-                    }
+                    inspect(&self.buf[..n]);
                     self.start = 0;
                     self.end = n;
                     self.bytes += n as u64;
@@ -1218,14 +1467,15 @@ mod tests {
             };
             tokio::join!(write, read);
         };
-        let ((from_client, to_client), ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        let (relayed, ()) = tokio::time::timeout(Duration::from_secs(10), async {
             tokio::join!(
                 relay(
                     client_side,
                     upstream_side,
                     Vec::new(),
                     Some(&mut on_query),
-                    None
+                    None,
+                    IdleLimits::default()
                 ),
                 driver
             )
@@ -1233,9 +1483,82 @@ mod tests {
         .await
         .expect("the relay ends when the client does");
         assert_eq!(
-            (from_client, to_client),
-            (query.len() as u64, result.len() as u64)
+            relayed,
+            Relayed {
+                from_client: query.len() as u64,
+                to_client: result.len() as u64,
+                end: EndReason::ClientClosed,
+            }
         );
         assert_eq!(seen, vec![(QueryKind::Query, "select 1".to_owned())]);
+    }
+
+    /// The idle limits over in-memory pipes: which limit ends a session follows the last
+    /// ReadyForQuery, the client reads the FATAL PostgreSQL would send, the upstream gets a
+    /// Terminate, and a query that runs longer than both limits is not idle.
+    #[tokio::test]
+    async fn idle_sessions_end_by_the_limit_of_their_state() {
+        let limits = IdleLimits {
+            idle: Some(Duration::from_millis(600)),
+            in_transaction: Some(Duration::from_millis(300)),
+        };
+        let query = b"Q\0\0\0\x0aBEGIN\0".to_vec();
+        for (status, expected, code) in [
+            (b'T', EndReason::IdleInTransactionTimeout, "25P03"),
+            (b'E', EndReason::IdleInTransactionTimeout, "25P03"),
+            (b'I', EndReason::IdleTimeout, "57P05"),
+        ] {
+            let (mut client, client_side) = tokio::io::duplex(1024);
+            let (upstream_side, mut server) = tokio::io::duplex(1024);
+            let started = Instant::now();
+            let driver = async {
+                client.write_all(&query).await.unwrap();
+                let mut got = vec![0u8; query.len()];
+                server.read_exact(&mut got).await.unwrap();
+                server
+                    .write_all(&[b'C', 0, 0, 0, 4, b'Z', 0, 0, 0, 5, status])
+                    .await
+                    .unwrap();
+                let mut reply = Vec::new();
+                client.read_to_end(&mut reply).await.unwrap();
+                let mut terminate = Vec::new();
+                server.read_to_end(&mut terminate).await.unwrap();
+                (reply, terminate)
+            };
+            let (relayed, (reply, terminate)) = tokio::join!(
+                relay(client_side, upstream_side, Vec::new(), None, None, limits),
+                driver
+            );
+            let took = started.elapsed();
+            assert_eq!(relayed.end, expected, "status {}", status as char);
+            let limit = match expected {
+                EndReason::IdleTimeout => limits.idle.unwrap(),
+                _ => limits.in_transaction.unwrap(),
+            };
+            assert!(took >= limit && took < limit * 3, "ended after {took:?}");
+            let fatal = &reply[10..];
+            let fields = backend::error_fields(&fatal[5..]);
+            assert!(fields.contains(&(b'C', code.to_owned())), "{fields:?}");
+            assert_eq!(terminate, TERMINATE);
+        }
+
+        // A query outlasting both limits is not idle; the session then ends as the client does.
+        let (mut client, client_side) = tokio::io::duplex(1024);
+        let (upstream_side, mut server) = tokio::io::duplex(1024);
+        let driver = async {
+            client.write_all(&query).await.unwrap();
+            let mut got = vec![0u8; query.len()];
+            server.read_exact(&mut got).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            server.write_all(&[b'Z', 0, 0, 0, 5, b'I']).await.unwrap();
+            let mut ready = [0u8; 6];
+            client.read_exact(&mut ready).await.unwrap();
+            drop(client);
+        };
+        let (relayed, ()) = tokio::join!(
+            relay(client_side, upstream_side, Vec::new(), None, None, limits),
+            driver
+        );
+        assert_eq!(relayed.end, EndReason::ClientClosed);
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use dbward_frozen::Config;
@@ -81,6 +81,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Source of session ids.
     next_session_id: AtomicU64,
+    /// Connections the open-file limit leaves room for ([`crate::listener::FdBudget`]);
+    /// `usize::MAX` until the binary derives it (in-process embedders keep their own limits).
+    descriptor_cap: AtomicUsize,
 }
 
 impl Shared {
@@ -91,7 +94,20 @@ impl Shared {
             audit,
             metrics,
             next_session_id: AtomicU64::new(1),
+            descriptor_cap: AtomicUsize::new(usize::MAX),
         }
+    }
+
+    /// Caps the connection limit at what the open-file limit leaves room for.
+    pub fn cap_connections(&self, cap: usize) {
+        self.descriptor_cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// The connection limit in force: the config's `limits.max_connections`, or the descriptor
+    /// cap when that is lower.
+    pub fn connection_limit(&self) -> usize {
+        let configured = self.current().config.relay.limits.max_connections as usize;
+        configured.min(self.descriptor_cap.load(Ordering::Relaxed))
     }
 
     /// The config new sessions use now.

@@ -18,6 +18,8 @@ pub(crate) fn model(databases: &[&str]) -> Model {
             listen: "127.0.0.1:6432".into(),
             public_name: "db.example.com".into(),
             client_cert_ttl: Duration::from_secs(8 * 3600),
+            idle_timeout: None,
+            idle_in_transaction_timeout: None,
             audit: None,
             metrics: None,
         },

@@ -1,15 +1,18 @@
 //! Rule `dbward::invalid_duration`: durations are a number and a unit, like `"12h"`.
 //!
 //! **Why it matters:** `client-cert-ttl` decides how long a stolen laptop's certificate keeps
-//! working; "12 hours" or "12" must not silently mean something else.
+//! working, `idle-timeout` and `idle-in-transaction-timeout` how long a forgotten session stays
+//! open; "12 hours" or "12" must not silently mean something else.
 //!
 //! **Example:**
 //! ```kdl
 //! relay { client-cert-ttl "12 hours" }   // invalid_duration
+//! relay { idle-timeout "0s" }            // invalid_duration: write "off" to turn it off
 //! ```
 //!
 //! **How to fix:** write a positive number followed by `s`, `m`, `h` or `d` (`"90s"`, `"30m"`,
-//! `"12h"`, `"7d"`), or several of them (`"1h30m"`).
+//! `"12h"`, `"7d"`), or several of them (`"1h30m"`). The two idle timeouts also take `"off"`
+//! (or `"0"`, as pgbouncer and PostgreSQL spell it) to turn them off.
 
 use std::time::Duration;
 
@@ -59,20 +62,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// The nodes whose value is a timeout that may be turned off.
+pub const TIMEOUTS: [&str; 2] = ["relay/idle-timeout", "relay/idle-in-transaction-timeout"];
+
+/// Parses a timeout: a duration, or `"off"` / `"0"` for none.
+pub fn parse_timeout(text: &str) -> Result<Option<Duration>, String> {
+    match text {
+        "off" | "0" => Ok(None),
+        _ => parse_duration(text).map(Some),
+    }
+}
+
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     walk_known(manifest, |node, spec| {
-        if spec.path != "relay/client-cert-ttl" {
+        let timeout = TIMEOUTS.contains(&spec.path);
+        if spec.path != "relay/client-cert-ttl" && !timeout {
             return;
         }
         let Some(value) = node.args.first() else {
             return;
         };
         let Some(text) = value.as_str() else { return };
-        if let Err(why) = parse_duration(text) {
+        let parsed = if timeout {
+            parse_timeout(text).map(|_| ())
+        } else {
+            parse_duration(text).map(|_| ())
+        };
+        if let Err(why) = parsed {
+            let help = if timeout {
+                "write a number and a unit: \"90s\", \"30m\", \"12h\" or \"7d\" (up to a year), \
+                 or \"off\" to turn the timeout off"
+            } else {
+                "write a number and a unit: \"90s\", \"30m\", \"12h\" or \"7d\" (up to a year)"
+            };
             diags.push(
                 Diagnostic::error("dbward::invalid_duration", why)
                     .label(value.span, "not a duration")
-                    .help("write a number and a unit: \"90s\", \"30m\", \"12h\" or \"7d\" (up to a year)"),
+                    .help(help),
             );
         }
     });
@@ -101,6 +127,38 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
         assert!(parse_duration("400d").is_err());
+    }
+
+    #[test]
+    fn timeouts_also_take_off() {
+        assert_eq!(parse_timeout("off"), Ok(None));
+        assert_eq!(parse_timeout("0"), Ok(None));
+        assert_eq!(parse_timeout("30m"), Ok(Some(Duration::from_secs(1_800))));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("never").is_err());
+    }
+
+    #[test]
+    fn a_bad_timeout_is_reported_with_off_in_the_help() {
+        let text = PRELUDE.replace(
+            "public-name",
+            "idle-timeout \"0s\"\n    idle-in-transaction-timeout \"off\"\n    public-name",
+        );
+        let diags = crate::check(&Source::new("t.kdl", text.clone())).diagnostics;
+        let found: Vec<_> = diags
+            .iter()
+            .filter(|d| d.code == "dbward::invalid_duration")
+            .collect();
+        assert_eq!(found.len(), 1, "{diags:?}");
+        let span = found[0].labels[0].span;
+        assert_eq!(&text[span.start..span.end], "\"0s\"");
+        assert!(
+            found[0]
+                .help
+                .as_deref()
+                .unwrap_or_default()
+                .contains("\"off\"")
+        );
     }
 
     #[test]

@@ -12,6 +12,10 @@ pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const CONNECTION_FAILURE: &str = "08006";
 /// SQLSTATE `53300` too_many_connections.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// SQLSTATE `57P05` idle_session_timeout.
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// SQLSTATE `25P03` idle_in_transaction_session_timeout.
+pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
 
 /// Message type bytes of the backend messages the relay looks at.
 pub mod tag {

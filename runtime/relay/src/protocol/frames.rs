@@ -150,6 +150,80 @@ impl QueryScanner {
     }
 }
 
+/// Follows message boundaries in a relayed byte stream by their headers alone: for each message
+/// it reports the type byte and the first body byte (`None` for an empty body), and skips the
+/// rest by its length. Nothing is copied or allocated; a header split across reads is collected
+/// in six bytes of state. A length below 4 (garbage) stops the walk for good.
+#[derive(Debug, Default)]
+pub struct FrameWalker {
+    /// Type byte, length and first body byte collected so far of a header split across reads.
+    head: [u8; 6],
+    have: usize,
+    /// Bytes of the current message still to skip.
+    skip: usize,
+    lost: bool,
+}
+
+impl FrameWalker {
+    /// Feeds the next chunk of the stream, calling `on_message(type, first body byte)` once per
+    /// message as soon as its header (and first body byte) has passed.
+    pub fn feed(&mut self, mut data: &[u8], mut on_message: impl FnMut(u8, Option<u8>)) {
+        loop {
+            if self.skip > 0 {
+                if data.len() <= self.skip {
+                    self.skip -= data.len();
+                    return;
+                }
+                data = &data[self.skip..];
+                self.skip = 0;
+            }
+            if data.is_empty() || self.lost {
+                return;
+            }
+            if self.have == 0
+                && let Some(head) = data.get(..6)
+            {
+                // The common case: the whole header is in this chunk.
+                let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+                if len < 4 {
+                    self.lost = true;
+                    return;
+                }
+                on_message(head[0], (len > 4).then_some(head[5]));
+                let total = 1 + len as usize;
+                if data.len() >= total {
+                    data = &data[total..];
+                } else {
+                    self.skip = total - data.len();
+                    return;
+                }
+                continue;
+            }
+            // A header split across chunks (or a chunk shorter than a header): byte by byte.
+            self.head[self.have] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            if self.have < 5 {
+                continue;
+            }
+            let h = self.head;
+            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+            if len < 4 {
+                self.lost = true;
+                return;
+            }
+            if len == 4 {
+                on_message(h[0], None);
+                self.have = 0;
+            } else if self.have == 6 {
+                on_message(h[0], Some(h[5]));
+                self.have = 0;
+                self.skip = len as usize - 5;
+            }
+        }
+    }
+}
+
 /// The SQL of a Q body (`query\0`) or a P body (`name\0query\0…`), cut at the limit.
 fn query_text(kind: QueryKind, body: &[u8]) -> &[u8] {
     let body = match kind {
@@ -221,6 +295,62 @@ mod tests {
             let mut scanner = QueryScanner::default();
             for piece in data.chunks(1 + (next() % 17) as usize) {
                 scanner.feed(piece, |_, sql| assert!(sql.len() <= MAX_AUDITED_QUERY));
+            }
+        }
+    }
+
+    /// Walks `stream` in chunks of every size and checks the messages reported.
+    fn walk(stream: &[u8], expected: &[(u8, Option<u8>)]) {
+        for chunk in 1..=stream.len() {
+            let mut walker = FrameWalker::default();
+            let mut seen = Vec::new();
+            for piece in stream.chunks(chunk) {
+                walker.feed(piece, |tag, first| seen.push((tag, first)));
+            }
+            assert_eq!(seen, expected, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn the_walker_reports_every_message_across_any_split() {
+        let mut stream = message(b'T', b"\0\x01col\0");
+        stream.extend(message(b'D', &[0; 40]));
+        stream.extend(message(b'C', b"SELECT 1\0"));
+        stream.extend(message(b'Z', b"T"));
+        stream.extend(message(b'1', b""));
+        stream.extend(message(b'Z', b"I"));
+        walk(
+            &stream,
+            &[
+                (b'T', Some(0)),
+                (b'D', Some(0)),
+                (b'C', Some(b'S')),
+                (b'Z', Some(b'T')),
+                (b'1', None),
+                (b'Z', Some(b'I')),
+            ],
+        );
+        // Garbage stops the walk; nothing after it is reported, nothing panics.
+        let mut bad = message(b'Z', b"I");
+        bad.extend(b"Z\0\0\0\x02Z\0\0\0\x05I");
+        walk(&bad, &[(b'Z', Some(b'I'))]);
+    }
+
+    #[test]
+    fn the_walker_never_panics_on_random_streams() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 200) as usize;
+            let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let mut walker = FrameWalker::default();
+            for piece in data.chunks(1 + (next() % 17) as usize) {
+                walker.feed(piece, |_, _| {});
             }
         }
     }

@@ -609,8 +609,11 @@ fn forwarded_startup(
 /// Whether a boolean startup value is false the way PostgreSQL's `parse_bool` reads it
 /// (`replication=false` asks for a normal session).
 fn is_false(value: &str) -> bool {
-    let value = value.trim().to_ascii_lowercase();
-    ["0", "off", "no", "false", "n", "f", "fa", "fal", "fals"].contains(&value.as_str())
+    let value = value.to_ascii_lowercase();
+    [
+        "0", "of", "off", "n", "no", "f", "fa", "fal", "fals", "false",
+    ]
+    .contains(&value.as_str())
 }
 
 /// Sends a refusal, audits and counts it, and closes the connection.

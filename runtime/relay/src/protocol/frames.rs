@@ -282,13 +282,7 @@ mod tests {
 
     #[test]
     fn random_streams_never_panic() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::protocol::xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..20_000 {
             let len = (next() % 200) as usize;
             let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
@@ -338,13 +332,7 @@ mod tests {
 
     #[test]
     fn the_walker_never_panics_on_random_streams() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::protocol::xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
             let len = (next() % 200) as usize;
             let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();

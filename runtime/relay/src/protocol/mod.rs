@@ -28,3 +28,15 @@ pub struct BackendKey {
     pub pid: u32,
     pub secret: u32,
 }
+
+/// A fixed-seed xorshift generator for the parsers' property tests: reproducible random input
+/// without a dependency.
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}

@@ -159,13 +159,7 @@ mod tests {
             "\t",
             "😀",
         ];
-        let mut state = 0x853c_49e6_748f_ea9bu64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::protocol::xorshift(0x853c_49e6_748f_ea9b);
         for _ in 0..20_000 {
             let len = (next() % 12) as usize;
             let text: String = (0..len)

@@ -310,13 +310,7 @@ mod tests {
     /// towards plausible lengths and codes so that deep paths are reached.
     #[test]
     fn random_input_never_panics() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::protocol::xorshift(0x9e37_79b9_7f4a_7c15);
         let codes = [
             SSL_REQUEST,
             GSSENC_REQUEST,
@@ -327,7 +321,7 @@ mod tests {
         for _ in 0..200_000 {
             let len = (next() % 64) as usize;
             let mut input: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            if len >= 8 && next() % 2 == 0 {
+            if len >= 8 && next().is_multiple_of(2) {
                 let claimed = (next() % (len as u64 + 4)) as u32;
                 input[..4].copy_from_slice(&claimed.to_be_bytes());
                 let code = codes[(next() % codes.len() as u64) as usize];

@@ -116,6 +116,8 @@ struct Inner<K, E> {
 
 struct Slot<E> {
     current: Option<Token>,
+    /// When the background refresh of `current` is due.
+    refresh_at: SystemTime,
     /// Whether a session took `current` since the last refresh began; idle keys stop
     /// refreshing.
     used: bool,
@@ -130,6 +132,7 @@ impl<E> Default for Slot<E> {
     fn default() -> Self {
         Slot {
             current: None,
+            refresh_at: SystemTime::UNIX_EPOCH,
             used: false,
             inflight: None,
             refresher: None,
@@ -243,6 +246,13 @@ where
             Ok(token) => token,
             Err(error) => return Err(error),
         };
+        // Refreshed `refresh_before` its expiry, but not later than halfway through the
+        // token's life (a metadata server may hand out a token with minutes left) and not
+        // sooner than `retry_after` from now (no tight loop on short-lived tokens).
+        let now = SystemTime::now();
+        let remaining = token.expires_at.duration_since(now).unwrap_or_default();
+        let ahead = self.policy.refresh_before.min(remaining / 2);
+        slot.refresh_at = (token.expires_at - ahead).max(now + self.policy.retry_after);
         slot.current = Some(token.clone());
         slot.used = true;
         if slot.refresher.as_ref().is_none_or(AbortHandle::is_finished) {
@@ -257,19 +267,21 @@ where
     async fn refresh(self: Arc<Self>, key: K) {
         let policy = self.policy;
         loop {
-            let expires_at = {
+            let (expires_at, due) = {
                 let slots = self.lock();
-                match slots.get(&key).and_then(|s| s.current.as_ref()) {
+                match slots
+                    .get(&key)
+                    .and_then(|s| Some((s.current.as_ref()?, s.refresh_at)))
+                {
                     // An expired token is left to the next caller, who fetches in the open.
-                    Some(token) if token.valid_for(policy.min_remaining, SystemTime::now()) => {
-                        token.expires_at
+                    Some((token, due))
+                        if token.valid_for(policy.min_remaining, SystemTime::now()) =>
+                    {
+                        (token.expires_at, due)
                     }
                     _ => return,
                 }
             };
-            let due = expires_at
-                .checked_sub(policy.refresh_before)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
             if let Ok(wait) = due.duration_since(SystemTime::now()) {
                 tokio::time::sleep(wait).await;
             }

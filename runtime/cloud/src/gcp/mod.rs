@@ -36,7 +36,8 @@ use std::time::{Duration, SystemTime};
 use hyper::Method;
 use tokio::runtime::Handle;
 
-use crate::cache::{CacheFault, FetchFuture, Policy, Token, TokenCache};
+pub use crate::cache::Policy;
+use crate::cache::{CacheFault, FetchFuture, Token, TokenCache};
 use crate::http::{Call, Http};
 use crate::secret::Secret;
 
@@ -160,16 +161,17 @@ pub struct Gcp {
 impl Gcp {
     /// A client reading `env`; background work runs on `runtime`.
     pub fn new(env: GcpEnv, runtime: Handle) -> Gcp {
-        Gcp::with_http(env, runtime, Http::new())
+        Gcp::with(env, runtime, Http::new(), Policy::default())
     }
 
-    /// Same, with a given HTTP client (private roots).
-    pub fn with_http(env: GcpEnv, runtime: Handle, http: Http) -> Gcp {
+    /// Same, with a given HTTP client (private roots) and refresh policy for the relay's own
+    /// token.
+    pub fn with(env: GcpEnv, runtime: Handle, http: Http, policy: Policy) -> Gcp {
         let iam_credentials = env.endpoint("DBWARD_GCP_IAM_CREDENTIALS_ENDPOINT", IAM_CREDENTIALS);
         let sql_admin = env.endpoint("DBWARD_GCP_SQLADMIN_ENDPOINT", SQL_ADMIN);
         let ambient = Arc::new(Ambient::new(env, http, iam_credentials.clone()));
         let fetcher = ambient.clone();
-        let own = TokenCache::new(runtime, Policy::default(), move |()| {
+        let own = TokenCache::new(runtime, policy, move |()| {
             let ambient = fetcher.clone();
             Box::pin(async move { ambient.fetch().await }) as FetchFuture<GcpError>
         });
@@ -235,9 +237,9 @@ impl Gcp {
     /// Login tokens (scope `sqlservice.login`) per service account email, cached and refreshed
     /// in the background: what a Cloud SQL upstream sends as the password. Invalidate a token
     /// the database refused with [`TokenCache::invalidate`].
-    pub fn login_tokens(&self, runtime: Handle) -> TokenCache<String, GcpError> {
+    pub fn login_tokens(&self, runtime: Handle, policy: Policy) -> TokenCache<String, GcpError> {
         let gcp = self.clone();
-        TokenCache::new(runtime, Policy::default(), move |account: String| {
+        TokenCache::new(runtime, policy, move |account: String| {
             let gcp = gcp.clone();
             Box::pin(async move {
                 gcp.generate_access_token(&account, &[SQLSERVICE_LOGIN])

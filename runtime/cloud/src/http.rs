@@ -75,25 +75,20 @@ pub struct Answer {
 
 impl Http {
     /// A client trusting the public (Mozilla) roots.
-    pub fn new() -> Http {
+    pub fn new() -> Result<Http, rustls::Error> {
         let roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         Http::with_roots(roots)
     }
 
     /// A client trusting exactly `roots` (tests, private endpoints).
-    pub fn with_roots(roots: rustls::RootCertStore) -> Http {
+    pub fn with_roots(roots: rustls::RootCertStore) -> Result<Http, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-            // ring supports the default versions; this cannot fail, but never panic on it.
-            .unwrap_or_else(|_| {
-                ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            });
-        Http { tls: Arc::new(tls) }
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Http { tls: Arc::new(tls) })
     }
 
     /// Sends `call`; the answer whatever its status, or why there is none. Errors name the
@@ -184,12 +179,6 @@ impl Http {
     }
 }
 
-impl Default for Http {
-    fn default() -> Http {
-        Http::new()
-    }
-}
-
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -245,7 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn credentials_never_go_over_plain_http_to_a_remote_host() {
-        let http = Http::new();
+        let http = Http::new().unwrap();
         let secret = Secret::new("ya29.secret");
         let mut call = Call::new(Method::GET, "http://sqladmin.example.com/x");
         call.bearer = Some(&secret);

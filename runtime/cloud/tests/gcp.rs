@@ -42,8 +42,8 @@ fn credentials_file(dir: &tempfile::TempDir, text: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-fn gcp(env: GcpEnv) -> Gcp {
-    Gcp::new(env, Handle::current())
+fn client(env: GcpEnv) -> Gcp {
+    Gcp::new(env, Handle::current()).unwrap()
 }
 
 /// Checks the login token the fake issued for `db_user`.
@@ -66,7 +66,7 @@ async fn a_service_account_key_signs_a_jwt_then_impersonates_each_database_user(
     let fake = fake().await;
     let dir = tempfile::tempdir().unwrap();
     let key = credentials_file(&dir, &fake.key_file(RELAY));
-    let gcp = gcp(env(&fake, &[("GOOGLE_APPLICATION_CREDENTIALS", &key)]));
+    let gcp = client(env(&fake, &[("GOOGLE_APPLICATION_CREDENTIALS", &key)]));
     let logins = gcp.login_tokens(Handle::current(), Policy::default());
     for user in [READER, WRITER] {
         let token = logins.get(&service_account_email(user)).await.unwrap();
@@ -96,7 +96,7 @@ async fn google_refuses_a_jwt_signed_with_another_key_or_for_another_audience() 
         &dir,
         &fake.key_file_signed_with(RELAY, OTHER_TEST_KEY, false),
     );
-    let error = gcp(env(&fake, &[("GOOGLE_APPLICATION_CREDENTIALS", &forged)]))
+    let error = client(env(&fake, &[("GOOGLE_APPLICATION_CREDENTIALS", &forged)]))
         .own_token()
         .await
         .unwrap_err();
@@ -111,7 +111,7 @@ async fn google_refuses_a_jwt_signed_with_another_key_or_for_another_audience() 
     // The right key, but an assertion whose `aud` is not the endpoint that receives it.
     let key = credentials_file(&dir, &fake.key_file(RELAY));
     let elsewhere = fake.url().replace("127.0.0.1", "localhost") + "/token";
-    let message = gcp(env(
+    let message = client(env(
         &fake,
         &[
             ("GOOGLE_APPLICATION_CREDENTIALS", &key),
@@ -130,7 +130,7 @@ async fn google_refuses_a_jwt_signed_with_another_key_or_for_another_audience() 
 async fn the_metadata_server_comes_last_and_needs_its_header() {
     let fake = fake().await;
     fake.attach_to_metadata(RELAY);
-    let gcp = gcp(env(&fake, &[]));
+    let gcp = client(env(&fake, &[]));
     let token = gcp
         .login_tokens(Handle::current(), Policy::default())
         .get(&service_account_email(READER))
@@ -144,6 +144,7 @@ async fn the_metadata_server_comes_last_and_needs_its_header() {
         fake.url()
     );
     let answer = Http::new()
+        .unwrap()
         .send(dbward_cloud::http::Call::new(hyper::Method::GET, &url))
         .await
         .unwrap();
@@ -166,7 +167,7 @@ async fn workload_identity_federation_exchanges_the_subject_token_at_sts() {
         Some(RELAY),
     );
     let path = credentials_file(&dir, &file);
-    let gcp = gcp(env(&fake, &[("GOOGLE_APPLICATION_CREDENTIALS", &path)]));
+    let gcp = client(env(&fake, &[("GOOGLE_APPLICATION_CREDENTIALS", &path)]));
 
     // The federated principal may not yet act as the relay's service account.
     let error = gcp.own_token().await.unwrap_err().to_string();
@@ -185,10 +186,7 @@ async fn workload_identity_federation_exchanges_the_subject_token_at_sts() {
 
     // A subject token STS does not accept.
     std::fs::write(&subject, "subject-token-stale").unwrap();
-    let fresh = Gcp::new(
-        env(&fake, &[("GOOGLE_APPLICATION_CREDENTIALS", &path)]),
-        Handle::current(),
-    );
+    let fresh = client(env(&fake, &[("GOOGLE_APPLICATION_CREDENTIALS", &path)]));
     let error = fresh.own_token().await.unwrap_err().to_string();
     assert!(
         error.contains("subject token could not be verified"),
@@ -199,7 +197,7 @@ async fn workload_identity_federation_exchanges_the_subject_token_at_sts() {
 
 #[tokio::test]
 async fn without_credentials_the_error_lists_what_was_tried() {
-    let error = gcp(GcpEnv::from_vars([("GCE_METADATA_HOST", "127.0.0.1:1")]))
+    let error = client(GcpEnv::from_vars([("GCE_METADATA_HOST", "127.0.0.1:1")]))
         .own_token()
         .await
         .unwrap_err();
@@ -219,7 +217,7 @@ async fn without_credentials_the_error_lists_what_was_tried() {
         &dir,
         r#"{"type":"authorized_user","refresh_token":"1//secret"}"#,
     );
-    let message = gcp(GcpEnv::from_vars([(
+    let message = client(GcpEnv::from_vars([(
         "GOOGLE_APPLICATION_CREDENTIALS",
         user.as_str(),
     )]))
@@ -240,7 +238,7 @@ async fn refused_impersonation_names_the_role_and_unknown_accounts_say_so() {
     fake.attach_to_metadata(RELAY);
     let stranger = "payroll@acme-prod.iam.gserviceaccount.com";
     fake.add_account(stranger);
-    let gcp = gcp(env(&fake, &[]));
+    let gcp = client(env(&fake, &[]));
     let error = gcp
         .generate_access_token(stranger, &[SQLSERVICE_LOGIN])
         .await
@@ -276,7 +274,7 @@ async fn three_hundred_concurrent_sessions_make_one_fetch_per_account() {
     let fake = fake().await;
     fake.attach_to_metadata(RELAY);
     fake.set_delay(Duration::from_millis(200));
-    let gcp = gcp(env(&fake, &[]));
+    let gcp = client(env(&fake, &[]));
     let logins = gcp.login_tokens(Handle::current(), Policy::default());
     let users = [READER, WRITER, ADMIN];
     let tasks: Vec<_> = (0..300)
@@ -311,7 +309,12 @@ async fn tokens_are_refreshed_ahead_of_expiry_and_no_caller_waits_or_fails() {
         min_remaining: Duration::from_millis(500),
         retry_after: Duration::from_millis(200),
     };
-    let gcp = Gcp::with(env(&fake, &[]), Handle::current(), Http::new(), policy);
+    let gcp = Gcp::with(
+        env(&fake, &[]),
+        Handle::current(),
+        Http::new().unwrap(),
+        policy,
+    );
     let logins = gcp.login_tokens(Handle::current(), policy);
     let account = service_account_email(READER);
     logins.get(&account).await.unwrap();
@@ -341,7 +344,7 @@ async fn tokens_are_refreshed_ahead_of_expiry_and_no_caller_waits_or_fails() {
 async fn a_token_the_database_refused_is_replaced() {
     let fake = fake().await;
     fake.attach_to_metadata(RELAY);
-    let gcp = gcp(env(&fake, &[]));
+    let gcp = client(env(&fake, &[]));
     let logins = gcp.login_tokens(Handle::current(), Policy::default());
     let account = service_account_email(READER);
     let refused = logins.get(&account).await.unwrap();
@@ -376,7 +379,7 @@ async fn connect_settings_give_addresses_and_the_server_ca() {
             "backendType": "SECOND_GEN"
         }),
     );
-    let gcp = gcp(env(&fake, &[]));
+    let gcp = client(env(&fake, &[]));
     let settings = gcp.connect_settings(&ledger()).await.unwrap();
     assert!(settings.server_ca_pem.contains("BEGIN CERTIFICATE"));
     assert_eq!(
@@ -440,7 +443,7 @@ async fn connect_settings_give_addresses_and_the_server_ca() {
 async fn without_cloud_sql_client_the_error_names_the_role() {
     let fake = FakeGoogle::start().await;
     fake.attach_to_metadata(RELAY);
-    let error = gcp(env(&fake, &[]))
+    let error = client(env(&fake, &[]))
         .connect_settings(&ledger())
         .await
         .unwrap_err();

@@ -102,7 +102,7 @@ impl Ambient {
     pub async fn fetch(&self) -> Result<Token, GcpError> {
         let mut tried = Vec::new();
         if let Some(path) = self.env.get("GOOGLE_APPLICATION_CREDENTIALS") {
-            return self.from_file(path).await;
+            return self.credentials_file(path).await;
         }
         tried.push(
             "set GOOGLE_APPLICATION_CREDENTIALS to a service account key or an external_account \
@@ -120,7 +120,7 @@ impl Ambient {
         Err(GcpError::NoCredentials { tried })
     }
 
-    async fn from_file(&self, path: &str) -> Result<Token, GcpError> {
+    async fn credentials_file(&self, path: &str) -> Result<Token, GcpError> {
         let file_error = |reason: String| GcpError::CredentialsFile {
             path: path.to_owned(),
             reason,

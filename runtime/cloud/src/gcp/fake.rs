@@ -336,6 +336,7 @@ impl State {
     }
 
     /// The principal of a valid bearer token carrying one of `scopes`, or the error reply.
+    #[allow(clippy::result_large_err)] // a test fake; the reply is built once per request
     fn caller(&self, authorization: Option<&str>, scopes: &[&str]) -> Result<String, Reply> {
         let unauthenticated = || {
             api_error(

@@ -160,8 +160,9 @@ pub struct Gcp {
 
 impl Gcp {
     /// A client reading `env`; background work runs on `runtime`.
-    pub fn new(env: GcpEnv, runtime: Handle) -> Gcp {
-        Gcp::with(env, runtime, Http::new(), Policy::default())
+    pub fn new(env: GcpEnv, runtime: Handle) -> Result<Gcp, GcpError> {
+        let http = Http::new().map_err(|e| GcpError::Invalid(format!("cannot set up TLS: {e}")))?;
+        Ok(Gcp::with(env, runtime, http, Policy::default()))
     }
 
     /// Same, with a given HTTP client (private roots) and refresh policy for the relay's own

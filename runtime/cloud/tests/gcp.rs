@@ -456,3 +456,59 @@ async fn without_cloud_sql_client_the_error_names_the_role() {
         "{error}"
     );
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failing_background_refresh_is_logged_without_any_secret() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    // A current-thread runtime: the refresher logs on this thread, under this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let fake = fake().await;
+    fake.attach_to_metadata(RELAY);
+    fake.set_token_lifetime(Duration::from_secs(2));
+    let policy = Policy {
+        refresh_before: Duration::from_secs(1),
+        min_remaining: Duration::from_millis(200),
+        retry_after: Duration::from_millis(200),
+    };
+    let gcp = Gcp::with(
+        env(&fake, &[]),
+        Handle::current(),
+        Http::new().unwrap(),
+        policy,
+    );
+    let logins = gcp.login_tokens(Handle::current(), policy);
+    let account = service_account_email(READER);
+    let token = logins.get(&account).await.unwrap();
+    fake.revoke_impersonation(RELAY, &account);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // The old token is still handed out while it has time left; then the error comes through.
+    let later = logins.get(&account).await;
+    let error = later.unwrap_err().to_string();
+    assert!(
+        error.contains("roles/iam.serviceAccountTokenCreator"),
+        "{error}"
+    );
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("background refresh failed"), "{log}");
+    assert!(!log.contains(token.secret.expose()), "{log}");
+    assert_no_secret(&log);
+}

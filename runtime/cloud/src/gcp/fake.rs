@@ -206,6 +206,13 @@ impl FakeGoogle {
             .insert((caller.to_owned(), target.to_owned()));
     }
 
+    /// Takes Token Creator on `target` away from `caller`.
+    pub fn revoke_impersonation(&self, caller: &str, target: &str) {
+        self.state()
+            .may_impersonate
+            .remove(&(caller.to_owned(), target.to_owned()));
+    }
+
     /// Grants `caller` Cloud SQL Client.
     pub fn allow_sql_client(&self, caller: &str) {
         self.state().sql_clients.insert(caller.to_owned());

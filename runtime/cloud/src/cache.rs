@@ -18,7 +18,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::runtime::Handle;
@@ -256,19 +256,20 @@ where
         slot.current = Some(token.clone());
         slot.used = true;
         if slot.refresher.as_ref().is_none_or(AbortHandle::is_finished) {
-            let inner = self.clone();
-            let key = key.clone();
-            slot.refresher = Some(self.runtime.spawn(inner.refresh(key)).abort_handle());
+            let refresh = Inner::refresh(Arc::downgrade(self), key.clone());
+            slot.refresher = Some(self.runtime.spawn(refresh).abort_handle());
         }
         Ok(token)
     }
 
-    /// Keeps `key`'s token fresh while sessions use it.
-    async fn refresh(self: Arc<Self>, key: K) {
-        let policy = self.policy;
+    /// Keeps `key`'s token fresh while sessions use it. Holds the cache only weakly, so
+    /// dropping the last [`TokenCache`] (a reloaded config) ends it.
+    async fn refresh(weak: Weak<Self>, key: K) {
         loop {
+            let Some(this) = weak.upgrade() else { return };
+            let policy = this.policy;
             let (expires_at, due) = {
-                let slots = self.lock();
+                let slots = this.lock();
                 match slots
                     .get(&key)
                     .and_then(|s| Some((s.current.as_ref()?, s.refresh_at)))
@@ -282,11 +283,13 @@ where
                     _ => return,
                 }
             };
+            drop(this);
             if let Ok(wait) = due.duration_since(SystemTime::now()) {
                 tokio::time::sleep(wait).await;
             }
+            let Some(this) = weak.upgrade() else { return };
             let receiver = {
-                let mut slots = self.lock();
+                let mut slots = this.lock();
                 let Some(slot) = slots.get_mut(&key) else {
                     return;
                 };
@@ -303,14 +306,29 @@ where
                     return;
                 }
                 slot.used = false;
-                self.start_fetch(&key, slot)
+                this.start_fetch(&key, slot)
             };
+            drop(this);
             if let Err(error) = wait(receiver).await {
                 tracing::warn!(%error, "token cache: background refresh failed; retrying");
-                if let Some(slot) = self.lock().get_mut(&key) {
+                // Keep refreshing: a failure says nothing about whether the key is used.
+                if let Some(this) = weak.upgrade()
+                    && let Some(slot) = this.lock().get_mut(&key)
+                {
                     slot.used = true;
                 }
                 tokio::time::sleep(policy.retry_after).await;
+            }
+        }
+    }
+}
+
+impl<K, E> Drop for Inner<K, E> {
+    fn drop(&mut self) {
+        let slots = self.slots.get_mut().unwrap_or_else(|p| p.into_inner());
+        for slot in slots.values() {
+            if let Some(refresher) = &slot.refresher {
+                refresher.abort();
             }
         }
     }
@@ -384,6 +402,24 @@ mod tests {
             }
         }
         assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_cache_stops_its_refreshers() {
+        let policy = Policy {
+            refresh_before: Duration::from_millis(300),
+            min_remaining: Duration::from_millis(50),
+            retry_after: Duration::from_millis(50),
+        };
+        let (cache, count) = counting(Duration::from_millis(400), policy);
+        cache.get(&"a".to_owned()).await.unwrap();
+        drop(cache);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "a dropped cache kept fetching"
+        );
     }
 
     #[tokio::test]

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The format version this build writes and reads. A relay refuses any other.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the idle limits to [`Limits`].
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The whole frozen configuration, as written to `relay/frozen.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

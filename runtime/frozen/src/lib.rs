@@ -457,11 +457,17 @@ mod tests {
 
     #[test]
     fn refuses_other_versions_and_unknown_fields() {
-        let text = sample()
-            .to_json()
-            .replace("\"format_version\": 1", "\"format_version\": 2");
-        let err = Config::from_json(Path::new("f.json"), &text).unwrap_err();
-        assert!(matches!(err, LoadError::Version { found: 2, .. }), "{err}");
+        for other in [FORMAT_VERSION - 1, FORMAT_VERSION + 1] {
+            let text = sample().to_json().replace(
+                &format!("\"format_version\": {FORMAT_VERSION}"),
+                &format!("\"format_version\": {other}"),
+            );
+            let err = Config::from_json(Path::new("f.json"), &text).unwrap_err();
+            assert!(
+                matches!(err, LoadError::Version { found, .. } if found == other),
+                "{err}"
+            );
+        }
 
         let text = sample()
             .to_json()

@@ -393,7 +393,9 @@ pub fn grant_sql(
             vec![quote::do_block(&body).trim_end().to_owned()]
         }
         (ObjectKind::Schema, _) => {
-            vec![format!("GRANT {privs} ON SCHEMA {in_schema} TO {grantee}{with};")]
+            vec![format!(
+                "GRANT {privs} ON SCHEMA {in_schema} TO {grantee}{with};"
+            )]
         }
         (ObjectKind::Table, Some(table)) => vec![format!(
             "GRANT {privs} ON TABLE {} TO {grantee}{with};",
@@ -426,7 +428,13 @@ mod tests {
             schema: None,
             object: None,
         };
-        let sql = grant_sql(&grant, "\"o'b\"", &literal("\"o'b\""), Future::Included, GrantOption::Without);
+        let sql = grant_sql(
+            &grant,
+            "\"o'b\"",
+            &literal("\"o'b\""),
+            Future::Included,
+            GrantOption::Without,
+        );
         assert_eq!(sql.len(), 1);
         assert!(
             sql[0].contains("current_database(), '\"o''b\"'"),
@@ -443,7 +451,13 @@ mod tests {
             schema: Some("public".into()),
             object: None,
         };
-        let sql = grant_sql(&grant, "\"r\"", "'\"r\"'", Future::Included, GrantOption::Without);
+        let sql = grant_sql(
+            &grant,
+            "\"r\"",
+            "'\"r\"'",
+            Future::Included,
+            GrantOption::Without,
+        );
         assert_eq!(
             sql,
             [

@@ -601,7 +601,9 @@ mod tests {
             "deactivate(text, integer)"
         );
         assert_eq!(
-            arguments_only("sweep(settle interval DEFAULT interval '10 seconds') RETURNS TABLE(a text)"),
+            arguments_only(
+                "sweep(settle interval DEFAULT interval '10 seconds') RETURNS TABLE(a text)"
+            ),
             "sweep(interval)"
         );
     }

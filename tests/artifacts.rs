@@ -796,19 +796,13 @@ user "o'connor" {{
         "5"
     );
 
-    // The provisioning templates in frozen.json, filled in the way the relay fills them,
-    // grant exactly what the role says to a user whose name has a quote.
+    // The provisioning grants in frozen.json, passed to `dbward.activate` the way the relay
+    // passes them, grant exactly what the role says to a user whose name has a quote.
     let frozen = dbward_frozen::Config::load(&out.join(layout::FROZEN)).expect("frozen.json");
     let access = frozen
         .access_for("o'connor", "weird")
         .expect("o'connor reaches weird");
-    let quoted = dbward::emit::quote::ident("o'connor");
-    let mut grants = format!("CREATE ROLE {quoted} LOGIN;\n");
-    for grant in &access.grants {
-        grants.push_str(&grant.replace("{user}", &quoted));
-        grants.push('\n');
-    }
-    superuser_sql(&cluster, "it's a db", &grants);
+    superuser_sql(&cluster, "it's a db", &activate_sql(access));
     assert_eq!(
         superuser_query(
             &cluster,
@@ -929,23 +923,14 @@ fn every_examples_setup_sql_runs_on_a_real_postgres() {
                 );
                 assert_eq!(login.trim(), "f", "{stem}/{name}: db-role {role}");
             }
-            // The relay's provisioning GRANT templates from frozen.json are valid SQL once the
-            // quoted user name is put in, as the relay does.
+            // The relay's provisioning rights from frozen.json are accepted by the
+            // `dbward.activate` that setup.sql installed.
             let frozen = dbward::emit::frozen::build(&model).expect("frozen config");
             for access in frozen.access.iter().filter(|a| a.database == *name) {
                 if access.grants.is_empty() {
                     continue;
                 }
-                let user = dbward::emit::quote::ident(&access.identity);
-                let mut sql = format!(
-                    "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) \
-                     THEN CREATE ROLE {user} LOGIN; END IF; END $$;\n",
-                    dbward::emit::quote::literal(&access.identity)
-                );
-                for grant in &access.grants {
-                    sql.push_str(&grant.replace("{user}", &user));
-                    sql.push('\n');
-                }
+                let sql = activate_sql(access);
                 let file = scripts.path().join("grants.sql");
                 fs::write(&file, &sql).expect("write grants");
                 cluster.sql_file(&database, &file).unwrap_or_else(|e| {
@@ -961,4 +946,22 @@ fn every_examples_setup_sql_runs_on_a_real_postgres() {
     }
     assert!(ran >= 7, "ran only {ran} setup scripts");
     assert!(granted >= 1, "no example exercised provisioning grants");
+}
+
+/// `SELECT dbward.activate(…)` with the mode, roles and grants of one access entry, as the relay
+/// calls it (here as the superuser, who holds every grant option).
+fn activate_sql(access: &dbward_frozen::Access) -> String {
+    use dbward::emit::quote::literal;
+    let mode = match access.provision {
+        dbward_frozen::Provision::BestEffortDrop => "best-effort-drop",
+        _ => "keep",
+    };
+    let roles: Vec<String> = access.db_roles.iter().map(|r| literal(r)).collect();
+    format!(
+        "SELECT dbward.activate({}, {}, ARRAY[{}]::text[], {}::jsonb);\n",
+        literal(&access.identity),
+        literal(mode),
+        roles.join(", "),
+        literal(&serde_json::to_string(&access.grants).expect("grants to JSON")),
+    )
 }

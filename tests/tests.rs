@@ -10,6 +10,8 @@
 //! - `convergence`: setup.sql converges privileges in a real PostgreSQL: grants removed from
 //!   the manifest or given by hand to managed roles are revoked, others survive, reruns are no-ops.
 //! - `golden`: every text emitter over every example, against checked-in golden files.
+//! - `provision`: the provisioning functions setup.sql installs, called as the admin user on a
+//!   real PostgreSQL: exact rights, lock and drop, refusals, concurrency, hostile names, sweep.
 //! - `plan_apply`: `dbward plan`/`apply` on a real filesystem: no-change re-apply, drift, saved
 //!   plans and staleness, removals, the lock, confirmation on a real terminal, and an apply that
 //!   fails halfway (EFBIG) changing nothing.
@@ -35,6 +37,7 @@ mod examples;
 mod golden;
 mod harness;
 mod plan_apply;
+mod provision;
 mod rds;
 mod relay;
 mod relay_ops;

@@ -9,11 +9,8 @@ use std::path::PathBuf;
 
 use dbward_frozen as frozen;
 
-use super::{EmitError, sql};
-use crate::model::{CloudKind, Database, DatabaseKind, Model, Provision};
-
-/// Placeholder for the quoted user name in provisioning GRANT templates.
-pub const USER_PLACEHOLDER: &str = "{user}";
+use super::EmitError;
+use crate::model::{CloudKind, Database, DatabaseKind, Grant, Model, ObjectKind, Privilege};
 
 /// The frozen config of a model, sealed (checksum set).
 pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
@@ -24,26 +21,7 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
     let mut access = Vec::new();
     for entry in model.access.iter() {
         let rights = entry.rights;
-        if rights.provision != Provision::Off && entry.user.contains('$') {
-            return Err(EmitError::UnsafePersonName {
-                name: entry.user.to_string(),
-            });
-        }
-        // `{user}` is replaced by the relay with the quoted name; in the database grant it sits
-        // inside a dollar-quoted literal, which is why a person name may not contain `$`.
-        let grantee_literal = format!("$dbward_user${USER_PLACEHOLDER}$dbward_user$");
-        let grants = rights
-            .permissions
-            .iter()
-            .flat_map(|grant| {
-                sql::grant_sql(
-                    grant,
-                    USER_PLACEHOLDER,
-                    &grantee_literal,
-                    sql::Future::Excluded,
-                )
-            })
-            .collect();
+        let grants = rights.permissions.iter().map(frozen_grant).collect();
         access.push(frozen::Access {
             identity: entry.user.to_string(),
             database: entry.database.to_string(),
@@ -86,6 +64,49 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
     };
     config.seal();
     Ok(config)
+}
+
+/// A manifest permission as the relay hands it to `dbward.activate`: names as data, never SQL.
+fn frozen_grant(grant: &Grant) -> frozen::Grant {
+    let on = match grant.on {
+        ObjectKind::Database => frozen::GrantOn::Database,
+        ObjectKind::Schema => frozen::GrantOn::Schema,
+        ObjectKind::Table | ObjectKind::AllTables => frozen::GrantOn::Table,
+        ObjectKind::Sequence | ObjectKind::AllSequences => frozen::GrantOn::Sequence,
+        ObjectKind::Function | ObjectKind::AllFunctions => frozen::GrantOn::Function,
+    };
+    let every = matches!(
+        grant.on,
+        ObjectKind::AllTables | ObjectKind::AllSequences | ObjectKind::AllFunctions
+    );
+    frozen::Grant {
+        privileges: grant
+            .privileges
+            .iter()
+            .map(|p| match p {
+                Privilege::Select => frozen::Privilege::Select,
+                Privilege::Insert => frozen::Privilege::Insert,
+                Privilege::Update => frozen::Privilege::Update,
+                Privilege::Delete => frozen::Privilege::Delete,
+                Privilege::Truncate => frozen::Privilege::Truncate,
+                Privilege::References => frozen::Privilege::References,
+                Privilege::Trigger => frozen::Privilege::Trigger,
+                Privilege::Usage => frozen::Privilege::Usage,
+                Privilege::Create => frozen::Privilege::Create,
+                Privilege::Connect => frozen::Privilege::Connect,
+                Privilege::Temporary => frozen::Privilege::Temporary,
+                Privilege::Execute => frozen::Privilege::Execute,
+                Privilege::All => frozen::Privilege::All,
+            })
+            .collect(),
+        on,
+        // The manifest's default schema, as setup.sql's GRANTs use it.
+        schema: match grant.on {
+            ObjectKind::Database => None,
+            _ => Some(grant.schema.clone().unwrap_or_else(|| "public".to_owned())),
+        },
+        object: if every { None } else { grant.object.clone() },
+    }
 }
 
 /// A timeout in the frozen config's milliseconds, `0` meaning off.

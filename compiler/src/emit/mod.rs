@@ -80,11 +80,6 @@ pub enum EmitError {
         what: &'static str,
         node: &'static str,
     },
-    #[error(
-        "person `{name}` cannot be used in a provisioning GRANT template (it contains `$`); \
-         rename the user in the manifest"
-    )]
-    UnsafePersonName { name: String },
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
 }

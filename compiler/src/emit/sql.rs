@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 
 mod converge;
+pub mod provision;
 
 use super::quote::{self, ident, literal};
 use super::{EmitError, Logins};
@@ -54,6 +55,15 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
     );
     // Literals below are written with standard quoting; make sure the server reads them so.
     out.push_str("SET standard_conforming_strings = on;\nBEGIN;\n\n");
+    let provisioning = provision::needed(model, db);
+    if provisioning {
+        let _ = writeln!(
+            out,
+            "-- Provisioning changes privileges too: wait for any activation in progress.\n\
+             SELECT pg_advisory_xact_lock({}, 0);\n",
+            provision::ACL_LOCK
+        );
+    }
 
     roles(&mut out, model, db, &logins);
     memberships(&mut out, db, &logins);
@@ -65,12 +75,21 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
         let _ = writeln!(out, "-- Privileges of db-role `{}`.", role.name);
         for grant in &role.grants {
             let grantee = ident(&role.name);
-            for statement in grant_sql(grant, &grantee, &literal(&grantee), Future::Included) {
+            for statement in grant_sql(
+                grant,
+                &grantee,
+                &literal(&grantee),
+                Future::Included,
+                GrantOption::Without,
+            ) {
                 out.push_str(&statement);
                 out.push('\n');
             }
         }
         out.push('\n');
+    }
+    if provisioning {
+        provision::install(&mut out, model, db);
     }
     out.push_str("COMMIT;\n");
     Ok(out)
@@ -328,6 +347,14 @@ pub enum Future {
     Excluded,
 }
 
+/// Whether the grantee may pass the privilege on: the admin user must, to grant it to the users
+/// it provisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantOption {
+    Without,
+    With,
+}
+
 /// The statements for one grant to `grantee` (SQL text: a quoted identifier, or a template
 /// placeholder). `grantee_literal` is the same grantee as a string literal, for the `DO`
 /// block that grants on the current database (whose name is only known when the script runs).
@@ -336,19 +363,24 @@ pub fn grant_sql(
     grantee: &str,
     grantee_literal: &str,
     future: Future,
+    option: GrantOption,
 ) -> Vec<String> {
     let privs = privileges(grant);
+    let with = match option {
+        GrantOption::Without => "",
+        GrantOption::With => " WITH GRANT OPTION",
+    };
     let schema = grant.schema.as_deref().unwrap_or("public");
     let in_schema = ident(schema);
     // Objects of a kind in the whole schema: the existing ones now, and (default privileges)
     // the ones created later by the role running this script.
     let every = |plural: &str, default_kind: &str| {
         let mut statements = vec![format!(
-            "GRANT {privs} ON ALL {plural} IN SCHEMA {in_schema} TO {grantee};"
+            "GRANT {privs} ON ALL {plural} IN SCHEMA {in_schema} TO {grantee}{with};"
         )];
         if future == Future::Included {
             statements.push(format!(
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA {in_schema} GRANT {privs} ON {default_kind} TO {grantee};"
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA {in_schema} GRANT {privs} ON {default_kind} TO {grantee}{with};"
             ));
         }
         statements
@@ -356,23 +388,25 @@ pub fn grant_sql(
     match (grant.on, grant.object.as_deref()) {
         (ObjectKind::Database, _) => {
             let body = format!(
-                "  EXECUTE format('GRANT {privs} ON DATABASE %I TO %s', current_database(), {grantee_literal});\n"
+                "  EXECUTE format('GRANT {privs} ON DATABASE %I TO %s{with}', current_database(), {grantee_literal});\n"
             );
             vec![quote::do_block(&body).trim_end().to_owned()]
         }
         (ObjectKind::Schema, _) => {
-            vec![format!("GRANT {privs} ON SCHEMA {in_schema} TO {grantee};")]
+            vec![format!(
+                "GRANT {privs} ON SCHEMA {in_schema} TO {grantee}{with};"
+            )]
         }
         (ObjectKind::Table, Some(table)) => vec![format!(
-            "GRANT {privs} ON TABLE {} TO {grantee};",
+            "GRANT {privs} ON TABLE {} TO {grantee}{with};",
             quote::qualified(schema, table)
         )],
         (ObjectKind::Sequence, Some(seq)) => vec![format!(
-            "GRANT {privs} ON SEQUENCE {} TO {grantee};",
+            "GRANT {privs} ON SEQUENCE {} TO {grantee}{with};",
             quote::qualified(schema, seq)
         )],
         (ObjectKind::Function, Some(function)) => vec![format!(
-            "GRANT {privs} ON FUNCTION {} TO {grantee};",
+            "GRANT {privs} ON FUNCTION {} TO {grantee}{with};",
             quote::qualified(schema, function)
         )],
         (ObjectKind::Table | ObjectKind::AllTables, _) => every("TABLES", "TABLES"),
@@ -394,7 +428,13 @@ mod tests {
             schema: None,
             object: None,
         };
-        let sql = grant_sql(&grant, "\"o'b\"", &literal("\"o'b\""), Future::Included);
+        let sql = grant_sql(
+            &grant,
+            "\"o'b\"",
+            &literal("\"o'b\""),
+            Future::Included,
+            GrantOption::Without,
+        );
         assert_eq!(sql.len(), 1);
         assert!(
             sql[0].contains("current_database(), '\"o''b\"'"),
@@ -411,7 +451,13 @@ mod tests {
             schema: Some("public".into()),
             object: None,
         };
-        let sql = grant_sql(&grant, "\"r\"", "'\"r\"'", Future::Included);
+        let sql = grant_sql(
+            &grant,
+            "\"r\"",
+            "'\"r\"'",
+            Future::Included,
+            GrantOption::Without,
+        );
         assert_eq!(
             sql,
             [
@@ -429,10 +475,16 @@ mod tests {
             schema: Some("public".into()),
             object: None,
         };
-        let sql = grant_sql(&grant, "{user}", "'{user}'", Future::Excluded);
+        let sql = grant_sql(
+            &grant,
+            "\"a\"",
+            "'\"a\"'",
+            Future::Excluded,
+            GrantOption::With,
+        );
         assert_eq!(
             sql,
-            ["GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO {user};"]
+            ["GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"a\" WITH GRANT OPTION;"]
         );
     }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The format version this build writes and reads. A relay refuses any other.
-/// Version 2 added the idle limits to [`Limits`].
+/// Version 2 added the idle limits to [`Limits`] and made [`Access::grants`] structured.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// The whole frozen configuration, as written to `relay/frozen.json`.
@@ -196,9 +196,56 @@ pub struct Access {
     pub provision: Provision,
     /// Roles granted to a provisioned user (sorted).
     pub db_roles: Vec<String>,
-    /// Privileges granted to a provisioned user, as SQL GRANT statements with `{user}` for the
-    /// quoted user name.
-    pub grants: Vec<String>,
+    /// Privileges granted to a provisioned user. Structured, never SQL text: the relay passes
+    /// them as JSON to the database's `dbward.activate`, which quotes every name itself.
+    pub grants: Vec<Grant>,
+}
+
+/// One privilege grant to a provisioned user, as `dbward.activate` reads it (its JSON form is
+/// the procedure's `grants` argument).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Privilege keywords, each valid for `on`; `ALL` means every privilege of the kind.
+    pub privileges: Vec<Privilege>,
+    pub on: GrantOn,
+    /// The schema of the object(s); `None` only for `database`.
+    pub schema: Option<String>,
+    /// One object of the schema; `None` means every object of the kind in the schema.
+    /// Functions are named without arguments (every overload).
+    pub object: Option<String>,
+}
+
+/// The PostgreSQL privileges a provisioned user may be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Privilege {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    References,
+    Trigger,
+    Usage,
+    Create,
+    Connect,
+    Temporary,
+    Execute,
+    All,
+}
+
+/// What a [`Grant`] is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrantOn {
+    /// The database the session opens (the procedure's `current_database()`).
+    Database,
+    Schema,
+    /// Tables, views, materialized views, foreign and partitioned tables.
+    Table,
+    Sequence,
+    Function,
 }
 
 impl Access {

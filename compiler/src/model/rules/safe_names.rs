@@ -154,14 +154,6 @@ pub fn problem(name: &str, usage: Use) -> Option<(&'static str, String, String)>
             "a person's name becomes a certificate subject, a PostgreSQL user and a file name: remove the `/`".into(),
         ));
     }
-    // A provisioned person's name is placed in dollar-quoted SQL literals by the relay's grants.
-    if usage == Use::Person && name.contains('$') {
-        return Some((
-            "dbward::invalid_person_name",
-            format!("`{name}` contains `$`"),
-            "a person's name becomes a provisioned PostgreSQL user whose grants quote it with `$…$`: remove the `$`".into(),
-        ));
-    }
     None
 }
 
@@ -390,11 +382,8 @@ mod tests {
         assert!(problem("Orders_DB", Use::DnsLabel).is_some());
         assert!(problem("-x", Use::DnsLabel).is_some());
         assert!(problem("a/b", Use::Person).is_some());
-        assert!(problem("a$dbward_user$b", Use::Person).is_some());
-        assert!(
-            problem("a$b", Use::PgRole).is_none(),
-            "`$` is only refused in people's names"
-        );
+        // Provisioned users get their grants as data (`dbward.activate`), so `$` is fine.
+        assert!(problem("a$dbward_user$b", Use::Person).is_none());
         expect(
             "database Orders {\n}\n",
             "dbward::invalid_database_name",

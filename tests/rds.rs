@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use dbward_cloud::aws::{AwsCredentials, AwsEnv};
 use dbward_relay::audit::AuditSink;
 use dbward_relay::metrics::Metrics;
 use dbward_relay::state::Shared;
-use dbward_cloud::aws::{AwsCredentials, AwsEnv};
 use dbward_tests::{Cluster, free_port, psql_command, run_bin, wait_for, workspace_bin};
 use tokio_util::sync::CancellationToken;
 

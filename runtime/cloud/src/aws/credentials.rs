@@ -251,8 +251,7 @@ impl AwsCredentials {
             ("RoleArn", role),
             ("RoleSessionName", session),
             ("WebIdentityToken", token.trim()),
-        ]
-        ;
+        ];
         let url = format!("{endpoint}/");
         let mut call = Call::new(Method::POST, &url);
         call.headers.push(("accept", "application/xml".into()));

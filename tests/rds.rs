@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use dbward_cloud::aws::{AwsCredentials, AwsEnv};
 use dbward_relay::audit::AuditSink;
 use dbward_relay::metrics::Metrics;
 use dbward_relay::state::Shared;
-use dbward_relay::upstream::aws_credentials::{AwsCredentials, AwsEnv};
 use dbward_tests::{Cluster, free_port, psql_command, run_bin, wait_for, workspace_bin};
 use tokio_util::sync::CancellationToken;
 
@@ -448,7 +448,7 @@ fn env_credentials_sign_a_token_postgres_accepts_and_a_wrong_secret_is_refused()
 
     // A token signed for another database user does not log in as `app` (straight to
     // PostgreSQL with psql, as a stolen token would be used); the same for `app` does.
-    let credentials = dbward_relay::upstream::aws_credentials::Credentials {
+    let credentials = dbward_cloud::aws::Credentials {
         access_key_id: KEY_ID.into(),
         secret_access_key: SECRET.into(),
         session_token: None,
@@ -457,7 +457,7 @@ fn env_credentials_sign_a_token_postgres_accepts_and_a_wrong_secret_is_refused()
     };
     let endpoint = format!("127.0.0.1:{}", rds.cluster.port);
     let direct = |user: &str| {
-        let token = dbward_relay::upstream::rds::auth_token(
+        let token = dbward_cloud::aws::rds::auth_token(
             &endpoint,
             REGION,
             user,

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -45,6 +45,9 @@ pub struct Call<'a> {
     pub url: &'a str,
     pub headers: Vec<(&'static str, String)>,
     pub bearer: Option<&'a Secret>,
+    /// Headers whose values are credentials sent as they are (AWS's container authorization
+    /// token, the IMDSv2 session token); never shown.
+    pub secret_headers: Vec<(&'static str, &'a Secret)>,
     /// `(content type, bytes)`; the bytes may carry a secret (a JWT, a subject token), so
     /// they are never shown.
     pub body: Option<(&'static str, Vec<u8>)>,
@@ -59,6 +62,7 @@ impl<'a> Call<'a> {
             url,
             headers: Vec::new(),
             bearer: None,
+            secret_headers: Vec::new(),
             body: None,
             metadata: false,
         }
@@ -71,6 +75,9 @@ impl<'a> Call<'a> {
 pub struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The answer's `Date` header, if it had one, and when (by the local clock) the answer's
+    /// head arrived: what AWS's clock-skew correction learns from.
+    pub date: Option<(String, SystemTime)>,
 }
 
 impl Http {
@@ -152,6 +159,9 @@ impl Http {
         for (name, value) in &call.headers {
             request = request.header(*name, value.as_str());
         }
+        for (name, value) in &call.secret_headers {
+            request = request.header(*name, value.expose());
+        }
         if let Some(token) = call.bearer {
             request = request.header("authorization", format!("Bearer {}", token.expose()));
         }
@@ -197,6 +207,12 @@ where
             .send_request(request)
             .await
             .map_err(|e| format!("HTTP with {url} failed: {e}"))?;
+        let received = SystemTime::now();
+        let date = response
+            .headers()
+            .get(hyper::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .map(|d| (d.to_owned(), received));
         let status = response.status().as_u16();
         let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
@@ -206,6 +222,7 @@ where
         Ok(Answer {
             status,
             body: body.to_vec(),
+            date,
         })
     }
     .await;

@@ -12,13 +12,16 @@
 //! - [`gcp`]: Google — ambient credentials in Google's order, service-account impersonation
 //!   (IAM Credentials `generateAccessToken`), and the Cloud SQL Admin API lookups.
 //!
-//! AWS (the RDS token and its credential chain, now in the relay) moves to an `aws` module
-//! beside `gcp`; Azure gets an `azure` module. Every endpoint of every cloud is configurable so
+//! - [`aws`]: Amazon — ambient credentials in the AWS SDKs' order, the clock-skew correction
+//!   learned from AWS's answers, and the RDS IAM auth token (SigV4).
+//!
+//! Azure gets an `azure` module. Every endpoint of every cloud is configurable so
 //! tests run against local servers; see each module's docs for the variables.
 //!
 //! **Invariant: no HTTP on a session's path in steady state** — sessions read the cache; only
 //! a cold cache, or one whose background refresh failed until the token expired, fetches.
 
+pub mod aws;
 pub mod cache;
 pub mod gcp;
 pub mod http;

@@ -23,9 +23,9 @@
 //! - [`readahead`]: large socket reads during bulk transfers, none held while idle.
 //! - [`listener`]: the accept loop and connection limit; [`session`]: one client connection.
 //! - [`upstream`]: how to reach and authenticate to each database (one module per method:
-//!   [`upstream::mtls`]; [`upstream::rds`] signing SigV4 tokens with ambient credentials from
-//!   [`upstream::aws_credentials`], injectable with [`state::Loaded::with_aws_credentials`], at
-//!   AWS's time as learned by [`upstream::clock_skew`]).
+//!   [`upstream::mtls`]; [`upstream::rds`] caching SigV4 tokens signed by
+//!   [`dbward_cloud::aws`] with ambient credentials, injectable with
+//!   [`state::Loaded::with_aws_credentials`], at AWS's time as learned from AWS's answers).
 //! - [`cancel`]: relay-issued cancel keys and forwarding CancelRequests.
 //! - [`audit`], [`metrics`], [`http`]: what the relay reports (audit log, Prometheus, probes).
 //! - [`config`], [`ops`], [`logging`]: loading and verifying the config, signals and drain,

@@ -17,7 +17,7 @@ use crate::cancel::CancelMap;
 use crate::metrics::Metrics;
 use crate::tls::{ServerTls, TlsError};
 use crate::upstream::Upstream;
-use crate::upstream::aws_credentials::{AwsCredentials, AwsEnv};
+use dbward_cloud::aws::{AwsCredentials, AwsEnv};
 
 /// A frozen config together with everything built from it once per load: TLS configs and
 /// upstream targets. Never mutated; replaced whole on reload.

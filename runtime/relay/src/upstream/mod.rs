@@ -2,15 +2,13 @@
 //!
 //! Each way of authenticating is one module. Self-hosted databases use [`mtls`]: the relay's
 //! client certificate, mapped by `pg_ident.conf`. Amazon RDS uses [`rds`]: a SigV4 auth token
-//! as the password, signed with ambient credentials ([`aws_credentials`]) at AWS's time as
-//! learned from those endpoints' answers ([`clock_skew`]). Cloud SQL and Azure
+//! as the password, signed with ambient credentials at AWS's time as learned from the
+//! credential endpoints' answers (both in [`dbward_cloud::aws`]). Cloud SQL and Azure
 //! will each add a module that produces a password and share the connect and startup code here.
 //!
 //! A database whose frozen `tls.ca` is absent is verified against the Mozilla roots
 //! (webpki-roots); RDS certificates chain to Amazon's own CA, so RDS databases need `ca-file`.
 
-pub mod aws_credentials;
-pub mod clock_skew;
 pub mod mtls;
 pub mod rds;
 
@@ -68,7 +66,7 @@ impl Upstream {
         config: &Config,
         name: &str,
         database: &Database,
-        aws: &Arc<aws_credentials::AwsCredentials>,
+        aws: &Arc<dbward_cloud::aws::AwsCredentials>,
     ) -> Result<Upstream, TlsError> {
         let resolve = |p: &Path| Config::resolve_path(config_path, p);
         let address = format!("{}:{}", database.host, database.port);
@@ -127,7 +125,7 @@ impl Upstream {
     }
 
     /// The same upstream, with RDS tokens signed from `aws` instead.
-    pub fn with_aws_credentials(&self, aws: &Arc<aws_credentials::AwsCredentials>) -> Upstream {
+    pub fn with_aws_credentials(&self, aws: &Arc<dbward_cloud::aws::AwsCredentials>) -> Upstream {
         match self {
             Upstream::Ready(target) if target.rds.is_some() => Upstream::Ready(Arc::new(Target {
                 address: target.address.clone(),
@@ -139,12 +137,6 @@ impl Upstream {
             other => other.clone(),
         }
     }
-}
-
-/// TLS for an HTTPS server whose certificate chains to a well-known public root (Mozilla's
-/// list), e.g. an AWS endpoint.
-pub(crate) fn platform_roots_config() -> Result<Arc<ClientConfig>, TlsError> {
-    crate::tls::public_roots_config(crate::tls::provider()).map(Arc::new)
 }
 
 fn auth_name(auth: &UpstreamAuth) -> &'static str {

@@ -1,11 +1,10 @@
 //! Amazon RDS / Aurora upstreams with IAM database authentication.
 //!
-//! The password is an RDS auth token: a SigV4 *presigned* `GET https://HOST:PORT/?Action=connect
-//! &DBUser=USER` for the service `rds-db` in the database's region, valid for 15 minutes,
-//! without its `https://` prefix. It is signed with the `aws-sigv4` crate from ambient
-//! credentials ([`super::aws_credentials`]) at AWS's time as the relay has learned it
-//! ([`super::clock_skew`]), and sent in a PasswordMessage when the server asks for a cleartext
-//! password, over `verify-full` TLS (RDS does not take client certificates).
+//! The password is an RDS auth token ([`dbward_cloud::aws::rds::auth_token`]: a SigV4
+//! presigned `connect` URL for `rds-db`, valid for 15 minutes), signed from ambient
+//! credentials ([`dbward_cloud::aws::credentials`]) at AWS's time as the relay has learned it
+//! ([`dbward_cloud::aws::clock_skew`]), and sent in a PasswordMessage when the server asks for
+//! a cleartext password, over `verify-full` TLS (RDS does not take client certificates).
 //!
 //! Tokens are cached per database user, so a burst of sessions signs once:
 //! - **a cached token is handed out only while it has [`MIN_VALIDITY`] left**, counted in AWS's
@@ -23,17 +22,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_sigv4::http_request::{
-    SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
-};
-use aws_sigv4::sign::v4;
+use dbward_cloud::aws::AwsCredentials;
+pub use dbward_cloud::aws::rds::TOKEN_VALIDITY;
+use dbward_cloud::aws::rds::auth_token;
 
 use super::UpstreamError;
-use super::aws_credentials::{AwsCredentials, Credentials};
 use crate::protocol::backend;
-
-/// How long RDS accepts a token (its maximum).
-pub const TOKEN_VALIDITY: Duration = Duration::from_secs(15 * 60);
 /// A cached token is handed out only while it has this much validity left, so a session never
 /// starts with a token about to expire.
 pub const MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
@@ -264,56 +258,6 @@ fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The RDS auth token for `user` at `endpoint` (`host:port`) in `region`, signed at `time`.
-pub fn auth_token(
-    endpoint: &str,
-    region: &str,
-    user: &str,
-    credentials: &Credentials,
-    time: SystemTime,
-) -> Result<String, String> {
-    let url = format!(
-        "https://{endpoint}/?Action=connect&DBUser={}",
-        percent_encoding::utf8_percent_encode(user, percent_encoding::NON_ALPHANUMERIC)
-    );
-    let identity = aws_credential_types::Credentials::new(
-        credentials.access_key_id.clone(),
-        credentials.secret_access_key.clone(),
-        credentials.session_token.clone(),
-        credentials.expiry,
-        "dbward-relay",
-    )
-    .into();
-    let mut settings = SigningSettings::default();
-    settings.expires_in = Some(TOKEN_VALIDITY);
-    settings.signature_location = SignatureLocation::QueryParams;
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("rds-db")
-        .time(time)
-        .settings(settings)
-        .build()
-        .map_err(|e| format!("cannot sign the RDS auth token: {e}"))?
-        .into();
-    let signable = SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[]))
-        .map_err(|e| format!("cannot sign the RDS auth token for {endpoint}: {e}"))?;
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| format!("cannot sign the RDS auth token for {endpoint}: {e}"))?
-        .into_parts();
-    let mut request = http::Request::builder()
-        .method("GET")
-        .uri(&url)
-        .body(())
-        .map_err(|e| format!("invalid RDS endpoint {endpoint}: {e}"))?;
-    instructions.apply_to_request_http1x(&mut request);
-    let signed = request.uri().to_string();
-    Ok(signed
-        .strip_prefix("https://")
-        .unwrap_or(&signed)
-        .to_owned())
-}
-
 /// A PostgreSQL PasswordMessage carrying `password`.
 fn password_message(password: &str) -> Vec<u8> {
     let len = 4 + password.len() + 1;
@@ -329,7 +273,7 @@ fn password_message(password: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::aws_credentials::AwsEnv;
+    use dbward_cloud::aws::{AwsEnv, Credentials};
 
     fn credentials(token: Option<&str>) -> Credentials {
         Credentials {
@@ -339,69 +283,6 @@ mod tests {
             expiry: None,
             source: "test",
         }
-    }
-
-    #[test]
-    fn the_token_is_a_presigned_connect_url() {
-        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let token = auth_token(
-            "db.example.com:5432",
-            "eu-west-1",
-            "app user",
-            &credentials(None),
-            time,
-        )
-        .unwrap();
-        assert!(
-            token.starts_with("db.example.com:5432/?Action=connect&DBUser=app%20user&"),
-            "{token}"
-        );
-        for part in [
-            "X-Amz-Algorithm=AWS4-HMAC-SHA256",
-            "X-Amz-Credential=AKIDEXAMPLE%2F20231114%2Feu-west-1%2Frds-db%2Faws4_request",
-            "X-Amz-Date=20231114T221320Z",
-            "X-Amz-Expires=900",
-            "X-Amz-SignedHeaders=host",
-            "X-Amz-Signature=",
-        ] {
-            assert!(token.contains(part), "{part} missing from {token}");
-        }
-        assert!(!token.contains("wJalrXUtnFEMI"));
-        // Deterministic for a fixed time; any input change changes the signature.
-        let again = auth_token(
-            "db.example.com:5432",
-            "eu-west-1",
-            "app user",
-            &credentials(None),
-            time,
-        )
-        .unwrap();
-        assert_eq!(token, again);
-        let other = auth_token(
-            "db.example.com:5432",
-            "eu-west-2",
-            "app user",
-            &credentials(None),
-            time,
-        )
-        .unwrap();
-        assert_ne!(token, other);
-    }
-
-    #[test]
-    fn a_session_token_is_signed_into_the_url() {
-        let token = auth_token(
-            "h:5432",
-            "us-east-1",
-            "u",
-            &credentials(Some("sess/token")),
-            SystemTime::now(),
-        )
-        .unwrap();
-        assert!(
-            token.contains("X-Amz-Security-Token=sess%2Ftoken"),
-            "{token}"
-        );
     }
 
     fn env_auth() -> RdsAuth {

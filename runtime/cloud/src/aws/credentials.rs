@@ -1,4 +1,4 @@
-//! Ambient AWS credentials for the RDS upstream, found the way the AWS SDKs find them.
+//! Ambient AWS credentials for RDS IAM authentication, found the way the AWS SDKs find them.
 //!
 //! The order is the SDK's: environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`); web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, exchanged
@@ -16,27 +16,28 @@
 //!
 //! Every answer's `Date` header teaches the chain's [`ClockSkew`] the relay's offset from AWS's
 //! clock; expiry checks and RDS token signing use the corrected time.
+//!
+//! HTTP goes through [`crate::http`]: credentials travel over `https://`; plain `http://` only
+//! to loopback, to the instance metadata service and to the ECS/EKS container endpoints
+//! (`169.254.170.2`, `169.254.170.23`, `fd00:ec2::23`), as the AWS SDKs allow.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::{Method, Request, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::Method;
 use tokio::sync::Mutex;
 
 use super::clock_skew::ClockSkew;
+use crate::http::{Call, Http};
+use crate::secret::Secret;
 
 /// How long before their expiry cached credentials are refreshed.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
-/// Bound on one credential-endpoint HTTP exchange.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest credential-endpoint response accepted.
-const MAX_RESPONSE: usize = 64 * 1024;
 const ECS_HOST: &str = "http://169.254.170.2";
+/// The hosts a plain-`http://` `AWS_CONTAINER_CREDENTIALS_FULL_URI` may name besides loopback
+/// (ECS, EKS Pod Identity over IPv4 and IPv6), as in the AWS SDKs.
+const CONTAINER_HOSTS: [&str; 3] = ["169.254.170.2", "169.254.170.23", "fd00:ec2::23"];
 const IMDS_DEFAULT: &str = "http://169.254.169.254";
 
 /// A snapshot of the `AWS_*` environment variables the providers read.
@@ -113,6 +114,8 @@ pub struct CredentialsError {
 #[derive(Debug)]
 pub struct AwsCredentials {
     env: AwsEnv,
+    /// The client, or why TLS could not be set up (reported when an endpoint is needed).
+    http: Result<Http, String>,
     cache: Mutex<Option<Credentials>>,
     /// The relay's clock offset from AWS, learned from the endpoints' answers.
     clock: ClockSkew,
@@ -122,6 +125,7 @@ impl AwsCredentials {
     pub fn new(env: AwsEnv) -> AwsCredentials {
         AwsCredentials {
             env,
+            http: Http::new().map_err(|e| format!("cannot set up TLS: {e}")),
             cache: Mutex::new(None),
             clock: ClockSkew::new(),
         }
@@ -141,9 +145,9 @@ impl AwsCredentials {
             .and_then(|cache| cache.as_ref().map(|c| c.source))
     }
 
-    /// The cache itself, for tests that plant credentials.
-    #[cfg(test)]
-    pub(crate) async fn cache_for_tests(&self) -> tokio::sync::MutexGuard<'_, Option<Credentials>> {
+    /// The cache itself, for tests that plant credentials (the `fake` feature: tests only).
+    #[cfg(any(test, feature = "fake"))]
+    pub async fn cache_for_tests(&self) -> tokio::sync::MutexGuard<'_, Option<Credentials>> {
         self.cache.lock().await
     }
 
@@ -247,24 +251,15 @@ impl AwsCredentials {
             ("RoleArn", role),
             ("RoleSessionName", session),
             ("WebIdentityToken", token.trim()),
-        ]
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-        let body = http(
-            &self.clock,
-            Method::POST,
-            &format!("{endpoint}/"),
-            &[("accept", "application/xml")],
-            Some(("application/x-www-form-urlencoded", form.into_bytes())),
-        )
-        .await?;
+        ];
+        let url = format!("{endpoint}/");
+        let mut call = Call::new(Method::POST, &url);
+        call.headers.push(("accept", "application/xml".into()));
+        call.body = Some((
+            "application/x-www-form-urlencoded",
+            crate::http::form(&form),
+        ));
+        let body = self.fetch(call).await?;
         let answer: StsAnswer = quick_xml::de::from_reader(body.as_ref()).map_err(|e| {
             format!("the STS answer is not an AssumeRoleWithWebIdentityResponse: {e}")
         })?;
@@ -302,23 +297,23 @@ impl AwsCredentials {
             env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
             env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
         ) {
-            (Some(file), _) => Some(
+            (Some(file), _) => Some(Secret::new(
                 tokio::fs::read_to_string(file)
                     .await
                     .map_err(|e| {
                         format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {file}: {e}")
                     })?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, Some(token)) => Some(token.to_owned()),
+                    .trim(),
+            )),
+            (None, Some(token)) => Some(Secret::new(token)),
             (None, None) => None,
         };
-        let headers: Vec<(&str, &str)> = token
-            .as_deref()
-            .map(|t| vec![("authorization", t)])
-            .unwrap_or_default();
-        let body = http(&self.clock, Method::GET, &url, &headers, None).await?;
+        let mut call = Call::new(Method::GET, &url);
+        call.metadata = container_host(&url);
+        if let Some(token) = &token {
+            call.secret_headers.push(("authorization", token));
+        }
+        let body = self.fetch(call).await?;
         parse_credentials(&body, "ECS container credentials").map(Some)
     }
 
@@ -330,26 +325,24 @@ impl AwsCredentials {
             .unwrap_or(IMDS_DEFAULT)
             .trim_end_matches('/')
             .to_owned();
-        let token = http(
-            &self.clock,
-            Method::PUT,
-            &format!("{base}/latest/api/token"),
-            &[("x-aws-ec2-metadata-token-ttl-seconds", "21600")],
-            None,
-        )
-        .await?;
+        let url = format!("{base}/latest/api/token");
+        let mut call = Call::new(Method::PUT, &url);
+        call.metadata = true;
+        call.headers
+            .push(("x-aws-ec2-metadata-token-ttl-seconds", "21600".into()));
+        let token = self.fetch(call).await?;
         let token =
             String::from_utf8(token).map_err(|_| "the metadata token is not text".to_owned())?;
-        let token = token.trim();
-        let auth = [("x-aws-ec2-metadata-token", token)];
-        let roles = http(
-            &self.clock,
-            Method::GET,
-            &format!("{base}/latest/meta-data/iam/security-credentials/"),
-            &auth,
-            None,
-        )
-        .await?;
+        let token = Secret::new(token.trim());
+        let imds_get = |url| {
+            let mut call = Call::new(Method::GET, url);
+            call.metadata = true;
+            call.secret_headers
+                .push(("x-aws-ec2-metadata-token", &token));
+            call
+        };
+        let url = format!("{base}/latest/meta-data/iam/security-credentials/");
+        let roles = self.fetch(imds_get(&url)).await?;
         let roles = String::from_utf8_lossy(&roles);
         let role = roles
             .lines()
@@ -362,16 +355,41 @@ impl AwsCredentials {
                 "the metadata service named an invalid role {role:?}"
             ));
         }
-        let body = http(
-            &self.clock,
-            Method::GET,
-            &format!("{base}/latest/meta-data/iam/security-credentials/{role}"),
-            &auth,
-            None,
-        )
-        .await?;
+        let url = format!("{base}/latest/meta-data/iam/security-credentials/{role}");
+        let body = self.fetch(imds_get(&url)).await?;
         parse_credentials(&body, "EC2 instance metadata")
     }
+
+    /// One exchange with a credential endpoint: the body of a 2xx answer. Errors name the URL
+    /// and the status (and, from `error_of`, what the service said), never a header value or
+    /// the request body. The answer's `Date` (of any status) is given to the clock.
+    async fn fetch(&self, call: Call<'_>) -> Result<Vec<u8>, String> {
+        let http = self.http.as_ref().map_err(Clone::clone)?;
+        let url = call.url.to_owned();
+        let answer = http.send(call).await?;
+        if let Some((date, received)) = &answer.date {
+            self.clock.observe(date, *received, &url);
+        }
+        if !(200..300).contains(&answer.status) {
+            let status = hyper::StatusCode::from_u16(answer.status)
+                .map_or_else(|_| answer.status.to_string(), |s| s.to_string());
+            return Err(format!(
+                "{url} answered HTTP {status}{}",
+                error_of(&answer.body)
+            ));
+        }
+        Ok(answer.body)
+    }
+}
+
+/// Whether `url` names one of the container credential hosts (plain HTTP allowed).
+fn container_host(url: &str) -> bool {
+    url.parse::<hyper::Uri>().is_ok_and(|uri| {
+        uri.host().is_some_and(|host| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            CONTAINER_HOSTS.iter().any(|h| h.eq_ignore_ascii_case(host))
+        })
+    })
 }
 
 /// Whether cached credentials can still be used at `now`.
@@ -421,122 +439,6 @@ fn parse_credentials(body: &[u8], source: &'static str) -> Result<Credentials, S
         expiry,
         source,
     })
-}
-
-/// One HTTP/1.1 exchange with a credential endpoint (`http://`, or `https://` verified against
-/// the public roots); the body of a 2xx answer. `body` is `(content type, bytes)`. Errors name
-/// the URL and the status (and, from `error_of`, what the service said), never a header value
-/// or the request body. The answer's `Date` (of any status) is given to `clock`.
-async fn http(
-    clock: &ClockSkew,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<(&str, Vec<u8>)>,
-) -> Result<Vec<u8>, String> {
-    let exchange = async {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("invalid endpoint URL {url:?}: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => return Err(format!("endpoint {url} is neither http:// nor https://")),
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("endpoint {url} has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
-        let path = uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", authority);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let payload = match body {
-            Some((content_type, bytes)) => {
-                request = request.header("content-type", content_type);
-                Bytes::from(bytes)
-            }
-            None => Bytes::new(),
-        };
-        let request = request
-            .body(Full::new(payload))
-            .map_err(|_| format!("cannot build the request to {url}"))?;
-        let (status, body) = if tls {
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| format!("endpoint {url} has an invalid host name: {e}"))?;
-            let config = super::platform_roots_config().map_err(|e| e.to_string())?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS with {url} failed: {e}"))?;
-            send(TokioIo::new(stream), request, url, clock).await?
-        } else {
-            send(TokioIo::new(tcp), request, url, clock).await?
-        };
-        if !status.is_success() {
-            return Err(format!("{url} answered HTTP {status}{}", error_of(&body)));
-        }
-        Ok(body)
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("{url} did not answer within {HTTP_TIMEOUT:?}"))?
-}
-
-async fn send<T>(
-    io: TokioIo<T>,
-    request: Request<Full<Bytes>>,
-    url: &str,
-    clock: &ClockSkew,
-) -> Result<(hyper::StatusCode, Vec<u8>), String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP with {url} failed: {e}"))?;
-    let driver = tokio::spawn(connection);
-    let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("HTTP with {url} failed: {e}"))?;
-        let received = SystemTime::now();
-        if let Some(date) = response
-            .headers()
-            .get(hyper::header::DATE)
-            .and_then(|d| d.to_str().ok())
-        {
-            clock.observe(date, received, url);
-        }
-        let status = response.status();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer of {url} failed: {e}"))?
-            .to_bytes();
-        Ok((status, body.to_vec()))
-    }
-    .await;
-    driver.abort();
-    result
 }
 
 /// `: CODE: MESSAGE` from an AWS XML error body (STS), or nothing. These never carry secrets.
@@ -826,6 +728,25 @@ mod tests {
         let cached = creds.cache_for_tests().await.clone().unwrap();
         assert!(!fresh(&cached, creds.clock().now()));
         assert!(fresh(&cached, SystemTime::now()));
+    }
+
+    #[tokio::test]
+    async fn container_credentials_over_plain_http_only_to_loopback_or_the_container_hosts() {
+        assert!(container_host("http://169.254.170.2/v2/credentials/x"));
+        assert!(container_host("http://169.254.170.23/v1/credentials"));
+        assert!(container_host("http://[fd00:ec2::23]/v1/credentials"));
+        assert!(!container_host("http://creds.example.com/"));
+        let creds = AwsCredentials::new(AwsEnv::from_vars([
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://creds.example.com/creds",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "container-secret"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]));
+        let message = creds.get().await.unwrap_err().to_string();
+        assert!(message.contains("only sent over https://"), "{message}");
+        assert!(!message.contains("container-secret"), "{message}");
     }
 
     #[test]

@@ -39,7 +39,6 @@ impl std::fmt::Debug for Http {
 }
 
 /// One request. Header values that are credentials are [`Secret`]s.
-#[derive(Debug)]
 pub struct Call<'a> {
     pub method: Method,
     pub url: &'a str,
@@ -53,6 +52,28 @@ pub struct Call<'a> {
     pub body: Option<(&'static str, Vec<u8>)>,
     /// Whether plain HTTP to a non-loopback host is acceptable (the metadata server).
     pub metadata: bool,
+}
+
+/// Shows where a request goes, never what it carries: the body may hold a JWT assertion or a
+/// subject token, so only its type and size are shown.
+impl std::fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &self.headers)
+            .field("bearer", &self.bearer)
+            .field("secret_headers", &self.secret_headers)
+            .field(
+                "body",
+                &self
+                    .body
+                    .as_ref()
+                    .map(|(kind, bytes)| format!("{kind}, {} bytes", bytes.len())),
+            )
+            .field("metadata", &self.metadata)
+            .finish()
+    }
 }
 
 impl<'a> Call<'a> {
@@ -260,5 +281,22 @@ mod tests {
         assert!(!error.contains("ya29"), "{error}");
         assert!(is_loopback("127.0.0.1") && is_loopback("::1") && is_loopback("LOCALHOST"));
         assert!(!is_loopback("169.254.169.254"));
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn a_call_never_shows_its_body() {
+        let mut call = Call::new(Method::POST, "https://oauth2.example/token");
+        call.body = Some((
+            "application/x-www-form-urlencoded",
+            b"assertion=eyJhbGciOiJSUzI1NiJ9.secret".to_vec(),
+        ));
+        let shown = format!("{call:?}");
+        assert!(!shown.contains("eyJ"), "{shown}");
+        assert!(shown.contains("37 bytes"), "{shown}");
     }
 }

@@ -38,21 +38,8 @@ impl FrameReader {
         max: usize,
     ) -> io::Result<Option<Frame>> {
         loop {
-            let pending = &self.buf[self.start..];
-            match frame_header(pending) {
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-                Ok(Some((_, size))) if size > max => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("message of {size} bytes exceeds the startup limit of {max}"),
-                    ));
-                }
-                Ok(Some((tag, size))) if pending.len() >= size => {
-                    let bytes = pending[..size].to_vec();
-                    self.start += size;
-                    return Ok(Some(Frame { tag, bytes }));
-                }
-                _ => {}
+            if let Some(frame) = self.take(max)? {
+                return Ok(Some(frame));
             }
             if self.start > 0 {
                 self.buf.drain(..self.start);
@@ -70,6 +57,32 @@ impl FrameReader {
                 };
             }
         }
+    }
+
+    /// The next whole message among the bytes already read, without reading: `Ok(None)` when
+    /// more bytes are needed. [`FrameReader::next`] is this plus reading; the pure half is
+    /// public so that it can be fuzzed with [`FrameReader::push`].
+    pub fn take(&mut self, max: usize) -> io::Result<Option<Frame>> {
+        let pending = &self.buf[self.start..];
+        match frame_header(pending) {
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            Ok(Some((_, size))) if size > max => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("message of {size} bytes exceeds the startup limit of {max}"),
+            )),
+            Ok(Some((tag, size))) if pending.len() >= size => {
+                let bytes = pending[..size].to_vec();
+                self.start += size;
+                Ok(Some(Frame { tag, bytes }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Appends bytes as if they had been read from the stream (for callers that do their own
+    /// reading, and for the fuzz targets).
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
     }
 
     /// Bytes read but not yet returned as messages.

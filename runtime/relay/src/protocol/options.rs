@@ -83,17 +83,15 @@ pub fn split(options: &str) -> Result<Split, DuplicateDatabase> {
         } else {
             (None, 1)
         };
+        // A lone `-c` takes the next word as its argument whatever it says, as PostgreSQL's
+        // getopt does: both words are one switch, kept or removed together.
+        let end = (i + used).min(words.len());
         match setting.and_then(database_setting) {
             Some(_) if database.is_some() => return Err(DuplicateDatabase),
-            Some(value) => {
-                database = Some(value);
-                i += used;
-            }
-            None => {
-                kept.push(word.raw);
-                i += 1;
-            }
+            Some(value) => database = Some(value),
+            None => kept.extend(words[i..end].iter().map(|w| w.raw)),
         }
+        i = end;
     }
     Ok(Split {
         database,
@@ -125,6 +123,14 @@ mod tests {
         check("-c dbward.database=we\\ ird", Some("we ird"), "");
         check("-c statement_timeout=5", None, "-c statement_timeout=5");
         check("-c", None, "-c");
+        // `-c` consumes the next word, so `-cdbward.database=y` is its argument here (a setting
+        // PostgreSQL would refuse), not a switch naming a database.
+        check(
+            "-c -cdbward.database=y dbward.database=z",
+            None,
+            "-c -cdbward.database=y dbward.database=z",
+        );
+        check("-c x=1 -c dbward.database=a", Some("a"), "-c x=1");
         check("trailing\\", None, "trailing\\");
     }
 

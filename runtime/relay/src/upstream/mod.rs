@@ -5,10 +5,13 @@
 //! as the password, signed with ambient credentials at AWS's time as learned from the
 //! credential endpoints' answers (both in [`dbward_cloud::aws`]). Cloud SQL and Azure
 //! will each add a module that produces a password and share the connect and startup code here.
+//! [`handshake`] reads the upstream's startup messages (a pure state machine; [`connect`] does
+//! the I/O), so that they can be tested and fuzzed without a server.
 //!
 //! A database whose frozen `tls.ca` is absent is verified against the Mozilla roots
 //! (webpki-roots); RDS certificates chain to Amazon's own CA, so RDS databases need `ca-file`.
 
+pub mod handshake;
 pub mod mtls;
 pub mod rds;
 
@@ -24,15 +27,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::protocol::backend::{self, tag};
-use crate::protocol::frames::{Frame, FrameReader};
+use crate::protocol::backend;
+use crate::protocol::frames::FrameReader;
 use crate::protocol::startup::{cancel_request, ssl_request};
 use crate::protocol::{BackendKey, StartupMessage};
 use crate::readahead::ReadAhead;
 use crate::tls::{TlsError, UpstreamTls, is_refusal, upstream_client_config};
-
-/// The largest message accepted from an upstream during startup.
-const MAX_STARTUP_MESSAGE: usize = 64 * 1024;
+use handshake::{Handshake, HandshakeError, MAX_STARTUP_MESSAGE, Step};
 
 /// How the relay reaches one database, built once per config load.
 #[derive(Debug, Clone)]
@@ -259,29 +260,19 @@ pub async fn connect(
     stream.flush().await.map_err(io_error)?;
 
     let mut reader = FrameReader::default();
-    let mut next =
-        async |stream: &mut TlsStream<ReadAhead<TcpStream>>| -> Result<Frame, UpstreamError> {
-            match reader.next(stream, MAX_STARTUP_MESSAGE).await {
-                Ok(Some(frame)) => Ok(frame),
-                Ok(None) => Err(protocol("the server closed the connection".into())),
-                Err(e) => Err(protocol(e.to_string())),
-            }
-        };
-    // Authentication. `sent` is the RDS token given to the server, if any.
+    let mut handshake = Handshake::default();
+    // `sent` is the RDS token given to the server, if any.
     let user = startup.get("user").unwrap_or_default();
     let mut sent = None;
     loop {
-        let frame = next(&mut stream).await?;
-        match frame.tag {
-            tag::AUTHENTICATION => {
-                let code = frame
-                    .body()
-                    .get(..4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or_else(|| protocol("short authentication message".into()))?;
-                if code == 0 {
-                    break;
-                }
+        let frame = match reader.next(&mut stream, MAX_STARTUP_MESSAGE).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(protocol("the server closed the connection".into())),
+            Err(e) => return Err(protocol(e.to_string())),
+        };
+        match handshake.on_message(frame) {
+            Ok(Step::Continue) => {}
+            Ok(Step::Authenticate(code)) => {
                 let reply = match &target.auth {
                     UpstreamAuth::Mtls => mtls::respond(code, &target.address)?,
                     UpstreamAuth::RdsIam { .. } if let Some(rds) = &target.rds => {
@@ -299,70 +290,27 @@ pub async fn connect(
                 stream.write_all(&reply).await.map_err(io_error)?;
                 stream.flush().await.map_err(io_error)?;
             }
-            tag::ERROR_RESPONSE => {
-                let message = backend::error_message(frame.body());
-                // A token the database refused (28P01 invalid_password, 28000): never used
-                // again, and the client is told what to check.
-                let refused_token =
-                    backend::error_code(frame.body()).is_some_and(|code| code.starts_with("28"));
-                let frame = match (&target.rds, &sent) {
-                    (Some(rds), Some(token)) if refused_token => {
-                        rds.rejected(user, token, &frame.bytes)
-                    }
-                    _ => frame.bytes,
-                };
-                return Err(UpstreamError::Refused { frame, message });
-            }
-            tag::NEGOTIATE_PROTOCOL_VERSION | tag::NOTICE_RESPONSE => {}
-            other => {
-                return Err(protocol(format!(
-                    "unexpected message {:?} during authentication",
-                    other as char
-                )));
-            }
-        }
-    }
-    // Parameters, the backend key, then ReadyForQuery.
-    let mut greeting = Vec::with_capacity(512);
-    let mut backend_key = None;
-    loop {
-        let frame = next(&mut stream).await?;
-        match frame.tag {
-            tag::PARAMETER_STATUS | tag::NOTICE_RESPONSE => {
-                greeting.extend_from_slice(&frame.bytes)
-            }
-            tag::BACKEND_KEY_DATA => {
-                let body = frame.body();
-                if body.len() != 8 {
-                    return Err(protocol("invalid BackendKeyData".into()));
-                }
-                backend_key = Some(BackendKey {
-                    pid: u32::from_be_bytes([body[0], body[1], body[2], body[3]]),
-                    secret: u32::from_be_bytes([body[4], body[5], body[6], body[7]]),
-                });
-            }
-            tag::READY_FOR_QUERY => {
+            Ok(Step::Ready(greeting)) => {
                 return Ok(Connected {
                     stream,
-                    backend_key,
-                    greeting,
-                    ready: frame.bytes,
+                    backend_key: greeting.backend_key,
+                    greeting: greeting.messages,
+                    ready: greeting.ready,
                     leftover: reader.leftover().to_vec(),
                 });
             }
-            tag::ERROR_RESPONSE => {
-                let message = backend::error_message(frame.body());
-                return Err(UpstreamError::Refused {
-                    frame: frame.bytes,
-                    message,
-                });
+            Err(HandshakeError::Refused { frame, message }) => {
+                // A token the database refused (28P01 invalid_password, 28000): never used
+                // again, and the client is told what to check.
+                let refused_token = backend::error_code(frame.get(5..).unwrap_or_default())
+                    .is_some_and(|code| code.starts_with("28"));
+                let frame = match (&target.rds, &sent) {
+                    (Some(rds), Some(token)) if refused_token => rds.rejected(user, token, &frame),
+                    _ => frame,
+                };
+                return Err(UpstreamError::Refused { frame, message });
             }
-            other => {
-                return Err(protocol(format!(
-                    "unexpected message {:?} during startup",
-                    other as char
-                )));
-            }
+            Err(HandshakeError::Protocol(reason)) => return Err(protocol(reason)),
         }
     }
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use dbward_relay::audit::AuditSink;
 use dbward_relay::metrics::Metrics;
 use dbward_relay::state::Shared;
-use dbward_tests::{Cluster, free_port, psql_command, run_bin, superuser_sql, wait_for};
+use dbward_tests::{
+    Cluster, free_port, psql_command, run_bin, superuser_query, superuser_sql, wait_for,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
@@ -128,6 +130,11 @@ impl Deployment {
     }
 
     fn start_with(tune: impl FnOnce(&mut Cluster)) -> Deployment {
+        Deployment::start_extra("", tune)
+    }
+
+    /// The same deployment, with `extra` appended to the manifest.
+    fn start_extra(extra: &str, tune: impl FnOnce(&mut Cluster)) -> Deployment {
         let dir = tempfile::Builder::new()
             .prefix("dbward-relay-e2e-")
             .tempdir()
@@ -138,7 +145,7 @@ impl Deployment {
         let audit = dir.path().join("audit.jsonl");
         fs::write(
             &deployment_paths.0,
-            manifest(&cluster, relay_port, &audit, ""),
+            manifest(&cluster, relay_port, &audit, extra),
         )
         .expect("write manifest");
         apply(&deployment_paths.0, &deployment_paths.1);
@@ -1437,4 +1444,189 @@ fn unknown_protocol_versions_are_answered_and_audited() {
         .unwrap_or_else(|| panic!("version {shown}: no session.denied audit event"));
         assert_eq!(event["reason"], "protocol", "{event}");
     }
+}
+
+/// People whose database users the relay provisions on `shop`: kim keeps hers (stripped and
+/// locked after each session), leo's is dropped, pat's name is taken by a hand-made role.
+const PROVISIONED: &str = r#"role analyst {
+    provision keep
+    allow {
+        databases shop
+        db-names shop
+        db-roles reader
+    }
+}
+role loader {
+    provision best-effort-drop
+    allow {
+        databases shop
+        db-names shop
+        db-roles reader
+        permission CREATE on=schema schema=public
+    }
+}
+user kim {
+    roles analyst
+}
+user leo {
+    roles loader
+}
+user pat {
+    roles analyst
+}
+"#;
+
+/// One row of facts about a role, as the superuser sees them: `LOGIN|member of reader|member
+/// of dbward-auto-user`, or `absent`.
+fn role_facts(cluster: &Cluster, role: &str) -> String {
+    superuser_query(
+        cluster,
+        "shop",
+        &format!(
+            "SELECT coalesce((SELECT concat_ws('|', rolcanlogin, \
+               pg_has_role(oid, 'reader', 'MEMBER'), pg_has_role(oid, 'dbward-auto-user', 'MEMBER')) \
+               FROM pg_roles WHERE rolname = '{role}'), 'absent');"
+        ),
+    )
+}
+
+#[test]
+fn provisioned_users_are_activated_for_the_session_and_retired_after() {
+    let d = Deployment::start_extra(PROVISIONED, |_| {});
+    let shop = format!("shop.{PUBLIC_NAME}");
+    let kim = d.issue("kim", "1h");
+    let leo = d.issue("leo", "1h");
+    superuser_sql(
+        &d.cluster,
+        "shop",
+        "CREATE TABLE items (id int); INSERT INTO items VALUES (1);",
+    );
+    assert_eq!(role_facts(&d.cluster, "kim"), "absent");
+
+    // keep: during the session, kim logs in as herself with exactly the reader role.
+    let (client, _) = d
+        .block(d.connect(&kim, "kim", "shop"))
+        .expect("kim connects");
+    let row = d
+        .block(client.query_one("SELECT current_user::text, count(*) FROM items", &[]))
+        .expect("kim reads items through reader");
+    assert_eq!(row.get::<_, String>(0), "kim");
+    assert_eq!(role_facts(&d.cluster, "kim"), "t|t|t");
+    let err = d
+        .block(client.simple_query("INSERT INTO items VALUES (2)"))
+        .expect_err("reader cannot write");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    drop(client);
+    // After the session: stripped and locked, still a member of dbward-auto-user.
+    let facts = wait_for(Duration::from_secs(20), || {
+        let facts = role_facts(&d.cluster, "kim");
+        (facts == "f|f|t").then_some(facts)
+    });
+    assert_eq!(
+        facts.as_deref(),
+        Some("f|f|t"),
+        "{}",
+        role_facts(&d.cluster, "kim")
+    );
+    let provisioned = d.last_event("user.provisioned");
+    assert_eq!(provisioned["outcome"], "created", "{provisioned}");
+    assert_eq!(provisioned["mode"], "keep");
+    assert_eq!(provisioned["roles"], serde_json::json!(["reader"]));
+    let retired = wait_for(Duration::from_secs(10), || {
+        d.audit()
+            .into_iter()
+            .rev()
+            .find(|e| e["event"] == "user.deprovisioned")
+    })
+    .expect("a user.deprovisioned event");
+    assert_eq!(retired["outcome"], "deactivated", "{retired}");
+
+    // The next session re-enables the same user; psql works too.
+    let out = d
+        .psql(
+            &d.conninfo(&shop, Some(&kim), "kim", "shop"),
+            "SELECT current_user || ':' || count(*) FROM items",
+        )
+        .unwrap_or_else(|e| panic!("kim's second session: {e}"));
+    assert_eq!(out, "kim:1");
+
+    // best-effort-drop: the user exists during the session and is gone after it.
+    let out = d
+        .psql(
+            &d.conninfo(&shop, Some(&leo), "leo", "shop"),
+            "SELECT current_user::text",
+        )
+        .unwrap_or_else(|e| panic!("leo's session: {e}"));
+    assert_eq!(out, "leo");
+    let gone = wait_for(Duration::from_secs(20), || {
+        (role_facts(&d.cluster, "leo") == "absent").then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "leo was not dropped: {}",
+        role_facts(&d.cluster, "leo")
+    );
+
+    // A table leo created keeps the user: stripped and locked, reused by the next session.
+    d.psql(
+        &d.conninfo(&shop, Some(&leo), "leo", "shop"),
+        "CREATE TABLE leos (id int)",
+    )
+    .unwrap_or_else(|e| panic!("leo creates a table: {e}"));
+    let locked = wait_for(Duration::from_secs(20), || {
+        (role_facts(&d.cluster, "leo") == "f|f|t").then_some(())
+    });
+    assert!(
+        locked.is_some(),
+        "leo was not locked: {}",
+        role_facts(&d.cluster, "leo")
+    );
+    let out = d
+        .psql(
+            &d.conninfo(&shop, Some(&leo), "leo", "shop"),
+            "SELECT count(*) FROM leos",
+        )
+        .unwrap_or_else(|e| panic!("leo's user is reused: {e}"));
+    assert_eq!(out, "0");
+}
+
+#[test]
+fn provisioning_refuses_a_hand_made_role_and_leaves_it_untouched() {
+    let d = Deployment::start_extra(PROVISIONED, |_| {});
+    let shop = format!("shop.{PUBLIC_NAME}");
+    let pat = d.issue("pat", "1h");
+    superuser_sql(
+        &d.cluster,
+        "shop",
+        "CREATE ROLE pat LOGIN CONNECTION LIMIT 3;",
+    );
+    let err = d
+        .psql(&d.conninfo(&shop, Some(&pat), "pat", "shop"), "select 1")
+        .expect_err("a hand-made role is never taken over");
+    assert!(
+        err.contains("cannot provision database user \"pat\""),
+        "{err}"
+    );
+    assert!(err.contains("dbward leaves it untouched"), "{err}");
+    assert!(err.contains("HINT:  rename or drop that role"), "{err}");
+    assert_eq!(role_facts(&d.cluster, "pat"), "t|f|f");
+    let limit = superuser_query(
+        &d.cluster,
+        "shop",
+        "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'pat';",
+    );
+    assert_eq!(limit, "3");
+    let denied = d.last_event("session.denied");
+    assert_eq!(denied["reason"], "provision", "{denied}");
+    let provisioned = d.last_event("user.provisioned");
+    assert_eq!(provisioned["outcome"], "failed", "{provisioned}");
+    let mut metrics = String::new();
+    d.shared.metrics.render(&mut metrics);
+    assert!(
+        metrics.contains("dbward_sessions_denied_total{reason=\"provision\"} 1"),
+        "{metrics}"
+    );
 }

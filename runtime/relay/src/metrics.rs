@@ -35,11 +35,14 @@ pub enum DenyReason {
     AuditUnavailable,
     /// The upstream could not be reached or refused the relay.
     Upstream,
+    /// The person's database user could not be provisioned: a same-named role dbward does not
+    /// manage, other sessions with other rights, or a failed admin connection.
+    Provision,
 }
 
 impl DenyReason {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [DenyReason; 10] = [
+    pub const ALL: [DenyReason; 11] = [
         DenyReason::TlsRequired,
         DenyReason::Certificate,
         DenyReason::Protocol,
@@ -50,6 +53,7 @@ impl DenyReason {
         DenyReason::ConnectionLimit,
         DenyReason::AuditUnavailable,
         DenyReason::Upstream,
+        DenyReason::Provision,
     ];
 
     /// The stable snake_case name used as a metric label and in audit events.
@@ -65,6 +69,7 @@ impl DenyReason {
             DenyReason::ConnectionLimit => "connection_limit",
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::Upstream => "upstream",
+            DenyReason::Provision => "provision",
         }
     }
 

@@ -1519,7 +1519,26 @@ fn provisioned_users_are_activated_for_the_session_and_retired_after() {
         err.code(),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
     );
+    // A second session of kim's; closing the first leaves it working, with its rights.
+    let (second, _) = d
+        .block(d.connect(&kim, "kim", "shop"))
+        .expect("kim's second session");
     drop(client);
+    wait_for(Duration::from_secs(10), || {
+        d.audit()
+            .iter()
+            .any(|e| e["event"] == "user.deprovisioned")
+            .then_some(())
+    })
+    .expect("the first session's end was handled");
+    let row = d
+        .block(second.query_one("SELECT count(*) FROM items", &[]))
+        .expect("the second session still reads items");
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert_eq!(role_facts(&d.cluster, "kim"), "t|t|t");
+    let in_use = d.last_event("user.deprovisioned");
+    assert_eq!(in_use["outcome"], "in-use", "{in_use}");
+    drop(second);
     // After the session: stripped and locked, still a member of dbward-auto-user.
     let facts = wait_for(Duration::from_secs(20), || {
         let facts = role_facts(&d.cluster, "kim");
@@ -1531,17 +1550,17 @@ fn provisioned_users_are_activated_for_the_session_and_retired_after() {
         "{}",
         role_facts(&d.cluster, "kim")
     );
-    let provisioned = d.last_event("user.provisioned");
-    assert_eq!(provisioned["outcome"], "created", "{provisioned}");
+    let provisioned: Vec<Value> = d
+        .audit()
+        .into_iter()
+        .filter(|e| e["event"] == "user.provisioned")
+        .collect();
+    assert_eq!(provisioned[0]["outcome"], "created", "{provisioned:?}");
+    assert_eq!(provisioned[1]["outcome"], "activated", "{provisioned:?}");
+    let provisioned = &provisioned[0];
     assert_eq!(provisioned["mode"], "keep");
     assert_eq!(provisioned["roles"], serde_json::json!(["reader"]));
-    let retired = wait_for(Duration::from_secs(10), || {
-        d.audit()
-            .into_iter()
-            .rev()
-            .find(|e| e["event"] == "user.deprovisioned")
-    })
-    .expect("a user.deprovisioned event");
+    let retired = d.last_event("user.deprovisioned");
     assert_eq!(retired["outcome"], "deactivated", "{retired}");
 
     // The next session re-enables the same user; psql works too.

@@ -1384,13 +1384,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use dbward_frozen::{
-        Access, Database, FORMAT_VERSION, Limits, Relay, ServerTls, UpstreamAuth, UpstreamTls,
+        Access, AdminUser, Database, FORMAT_VERSION, Limits, Relay, ServerTls, UpstreamAuth,
+        UpstreamTls,
     };
 
     use super::*;
 
     fn config() -> Config {
-        let database = |port| Database {
+        let database = |port, admin: Option<&str>| Database {
             host: "127.0.0.1".into(),
             port,
             tls: UpstreamTls {
@@ -1398,7 +1399,10 @@ mod tests {
                 ca: Some("ca.crt".into()),
             },
             auth: UpstreamAuth::Mtls,
-            admin_user: None,
+            admin_user: admin.map(|name| AdminUser {
+                name: name.into(),
+                default_database: "postgres".into(),
+            }),
         };
         let access = |identity: &str, users: &[&str], names: NameSet, provision| Access {
             identity: identity.into(),
@@ -1426,8 +1430,8 @@ mod tests {
                 limits: Limits::default(),
             },
             databases: BTreeMap::from([
-                ("shop".into(), database(5432)),
-                ("vault".into(), database(5433)),
+                ("shop".into(), database(5432, Some("dbward-admin"))),
+                ("vault".into(), database(5433, None)),
             ]),
             access: vec![
                 access(
@@ -1456,13 +1460,22 @@ mod tests {
             Ok(Decided {
                 database,
                 forwarded,
+                provisioning,
                 ..
             }) => {
-                let params: Vec<String> = forwarded
+                let mut params: Vec<String> = forwarded
                     .params
                     .iter()
                     .map(|(n, v)| format!("{n}={v}"))
                     .collect();
+                if let Some(plan) = provisioning {
+                    params.push(format!(
+                        "(provisioned {} by {} in {})",
+                        plan.mode_name(),
+                        plan.admin.name,
+                        plan.db_name
+                    ));
+                }
                 format!("ok {database} {}", params.join(" "))
             }
             Err(denial) => format!("denied {}: {}", denial.reason.as_str(), denial.message),
@@ -1580,7 +1593,14 @@ mod tests {
             "erin",
             sni,
             &[("user", "erin")],
-            "ok shop user=erin database=erin",
+            "ok shop user=erin database=erin (provisioned keep by dbward-admin in erin)",
+        );
+        // erin as app, a declared db-user: logged in as declared, nothing provisioned.
+        check(
+            "erin",
+            sni,
+            &[("user", "app"), ("database", "shop")],
+            "ok shop user=app database=shop",
         );
         check(
             "alice",

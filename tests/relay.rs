@@ -1649,3 +1649,63 @@ fn provisioning_refuses_a_hand_made_role_and_leaves_it_untouched() {
         "{metrics}"
     );
 }
+
+/// What a relay killed mid-session leaves (a provisioned user still `LOGIN`, no session) is
+/// retired by the sweep a relay runs when it starts.
+#[test]
+fn a_starting_relay_sweeps_users_left_active() {
+    let d = Deployment::start_extra(PROVISIONED, |_| {});
+    // kim's user as a killed relay leaves it: activated, and no session (activated a minute
+    // ago, past the sweep's settling time).
+    superuser_query(
+        &d.cluster,
+        "shop",
+        "SELECT dbward.activate('kim', 'keep', '{reader}', '[]'); \
+         UPDATE dbward.provisioned SET activated_at = now() - interval '1 minute';",
+    );
+    assert_eq!(role_facts(&d.cluster, "kim"), "t|t|t");
+
+    // A relay (re)starts on the same config.
+    let listener =
+        d.rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .expect("bind");
+    let shutdown = CancellationToken::new();
+    d.rt.spawn(dbward_relay::run(
+        listener,
+        Arc::clone(&d.shared),
+        shutdown.clone(),
+    ));
+    let swept = wait_for(Duration::from_secs(20), || {
+        (role_facts(&d.cluster, "kim") == "f|f|t").then_some(())
+    });
+    shutdown.cancel();
+    assert!(
+        swept.is_some(),
+        "kim was not swept: {}",
+        role_facts(&d.cluster, "kim")
+    );
+}
+
+/// An admin user that cannot log in fails the session with a FATAL naming it.
+#[test]
+fn a_refused_admin_connection_fails_the_session_clearly() {
+    let d = Deployment::start_extra(PROVISIONED, |_| {});
+    let shop = format!("shop.{PUBLIC_NAME}");
+    let kim = d.issue("kim", "1h");
+    superuser_sql(&d.cluster, "shop", "ALTER ROLE \"dbward-admin\" NOLOGIN;");
+    let err = d
+        .psql(&d.conninfo(&shop, Some(&kim), "kim", "shop"), "select 1")
+        .expect_err("no admin connection, no session");
+    assert!(
+        err.contains("FATAL:  cannot provision database user \"kim\": the admin user \"dbward-admin\" could not connect to database name \"shop\""),
+        "{err}"
+    );
+    assert!(err.contains("not permitted to log in"), "{err}");
+    assert!(
+        err.contains("HINT:  check that the admin user \"dbward-admin\" can log in"),
+        "{err}"
+    );
+    assert_eq!(role_facts(&d.cluster, "kim"), "absent");
+    let denied = d.last_event("session.denied");
+    assert_eq!(denied["reason"], "provision", "{denied}");
+}

@@ -16,14 +16,20 @@
 //! method: the relay's certificate, or a cloud token), so this module does not care which kind
 //! of database it talks to.
 
-use dbward_frozen::{Access, AdminUser, Provision};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dbward_frozen::{Access, AdminUser, Config, NameSet, Provision};
 use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::protocol::StartupMessage;
 use crate::protocol::backend::{self, tag};
 use crate::protocol::frames::FrameReader;
 use crate::protocol::startup::PROTOCOL_3_0;
-use crate::upstream::{self, Connected, Target, UpstreamError};
+use crate::state::Shared;
+use crate::upstream::{self, Connected, Target, Upstream, UpstreamError};
 
 /// The largest message accepted from the admin connection (the functions return one short text).
 const MAX_ADMIN_MESSAGE: usize = 64 * 1024;
@@ -133,6 +139,136 @@ pub async fn retire(
         .await;
     admin.close().await;
     outcome
+}
+
+/// How often the relay sweeps each provisioning database, after the sweep at start.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One user the sweep found, as `dbward.sweep` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Swept {
+    pub person: String,
+    pub mode: String,
+    /// `deactivated`, `dropped`, `in-use`, `busy` (another relay holds its lock) or `pending`
+    /// (activated moments ago: a session may still be connecting).
+    pub outcome: String,
+}
+
+/// Where the sweep runs: each provisioning database of the config, in each database name its
+/// provisioned people may open (the functions are installed there), or in the admin user's
+/// default database when some may open any name.
+fn sweep_targets(config: &Config) -> Vec<(String, AdminUser, String)> {
+    let mut targets = BTreeSet::new();
+    for access in &config.access {
+        if access.provision == Provision::Off {
+            continue;
+        }
+        let Some(admin) = config
+            .databases
+            .get(&access.database)
+            .and_then(|db| db.admin_user.as_ref())
+        else {
+            continue;
+        };
+        match &access.db_names {
+            NameSet::Only(names) => {
+                for name in names {
+                    targets.insert((access.database.clone(), name.clone()));
+                }
+            }
+            NameSet::Any => {
+                targets.insert((access.database.clone(), admin.default_database.clone()));
+            }
+        }
+    }
+    targets
+        .into_iter()
+        .filter_map(|(database, db_name)| {
+            let admin = config.databases.get(&database)?.admin_user.clone()?;
+            Some((database, admin, db_name))
+        })
+        .collect()
+}
+
+/// Retires, in one database name, every provisioned user left `LOGIN` with no session
+/// (`dbward.sweep`): what a relay killed mid-session leaves behind.
+pub async fn sweep(
+    target: &Target,
+    admin: &AdminUser,
+    db_name: &str,
+) -> Result<Vec<Swept>, ProvisionError> {
+    let plan = Provisioning {
+        admin: admin.clone(),
+        db_name: db_name.to_owned(),
+        person: String::new(),
+        mode: Provision::Keep,
+        roles: String::new(),
+        grants: String::new(),
+    };
+    let mut connection = AdminConnection::open(target, &plan).await?;
+    let result = connection
+        .call(
+            "SELECT coalesce(json_agg(s), '[]')::text FROM dbward.sweep() s",
+            &[],
+        )
+        .await;
+    connection.close().await;
+    let text = result?;
+    serde_json::from_str(&text).map_err(|e| ProvisionError::Database {
+        code: String::new(),
+        message: format!("dbward.sweep returned what the relay cannot read: {e}"),
+        hint: None,
+    })
+}
+
+/// Sweeps every provisioning database of the config in force once. Failures are logged (the
+/// next sweep tries again); nothing here can fail a session.
+pub async fn sweep_all(shared: &Shared) {
+    let loaded = shared.current();
+    for (database, admin, db_name) in sweep_targets(&loaded.config) {
+        let Some(Upstream::Ready(target)) = loaded.upstreams.get(&database) else {
+            continue;
+        };
+        let timeout = Duration::from_millis(loaded.config.relay.limits.upstream_connect_timeout_ms);
+        match tokio::time::timeout(timeout, sweep(target, &admin, &db_name)).await {
+            Ok(Ok(swept)) => {
+                for user in swept {
+                    tracing::info!(
+                        database = %database,
+                        db_name = %db_name,
+                        person = %user.person,
+                        mode = %user.mode,
+                        outcome = %user.outcome,
+                        "sweep: provisioned user without a session"
+                    );
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(database = %database, db_name = %db_name, %error, "sweep failed")
+            }
+            Err(_) => tracing::warn!(
+                database = %database,
+                db_name = %db_name,
+                "sweep failed: the admin user \"{}\" did not finish in time",
+                admin.name
+            ),
+        }
+    }
+}
+
+/// Sweeps at once, then every `interval`, until `shutdown`.
+pub async fn sweep_loop(shared: Arc<Shared>, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = sweep_all(&shared) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
 }
 
 /// One authenticated connection as the database's admin user.

@@ -1709,3 +1709,61 @@ fn a_refused_admin_connection_fails_the_session_clearly() {
     let denied = d.last_event("session.denied");
     assert_eq!(denied["reason"], "provision", "{denied}");
 }
+
+/// The rights of a provisioned person changed (SIGHUP) while a session of theirs is open: a new
+/// session is refused with a message saying why, the open one keeps its rights, and once it
+/// has ended the next session gets the new rights.
+#[test]
+fn a_provisioned_person_whose_rights_changed_must_close_old_sessions_first() {
+    let d = Deployment::start_extra(PROVISIONED, |_| {});
+    let shop = format!("shop.{PUBLIC_NAME}");
+    let kim = d.issue("kim", "1h");
+    let (client, _) = d
+        .block(d.connect(&kim, "kim", "shop"))
+        .expect("kim connects");
+
+    let text = fs::read_to_string(d.manifest_path()).unwrap();
+    let changed = text.replace(
+        "user kim {\n    roles analyst\n}",
+        "user kim {\n    roles loader\n}",
+    );
+    assert_ne!(text, changed);
+    fs::write(d.manifest_path(), changed).unwrap();
+    apply(&d.manifest_path(), &d.out());
+    assert!(
+        dbward_relay::ops::reload(&d.shared, &d.out().join("relay/frozen.json")),
+        "the new config was not taken"
+    );
+
+    let err = d
+        .psql(&d.conninfo(&shop, Some(&kim), "kim", "shop"), "select 1")
+        .expect_err("other rights while an old session is open");
+    assert!(
+        err.contains("FATAL:  cannot provision database user \"kim\": database user kim has other open sessions with different rights"),
+        "{err}"
+    );
+    assert!(err.contains("HINT:  close the other sessions"), "{err}");
+    let row = d
+        .block(client.query_one("SELECT current_user::text", &[]))
+        .expect("the open session goes on");
+    assert_eq!(row.get::<_, String>(0), "kim");
+    drop(client);
+
+    // Once it has ended, the new rights apply (best-effort-drop: dropped after the session).
+    let dropped = wait_for(Duration::from_secs(20), || {
+        d.psql(
+            &d.conninfo(&shop, Some(&kim), "kim", "shop"),
+            "select current_user",
+        )
+        .ok()
+    });
+    assert_eq!(dropped.as_deref(), Some("kim"));
+    let gone = wait_for(Duration::from_secs(20), || {
+        (role_facts(&d.cluster, "kim") == "absent").then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "kim was not dropped: {}",
+        role_facts(&d.cluster, "kim")
+    );
+}

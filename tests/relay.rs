@@ -1767,3 +1767,27 @@ fn a_provisioned_person_whose_rights_changed_must_close_old_sessions_first() {
         role_facts(&d.cluster, "kim")
     );
 }
+
+/// Cancel works for a provisioned session as for any other.
+#[test]
+fn cancel_works_for_a_provisioned_session() {
+    let d = Deployment::start_extra(PROVISIONED, |_| {});
+    let kim = d.issue("kim", "1h");
+    d.block(async {
+        let (client, tls) = d.connect(&kim, "kim", "shop").await.expect("kim connects");
+        let token = client.cancel_token();
+        let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(60)").await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tls).await.expect("send cancel");
+        let result = tokio::time::timeout(Duration::from_secs(5), sleeper)
+            .await
+            .expect("query still running 5 s after cancel")
+            .unwrap();
+        let err = result.expect_err("the query was cancelled");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+            "{err:?}"
+        );
+    });
+}

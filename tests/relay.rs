@@ -1562,6 +1562,12 @@ fn provisioned_users_are_activated_for_the_session_and_retired_after() {
     assert_eq!(provisioned["roles"], serde_json::json!(["reader"]));
     let retired = d.last_event("user.deprovisioned");
     assert_eq!(retired["outcome"], "deactivated", "{retired}");
+    let mut metrics = String::new();
+    d.shared.metrics.render(&mut metrics);
+    assert!(
+        metrics.contains("dbward_provision_activate_seconds_count 2"),
+        "{metrics}"
+    );
 
     // The next session re-enables the same user; psql works too.
     let out = d

@@ -788,6 +788,7 @@ async fn open_and_relay(
     // The person's own user first: activated (with exactly this config's rights) before the
     // session connects as it.
     if let Some(plan) = &decided.provisioning {
+        let activate_started = Instant::now();
         let activated =
             tokio::time::timeout(connect_timeout, provision::activate(&target, plan)).await;
         let outcome = match activated {
@@ -802,6 +803,9 @@ async fn open_and_relay(
             }),
         };
         shared.audit.user_provisioned(&info, plan, &outcome);
+        if outcome.is_ok() {
+            shared.metrics.user_activated(activate_started.elapsed());
+        }
         if let Err(error) = outcome {
             tracing::warn!(session = info.id, person = %plan.person, %error, "provisioning failed");
             refuse(tls, shared, &info, provision_denial(plan, error)).await;

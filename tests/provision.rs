@@ -269,6 +269,19 @@ fn keep_gives_exactly_the_compiled_rights_and_locks_the_user_afterwards() {
             .get(0);
         assert_eq!(n, 1);
     });
+    // Dropping the client does not wait for its backend to exit: until it has, kim is in use
+    // (the relay passes the ending backend's pid; this test calls without one).
+    let gone = dbward_tests::wait_for(std::time::Duration::from_secs(20), || {
+        // The connection task runs on the test's runtime: let it close the socket.
+        s.rt.block_on(tokio::task::yield_now());
+        (superuser_query(
+            &s.cluster,
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'kim';",
+        ) == "0")
+            .then_some(())
+    });
+    assert!(gone.is_some(), "kim's backend never exited");
     for expected in ["deactivated", "deactivated"] {
         assert_eq!(
             s.rt.block_on(call(&admin, "deactivate", "kim")).unwrap(),

@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::metrics::{DenyReason, EndReason, counter, gauge};
+use crate::provision::{ProvisionError, Provisioning};
 
 /// Events queued between sessions and the writer. Beyond this, events are dropped and counted
 /// (`dbward_audit_events_dropped_total`) rather than making a session wait.
@@ -100,6 +101,16 @@ enum Kind {
         message: QueryMessage,
         sql: Box<[u8]>,
     },
+    /// `user.provisioned` or `user.deprovisioned`.
+    User {
+        event: &'static str,
+        mode: &'static str,
+        roles: Vec<String>,
+        /// The function's outcome (`created`, `activated`, `deactivated`, `dropped`, `in-use`,
+        /// `absent`), or `failed` with the error in `message`.
+        outcome: String,
+        message: Option<String>,
+    },
 }
 
 struct Event {
@@ -139,6 +150,12 @@ struct Line<'a> {
     protocol: Option<QueryMessage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     query: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roles: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'a str>,
 }
 
 /// Why the audit log could not be opened.
@@ -325,6 +342,49 @@ impl AuditSink {
         );
     }
 
+    /// `user.provisioned`: the person's database user activated for a session (or not).
+    pub fn user_provisioned(
+        &self,
+        session: &SessionInfo,
+        plan: &Provisioning,
+        outcome: &Result<String, ProvisionError>,
+    ) {
+        self.user_event("user.provisioned", session, plan, outcome);
+    }
+
+    /// `user.deprovisioned`: the person's database user retired after a session (or not).
+    pub fn user_deprovisioned(
+        &self,
+        session: &SessionInfo,
+        plan: &Provisioning,
+        outcome: &Result<String, ProvisionError>,
+    ) {
+        self.user_event("user.deprovisioned", session, plan, outcome);
+    }
+
+    fn user_event(
+        &self,
+        event: &'static str,
+        session: &SessionInfo,
+        plan: &Provisioning,
+        outcome: &Result<String, ProvisionError>,
+    ) {
+        let (outcome, message) = match outcome {
+            Ok(outcome) => (outcome.clone(), None),
+            Err(error) => ("failed".to_owned(), Some(error.to_string())),
+        };
+        self.send(
+            &Arc::new(session.clone()),
+            Kind::User {
+                event,
+                mode: plan.mode_name(),
+                roles: plan.roles(),
+                outcome,
+                message,
+            },
+        );
+    }
+
     /// Switches to another log file (or none) after a reload; also reopens the same path, so
     /// `logrotate` + SIGHUP works.
     pub fn reopen(&self, path: Option<PathBuf>) {
@@ -440,6 +500,9 @@ impl Writer {
             message: None,
             protocol: None,
             query: None,
+            mode: None,
+            roles: None,
+            outcome: None,
         };
         match &event.kind {
             Kind::Start => line.event = "session.start",
@@ -464,6 +527,19 @@ impl Writer {
                 line.event = "session.query";
                 line.protocol = Some(*message);
                 line.query = Some(String::from_utf8_lossy(sql));
+            }
+            Kind::User {
+                event,
+                mode,
+                roles,
+                outcome,
+                message,
+            } => {
+                line.event = event;
+                line.mode = Some(mode);
+                line.roles = Some(roles);
+                line.outcome = Some(outcome);
+                line.message = message.as_deref();
             }
         }
         // Serializing strings, numbers and an address cannot fail; if it ever did, count the

@@ -40,6 +40,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;
+pub mod provision;
 pub mod readahead;
 pub mod session;
 pub mod state;

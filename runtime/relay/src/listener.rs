@@ -127,6 +127,13 @@ async fn accept_loop(
     workers: Option<Workers>,
 ) -> io::Result<()> {
     session::tune_socket(&listener);
+    // Provisioned users left active by a relay that was killed mid-session: retired now and
+    // then periodically, by whichever replica gets there first (the database serializes them).
+    tokio::spawn(crate::provision::sweep_loop(
+        shared.clone(),
+        crate::provision::SWEEP_INTERVAL,
+        shutdown.clone(),
+    ));
     let tracker = TaskTracker::new();
     let open = Arc::new(AtomicUsize::new(0));
     let over_limit = Arc::new(AtomicUsize::new(0));

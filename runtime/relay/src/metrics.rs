@@ -35,11 +35,14 @@ pub enum DenyReason {
     AuditUnavailable,
     /// The upstream could not be reached or refused the relay.
     Upstream,
+    /// The person's database user could not be provisioned: a same-named role dbward does not
+    /// manage, other sessions with other rights, or a failed admin connection.
+    Provision,
 }
 
 impl DenyReason {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [DenyReason; 10] = [
+    pub const ALL: [DenyReason; 11] = [
         DenyReason::TlsRequired,
         DenyReason::Certificate,
         DenyReason::Protocol,
@@ -50,6 +53,7 @@ impl DenyReason {
         DenyReason::ConnectionLimit,
         DenyReason::AuditUnavailable,
         DenyReason::Upstream,
+        DenyReason::Provision,
     ];
 
     /// The stable snake_case name used as a metric label and in audit events.
@@ -65,6 +69,7 @@ impl DenyReason {
             DenyReason::ConnectionLimit => "connection_limit",
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::Upstream => "upstream",
+            DenyReason::Provision => "provision",
         }
     }
 
@@ -179,6 +184,8 @@ pub struct Metrics {
     bytes_server_to_client: AtomicU64,
     handshake_failures: AtomicU64,
     upstream_connect: Histogram,
+    /// Time to activate a provisioned user through the admin connection (successful ones).
+    provision_activate: Histogram,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// Connections open on each session thread, once the binary's threads have started.
@@ -264,6 +271,11 @@ impl Metrics {
     /// Time to connect and authenticate to an upstream.
     pub fn upstream_connected(&self, elapsed: Duration) {
         self.upstream_connect.observe(elapsed);
+    }
+
+    /// Time `dbward.activate` took, admin connection included, for a session that got its user.
+    pub fn user_activated(&self, elapsed: Duration) {
+        self.provision_activate.observe(elapsed);
     }
 
     /// A SIGHUP reload finished, successfully or not.
@@ -359,6 +371,11 @@ impl Metrics {
             out,
             "dbward_upstream_connect_seconds",
             "Time to connect and authenticate to an upstream server.",
+        );
+        self.provision_activate.render(
+            out,
+            "dbward_provision_activate_seconds",
+            "Time to activate a provisioned user through the admin connection (connect included).",
         );
         let name = "dbward_config_reloads_total";
         let _ = writeln!(

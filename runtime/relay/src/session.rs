@@ -29,12 +29,14 @@ use crate::cancel::CancelTarget;
 use crate::metrics::{DenyReason, EndReason, Metrics};
 use crate::protocol::backend::{
     self, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-    IDLE_SESSION_TIMEOUT, INVALID_AUTHORIZATION, PROTOCOL_VIOLATION, TOO_MANY_CONNECTIONS,
+    IDLE_SESSION_TIMEOUT, INVALID_AUTHORIZATION, OBJECT_IN_USE, PROTOCOL_VIOLATION,
+    PROVISION_FAILED, TOO_MANY_CONNECTIONS,
 };
 use crate::protocol::frames::{FrameWalker, QueryKind, QueryScanner};
 use crate::protocol::options::{self, DATABASE_OPTION};
 use crate::protocol::startup::PROTOCOL_3_0;
 use crate::protocol::{ClientKey, Startup, StartupError, StartupMessage};
+use crate::provision::{self, ProvisionError, Provisioning};
 use crate::readahead::ReadAhead;
 use crate::state::{Loaded, Shared};
 use crate::tls::ALPN_POSTGRESQL;
@@ -393,6 +395,8 @@ struct Decided {
     /// NegotiateProtocolVersion for the client, when it asked for a newer minor version or
     /// for protocol options (`_pq_.*`) the relay does not speak; empty otherwise.
     negotiate: Vec<u8>,
+    /// The person's own user, provisioned for this session through the admin connection.
+    provisioning: Option<Provisioning>,
 }
 
 /// Decides from the client certificate, SNI and startup parameters, with the access table of
@@ -549,11 +553,36 @@ fn decide(
             Some(format!("allowed database names: {allowed}")),
         ));
     }
+    // A declared db-user of the same name is logged in as declared, never provisioned.
+    let provisioning = if own_user && !access.db_users.contains(&user) {
+        let Some(admin) = config
+            .databases
+            .get(&database)
+            .and_then(|db| db.admin_user.clone())
+        else {
+            return Err(Denial::access(
+                DenyReason::Upstream,
+                format!("database \"{database}\" provisions users but names no admin user"),
+                Some(
+                    "add admin-user to the database in the manifest and run `dbward apply`".into(),
+                ),
+            ));
+        };
+        Some(Provisioning::new(
+            admin,
+            db_name.clone(),
+            user.clone(),
+            access,
+        ))
+    } else {
+        None
+    };
     let (forwarded, negotiate) = forwarded_startup(startup, user, db_name, other_options)?;
     Ok(Decided {
         database,
         forwarded,
         negotiate,
+        provisioning,
     })
 }
 
@@ -645,8 +674,8 @@ async fn refuse<S: AsyncWrite + Unpin>(
     .await;
 }
 
-/// Opens the upstream session, completes the client's startup, and relays until either side
-/// ends.
+/// Runs the session, then retires the person's provisioned user (if any) once it has ended,
+/// whichever way it ended.
 async fn session(
     tls: Box<ClientTls>,
     decided: Decided,
@@ -656,7 +685,133 @@ async fn session(
     shared: &Shared,
     info: SessionInfo,
 ) {
+    let provisioning = decided.provisioning.clone();
+    let audit_info = info.clone();
+    let Some(ended) =
+        open_and_relay(tls, decided, leftover, target.clone(), loaded, shared, info).await
+    else {
+        // Refused before (or by) the activation: nothing was provisioned.
+        return;
+    };
+    let Some(plan) = provisioning else {
+        return;
+    };
     let limits = &loaded.config.relay.limits;
+    let retired = tokio::time::timeout(
+        Duration::from_millis(limits.upstream_connect_timeout_ms),
+        provision::retire(&target, &plan, ended),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ProvisionError::Database {
+            code: String::new(),
+            message: format!(
+                "the admin user \"{}\" did not finish within {} ms; the sweep will retire the user",
+                plan.admin.name, limits.upstream_connect_timeout_ms
+            ),
+            hint: None,
+        })
+    });
+    if let Err(error) = &retired {
+        tracing::warn!(session = audit_info.id, person = %plan.person, %error, "deprovisioning failed");
+    }
+    shared
+        .audit
+        .user_deprovisioned(&audit_info, &plan, &retired);
+}
+
+/// The refusal a client gets when its user could not be provisioned, by SQLSTATE.
+fn provision_denial(plan: &Provisioning, error: ProvisionError) -> Denial {
+    let person = &plan.person;
+    let (code, message, hint) = match error {
+        ProvisionError::Database {
+            code,
+            message,
+            hint,
+        } if code == provision::NOT_OURS => (
+            INVALID_AUTHORIZATION,
+            format!("cannot provision database user \"{person}\": {message}"),
+            hint.or_else(|| {
+                Some(
+                    "a database administrator must rename or drop that role (dbward never \
+                     touches it), or declare it as a db-user in the manifest"
+                        .into(),
+                )
+            }),
+        ),
+        ProvisionError::Database {
+            code,
+            message,
+            hint,
+        } if code == provision::OTHER_RIGHTS => (
+            OBJECT_IN_USE,
+            format!("cannot provision database user \"{person}\": {message}"),
+            hint,
+        ),
+        ProvisionError::Database { message, hint, .. } => (
+            PROVISION_FAILED,
+            format!("cannot provision database user \"{person}\": {message}"),
+            hint,
+        ),
+        error @ ProvisionError::Admin { .. } => (
+            PROVISION_FAILED,
+            format!("cannot provision database user \"{person}\": {error}"),
+            Some(format!(
+                "check that the admin user \"{}\" can log in (pg_hba.conf, pg_ident.conf, CONNECT) \
+                 and that setup.sql ran in this database",
+                plan.admin.name
+            )),
+        ),
+    };
+    Denial {
+        reason: DenyReason::Provision,
+        code,
+        message,
+        hint,
+    }
+}
+
+/// Opens the upstream session, completes the client's startup, and relays until either side
+/// ends. Returns `None` when the session was refused before its user could have been
+/// activated (nothing to retire), else `Some` with the upstream backend's pid, if known.
+async fn open_and_relay(
+    tls: Box<ClientTls>,
+    decided: Decided,
+    leftover: Vec<u8>,
+    target: Arc<Target>,
+    loaded: &Loaded,
+    shared: &Shared,
+    info: SessionInfo,
+) -> Option<Option<u32>> {
+    let limits = &loaded.config.relay.limits;
+    let connect_timeout = Duration::from_millis(limits.upstream_connect_timeout_ms);
+    // The person's own user first: activated (with exactly this config's rights) before the
+    // session connects as it.
+    if let Some(plan) = &decided.provisioning {
+        let activate_started = Instant::now();
+        let activated =
+            tokio::time::timeout(connect_timeout, provision::activate(&target, plan)).await;
+        let outcome = match activated {
+            Ok(result) => result,
+            Err(_) => Err(ProvisionError::Database {
+                code: String::new(),
+                message: format!(
+                    "the admin user \"{}\" did not finish within {} ms",
+                    plan.admin.name, limits.upstream_connect_timeout_ms
+                ),
+                hint: None,
+            }),
+        };
+        shared.audit.user_provisioned(&info, plan, &outcome);
+        if outcome.is_ok() {
+            shared.metrics.user_activated(activate_started.elapsed());
+        }
+        if let Err(error) = outcome {
+            tracing::warn!(session = info.id, person = %plan.person, %error, "provisioning failed");
+            refuse(tls, shared, &info, provision_denial(plan, error)).await;
+            return None;
+        }
+    }
     let connect_started = Instant::now();
     let connected = tokio::time::timeout(
         Duration::from_millis(limits.upstream_connect_timeout_ms),
@@ -680,7 +835,7 @@ async fn session(
                 tls.shutdown().await
             })
             .await;
-            return;
+            return Some(None);
         }
         Ok(Err(error)) => {
             tracing::warn!(session = info.id, upstream = %target.address, %error, "upstream failed");
@@ -690,7 +845,8 @@ async fn session(
                 message: format!("cannot open a session on database \"{database}\": {error}"),
                 hint: None,
             };
-            return refuse(tls, shared, &info, denial).await;
+            refuse(tls, shared, &info, denial).await;
+            return Some(None);
         }
         Err(_) => {
             let denial = Denial {
@@ -703,7 +859,8 @@ async fn session(
                 ),
                 hint: None,
             };
-            return refuse(tls, shared, &info, denial).await;
+            refuse(tls, shared, &info, denial).await;
+            return Some(None);
         }
     };
     shared.metrics.upstream_connected(connect_started.elapsed());
@@ -735,8 +892,9 @@ async fn session(
     reply.extend_from_slice(&upstream.ready);
     reply.extend_from_slice(&upstream.leftover);
     let mut client = tls;
+    let backend_pid = upstream.backend_key.map(|key| key.pid);
     if write_flush(&mut client, &reply).await.is_err() {
-        return;
+        return Some(backend_pid);
     }
     drop(reply);
     upstream.greeting = Vec::new();
@@ -796,6 +954,7 @@ async fn session(
         reason = relayed.end.as_str(),
         "session ended"
     );
+    Some(backend_pid)
 }
 
 /// NegotiateProtocolVersion: the relay's newest minor version (0) and the options it ignored.
@@ -1229,13 +1388,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use dbward_frozen::{
-        Access, Database, FORMAT_VERSION, Limits, Relay, ServerTls, UpstreamAuth, UpstreamTls,
+        Access, AdminUser, Database, FORMAT_VERSION, Limits, Relay, ServerTls, UpstreamAuth,
+        UpstreamTls,
     };
 
     use super::*;
 
     fn config() -> Config {
-        let database = |port| Database {
+        let database = |port, admin: Option<&str>| Database {
             host: "127.0.0.1".into(),
             port,
             tls: UpstreamTls {
@@ -1243,7 +1403,10 @@ mod tests {
                 ca: Some("ca.crt".into()),
             },
             auth: UpstreamAuth::Mtls,
-            admin_user: None,
+            admin_user: admin.map(|name| AdminUser {
+                name: name.into(),
+                default_database: "postgres".into(),
+            }),
         };
         let access = |identity: &str, users: &[&str], names: NameSet, provision| Access {
             identity: identity.into(),
@@ -1271,8 +1434,8 @@ mod tests {
                 limits: Limits::default(),
             },
             databases: BTreeMap::from([
-                ("shop".into(), database(5432)),
-                ("vault".into(), database(5433)),
+                ("shop".into(), database(5432, Some("dbward-admin"))),
+                ("vault".into(), database(5433, None)),
             ]),
             access: vec![
                 access(
@@ -1301,13 +1464,22 @@ mod tests {
             Ok(Decided {
                 database,
                 forwarded,
+                provisioning,
                 ..
             }) => {
-                let params: Vec<String> = forwarded
+                let mut params: Vec<String> = forwarded
                     .params
                     .iter()
                     .map(|(n, v)| format!("{n}={v}"))
                     .collect();
+                if let Some(plan) = provisioning {
+                    params.push(format!(
+                        "(provisioned {} by {} in {})",
+                        plan.mode_name(),
+                        plan.admin.name,
+                        plan.db_name
+                    ));
+                }
                 format!("ok {database} {}", params.join(" "))
             }
             Err(denial) => format!("denied {}: {}", denial.reason.as_str(), denial.message),
@@ -1425,7 +1597,14 @@ mod tests {
             "erin",
             sni,
             &[("user", "erin")],
-            "ok shop user=erin database=erin",
+            "ok shop user=erin database=erin (provisioned keep by dbward-admin in erin)",
+        );
+        // erin as app, a declared db-user: logged in as declared, nothing provisioned.
+        check(
+            "erin",
+            sni,
+            &[("user", "app"), ("database", "shop")],
+            "ok shop user=app database=shop",
         );
         check(
             "alice",

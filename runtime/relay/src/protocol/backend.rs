@@ -10,6 +10,11 @@ pub const PROTOCOL_VIOLATION: &str = "08P01";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 /// SQLSTATE `08006` connection_failure: the upstream could not be reached.
 pub const CONNECTION_FAILURE: &str = "08006";
+/// SQLSTATE `55006` object_in_use: the person's other sessions hold other rights.
+pub const OBJECT_IN_USE: &str = "55006";
+/// SQLSTATE `08004` sqlserver_rejected_establishment_of_sqlconnection: the person's database
+/// user could not be provisioned.
+pub const PROVISION_FAILED: &str = "08004";
 /// SQLSTATE `53300` too_many_connections.
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// SQLSTATE `57P05` idle_session_timeout.

@@ -26,6 +26,10 @@
 //! - `rds`: Amazon RDS IAM authentication: SigV4 tokens from env and ECS credentials, checked by
 //!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged;
 //!   clock skew learned from the credential endpoint's `Date`; a refused token never reused.
+//! - `cloudsql`: Google Cloud SQL IAM authentication: login tokens by impersonation from a
+//!   fake Google, checked by a real PostgreSQL (the role's password is the token issued); a
+//!   refused token never reused; one token fetch per db user for 300 sessions; a certificate
+//!   naming another instance refused.
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
@@ -33,6 +37,7 @@
 mod apply_killed;
 mod artifacts;
 mod cert;
+mod cloudsql;
 mod commands;
 mod convergence;
 mod examples;

@@ -172,7 +172,9 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
             };
             (host, tls, auth)
         }
-        DatabaseKind::CloudSql { instance, .. } => {
+        DatabaseKind::CloudSql {
+            instance, ca_file, ..
+        } => {
             let CloudKind::Gcp {
                 relay_service_account,
                 ..
@@ -200,12 +202,15 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
                     (instance.clone(), format!("{project}:{id}"))
                 }
             };
+            // `ca-file` (with `host`) is the instance's server CA; without it the relay takes the
+            // CA from connectSettings.
             let tls = frozen::UpstreamTls {
                 server_name,
-                ca: None,
+                ca: ca_file.as_ref().map(std::path::PathBuf::from),
             };
             let auth = frozen::UpstreamAuth::CloudSqlIam {
                 relay_service_account,
+                instance: instance.clone(),
             };
             (host, tls, auth)
         }

@@ -235,6 +235,7 @@ fn database_kind(node: &Node, postgres: &Postgres) -> Option<DatabaseKind> {
         return Some(DatabaseKind::CloudSql {
             cloud: prop(sql, "cloud"),
             instance: prop(sql, "instance"),
+            ca_file: sql.prop_str("ca-file").map(str::to_owned),
         });
     }
     let az = node.child("azure-postgres")?;

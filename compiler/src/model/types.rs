@@ -121,7 +121,12 @@ pub enum DatabaseKind {
         ca_file: Option<String>,
     },
     /// `cloud-sql cloud=… instance="project:region:instance"`.
-    CloudSql { cloud: String, instance: String },
+    CloudSql {
+        cloud: String,
+        instance: String,
+        /// The instance's server CA (PEM), with `host`: skips the Cloud SQL Admin lookup.
+        ca_file: Option<String>,
+    },
     /// `azure-postgres cloud=… server=…`.
     AzurePostgres { cloud: String, server: String },
 }

@@ -319,7 +319,11 @@ static VOCABULARY: &[NodeSpec] = &[
         )
     },
     NodeSpec {
-        props: &[prop("cloud", NAME, true), prop("instance", S, true)],
+        props: &[
+            prop("cloud", NAME, true),
+            prop("instance", S, true),
+            prop("ca-file", S, false),
+        ],
         ..node(
             "database/cloud-sql",
             "Google Cloud SQL with IAM database authentication",

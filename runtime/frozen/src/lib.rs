@@ -165,8 +165,16 @@ pub enum UpstreamAuth {
     Mtls,
     /// An RDS IAM auth token (SigV4) used as the password.
     RdsIam { region: String },
-    /// A Google OAuth access token for `service_account` used as the password.
-    CloudSqlIam { relay_service_account: String },
+    /// A Google OAuth access token (scope `sqlservice.login`) for the database user's service
+    /// account, obtained by impersonating it as `relay_service_account`, used as the password.
+    CloudSqlIam {
+        relay_service_account: String,
+        /// The instance connection name, `project:region:instance`: the server certificate
+        /// must name it, and without a manifest `host` its address and CA are looked up by it.
+        /// Empty in configs compiled before it was recorded (recompile them).
+        #[serde(default)]
+        instance: String,
+    },
     /// A Microsoft Entra ID token for the relay's identity used as the password.
     AzureEntra { tenant: String, client_id: String },
 }

@@ -133,6 +133,7 @@ mod tests {
                 tls: Arc::new(crate::tls::public_roots_upstream().unwrap()),
                 auth: UpstreamAuth::Mtls,
                 rds: None,
+                cloudsql: None,
             }),
             backend: BackendKey { pid: 42, secret: 7 },
         }

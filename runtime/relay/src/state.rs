@@ -45,11 +45,13 @@ impl Loaded {
         )?;
         // RDS credentials come from this process's environment, read once per load.
         let aws = Arc::new(AwsCredentials::new(AwsEnv::from_process()));
+        // So do Cloud SQL's Google variables.
+        let gcp = dbward_cloud::gcp::GcpEnv::from_process();
         let mut upstreams = BTreeMap::new();
         for (name, database) in &config.databases {
             upstreams.insert(
                 name.clone(),
-                Upstream::build(path, &config, name, database, &aws)?,
+                Upstream::build(path, &config, name, database, &aws, &gcp)?,
             );
         }
         Ok(Loaded {
@@ -65,6 +67,15 @@ impl Loaded {
     pub fn with_aws_credentials(mut self, aws: Arc<AwsCredentials>) -> Loaded {
         for upstream in self.upstreams.values_mut() {
             *upstream = upstream.with_aws_credentials(&aws);
+        }
+        self
+    }
+
+    /// The same config with Cloud SQL tokens and lookups through the Google variables `env`
+    /// rather than the process's environment.
+    pub fn with_gcp_env(mut self, env: dbward_cloud::gcp::GcpEnv) -> Loaded {
+        for upstream in self.upstreams.values_mut() {
+            *upstream = upstream.with_gcp_env(&env);
         }
         self
     }

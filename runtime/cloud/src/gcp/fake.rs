@@ -60,7 +60,12 @@ struct State {
     serial: u64,
     /// Delay before answering `generateAccessToken`, to widen races in tests.
     delay: Duration,
+    /// Called with (principal, token, scopes) for every token issued, before it is returned.
+    on_issue: Option<IssueHook>,
 }
+
+/// See [`FakeGoogle::on_issue`].
+pub type IssueHook = Arc<dyn Fn(&str, &str, &[String]) + Send + Sync>;
 
 /// The fake; stops serving when dropped.
 pub struct FakeGoogle {
@@ -206,6 +211,13 @@ impl FakeGoogle {
             .insert((caller.to_owned(), target.to_owned()));
     }
 
+    /// Calls `hook(principal, token, scopes)` for every token issued, before the fake answers
+    /// with it: a test database learns the token this way (e.g. `ALTER ROLE … PASSWORD`). The
+    /// hook runs while the fake is locked: it must not call the fake.
+    pub fn on_issue(&self, hook: impl Fn(&str, &str, &[String]) + Send + Sync + 'static) {
+        self.state().on_issue = Some(Arc::new(hook));
+    }
+
     /// Takes Token Creator on `target` away from `caller`.
     pub fn revoke_impersonation(&self, caller: &str, target: &str) {
         self.state()
@@ -327,6 +339,9 @@ impl State {
             self.serial,
             URL_SAFE_NO_PAD.encode(principal)
         );
+        if let Some(hook) = &self.on_issue {
+            hook(principal, &token, &scopes);
+        }
         self.tokens.insert(
             token.clone(),
             Issued {

@@ -3,14 +3,17 @@
 //! Each way of authenticating is one module. Self-hosted databases use [`mtls`]: the relay's
 //! client certificate, mapped by `pg_ident.conf`. Amazon RDS uses [`rds`]: a SigV4 auth token
 //! as the password, signed with ambient credentials at AWS's time as learned from the
-//! credential endpoints' answers (both in [`dbward_cloud::aws`]). Cloud SQL and Azure
-//! will each add a module that produces a password and share the connect and startup code here.
-//! [`handshake`] reads the upstream's startup messages (a pure state machine; [`connect`] does
-//! the I/O), so that they can be tested and fuzzed without a server.
+//! credential endpoints' answers (both in [`dbward_cloud::aws`]). Google Cloud SQL uses
+//! [`cloudsql`]: an impersonated IAM login token as the password, over TLS verified against the
+//! instance's server CA and name. Azure will add a module that produces a password and share the
+//! connect and startup code here. [`handshake`] reads the upstream's startup messages (a pure
+//! state machine; [`connect`] does the I/O), so that they can be tested and fuzzed without a
+//! server.
 //!
 //! A database whose frozen `tls.ca` is absent is verified against the Mozilla roots
 //! (webpki-roots); RDS certificates chain to Amazon's own CA, so RDS databases need `ca-file`.
 
+pub mod cloudsql;
 pub mod handshake;
 pub mod mtls;
 pub mod rds;
@@ -57,6 +60,9 @@ pub struct Target {
     pub auth: UpstreamAuth,
     /// The token signer of an RDS IAM database.
     pub rds: Option<rds::RdsAuth>,
+    /// The token source, address and TLS of a Cloud SQL database (which then override
+    /// `address`, `server_name` and `tls`).
+    pub cloudsql: Option<Arc<cloudsql::CloudSqlAuth>>,
 }
 
 impl Upstream {
@@ -68,8 +74,12 @@ impl Upstream {
         name: &str,
         database: &Database,
         aws: &Arc<dbward_cloud::aws::AwsCredentials>,
+        gcp: &dbward_cloud::gcp::GcpEnv,
     ) -> Result<Upstream, TlsError> {
         let resolve = |p: &Path| Config::resolve_path(config_path, p);
+        if let UpstreamAuth::CloudSqlIam { instance, .. } = &database.auth {
+            return Upstream::cloudsql(config_path, name, database, instance, gcp);
+        }
         let address = format!("{}:{}", database.host, database.port);
         let mut rds = None;
         let identity = match &database.auth {
@@ -122,7 +132,68 @@ impl Upstream {
             tls: Arc::new(tls),
             auth: database.auth.clone(),
             rds,
+            cloudsql: None,
         })))
+    }
+
+    /// A Cloud SQL database: the compiler writes the instance name as `host` when the manifest
+    /// has none, and `tls.ca` is the manifest's `ca-file`.
+    fn cloudsql(
+        config_path: &Path,
+        name: &str,
+        database: &Database,
+        instance: &str,
+        gcp: &dbward_cloud::gcp::GcpEnv,
+    ) -> Result<Upstream, TlsError> {
+        if instance.is_empty() {
+            return Ok(Upstream::Unsupported(format!(
+                "database {name} is a Cloud SQL database in a config compiled before the relay \
+                 learned its instance name; recompile it with `dbward apply`"
+            )));
+        }
+        let host = (database.host != instance).then(|| database.host.clone());
+        let ca = match &database.tls.ca {
+            Some(ca) => Some(crate::tls::load_roots(&Config::resolve_path(
+                config_path,
+                ca,
+            ))?),
+            None => None,
+        };
+        let auth = match cloudsql::CloudSqlAuth::new(instance, host, database.port, ca, gcp.clone())
+        {
+            Ok(auth) => auth,
+            Err(reason) => {
+                return Ok(Upstream::Unsupported(format!(
+                    "database {name} cannot be reached: {reason}"
+                )));
+            }
+        };
+        Ok(Upstream::Ready(Arc::new(Target {
+            address: instance.to_owned(),
+            server_name: ServerName::try_from("cloudsql.invalid")
+                .map_err(|e| TlsError::Config(format!("invalid placeholder server name: {e}")))?,
+            tls: Arc::new(crate::tls::public_roots_upstream()?),
+            auth: database.auth.clone(),
+            rds: None,
+            cloudsql: Some(Arc::new(auth)),
+        })))
+    }
+
+    /// The same upstream, with Cloud SQL tokens and lookups through `env` instead.
+    pub fn with_gcp_env(&self, env: &dbward_cloud::gcp::GcpEnv) -> Upstream {
+        match self {
+            Upstream::Ready(target) if let Some(sql) = &target.cloudsql => {
+                Upstream::Ready(Arc::new(Target {
+                    address: target.address.clone(),
+                    server_name: target.server_name.clone(),
+                    tls: target.tls.clone(),
+                    auth: target.auth.clone(),
+                    rds: None,
+                    cloudsql: Some(Arc::new(sql.with_env(env.clone()))),
+                }))
+            }
+            other => other.clone(),
+        }
     }
 
     /// The same upstream, with RDS tokens signed from `aws` instead.
@@ -134,6 +205,7 @@ impl Upstream {
                 tls: target.tls.clone(),
                 auth: target.auth.clone(),
                 rds: target.rds.as_ref().map(|r| r.with_credentials(aws.clone())),
+                cloudsql: target.cloudsql.clone(),
             })),
             other => other.clone(),
         }
@@ -189,13 +261,21 @@ pub struct Connected {
 /// TCP + SSLRequest + TLS to an upstream. The first offer is the fast one (see
 /// [`UpstreamTls`]); a server that refuses it is dialled again with every suite.
 async fn tls_connect(target: &Target) -> Result<TlsStream<ReadAhead<TcpStream>>, UpstreamError> {
-    let (config, fast) = target.tls.config();
-    match tls_dial(target, config).await {
+    let route = match &target.cloudsql {
+        Some(sql) => sql.route().await?,
+        None => cloudsql::Route {
+            address: target.address.clone(),
+            server_name: target.server_name.clone(),
+            tls: target.tls.clone(),
+        },
+    };
+    let (config, fast) = route.tls.config();
+    match tls_dial(&route, config).await {
         Err(UpstreamError::Tls { source, .. }) if fast && is_refusal(&source) => {
-            let stream = tls_dial(target, target.tls.full()).await?;
-            if target.tls.remember_refusal() {
+            let stream = tls_dial(&route, route.tls.full()).await?;
+            if route.tls.remember_refusal() {
                 tracing::warn!(
-                    upstream = %target.address,
+                    upstream = %route.address,
                     "the upstream refused TLS_AES_128_GCM_SHA256 (the suite every TLS 1.3 \
                      server must offer); using the full list of suites with it from now on"
                 );
@@ -209,7 +289,7 @@ async fn tls_connect(target: &Target) -> Result<TlsStream<ReadAhead<TcpStream>>,
 /// One dial: TCP + SSLRequest + TLS with `config`, checking that nothing arrives before the
 /// handshake.
 async fn tls_dial(
-    target: &Target,
+    target: &cloudsql::Route,
     config: &Arc<ClientConfig>,
 ) -> Result<TlsStream<ReadAhead<TcpStream>>, UpstreamError> {
     let address = || target.address.clone();
@@ -247,6 +327,12 @@ pub async fn connect(
     target: &Target,
     startup: &StartupMessage,
 ) -> Result<Connected, UpstreamError> {
+    let user = startup.get("user").unwrap_or_default();
+    // A Cloud SQL login token is taken before dialling (see `CloudSqlAuth::login`).
+    let login = match &target.cloudsql {
+        Some(sql) => Some(sql.login(user).await?),
+        None => None,
+    };
     let mut stream = tls_connect(target).await?;
     let protocol = |reason: String| UpstreamError::Protocol {
         address: target.address.clone(),
@@ -261,9 +347,10 @@ pub async fn connect(
 
     let mut reader = FrameReader::default();
     let mut handshake = Handshake::default();
-    // `sent` is the RDS token given to the server, if any.
+    // `sent` is the RDS token given to the server, if any; `sent_login` the Cloud SQL one.
     let user = startup.get("user").unwrap_or_default();
     let mut sent = None;
+    let mut sent_login = None;
     loop {
         let frame = match reader.next(&mut stream, MAX_STARTUP_MESSAGE).await {
             Ok(Some(frame)) => frame,
@@ -279,6 +366,12 @@ pub async fn connect(
                         let answer = rds.respond(code, user).await?;
                         sent = Some(answer.token);
                         answer.message
+                    }
+                    UpstreamAuth::CloudSqlIam { .. }
+                        if let (Some(sql), Some(token)) = (&target.cloudsql, &login) =>
+                    {
+                        sent_login = Some(token);
+                        sql.respond(code, user, token)?
                     }
                     other => {
                         return Err(UpstreamError::Auth(format!(
@@ -304,8 +397,13 @@ pub async fn connect(
                 // again, and the client is told what to check.
                 let refused_token = backend::error_code(frame.get(5..).unwrap_or_default())
                     .is_some_and(|code| code.starts_with("28"));
-                let frame = match (&target.rds, &sent) {
-                    (Some(rds), Some(token)) if refused_token => rds.rejected(user, token, &frame),
+                let frame = match (&target.rds, &sent, &target.cloudsql, &sent_login) {
+                    (Some(rds), Some(token), _, _) if refused_token => {
+                        rds.rejected(user, token, &frame)
+                    }
+                    (_, _, Some(sql), Some(token)) if refused_token => {
+                        sql.rejected(user, token, &frame)
+                    }
                     _ => frame,
                 };
                 return Err(UpstreamError::Refused { frame, message });
@@ -347,6 +445,7 @@ mod tests {
             tls: Arc::new(crate::tls::public_roots_upstream().unwrap()),
             auth: UpstreamAuth::Mtls,
             rds: None,
+            cloudsql: None,
         }
     }
 

@@ -19,7 +19,7 @@ pub mod provision;
 
 use super::quote::{self, ident, literal};
 use super::{EmitError, Logins};
-use crate::model::{Database, DatabaseKind, Grant, Model, ObjectKind};
+use crate::model::{Database, DatabaseKind, EntraPrincipal, Grant, Model, ObjectKind};
 
 /// The file name under `databases/<db>/`.
 pub const SETUP: &str = "setup.sql";
@@ -50,6 +50,10 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
         kind = kind_name(&db.kind),
         runner = match db.kind {
             DatabaseKind::SelfHosted { .. } => "the superuser over the local socket",
+            DatabaseKind::AzurePostgres { .. } => {
+                "the server's Microsoft Entra administrator, first in the `postgres`\n\
+                 -- database (Entra principals can be created only there), then"
+            }
             _ => "the server's administrator",
         },
     );
@@ -116,6 +120,7 @@ fn if_missing(name: &str, then: &str) -> String {
 fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
     let mut body = String::new();
     let mut alters = Vec::new();
+    let principals = model.entra_principals(db);
     let self_hosted = matches!(db.kind, DatabaseKind::SelfHosted { .. });
     // Cloud administrators are not superusers: they may not set SUPERUSER, REPLICATION or
     // BYPASSRLS, even to turn them off, so those are converged on self-hosted servers only.
@@ -130,7 +135,7 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
             body,
             "  -- The admin user: the login automatic provisioning uses."
         );
-        body.push_str(&create_login(db, &admin.name, Login::Admin));
+        body.push_str(&create_login(db, &admin.name, Login::Admin, principals.get(&admin.name)));
         if self_hosted {
             alters.push(format!(
                 "ALTER ROLE {} WITH LOGIN CREATEROLE NOCREATEDB INHERIT{strict};",
@@ -159,7 +164,7 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
             "  -- db-user `{}`: people log in as it through the relay.",
             user.name
         );
-        body.push_str(&create_login(db, &user.name, Login::User));
+        body.push_str(&create_login(db, &user.name, Login::User, principals.get(&user.name)));
         alters.push(format!(
             "ALTER ROLE {} WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT{strict};",
             ident(&user.name)
@@ -196,7 +201,14 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
 }
 
 /// The DO-body text that makes a login role exist, in the way its platform requires.
-fn create_login(db: &Database, name: &str, who: Login) -> String {
+///
+/// `principal` is the login's Entra principal on an `azure-postgres` database.
+fn create_login(
+    db: &Database,
+    name: &str,
+    who: Login,
+    principal: Option<&EntraPrincipal>,
+) -> String {
     match &db.kind {
         DatabaseKind::SelfHosted { .. } => {
             let attrs = if who == Login::Admin {
@@ -214,15 +226,40 @@ fn create_login(db: &Database, name: &str, who: Login) -> String {
             };
             if_missing(name, &format!("CREATE ROLE {} {attrs};", ident(name)))
         }
-        DatabaseKind::AzurePostgres { .. } => if_missing(
-            name,
-            &format!(
-                "-- An Entra ID principal: the relay logs in with a token, not a password.\n    \
-                 PERFORM pgaadauth_create_principal({}, {}, false);",
-                literal(name),
-                if who == Login::Admin { "true" } else { "false" }
-            ),
-        ),
+        DatabaseKind::AzurePostgres { .. } => {
+            let Some(principal) = principal else {
+                // The front end gives every Azure login a principal; never guess one.
+                let message = format!(
+                    "database user {name} has no Entra principal in the manifest: give it \
+                     client-id and object-id, then run setup.sql again"
+                );
+                return if_missing(
+                    name,
+                    &format!("RAISE EXCEPTION '%', {};", literal(&message)),
+                );
+            };
+            // Azure creates Entra principals only in the `postgres` database; elsewhere a
+            // missing one means that run has not happened yet.
+            let elsewhere = format!(
+                "database user {name} does not exist: run setup.sql in the postgres database \
+                 first (Entra principals are created there), as the Entra administrator"
+            );
+            if_missing(
+                name,
+                &format!(
+                    "-- An Entra principal (managed identity or app registration): the relay logs\n    \
+                     -- in with its token, whose oid must be this object id.\n    \
+                     IF current_database() <> 'postgres' THEN\n      \
+                     RAISE EXCEPTION '%', {elsewhere};\n    \
+                     END IF;\n    \
+                     PERFORM * FROM pgaadauth_create_principal_with_oid({}, {}, 'service', {}, false);",
+                    literal(name),
+                    literal(&principal.object_id),
+                    if who == Login::Admin { "true" } else { "false" },
+                    elsewhere = literal(&elsewhere),
+                ),
+            )
+        }
         DatabaseKind::CloudSql { instance, .. } => {
             // Cloud SQL IAM users are created through the Cloud SQL Admin API, not SQL; stop
             // with the command to run rather than create a password user that IAM cannot use.

@@ -247,6 +247,46 @@ const CHECKS: &[IdCheck] = &[
         "a GUID like \"99999999-8888-7777-6666-555555555555\"",
     ),
     id(
+        "cloud/relay-identity",
+        Some("object-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure object id",
+        "a GUID like \"0f0e0d0c-0b0a-0908-0706-050403020100\" (`az identity show --query principalId`)",
+    ),
+    id(
+        "database/db-user",
+        Some("client-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure client id",
+        "a GUID like \"99999999-8888-7777-6666-555555555555\" (`az identity show --query clientId`)",
+    ),
+    id(
+        "database/db-user",
+        Some("object-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure object id",
+        "a GUID like \"0f0e0d0c-0b0a-0908-0706-050403020100\" (`az identity show --query principalId`)",
+    ),
+    id(
+        "database/admin-user",
+        Some("client-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure client id",
+        "a GUID like \"99999999-8888-7777-6666-555555555555\" (`az identity show --query clientId`)",
+    ),
+    id(
+        "database/admin-user",
+        Some("object-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure object id",
+        "a GUID like \"0f0e0d0c-0b0a-0908-0706-050403020100\" (`az identity show --query principalId`)",
+    ),
+    id(
         "database/azure-postgres",
         Some("server"),
         azure_server,
@@ -275,9 +315,18 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     });
 }
 
+/// "a" or "an" before `word` (by its first letter; the names here have no silent letters).
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['A', 'E', 'I', 'O', 'U', 'a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
 fn bad(code: &'static str, what: &str, text: &str, span: Span, shape: &str) -> Diagnostic {
     Diagnostic::error(code, format!("`{text}` is not a valid {what}"))
-        .label(span, format!("not a {what}"))
+        .label(span, format!("not {} {what}", article(what)))
         .help(format!("write {shape}"))
 }
 

@@ -45,15 +45,18 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
          -- change the manifest and run `dbward apply` instead.\n\
          -- Run it as {runner} in every database name the manifest lets people open\n\
          -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one\n\
-         -- transaction: running it again changes nothing, a failure changes nothing.\n",
+         -- transaction: running it again changes nothing, a failure changes nothing.\n{first}",
         name = db.name,
+        first = match db.kind {
+            DatabaseKind::AzurePostgres { .. } => {
+                "-- Run it in the `postgres` database first: Entra principals can be created only there.\n"
+            }
+            _ => "",
+        },
         kind = kind_name(&db.kind),
         runner = match db.kind {
             DatabaseKind::SelfHosted { .. } => "the superuser over the local socket",
-            DatabaseKind::AzurePostgres { .. } => {
-                "the server's Microsoft Entra administrator, first in the `postgres`\n\
-                 -- database (Entra principals can be created only there), then"
-            }
+            DatabaseKind::AzurePostgres { .. } => "the server's Microsoft Entra administrator",
             _ => "the server's administrator",
         },
     );

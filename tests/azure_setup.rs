@@ -92,7 +92,11 @@ fn setup_sql_creates_each_entra_principal_once_with_its_object_id() {
     assert_eq!(privilege(&cluster, "reporting", "SELECT"), "t");
     assert_eq!(privilege(&cluster, "reporting", "INSERT"), "f");
     assert_eq!(privilege(&cluster, "etl", "INSERT"), "t");
-    assert_eq!(privilege(&cluster, "etl", "SELECT"), "t", "etl is a writer, a reader");
+    assert_eq!(
+        privilege(&cluster, "etl", "SELECT"),
+        "t",
+        "etl is a writer, a reader"
+    );
     // A privilege given by hand to a managed role is taken back by the next run.
     superuser_sql(
         &cluster,

@@ -138,7 +138,12 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
             body,
             "  -- The admin user: the login automatic provisioning uses."
         );
-        body.push_str(&create_login(db, &admin.name, Login::Admin, principals.get(&admin.name)));
+        body.push_str(&create_login(
+            db,
+            &admin.name,
+            Login::Admin,
+            principals.get(&admin.name),
+        ));
         if self_hosted {
             alters.push(format!(
                 "ALTER ROLE {} WITH LOGIN CREATEROLE NOCREATEDB INHERIT{strict};",
@@ -167,7 +172,12 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
             "  -- db-user `{}`: people log in as it through the relay.",
             user.name
         );
-        body.push_str(&create_login(db, &user.name, Login::User, principals.get(&user.name)));
+        body.push_str(&create_login(
+            db,
+            &user.name,
+            Login::User,
+            principals.get(&user.name),
+        ));
         alters.push(format!(
             "ALTER ROLE {} WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT{strict};",
             ident(&user.name)

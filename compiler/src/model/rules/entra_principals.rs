@@ -59,7 +59,11 @@ impl Claim<'_> {
         let object = match self.source {
             Source::Own { object, .. } | Source::Relay { object } => object,
         };
-        object.value.as_str().unwrap_or_default().to_ascii_lowercase()
+        object
+            .value
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
     }
 
     fn object_span(&self) -> Span {
@@ -89,7 +93,11 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
         };
         let who = format!("the relay-identity of cloud `{name}`");
         if let Some(client) = guid_prop(relay, "client-id") {
-            let id = client.value.as_str().unwrap_or_default().to_ascii_lowercase();
+            let id = client
+                .value
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             client_ids.push((id, who.clone()));
             if let Some(object) = guid_prop(relay, "object-id") {
                 identities.push(identity(client, object, who));
@@ -209,8 +217,16 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
 /// `(client id, object id, client span, object span, who)` of one written identity.
 fn identity(client: &Prop, object: &Prop, who: String) -> (String, String, Span, Span, String) {
     (
-        client.value.as_str().unwrap_or_default().to_ascii_lowercase(),
-        object.value.as_str().unwrap_or_default().to_ascii_lowercase(),
+        client
+            .value
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
+        object
+            .value
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase(),
         client.value.span,
         object.value.span,
         who,
@@ -305,7 +321,10 @@ fn mismatched(
             diags.push(
                 Diagnostic::error(
                     "dbward::entra_id_mismatch",
-                    format!("client id `{client}` has object id `{}` for {}, but `{object}` for {who}", first.1, first.4),
+                    format!(
+                        "client id `{client}` has object id `{}` for {}, but `{object}` for {who}",
+                        first.1, first.4
+                    ),
                 )
                 .label(*object_span, format!("`{}` for {}", first.1, first.4))
                 .label(first.3, "the object id given first")
@@ -318,7 +337,10 @@ fn mismatched(
             diags.push(
                 Diagnostic::error(
                     "dbward::entra_id_mismatch",
-                    format!("object id `{object}` has client id `{}` for {}, but `{client}` for {who}", first.0, first.4),
+                    format!(
+                        "object id `{object}` has client id `{}` for {}, but `{client}` for {who}",
+                        first.0, first.4
+                    ),
                 )
                 .label(*client_span, format!("`{}` for {}", first.0, first.4))
                 .label(first.2, "the client id given first")
@@ -353,7 +375,9 @@ mod tests {
     fn own_principals_and_one_relay_default_are_accepted() {
         let text = azure(
             &format!("relay-identity client-id=\"{A}\" object-id=\"{B}\""),
-            &format!("    db-user reporting client-id=\"{C}\" object-id=\"{D}\"\n    admin-user dbward\n"),
+            &format!(
+                "    db-user reporting client-id=\"{C}\" object-id=\"{D}\"\n    admin-user dbward\n"
+            ),
         );
         let all = codes(&text);
         assert!(all.is_empty(), "{all:?}");
@@ -403,7 +427,9 @@ mod tests {
         expect(
             &azure(
                 "",
-                &format!("    db-user etl client-id=\"{A}\" object-id=\"{B}\"\n    db-user loader client-id=\"{C}\" object-id=\"{B}\"\n"),
+                &format!(
+                    "    db-user etl client-id=\"{A}\" object-id=\"{B}\"\n    db-user loader client-id=\"{C}\" object-id=\"{B}\"\n"
+                ),
             ),
             "dbward::shared_entra_principal",
             "share one Entra principal",
@@ -420,7 +446,9 @@ mod tests {
         expect(
             &azure(
                 "",
-                &format!("    db-user etl client-id=\"{A}\" object-id=\"{B}\"\n    db-user loader client-id=\"{A}\" object-id=\"{C}\"\n"),
+                &format!(
+                    "    db-user etl client-id=\"{A}\" object-id=\"{B}\"\n    db-user loader client-id=\"{A}\" object-id=\"{C}\"\n"
+                ),
             ),
             "dbward::entra_id_mismatch",
             "has object id",
@@ -439,7 +467,10 @@ mod tests {
     #[test]
     fn guids_are_checked() {
         expect(
-            &azure("", "    db-user etl client-id=\"nope\" object-id=\"also-nope\"\n"),
+            &azure(
+                "",
+                "    db-user etl client-id=\"nope\" object-id=\"also-nope\"\n",
+            ),
             "dbward::invalid_azure_id",
             "`nope` is not a valid Azure client id",
         );

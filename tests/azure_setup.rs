@@ -84,6 +84,16 @@ fn setup_sql_creates_each_entra_principal_once_with_its_object_id() {
     let expected = "etl a1b2c3d4-e5f6-4789-8abc-def012345678 service f f\n\
                     reporting 7c9e6679-7425-40de-944b-e07fc1f90ae7 service f f";
     assert_eq!(calls(&cluster), expected);
+    // Only the principals: `postgres` is no database people open, so nothing is granted there.
+    let in_postgres = superuser_query(
+        &cluster,
+        "postgres",
+        "SELECT has_table_privilege('reporting', 'public.pgaadauth_calls', 'SELECT')",
+    );
+    assert_eq!(
+        in_postgres, "f",
+        "setup.sql granted on the postgres database's tables"
+    );
 
     // Then in the database people open: the grants converge there.
     cluster

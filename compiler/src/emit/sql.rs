@@ -74,6 +74,24 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
 
     roles(&mut out, model, db, &logins);
     memberships(&mut out, db, &logins);
+    let opens_postgres = logins
+        .db_names
+        .as_ref()
+        .is_none_or(|names| names.contains("postgres"));
+    if matches!(db.kind, DatabaseKind::AzurePostgres { .. }) && !opens_postgres {
+        // Azure runs this script in `postgres` to create the principals; nobody opens that
+        // database through the relay, so its privileges are not the manifest's to converge
+        // (a GRANT … ON ALL TABLES there would hand out its tables).
+        out.push_str(
+            "-- In `postgres` (where the principals are created) stop here: nobody opens it\n\
+             -- through the relay, so its privileges are left as they are.\n\
+             SELECT current_database() = 'postgres' AS dbward_principals_only \\gset\n\
+             \\if :dbward_principals_only\n\
+             COMMIT;\n\
+             \\quit\n\
+             \\endif\n\n",
+        );
+    }
     converge::revoke_undeclared(&mut out, db);
     for role in db.db_roles.values() {
         if role.grants.is_empty() {

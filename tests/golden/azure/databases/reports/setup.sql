@@ -91,6 +91,14 @@ BEGIN
 END
 $dbward$;
 
+-- In `postgres` (where the principals are created) stop here: nobody opens it
+-- through the relay, so its privileges are left as they are.
+SELECT current_database() = 'postgres' AS dbward_principals_only \gset
+\if :dbward_principals_only
+COMMIT;
+\quit
+\endif
+
 -- Converge privileges: revoke what the roles above hold on this database's objects
 -- (the database, schemas, tables and their columns, sequences, functions, and this
 -- role's default privileges) that the manifest does not declare, whether it was removed

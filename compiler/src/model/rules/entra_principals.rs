@@ -116,9 +116,14 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
             continue;
         };
         let cloud_name = azure.prop_str("cloud").unwrap_or("?");
-        let relay = clouds
+        // An unknown cloud, or one of another kind, is another rule's error; nothing to add.
+        let Some(cloud) = clouds
             .get(cloud_name)
-            .and_then(|c| c.child("relay-identity"));
+            .filter(|c| c.child("azure").is_some())
+        else {
+            continue;
+        };
+        let relay = cloud.child("relay-identity");
         let mut claims: Vec<Claim> = Vec::new();
         let mut need_object_id: Vec<(&str, &Node)> = Vec::new();
         for &(kind, node) in &logins {
@@ -410,6 +415,11 @@ mod tests {
             &azure("", "    db-user reporting\n"),
             "dbward::missing_entra_principal",
             "db-user `reporting`",
+        );
+        // An unknown cloud is reported by `references` alone.
+        absent(
+            &azure("", "    db-user reporting\n").replace("cloud=az ", "cloud=nope "),
+            "dbward::missing_entra_principal",
         );
     }
 

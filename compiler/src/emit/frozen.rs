@@ -223,23 +223,24 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
             else {
                 return Err(wrong("azure"));
             };
-            let client_id =
-                relay_client_id
-                    .clone()
-                    .ok_or_else(|| EmitError::MissingRelayIdentity {
-                        cloud: db.kind.cloud().unwrap_or_default().to_owned(),
-                        what: "relay identity",
-                        node: "relay-identity client-id=\"…\"",
-                    })?;
+            relay_client_id
+                .as_ref()
+                .ok_or_else(|| EmitError::MissingRelayIdentity {
+                    cloud: db.kind.cloud().unwrap_or_default().to_owned(),
+                    what: "relay identity",
+                    node: "relay-identity client-id=\"…\"",
+                })?;
             // Flexible servers are reached at a fixed, publicly trusted name.
             let host = host.unwrap_or_else(|| format!("{server}.postgres.database.azure.com"));
             let tls = frozen::UpstreamTls {
                 server_name: host.clone(),
                 ca: None,
             };
+            // Placeholder until the language half (issue 11) emits each db-user's principal
+            // (`client-id`, `object-id`); that branch's version of this file wins at merge.
             let auth = frozen::UpstreamAuth::AzureEntra {
                 tenant: tenant.clone(),
-                client_id,
+                principals: std::collections::BTreeMap::new(),
             };
             (host, tls, auth)
         }

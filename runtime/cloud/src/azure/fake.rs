@@ -49,6 +49,8 @@ pub struct Issued {
     /// Which endpoint issued it: `secret`, `certificate`, `federated`, `imds`, `app-service`.
     pub source: String,
     pub expires_at: SystemTime,
+    /// 1 for the first token issued, 2 for the next, …
+    pub serial: u64,
 }
 
 #[derive(Default)]
@@ -229,9 +231,13 @@ impl FakeEntra {
             .unwrap_or(0)
     }
 
-    /// Every token issued so far.
+    /// Every token issued so far, oldest first.
     pub fn issued(&self) -> Vec<String> {
-        self.state().tokens.keys().cloned().collect()
+        let state = self.state();
+        let mut tokens: Vec<(&String, u64)> =
+            state.tokens.iter().map(|(t, i)| (t, i.serial)).collect();
+        tokens.sort_by_key(|(_, serial)| *serial);
+        tokens.into_iter().map(|(t, _)| t.clone()).collect()
     }
 
     /// What the fake knows of a token it issued.
@@ -331,6 +337,7 @@ impl State {
                 object_id,
                 source: source.to_owned(),
                 expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+                serial: self.serial,
             },
         );
         *self.counts.entry(client_id.to_owned()).or_default() += 1;

@@ -33,12 +33,17 @@
 //!   fake Google, checked by a real PostgreSQL (the role's password is the token issued); a
 //!   refused token never reused; one token fetch per db user for 300 sessions; a certificate
 //!   naming another instance refused.
+//! - `azure`: Azure Database for PostgreSQL with Entra ID: one token per db-user principal from
+//!   a fake Entra ID (env secret, certificate, workload identity, App Service, IMDS), checked by
+//!   a real PostgreSQL through PAM (the token's `oid` must be the role's); the other identity's
+//!   token refused; refresh with no failed session; every error's message; never logged.
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
 
 mod apply_killed;
 mod artifacts;
+mod azure;
 mod azure_setup;
 mod cert;
 mod cloudsql;

@@ -269,6 +269,21 @@ fn create_login(
                     &format!("RAISE EXCEPTION '%', {};", literal(&message)),
                 );
             };
+            let Some(object_id) = &principal.object_id else {
+                // The relay-identity written without `object-id`: the principal can be used
+                // but not created from the manifest.
+                let message = format!(
+                    "database user {name} does not exist, and the manifest gives no object-id to \
+                     create its Entra principal (the relay-identity, client id {client}): add \
+                     object-id to relay-identity (az identity show --query principalId), or \
+                     create it with pgaadauth_create_principal_with_oid, then run setup.sql again",
+                    client = principal.client_id
+                );
+                return if_missing(
+                    name,
+                    &format!("RAISE EXCEPTION '%', {};", literal(&message)),
+                );
+            };
             // Azure creates Entra principals only in the `postgres` database; elsewhere a
             // missing one means that run has not happened yet.
             let elsewhere = format!(
@@ -285,7 +300,7 @@ fn create_login(
                      END IF;\n    \
                      PERFORM * FROM pgaadauth_create_principal_with_oid({}, {}, 'service', {}, false);",
                     literal(name),
-                    literal(&principal.object_id),
+                    literal(object_id),
                     if who == Login::Admin { "true" } else { "false" },
                     elsewhere = literal(&elsewhere),
                 ),

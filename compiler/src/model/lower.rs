@@ -221,7 +221,7 @@ fn database(node: &Node) -> Option<Database> {
 fn entra_principal(node: &Node) -> Option<EntraPrincipal> {
     Some(EntraPrincipal {
         client_id: node.prop_str("client-id")?.to_ascii_lowercase(),
-        object_id: node.prop_str("object-id")?.to_ascii_lowercase(),
+        object_id: Some(node.prop_str("object-id")?.to_ascii_lowercase()),
     })
 }
 

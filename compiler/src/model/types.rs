@@ -29,7 +29,7 @@ pub struct Model {
 impl Model {
     /// The Entra principal of each login of an `azure-postgres` database, by role name: every
     /// db-user and the admin user, each with its own `client-id`/`object-id`, else the cloud's
-    /// `relay-identity` (when it has an object id). Empty for other kinds. The front end
+    /// `relay-identity` (whose object id may be unknown). Empty for other kinds. The front end
     /// (`rules::entra_principals`) has made sure every login has one and none is shared.
     pub fn entra_principals(&self, db: &Database) -> BTreeMap<String, EntraPrincipal> {
         let DatabaseKind::AzurePostgres { cloud, .. } = &db.kind else {
@@ -39,7 +39,7 @@ impl Model {
             Some(CloudKind::Azure {
                 relay_identity: Some(identity),
                 ..
-            }) => identity.principal(),
+            }) => Some(identity.principal()),
             _ => None,
         };
         let logins: Vec<(&String, &Option<EntraPrincipal>)> = db
@@ -132,12 +132,13 @@ pub struct RelayIdentity {
 }
 
 impl RelayIdentity {
-    /// The identity as a principal, when its object id is known.
-    pub fn principal(&self) -> Option<EntraPrincipal> {
-        Some(EntraPrincipal {
+    /// The identity as a principal (its object id may be unknown: see
+    /// [`EntraPrincipal::object_id`]).
+    pub fn principal(&self) -> EntraPrincipal {
+        EntraPrincipal {
             client_id: self.client_id.clone(),
-            object_id: self.object_id.clone()?,
-        })
+            object_id: self.object_id.clone(),
+        }
     }
 }
 

@@ -15,13 +15,18 @@
 //! - [`aws`]: Amazon — ambient credentials in the AWS SDKs' order, the clock-skew correction
 //!   learned from AWS's answers, and the RDS IAM auth token (SigV4).
 //!
-//! Azure gets an `azure` module. Every endpoint of every cloud is configurable so
-//! tests run against local servers; see each module's docs for the variables.
+//! - [`azure`]: Microsoft — Entra ID tokens for Azure Database for PostgreSQL, one per
+//!   principal, from the sources in the Azure SDKs' order (environment secret or certificate,
+//!   workload identity, managed identity).
+//!
+//! Every endpoint of every cloud is configurable so tests run against local servers; see each
+//! module's docs for the variables.
 //!
 //! **Invariant: no HTTP on a session's path in steady state** — sessions read the cache; only
 //! a cold cache, or one whose background refresh failed until the token expired, fetches.
 
 pub mod aws;
+pub mod azure;
 pub mod cache;
 pub mod gcp;
 pub mod http;

@@ -191,7 +191,10 @@ pub enum UpstreamAuth {
 #[serde(deny_unknown_fields)]
 pub struct EntraPrincipal {
     pub client_id: String,
-    pub object_id: String,
+    /// `None` when the manifest gives none (a `relay-identity` written without `object-id`):
+    /// setup.sql cannot create such a principal, so it must already exist on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_id: Option<String>,
 }
 
 /// The admin login of a database.

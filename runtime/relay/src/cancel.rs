@@ -134,6 +134,7 @@ mod tests {
                 auth: UpstreamAuth::Mtls,
                 rds: None,
                 cloudsql: None,
+                azure: None,
             }),
             backend: BackendKey { pid: 42, secret: 7 },
         }

@@ -79,6 +79,19 @@ impl Loaded {
         }
         self
     }
+
+    /// The same config with Azure tokens from the variables `env` rather than the process's
+    /// environment, refreshed by `policy`.
+    pub fn with_azure_env(
+        mut self,
+        env: dbward_cloud::azure::AzureEnv,
+        policy: dbward_cloud::azure::Policy,
+    ) -> Loaded {
+        for upstream in self.upstreams.values_mut() {
+            *upstream = upstream.with_azure_env(&env, policy);
+        }
+        self
+    }
 }
 
 /// State shared by the whole process.

@@ -38,7 +38,7 @@ pub fn role(model: &Model, cloud: &Cloud, databases: &[&Database]) -> Result<Val
     };
     let mut servers = Vec::new();
     // Each identity, with the `database/user` logins it maps to.
-    let mut identities: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut identities: BTreeMap<(String, Option<String>), Vec<String>> = BTreeMap::new();
     for db in databases {
         let DatabaseKind::AzurePostgres { server, .. } = &db.kind else {
             return Err(super::wrong_cloud(cloud, Some(db), "azure-postgres"));

@@ -17,7 +17,7 @@
 //! }
 //! database reports {
 //!     azure-postgres cloud=azure-prod server="reports-flex"
-//!     db-user reporting   // relay_identity_needs_object_id: it would log in as the relay-identity
+//!     db-user reporting   // relay_identity_needs_object_id (a warning): setup.sql cannot create it
 //!     db-user etl client-id="11111111-…" object-id="22222222-…"
 //!     db-user loader client-id="33333333-…" object-id="22222222-…"  // shared_entra_principal
 //! }
@@ -26,7 +26,8 @@
 //! **How to fix:** give each db-user its own managed identity (or app registration) with
 //! `client-id="…" object-id="…"` (`az identity show --name NAME --resource-group RG --query
 //! '{clientId:clientId, objectId:principalId}'`); at most one login of a server (a db-user or the admin-user, whose names differ) may
-//! fall back to the `relay-identity`, which then needs its `object-id`.
+//! fall back to the `relay-identity`. Without its `object-id` that is a warning: the relay can
+//! still log in with it, but setup.sql cannot create the principal, which must already exist.
 
 use std::collections::BTreeMap;
 
@@ -196,22 +197,35 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
             }
         }
         if let (Some(relay), Some(&(kind, first))) = (relay, need_object_id.first()) {
-            let mut diag = Diagnostic::error(
-                "dbward::relay_identity_needs_object_id",
-                format!(
-                    "{kind} `{}` of database `{db_name}` names no principal, so it logs in as the relay-identity of cloud `{cloud_name}`, which has no `object-id`",
-                    first.first_str().unwrap_or("?")
-                ),
-            )
+            let first = first.first_str().unwrap_or("?");
+            // One login on the relay-identity without its object id still works (the principal
+            // must exist on the server, as setup.sql says); two would share one principal.
+            let mut diag = if need_object_id.len() == 1 {
+                Diagnostic::warning(
+                    "dbward::relay_identity_needs_object_id",
+                    format!(
+                        "{kind} `{first}` of database `{db_name}` logs in as the relay-identity of cloud `{cloud_name}`, which has no `object-id`, so setup.sql cannot create its Entra principal"
+                    ),
+                )
+            } else {
+                Diagnostic::error(
+                    "dbward::shared_entra_principal",
+                    format!(
+                        "{} logins of database `{db_name}` name no principal, so they would all log in as the relay-identity of cloud `{cloud_name}`",
+                        need_object_id.len()
+                    ),
+                )
+            }
             .label(relay.head_span(), "add `object-id=\"…\"` here");
             for (_, node) in &need_object_id {
                 diag = diag.label(node.first_arg_span(), "logs in as the relay-identity");
             }
             diags.push(diag.help(
-                "the database maps the identity's object id to the role: add it with \
+                "the database maps one object id to one role: give each db-user its own \
+                 `client-id=\"…\" object-id=\"…\"`, and add the relay-identity's with \
                  `az identity show --name NAME --resource-group RG --query principalId` \
-                 (an app registration: `az ad sp show --id CLIENT_ID --query id`), \
-                 or give the db-user its own `client-id=\"…\" object-id=\"…\"`",
+                 (an app registration: `az ad sp show --id CLIENT_ID --query id`); \
+                 without it, the principal must already exist on the server",
             ));
         }
         shared(db_name, &claims, diags);
@@ -398,6 +412,24 @@ mod tests {
             &text,
             "dbward::relay_identity_needs_object_id",
             "which has no `object-id`",
+        );
+        // A warning: the relay can log in with it; only setup.sql cannot create the principal.
+        let found = crate::model::rules::test_support::diags(&text);
+        assert!(
+            found
+                .iter()
+                .all(|d| d.code != "dbward::relay_identity_needs_object_id"
+                    || d.severity == crate::diag::Severity::Warning),
+            "{found:#?}"
+        );
+        // Two logins on it would share one principal: an error.
+        expect(
+            &azure(
+                &format!("relay-identity client-id=\"{A}\""),
+                "    db-user reporting\n    db-user loader\n",
+            ),
+            "dbward::shared_entra_principal",
+            "2 logins of database",
         );
         // Not used as a principal: no object id needed.
         absent(

@@ -5,14 +5,15 @@
 //! as the password, signed with ambient credentials at AWS's time as learned from the
 //! credential endpoints' answers (both in [`dbward_cloud::aws`]). Google Cloud SQL uses
 //! [`cloudsql`]: an impersonated IAM login token as the password, over TLS verified against the
-//! instance's server CA and name. Azure will add a module that produces a password and share the
-//! connect and startup code here. [`handshake`] reads the upstream's startup messages (a pure
+//! instance's server CA and name. Azure Database for PostgreSQL uses [`azure`]: an Entra ID token
+//! per database user's principal as the password. All share the connect and startup code here. [`handshake`] reads the upstream's startup messages (a pure
 //! state machine; [`connect`] does the I/O), so that they can be tested and fuzzed without a
 //! server.
 //!
 //! A database whose frozen `tls.ca` is absent is verified against the Mozilla roots
 //! (webpki-roots); RDS certificates chain to Amazon's own CA, so RDS databases need `ca-file`.
 
+pub mod azure;
 pub mod cloudsql;
 pub mod handshake;
 pub mod mtls;
@@ -63,6 +64,8 @@ pub struct Target {
     /// The token source, address and TLS of a Cloud SQL database (which then override
     /// `address`, `server_name` and `tls`).
     pub cloudsql: Option<Arc<cloudsql::CloudSqlAuth>>,
+    /// The token source of an Azure Entra ID database.
+    pub azure: Option<Arc<azure::AzureAuth>>,
 }
 
 impl Upstream {
@@ -82,6 +85,7 @@ impl Upstream {
         }
         let address = format!("{}:{}", database.host, database.port);
         let mut rds = None;
+        let mut azure = None;
         let identity = match &database.auth {
             UpstreamAuth::Mtls => {
                 let Some(identity) = &config.relay.upstream_identity else {
@@ -98,6 +102,16 @@ impl Upstream {
                     region.clone(),
                     aws.clone(),
                 ));
+                None
+            }
+            UpstreamAuth::AzureEntra { tenant, principals } => {
+                azure = Some(Arc::new(azure::AzureAuth::new(
+                    address.clone(),
+                    tenant.clone(),
+                    principals.clone(),
+                    dbward_cloud::azure::AzureEnv::from_process(),
+                    dbward_cloud::azure::Policy::default(),
+                )));
                 None
             }
             other => {
@@ -133,6 +147,7 @@ impl Upstream {
             auth: database.auth.clone(),
             rds,
             cloudsql: None,
+            azure,
         })))
     }
 
@@ -176,6 +191,7 @@ impl Upstream {
             auth: database.auth.clone(),
             rds: None,
             cloudsql: Some(Arc::new(auth)),
+            azure: None,
         })))
     }
 
@@ -190,6 +206,7 @@ impl Upstream {
                     auth: target.auth.clone(),
                     rds: None,
                     cloudsql: Some(Arc::new(sql.with_env(env.clone()))),
+                    azure: None,
                 }))
             }
             other => other.clone(),
@@ -206,7 +223,30 @@ impl Upstream {
                 auth: target.auth.clone(),
                 rds: target.rds.as_ref().map(|r| r.with_credentials(aws.clone())),
                 cloudsql: target.cloudsql.clone(),
+                azure: target.azure.clone(),
             })),
+            other => other.clone(),
+        }
+    }
+
+    /// The same upstream, with Azure tokens from the variables `env`, refreshed by `policy`.
+    pub fn with_azure_env(
+        &self,
+        env: &dbward_cloud::azure::AzureEnv,
+        policy: dbward_cloud::azure::Policy,
+    ) -> Upstream {
+        match self {
+            Upstream::Ready(target) if let Some(azure) = &target.azure => {
+                Upstream::Ready(Arc::new(Target {
+                    address: target.address.clone(),
+                    server_name: target.server_name.clone(),
+                    tls: target.tls.clone(),
+                    auth: target.auth.clone(),
+                    rds: None,
+                    cloudsql: None,
+                    azure: Some(Arc::new(azure.with_env(env.clone(), policy))),
+                }))
+            }
             other => other.clone(),
         }
     }
@@ -328,10 +368,11 @@ pub async fn connect(
     startup: &StartupMessage,
 ) -> Result<Connected, UpstreamError> {
     let user = startup.get("user").unwrap_or_default();
-    // A Cloud SQL login token is taken before dialling (see `CloudSqlAuth::login`).
-    let login = match &target.cloudsql {
-        Some(sql) => Some(sql.login(user).await?),
-        None => None,
+    // A Cloud SQL or Azure token is taken before dialling (see `CloudSqlAuth::login`).
+    let login = match (&target.cloudsql, &target.azure) {
+        (Some(sql), _) => Some(sql.login(user).await?),
+        (None, Some(azure)) => Some(azure.login(user).await?),
+        (None, None) => None,
     };
     let mut stream = tls_connect(target).await?;
     let protocol = |reason: String| UpstreamError::Protocol {
@@ -373,6 +414,12 @@ pub async fn connect(
                         sent_login = Some(token);
                         sql.respond(code, user, token)?
                     }
+                    UpstreamAuth::AzureEntra { .. }
+                        if let (Some(azure), Some(token)) = (&target.azure, &login) =>
+                    {
+                        sent_login = Some(token);
+                        azure.respond(code, user, token)?
+                    }
                     other => {
                         return Err(UpstreamError::Auth(format!(
                             "{} is not supported by this relay build",
@@ -403,6 +450,11 @@ pub async fn connect(
                     }
                     (_, _, Some(sql), Some(token)) if refused_token => {
                         sql.rejected(user, token, &frame)
+                    }
+                    (_, _, None, Some(token))
+                        if refused_token && let Some(azure) = &target.azure =>
+                    {
+                        azure.rejected(user, token, &frame)
                     }
                     _ => frame,
                 };
@@ -446,6 +498,7 @@ mod tests {
             auth: UpstreamAuth::Mtls,
             rds: None,
             cloudsql: None,
+            azure: None,
         }
     }
 

@@ -699,7 +699,7 @@ async fn session(
     let limits = &loaded.config.relay.limits;
     let retired = tokio::time::timeout(
         Duration::from_millis(limits.upstream_connect_timeout_ms),
-        provision::retire(&target, &plan, ended),
+        provision::retire(shared, &target, &plan, ended),
     )
     .await
     .unwrap_or_else(|_| {
@@ -790,7 +790,7 @@ async fn open_and_relay(
     if let Some(plan) = &decided.provisioning {
         let activate_started = Instant::now();
         let activated =
-            tokio::time::timeout(connect_timeout, provision::activate(&target, plan)).await;
+            tokio::time::timeout(connect_timeout, provision::activate(shared, &target, plan)).await;
         let outcome = match activated {
             Ok(result) => result,
             Err(_) => Err(ProvisionError::Database {

@@ -837,3 +837,27 @@ fn a_hostile_person_name_is_created_and_dropped_exactly() {
     assert!(stderr.contains("is 64 bytes long"), "{stderr}");
     assert!(stderr.contains("silently truncate"), "{stderr}");
 }
+
+/// Sessions of one person back to back, each opened as the previous one closes (what `pgbench
+/// -C` or a reconnecting client does): the retirement of the ending session never takes the
+/// user away from the one starting, on either mode.
+#[test]
+fn back_to_back_sessions_of_one_person_all_succeed() {
+    let d = Deployment::start_extra(PROVISIONED, |_| {});
+    for person in ["kim", "leo"] {
+        let certs = d.issue(person, "1h");
+        let out = d.out();
+        d.block(async {
+            for n in 0..40 {
+                let (client, _) = connect(d.relay_port, &out, &certs, person, "shop")
+                    .await
+                    .unwrap_or_else(|e| panic!("{person}'s session {n}: {e:?}"));
+                client
+                    .simple_query("select 1")
+                    .await
+                    .unwrap_or_else(|e| panic!("{person}'s session {n}: {e:?}"));
+                drop(client);
+            }
+        });
+    }
+}

@@ -154,6 +154,12 @@ pub async fn retire(
         _ => "SELECT dbward.deactivate($1, $2::integer)",
     };
     let pid = ending_pid.map(|p| p.to_string());
+    // No session of this person is between its activation and its backend meanwhile.
+    let _retiring = shared
+        .admin_pool
+        .person_lock(target, plan)
+        .write_owned()
+        .await;
     shared
         .admin_pool
         .call(
@@ -337,6 +343,11 @@ struct Idle {
 #[derive(Default)]
 pub struct AdminPool {
     idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    /// One lock per person's user (upstream address, database name, person): sessions hold it
+    /// shared from before their activation until their own backend is connected (and so
+    /// counted in `pg_stat_activity`), and a retirement holds it exclusively. Without it, the
+    /// end of one session could retire the user while this relay is connecting the next.
+    people: Mutex<HashMap<(String, String, String), Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl std::fmt::Debug for AdminPool {
@@ -356,6 +367,26 @@ impl AdminPool {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
         // A panic elsewhere while holding the lock leaves plain data behind: keep using it.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn person_lock(&self, target: &Target, plan: &Provisioning) -> Arc<tokio::sync::RwLock<()>> {
+        let mut people = self.people.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (
+            target.address.clone(),
+            plan.db_name.clone(),
+            plan.person.clone(),
+        );
+        Arc::clone(people.entry(key).or_default())
+    }
+
+    /// Held by a session of `plan`'s person from before its activation until its upstream
+    /// session is open: this relay retires that user only once no session is starting.
+    pub async fn starting(
+        &self,
+        target: &Target,
+        plan: &Provisioning,
+    ) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.person_lock(target, plan).read_owned().await
     }
 
     /// Runs one `dbward` function call as `admin` in `db_name` on a warm connection, or a new

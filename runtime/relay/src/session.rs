@@ -786,7 +786,11 @@ async fn open_and_relay(
     let limits = &loaded.config.relay.limits;
     let connect_timeout = Duration::from_millis(limits.upstream_connect_timeout_ms);
     // The person's own user first: activated (with exactly this config's rights) before the
-    // session connects as it.
+    // session connects as it; no retirement of that user runs until the session is connected.
+    let starting = match &decided.provisioning {
+        Some(plan) => Some(shared.admin_pool.starting(&target, plan).await),
+        None => None,
+    };
     if let Some(plan) = &decided.provisioning {
         let activate_started = Instant::now();
         let activated =
@@ -864,6 +868,7 @@ async fn open_and_relay(
         }
     };
     shared.metrics.upstream_connected(connect_started.elapsed());
+    drop(starting);
 
     // The client's key is the relay's own; the upstream's never leaves the relay.
     let registration = match upstream.backend_key {

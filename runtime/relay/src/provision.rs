@@ -330,6 +330,9 @@ const ADMIN_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// load, compared by address), admin user and database name.
 type PoolKey = (usize, String, String);
 
+/// Whose user a per-person lock guards: upstream address, database name, person.
+type PersonKey = (String, String, String);
+
 /// One idle admin connection.
 struct Idle {
     connection: AdminConnection,
@@ -347,7 +350,7 @@ pub struct AdminPool {
     /// shared from before their activation until their own backend is connected (and so
     /// counted in `pg_stat_activity`), and a retirement holds it exclusively. Without it, the
     /// end of one session could retire the user while this relay is connecting the next.
-    people: Mutex<HashMap<(String, String, String), Arc<tokio::sync::RwLock<()>>>>,
+    people: Mutex<HashMap<PersonKey, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl std::fmt::Debug for AdminPool {

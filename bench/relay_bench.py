@@ -583,8 +583,10 @@ log_disconnections = 0
         before = self.provisioning_counts()
         d = self.args.duration
         parsed, cpu, pg_cpu, wall = self.pgbench(path, ["-S", "-C", "-c", str(clients), "-j", str(threads), "-T", str(d)])
-        # The last sessions' retirements run just after pgbench exits.
-        time.sleep(1.0)
+        # The last sessions' retirements run just after pgbench exits, and an idle backend (the
+        # warm admin connections) reports its function counts only after 10 s idle
+        # (PGSTAT_IDLE_INTERVAL): read them after that.
+        time.sleep(11.0)
         after = self.provisioning_counts()
         n = max(parsed["transactions"], 1)
         return {

@@ -18,6 +18,16 @@ What it does, on a fresh machine of the project's kind:
   5. runs every scenario against the three paths, interleaved in rounds with the order rotated,
      and prints medians and same-round ratios; writes JSON next to the table.
 
+Automatic user provisioning (scenarios "G provision"): new sessions per second (pgbench -C)
+through the relay as a declared database user (`relay`, bencher as bench) against the same
+through the relay as a person whose user the relay provisions (`relay-keep`: kim, `provision
+keep`; `relay-drop`: leo, `provision best-effort-drop`), on the same database in the same
+rounds; relay CPU per session; and the provisioning calls the relay made per session, counted
+by PostgreSQL (`track_functions`, pg_stat_user_functions: dbward.activate at the start,
+dbward.deactivate or dbward.drop at the end). Each call is one round trip on a warm admin
+connection (Parse/Bind/Execute/Sync in one write, one read to ReadyForQuery); admin
+connections opened during the run are counted from pg_stat_database.
+
 Paths: `direct` is pgbench -> PostgreSQL (TLS, client certificate); `relay` is pgbench ->
 dbward-relay (mTLS) -> PostgreSQL (mTLS); `pgbouncer` is pgbench -> pgbouncer (TLS, client
 certificate) -> PostgreSQL (mTLS). In the `-c 1` and fixed-rate latency scenarios, `hop` is
@@ -51,6 +61,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ["direct", "relay", "pgbouncer"]
+# The provisioning scenarios compare the relay as a declared user with the relay provisioning
+# the person's own user, both modes.
+PROVISION_PATHS = ["relay", "relay-keep", "relay-drop"]
+PROVISION_PEOPLE = {"relay-keep": "kim", "relay-drop": "leo"}
 # Scenarios that measure the latency one extra hop adds; they also run the `hop` path (a plain
 # TCP forwarder, TLS end to end with PostgreSQL): the floor any middle process pays here.
 HOP_SCENARIOS = ("A prepared c1", "A simple c1", "B latency R2000")
@@ -183,6 +197,7 @@ database bench {{
     db-user bench {{
         member-of runner
     }}
+    admin-user "dbward-admin" default-database=bench
 }}
 
 role benchmarker {{
@@ -193,8 +208,35 @@ role benchmarker {{
     }}
 }}
 
+// Provisioned people: the relay creates or re-enables their own user for each session.
+role keeper {{
+    provision keep
+    allow {{
+        databases bench
+        db-names bench
+        db-roles runner
+    }}
+}}
+
+role dropper {{
+    provision best-effort-drop
+    allow {{
+        databases bench
+        db-names bench
+        db-roles runner
+    }}
+}}
+
 user bencher {{
     roles benchmarker
+}}
+
+user kim {{
+    roles keeper
+}}
+
+user leo {{
+    roles dropper
 }}
 """
 
@@ -255,6 +297,11 @@ class Bench:
             [str(self.dbward), "cert", "issue", str(manifest), "--out", str(self.out), "--user", "bencher", "--dest", str(self.user_dir)],
             stdout=subprocess.DEVNULL,
         )
+        for person in PROVISION_PEOPLE.values():
+            run(
+                [str(self.dbward), "cert", "issue", str(manifest), "--out", str(self.out), "--user", person, "--dest", str(self.work / person)],
+                stdout=subprocess.DEVNULL,
+            )
 
     def start_postgres(self):
         log(f"initdb + start PostgreSQL on 127.0.0.1:{self.pg_port}")
@@ -272,6 +319,8 @@ class Bench:
                 f"unix_socket_directories = '{self.pg_sock}'\n"
                 "max_connections = 5300\nshared_buffers = '512MB'\nfsync = off\n"
                 "synchronous_commit = off\nfull_page_writes = off\n"
+                # Counts the provisioning calls (pg_stat_user_functions); costs nothing elsewhere.
+                "track_functions = 'pl'\n"
             )
         chown_postgres(self.pg_root)
         run(as_postgres([str(self.pg_bin / "pg_ctl"), "-D", str(self.pg_data), "-l", str(self.pg_root / "log"), "-w", "-t", "120", "start"]), stdout=subprocess.DEVNULL)
@@ -285,6 +334,33 @@ class Bench:
 
     def psql_super(self, sql, db="postgres"):
         run(as_postgres(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.pg_sock), "-p", str(self.pg_port), "-U", "postgres", "-d", db, "-c", sql]), stdout=subprocess.DEVNULL)
+
+    def query_super(self, sql, db="bench"):
+        """One value from a superuser query."""
+        res = run(as_postgres(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", str(self.pg_sock), "-p", str(self.pg_port), "-U", "postgres", "-d", db, "-c", sql]), capture_output=True, text=True)
+        return res.stdout.strip()
+
+    def provisioning_counts(self):
+        """(dbward.activate calls, dbward.deactivate + dbward.drop calls, admin sessions opened)."""
+        self.query_super("SELECT pg_stat_clear_snapshot()")
+        calls = dict(
+            line.split("|")
+            for line in self.query_super(
+                "SELECT funcname, calls FROM pg_stat_user_functions WHERE schemaname = 'dbward' "
+                "AND funcname IN ('activate', 'deactivate', 'drop')"
+            ).splitlines()
+            if "|" in line
+        )
+        # The pool keeps admin connections for 60 s after their last use, so within a run the
+        # live admin backends are those the relay opened.
+        admin = self.query_super(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'dbward-admin'"
+        )
+        return (
+            int(calls.get("activate", 0)),
+            int(calls.get("deactivate", 0)) + int(calls.get("drop", 0)),
+            int(admin or 0),
+        )
 
     def start_relay(self):
         log(f"start dbward-relay on 127.0.0.1:{self.relay_port}")
@@ -385,6 +461,16 @@ log_disconnections = 0
     def env_for(self, path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env.update(PGUSER="bench", PGDATABASE="bench", PGSSLMODE="verify-full", PGCONNECT_TIMEOUT="10")
+        if path in PROVISION_PEOPLE:
+            # The person logs in as their own, provisioned, user through the relay.
+            person = PROVISION_PEOPLE[path]
+            env.update(
+                PGUSER=person, PGHOST="bench.db.localhost", PGHOSTADDR="127.0.0.1", PGPORT=str(self.relay_port),
+                PGSSLROOTCERT=str(self.work / person / "root.crt"),
+                PGSSLCERT=str(self.work / person / "postgresql.crt"),
+                PGSSLKEY=str(self.work / person / "postgresql.key"),
+            )
+            return env
         if path in ("direct", "hop"):
             env.update(
                 PGHOST="127.0.0.1", PGPORT=str(self.pg_port if path == "direct" else self.hop_port),
@@ -403,6 +489,8 @@ log_disconnections = 0
         return env
 
     def middle_pid(self, path):
+        if path in PROVISION_PEOPLE:
+            return self.relay_pid
         return {"relay": self.relay_pid, "relay-b": self.relay_b_pid, "hop": self.hop_pid, "pgbouncer": self.bouncer_pid}.get(path)
 
     def middle_cpu(self, path):
@@ -489,6 +577,29 @@ log_disconnections = 0
         n = max(parsed["transactions"], 1)
         return {"connections_per_s": parsed["tps"], "connection_ms": parsed["connection_ms"], "middle_cpu_us_per_session": cpu / n * 1e6}
 
+    def scenario_provision(self, path, clients, threads):
+        """New sessions per second as a declared user (`relay`) or a provisioned person, with
+        the provisioning calls per session PostgreSQL counted."""
+        before = self.provisioning_counts()
+        d = self.args.duration
+        parsed, cpu, pg_cpu, wall = self.pgbench(path, ["-S", "-C", "-c", str(clients), "-j", str(threads), "-T", str(d)])
+        # The last sessions' retirements run just after pgbench exits, and an idle backend (the
+        # warm admin connections) reports its function counts only after 10 s idle
+        # (PGSTAT_IDLE_INTERVAL): read them after that.
+        time.sleep(11.0)
+        after = self.provisioning_counts()
+        n = max(parsed["transactions"], 1)
+        return {
+            "sessions_per_s": parsed["tps"],
+            "connection_ms": parsed["connection_ms"],
+            "middle_cpu_us_per_session": cpu / n * 1e6,
+            "postgres_cpu_us_per_session": pg_cpu / n * 1e6,
+            # One call is one round trip on a warm admin connection.
+            "round_trips_at_start": (after[0] - before[0]) / n,
+            "round_trips_at_end": (after[1] - before[1]) / n,
+            "admin_backends": after[2],
+        }
+
     def scenario_bulk(self, path):
         script = self.work / "bulk.sql"
         script.write_text("select repeat('x', 40000000);\n")
@@ -569,6 +680,8 @@ log_disconnections = 0
             ("B latency R2000", self.scenario_latency),
             ("C new connections", self.scenario_connections),
             ("E bulk 40MB", self.scenario_bulk),
+            ("G provision c1", lambda p: self.scenario_provision(p, 1, 1)),
+            ("G provision c4", lambda p: self.scenario_provision(p, 4, 2)),
         ]
         if self.args.scenarios:
             scenarios = [(n, f) for n, f in scenarios if any(w.lower() in n.lower() for w in self.args.scenarios)]
@@ -577,6 +690,8 @@ log_disconnections = 0
             log(f"round {r + 1}/{self.args.rounds}")
             for name, fn in scenarios:
                 these = paths + (["hop"] if name in HOP_SCENARIOS and not self.args.no_hop else [])
+                if name.startswith("G provision"):
+                    these = PROVISION_PATHS
                 order = these[r % len(these):] + these[: r % len(these)]
                 for path in order:
                     # CPU time the hypervisor gave to other guests during this run: on a shared
@@ -637,7 +752,7 @@ def summarize(results):
         for path, values in by_path.items():
             entry[path] = statistics.median(v for _, v in values)
         if metric != "steal_pct":
-            for a, b in (("relay", "direct"), ("relay", "pgbouncer"), ("relay-b", "relay")):
+            for a, b in (("relay", "direct"), ("relay", "pgbouncer"), ("relay-b", "relay"), ("relay-keep", "relay"), ("relay-drop", "relay")):
                 ratio = same_round(by_path, a, b, lambda x, y: x / y)
                 if ratio is not None:
                     entry[f"{a}/{b}"] = ratio
@@ -655,7 +770,8 @@ def summarize(results):
 
 
 def print_table(summary):
-    order = ["direct", "hop", "relay", "relay-b", "pgbouncer", "relay/direct", "relay/pgbouncer", "relay-b/relay",
+    order = ["direct", "hop", "relay", "relay-b", "relay-keep", "relay-drop", "pgbouncer", "relay/direct", "relay/pgbouncer",
+             "relay-b/relay", "relay-keep/relay", "relay-drop/relay",
              "relay-direct_us", "hop-direct_us", "relay-hop_us", "pgbouncer-direct_us"]
     cols = [c for c in order if any(c in e for e in summary)]
     print(f"{'scenario':22} {'metric':26} " + " ".join(f"{c:>15}" for c in cols))

@@ -39,8 +39,24 @@ const REGION: &str = "eu-west-3";
 const KEY_ID: &str = "AKIADBWARDTEST000001";
 const SECRET: &str = "dbwardTestSecretKey/0123456789abcdefghijk";
 
-/// The manifest: one RDS database `shop` (really the test cluster) with IAM user `app`.
-fn manifest(cluster: &Cluster, relay_port: u16, audit: &Path, ca: &Path) -> String {
+/// The manifest: one RDS database `shop` (really the test cluster) with IAM user `app`; with
+/// `provisioning`, also an admin user and kim, whose user the relay provisions (`keep`).
+fn manifest(
+    cluster: &Cluster,
+    relay_port: u16,
+    audit: &Path,
+    ca: &Path,
+    provisioning: bool,
+) -> String {
+    let (admin, people) = if provisioning {
+        (
+            "admin-user \"dbward-admin\" default-database=shop",
+            "role analyst {\n    provision keep\n    allow {\n        databases shop\n        \
+             db-names shop\n        db-roles reader\n    }\n}\nuser kim {\n    roles analyst\n}\n",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         r#"dbward version=1
 relay {{
@@ -56,6 +72,7 @@ cloud aws-test {{
 database shop {{
     postgres host="127.0.0.1" port={pg_port} version=15
     aws-rds cloud=aws-test resource-id="db-DBWARDTEST0001" ca-file="{ca}"
+    {admin}
     db-role reader {{
         grant CONNECT on=database
     }}
@@ -73,7 +90,7 @@ role developer {{
 user alice {{
     roles developer
 }}
-"#,
+{people}"#,
         audit = audit.display(),
         pg_port = cluster.port,
         ca = ca.display(),
@@ -150,6 +167,12 @@ struct Rds {
 
 impl Rds {
     fn start() -> Rds {
+        Rds::start_with(false)
+    }
+
+    /// With `provisioning`: kim's user provisioned through the admin user, and PostgreSQL
+    /// taking a token from every member of rds_iam, as RDS does (not only from `app`).
+    fn start_with(provisioning: bool) -> Rds {
         let dir = tempfile::Builder::new()
             .prefix("dbward-rds-e2e-")
             .tempdir()
@@ -180,10 +203,11 @@ impl Rds {
             cluster.root().join("server.key").display()
         ));
         // As on RDS: the IAM user logs in over TLS with a token, checked by PAM.
+        let iam_users = if provisioning { "+rds_iam" } else { "app" };
         cluster.install_file(
             "data/pg_hba.conf",
             format!(
-                "local all all trust\nhostssl shop app 127.0.0.1/32 pam pamservice={}\n",
+                "local all all trust\nhostssl shop {iam_users} 127.0.0.1/32 pam pamservice={}\n",
                 pam.name
             )
             .as_bytes(),
@@ -198,7 +222,11 @@ impl Rds {
 
         let manifest_path = dir.path().join("manifest.kdl");
         let audit = dir.path().join("audit.jsonl");
-        fs::write(&manifest_path, manifest(&cluster, relay_port, &audit, &ca)).unwrap();
+        fs::write(
+            &manifest_path,
+            manifest(&cluster, relay_port, &audit, &ca, provisioning),
+        )
+        .unwrap();
         let out = dir.path().join("out");
         run_bin(
             "dbward",
@@ -229,6 +257,24 @@ impl Rds {
                 dir.path().join("alice").to_str().unwrap(),
             ],
         );
+        if provisioning {
+            run_bin(
+                "dbward",
+                &[
+                    "cert",
+                    "issue",
+                    manifest_path.to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--user",
+                    "kim",
+                    "--ttl",
+                    "1h",
+                    "--dest",
+                    dir.path().join("kim").to_str().unwrap(),
+                ],
+            );
+        }
         Rds {
             dir,
             cluster,
@@ -247,16 +293,21 @@ impl Rds {
 
     /// `SELECT current_user` through the relay as alice → shop as app, with real psql.
     fn psql(&self) -> Result<String, String> {
-        let certs = self.dir.path().join("alice");
+        self.psql_as("alice", "app", "SELECT current_user")
+    }
+
+    /// `sql` through the relay as `person` → shop as `user`, with real psql.
+    fn psql_as(&self, person: &str, user: &str, sql: &str) -> Result<String, String> {
+        let certs = self.dir.path().join(person);
         let conninfo = format!(
-            "host=shop.{PUBLIC_NAME} hostaddr=127.0.0.1 port={} user=app dbname=shop \
+            "host=shop.{PUBLIC_NAME} hostaddr=127.0.0.1 port={} user={user} dbname=shop \
              sslmode=verify-full sslrootcert={} sslcert={}/postgresql.crt sslkey={}/postgresql.key",
             self.relay_port,
             self.out().join("ca/server-ca.crt").display(),
             certs.display(),
             certs.display()
         );
-        let mut child = psql_command(&conninfo, "SELECT current_user", self.dir.path())
+        let mut child = psql_command(&conninfo, sql, self.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -844,4 +895,53 @@ fn a_refused_token_is_never_reused_and_the_client_is_told_what_to_check() {
     let tokens = rds.tokens();
     assert_ne!(tokens[tokens.len() - 1], tokens[tokens.len() - 2]);
     assert_refusal_hints(&rds, &error, "signed with the relay's own clock");
+}
+
+/// Provisioning on RDS: the admin user logs in with its own IAM token (checked by PAM like any
+/// other), kim's provisioned user is granted rds_iam (without which RDS, and this stand-in,
+/// would not take its token), and it is stripped of it and locked after the session.
+#[test]
+fn provisioning_on_rds_uses_the_admin_users_own_token_and_grants_rds_iam() {
+    let rds = Rds::start_with(true);
+    let setup = fs::read_to_string(rds.out().join("databases/shop/setup.sql")).unwrap();
+    assert!(setup.contains("rds_iam"), "{setup}");
+    let relay = InProcess::start(&rds, env_credentials(SECRET));
+    let facts = || {
+        rds.cluster.sql(
+            "shop",
+            "SELECT coalesce((SELECT concat_ws('|', rolcanlogin, pg_has_role(oid, 'rds_iam', 'MEMBER'), \
+             pg_has_role(oid, 'reader', 'MEMBER')) FROM pg_roles WHERE rolname = 'kim'), 'absent')",
+        )
+    };
+    assert_eq!(facts().trim(), "absent");
+    let out = rds
+        .psql_as(
+            "kim",
+            "kim",
+            "SELECT current_user || ':' || pg_has_role('rds_iam', 'MEMBER')",
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "kim's session: {e}\nverifier: {}",
+                rds.record("verifier.log")
+            )
+        });
+    assert_eq!(out, "kim:true");
+    let log = rds.record("verifier.log");
+    assert!(
+        log.lines().any(|l| l.starts_with("dbward-admin: accepted")),
+        "the admin user's own token: {log}"
+    );
+    assert!(
+        log.lines().any(|l| l.starts_with("kim: accepted")),
+        "kim's token: {log}"
+    );
+    let retired = wait_for(Duration::from_secs(20), || {
+        (facts().trim() == "f|f|f").then_some(())
+    });
+    assert!(retired.is_some(), "kim was not retired: {}", facts());
+    relay.shared.audit.flush();
+    let audit = rds.audit();
+    assert!(audit.contains("\"event\":\"user.provisioned\""), "{audit}");
+    rds.assert_no_token_in("audit log", &audit);
 }

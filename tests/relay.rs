@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use dbward_relay::audit::AuditSink;
 use dbward_relay::metrics::Metrics;
 use dbward_relay::state::Shared;
-use dbward_tests::{
-    Cluster, free_port, psql_command, run_bin, superuser_query, superuser_sql, wait_for,
-};
+use dbward_tests::{Cluster, free_port, psql_command, run_bin, superuser_sql, wait_for};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
@@ -26,7 +24,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 /// The public name of the test relay; databases are `<db>.db.localhost`.
-const PUBLIC_NAME: &str = "db.localhost";
+pub(crate) const PUBLIC_NAME: &str = "db.localhost";
 
 /// The test manifest. `shop` is the real database; `vault` exists only in the manifest (no
 /// server listens on its port, so a session allowed there fails to connect upstream).
@@ -109,32 +107,32 @@ user dave
 
 /// A whole deployment: PostgreSQL, the applied output directory, and the relay running
 /// in-process on its own runtime. Everything is stopped and removed on drop.
-struct Deployment {
-    dir: tempfile::TempDir,
-    cluster: Cluster,
-    relay_port: u16,
+pub(crate) struct Deployment {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) cluster: Cluster,
+    pub(crate) relay_port: u16,
     /// The relay's runtime; its worker threads serve sessions while tests block on clients.
-    rt: tokio::runtime::Runtime,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) shutdown: CancellationToken,
     /// The relay's listening socket (a duplicate descriptor), to read its options.
-    listening: socket2::Socket,
+    pub(crate) listening: socket2::Socket,
 }
 
 impl Deployment {
-    fn start() -> Deployment {
+    pub(crate) fn start() -> Deployment {
         Deployment::start_with(|cluster| {
             // Room for the 200-session test, plus the superuser.
             cluster.append_conf("max_connections = 250");
         })
     }
 
-    fn start_with(tune: impl FnOnce(&mut Cluster)) -> Deployment {
+    pub(crate) fn start_with(tune: impl FnOnce(&mut Cluster)) -> Deployment {
         Deployment::start_extra("", tune)
     }
 
     /// The same deployment, with `extra` appended to the manifest.
-    fn start_extra(extra: &str, tune: impl FnOnce(&mut Cluster)) -> Deployment {
+    pub(crate) fn start_extra(extra: &str, tune: impl FnOnce(&mut Cluster)) -> Deployment {
         let dir = tempfile::Builder::new()
             .prefix("dbward-relay-e2e-")
             .tempdir()
@@ -194,7 +192,7 @@ impl Deployment {
     }
 
     /// Runs a client future on the relay's runtime; fails the test instead of hanging.
-    fn block<F: std::future::Future>(&self, future: F) -> F::Output {
+    pub(crate) fn block<F: std::future::Future>(&self, future: F) -> F::Output {
         self.rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(120), future)
                 .await
@@ -203,24 +201,24 @@ impl Deployment {
     }
 
     /// Changes the limits of the config in force (the manifest has no syntax for them yet).
-    fn set_limits(&self, change: impl FnOnce(&mut dbward_frozen::Limits)) {
+    pub(crate) fn set_limits(&self, change: impl FnOnce(&mut dbward_frozen::Limits)) {
         let mut loaded =
             dbward_relay::config::load(&self.out().join("relay/frozen.json")).expect("load config");
         change(&mut loaded.config.relay.limits);
         self.shared.replace_config(loaded);
     }
 
-    fn manifest_path(&self) -> PathBuf {
+    pub(crate) fn manifest_path(&self) -> PathBuf {
         self.dir.path().join("manifest.kdl")
     }
 
-    fn out(&self) -> PathBuf {
+    pub(crate) fn out(&self) -> PathBuf {
         self.dir.path().join("out")
     }
 
     /// Issues a certificate for `person` with `dbward cert issue`; returns its directory
     /// (postgresql.crt, postgresql.key, root.crt).
-    fn issue(&self, person: &str, ttl: &str) -> PathBuf {
+    pub(crate) fn issue(&self, person: &str, ttl: &str) -> PathBuf {
         let dest = self.dir.path().join(format!("people/{person}-{ttl}"));
         if !dest.join("postgresql.crt").exists() {
             run_bin(
@@ -244,7 +242,7 @@ impl Deployment {
     }
 
     /// Every audit event written so far.
-    fn audit(&self) -> Vec<Value> {
+    pub(crate) fn audit(&self) -> Vec<Value> {
         self.shared.audit.flush();
         let text = fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
         text.lines()
@@ -253,7 +251,7 @@ impl Deployment {
     }
 
     /// The last audit event of a kind.
-    fn last_event(&self, event: &str) -> Value {
+    pub(crate) fn last_event(&self, event: &str) -> Value {
         let events = self.audit();
         events
             .into_iter()
@@ -263,7 +261,7 @@ impl Deployment {
     }
 
     /// Runs real psql through the relay.
-    fn psql(&self, conninfo: &str, sql: &str) -> Result<String, String> {
+    pub(crate) fn psql(&self, conninfo: &str, sql: &str) -> Result<String, String> {
         let mut child = psql_command(conninfo, sql, self.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -288,7 +286,13 @@ impl Deployment {
     }
 
     /// A libpq connection string through the relay to `host` (a database's SNI name).
-    fn conninfo(&self, host: &str, certs: Option<&Path>, user: &str, dbname: &str) -> String {
+    pub(crate) fn conninfo(
+        &self,
+        host: &str,
+        certs: Option<&Path>,
+        user: &str,
+        dbname: &str,
+    ) -> String {
         let tls = match certs {
             Some(dir) => format!(
                 "sslmode=verify-full sslrootcert={root} sslcert={dir}/postgresql.crt \
@@ -308,7 +312,7 @@ impl Deployment {
     }
 
     /// A tokio-postgres connection through the relay.
-    async fn connect(
+    pub(crate) async fn connect(
         &self,
         certs: &Path,
         user: &str,
@@ -320,7 +324,7 @@ impl Deployment {
 
 /// A tokio-postgres connection through the relay on `port` to `shop`, verify-full against the
 /// server CA under `out`, presenting the certificate in `certs`.
-async fn connect(
+pub(crate) async fn connect(
     port: u16,
     out: &Path,
     certs: &Path,
@@ -350,7 +354,7 @@ impl Drop for Deployment {
     }
 }
 
-fn apply(manifest: &Path, out: &Path) {
+pub(crate) fn apply(manifest: &Path, out: &Path) {
     run_bin(
         "dbward",
         &[
@@ -1444,356 +1448,4 @@ fn unknown_protocol_versions_are_answered_and_audited() {
         .unwrap_or_else(|| panic!("version {shown}: no session.denied audit event"));
         assert_eq!(event["reason"], "protocol", "{event}");
     }
-}
-
-/// People whose database users the relay provisions on `shop`: kim keeps hers (stripped and
-/// locked after each session), leo's is dropped, pat's name is taken by a hand-made role.
-const PROVISIONED: &str = r#"role analyst {
-    provision keep
-    allow {
-        databases shop
-        db-names shop
-        db-roles reader
-    }
-}
-role loader {
-    provision best-effort-drop
-    allow {
-        databases shop
-        db-names shop
-        db-roles reader
-        permission CREATE on=schema schema=public
-    }
-}
-user kim {
-    roles analyst
-}
-user leo {
-    roles loader
-}
-user pat {
-    roles analyst
-}
-"#;
-
-/// One row of facts about a role, as the superuser sees them: `LOGIN|member of reader|member
-/// of dbward-auto-user`, or `absent`.
-fn role_facts(cluster: &Cluster, role: &str) -> String {
-    superuser_query(
-        cluster,
-        "shop",
-        &format!(
-            "SELECT coalesce((SELECT concat_ws('|', rolcanlogin, \
-               pg_has_role(oid, 'reader', 'MEMBER'), pg_has_role(oid, 'dbward-auto-user', 'MEMBER')) \
-               FROM pg_roles WHERE rolname = '{role}'), 'absent');"
-        ),
-    )
-}
-
-#[test]
-fn provisioned_users_are_activated_for_the_session_and_retired_after() {
-    let d = Deployment::start_extra(PROVISIONED, |_| {});
-    let shop = format!("shop.{PUBLIC_NAME}");
-    let kim = d.issue("kim", "1h");
-    let leo = d.issue("leo", "1h");
-    superuser_sql(
-        &d.cluster,
-        "shop",
-        "CREATE TABLE items (id int); INSERT INTO items VALUES (1);",
-    );
-    assert_eq!(role_facts(&d.cluster, "kim"), "absent");
-
-    // keep: during the session, kim logs in as herself with exactly the reader role.
-    let (client, _) = d
-        .block(d.connect(&kim, "kim", "shop"))
-        .expect("kim connects");
-    let row = d
-        .block(client.query_one("SELECT current_user::text, count(*) FROM items", &[]))
-        .expect("kim reads items through reader");
-    assert_eq!(row.get::<_, String>(0), "kim");
-    assert_eq!(role_facts(&d.cluster, "kim"), "t|t|t");
-    let err = d
-        .block(client.simple_query("INSERT INTO items VALUES (2)"))
-        .expect_err("reader cannot write");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-    );
-    // A second session of kim's; closing the first leaves it working, with its rights.
-    let (second, _) = d
-        .block(d.connect(&kim, "kim", "shop"))
-        .expect("kim's second session");
-    drop(client);
-    wait_for(Duration::from_secs(10), || {
-        d.audit()
-            .iter()
-            .any(|e| e["event"] == "user.deprovisioned")
-            .then_some(())
-    })
-    .expect("the first session's end was handled");
-    let row = d
-        .block(second.query_one("SELECT count(*) FROM items", &[]))
-        .expect("the second session still reads items");
-    assert_eq!(row.get::<_, i64>(0), 1);
-    assert_eq!(role_facts(&d.cluster, "kim"), "t|t|t");
-    let in_use = d.last_event("user.deprovisioned");
-    assert_eq!(in_use["outcome"], "in-use", "{in_use}");
-    drop(second);
-    // After the session: stripped and locked, still a member of dbward-auto-user.
-    let facts = wait_for(Duration::from_secs(20), || {
-        let facts = role_facts(&d.cluster, "kim");
-        (facts == "f|f|t").then_some(facts)
-    });
-    assert_eq!(
-        facts.as_deref(),
-        Some("f|f|t"),
-        "{}",
-        role_facts(&d.cluster, "kim")
-    );
-    let provisioned: Vec<Value> = d
-        .audit()
-        .into_iter()
-        .filter(|e| e["event"] == "user.provisioned")
-        .collect();
-    assert_eq!(provisioned[0]["outcome"], "created", "{provisioned:?}");
-    assert_eq!(provisioned[1]["outcome"], "activated", "{provisioned:?}");
-    let provisioned = &provisioned[0];
-    assert_eq!(provisioned["mode"], "keep");
-    assert_eq!(provisioned["roles"], serde_json::json!(["reader"]));
-    let retired = d.last_event("user.deprovisioned");
-    assert_eq!(retired["outcome"], "deactivated", "{retired}");
-    let mut metrics = String::new();
-    d.shared.metrics.render(&mut metrics);
-    assert!(
-        metrics.contains("dbward_provision_activate_seconds_count 2"),
-        "{metrics}"
-    );
-
-    // The next session re-enables the same user; psql works too.
-    let out = d
-        .psql(
-            &d.conninfo(&shop, Some(&kim), "kim", "shop"),
-            "SELECT current_user || ':' || count(*) FROM items",
-        )
-        .unwrap_or_else(|e| panic!("kim's second session: {e}"));
-    assert_eq!(out, "kim:1");
-
-    // best-effort-drop: the user exists during the session and is gone after it.
-    let out = d
-        .psql(
-            &d.conninfo(&shop, Some(&leo), "leo", "shop"),
-            "SELECT current_user::text",
-        )
-        .unwrap_or_else(|e| panic!("leo's session: {e}"));
-    assert_eq!(out, "leo");
-    let gone = wait_for(Duration::from_secs(20), || {
-        (role_facts(&d.cluster, "leo") == "absent").then_some(())
-    });
-    assert!(
-        gone.is_some(),
-        "leo was not dropped: {}",
-        role_facts(&d.cluster, "leo")
-    );
-
-    // A table leo created keeps the user: stripped and locked, reused by the next session.
-    d.psql(
-        &d.conninfo(&shop, Some(&leo), "leo", "shop"),
-        "CREATE TABLE leos (id int)",
-    )
-    .unwrap_or_else(|e| panic!("leo creates a table: {e}"));
-    let locked = wait_for(Duration::from_secs(20), || {
-        (role_facts(&d.cluster, "leo") == "f|f|t").then_some(())
-    });
-    assert!(
-        locked.is_some(),
-        "leo was not locked: {}",
-        role_facts(&d.cluster, "leo")
-    );
-    let out = d
-        .psql(
-            &d.conninfo(&shop, Some(&leo), "leo", "shop"),
-            "SELECT count(*) FROM leos",
-        )
-        .unwrap_or_else(|e| panic!("leo's user is reused: {e}"));
-    assert_eq!(out, "0");
-}
-
-#[test]
-fn provisioning_refuses_a_hand_made_role_and_leaves_it_untouched() {
-    let d = Deployment::start_extra(PROVISIONED, |_| {});
-    let shop = format!("shop.{PUBLIC_NAME}");
-    let pat = d.issue("pat", "1h");
-    superuser_sql(
-        &d.cluster,
-        "shop",
-        "CREATE ROLE pat LOGIN CONNECTION LIMIT 3;",
-    );
-    let err = d
-        .psql(&d.conninfo(&shop, Some(&pat), "pat", "shop"), "select 1")
-        .expect_err("a hand-made role is never taken over");
-    assert!(
-        err.contains("cannot provision database user \"pat\""),
-        "{err}"
-    );
-    assert!(err.contains("dbward leaves it untouched"), "{err}");
-    assert!(err.contains("HINT:  rename or drop that role"), "{err}");
-    assert_eq!(role_facts(&d.cluster, "pat"), "t|f|f");
-    let limit = superuser_query(
-        &d.cluster,
-        "shop",
-        "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'pat';",
-    );
-    assert_eq!(limit, "3");
-    let denied = d.last_event("session.denied");
-    assert_eq!(denied["reason"], "provision", "{denied}");
-    let provisioned = d.last_event("user.provisioned");
-    assert_eq!(provisioned["outcome"], "failed", "{provisioned}");
-    let mut metrics = String::new();
-    d.shared.metrics.render(&mut metrics);
-    assert!(
-        metrics.contains("dbward_sessions_denied_total{reason=\"provision\"} 1"),
-        "{metrics}"
-    );
-}
-
-/// What a relay killed mid-session leaves (a provisioned user still `LOGIN`, no session) is
-/// retired by the sweep a relay runs when it starts.
-#[test]
-fn a_starting_relay_sweeps_users_left_active() {
-    let d = Deployment::start_extra(PROVISIONED, |_| {});
-    // kim's user as a killed relay leaves it: activated, and no session (activated a minute
-    // ago, past the sweep's settling time).
-    superuser_query(
-        &d.cluster,
-        "shop",
-        "SELECT dbward.activate('kim', 'keep', '{reader}', '[]'); \
-         UPDATE dbward.provisioned SET activated_at = now() - interval '1 minute';",
-    );
-    assert_eq!(role_facts(&d.cluster, "kim"), "t|t|t");
-
-    // A relay (re)starts on the same config.
-    let listener =
-        d.rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
-            .expect("bind");
-    let shutdown = CancellationToken::new();
-    d.rt.spawn(dbward_relay::run(
-        listener,
-        Arc::clone(&d.shared),
-        shutdown.clone(),
-    ));
-    let swept = wait_for(Duration::from_secs(20), || {
-        (role_facts(&d.cluster, "kim") == "f|f|t").then_some(())
-    });
-    shutdown.cancel();
-    assert!(
-        swept.is_some(),
-        "kim was not swept: {}",
-        role_facts(&d.cluster, "kim")
-    );
-}
-
-/// An admin user that cannot log in fails the session with a FATAL naming it.
-#[test]
-fn a_refused_admin_connection_fails_the_session_clearly() {
-    let d = Deployment::start_extra(PROVISIONED, |_| {});
-    let shop = format!("shop.{PUBLIC_NAME}");
-    let kim = d.issue("kim", "1h");
-    superuser_sql(&d.cluster, "shop", "ALTER ROLE \"dbward-admin\" NOLOGIN;");
-    let err = d
-        .psql(&d.conninfo(&shop, Some(&kim), "kim", "shop"), "select 1")
-        .expect_err("no admin connection, no session");
-    assert!(
-        err.contains("FATAL:  cannot provision database user \"kim\": the admin user \"dbward-admin\" could not connect to database name \"shop\""),
-        "{err}"
-    );
-    assert!(err.contains("not permitted to log in"), "{err}");
-    assert!(
-        err.contains("HINT:  check that the admin user \"dbward-admin\" can log in"),
-        "{err}"
-    );
-    assert_eq!(role_facts(&d.cluster, "kim"), "absent");
-    let denied = d.last_event("session.denied");
-    assert_eq!(denied["reason"], "provision", "{denied}");
-}
-
-/// The rights of a provisioned person changed (SIGHUP) while a session of theirs is open: a new
-/// session is refused with a message saying why, the open one keeps its rights, and once it
-/// has ended the next session gets the new rights.
-#[test]
-fn a_provisioned_person_whose_rights_changed_must_close_old_sessions_first() {
-    let d = Deployment::start_extra(PROVISIONED, |_| {});
-    let shop = format!("shop.{PUBLIC_NAME}");
-    let kim = d.issue("kim", "1h");
-    let (client, _) = d
-        .block(d.connect(&kim, "kim", "shop"))
-        .expect("kim connects");
-
-    let text = fs::read_to_string(d.manifest_path()).unwrap();
-    let changed = text.replace(
-        "user kim {\n    roles analyst\n}",
-        "user kim {\n    roles loader\n}",
-    );
-    assert_ne!(text, changed);
-    fs::write(d.manifest_path(), changed).unwrap();
-    apply(&d.manifest_path(), &d.out());
-    assert!(
-        dbward_relay::ops::reload(&d.shared, &d.out().join("relay/frozen.json")),
-        "the new config was not taken"
-    );
-
-    let err = d
-        .psql(&d.conninfo(&shop, Some(&kim), "kim", "shop"), "select 1")
-        .expect_err("other rights while an old session is open");
-    assert!(
-        err.contains("FATAL:  cannot provision database user \"kim\": database user kim has other open sessions with different rights"),
-        "{err}"
-    );
-    assert!(err.contains("HINT:  close the other sessions"), "{err}");
-    let row = d
-        .block(client.query_one("SELECT current_user::text", &[]))
-        .expect("the open session goes on");
-    assert_eq!(row.get::<_, String>(0), "kim");
-    drop(client);
-
-    // Once it has ended, the new rights apply (best-effort-drop: dropped after the session).
-    let dropped = wait_for(Duration::from_secs(20), || {
-        d.psql(
-            &d.conninfo(&shop, Some(&kim), "kim", "shop"),
-            "select current_user",
-        )
-        .ok()
-    });
-    assert_eq!(dropped.as_deref(), Some("kim"));
-    let gone = wait_for(Duration::from_secs(20), || {
-        (role_facts(&d.cluster, "kim") == "absent").then_some(())
-    });
-    assert!(
-        gone.is_some(),
-        "kim was not dropped: {}",
-        role_facts(&d.cluster, "kim")
-    );
-}
-
-/// Cancel works for a provisioned session as for any other.
-#[test]
-fn cancel_works_for_a_provisioned_session() {
-    let d = Deployment::start_extra(PROVISIONED, |_| {});
-    let kim = d.issue("kim", "1h");
-    d.block(async {
-        let (client, tls) = d.connect(&kim, "kim", "shop").await.expect("kim connects");
-        let token = client.cancel_token();
-        let sleeper = tokio::spawn(async move { client.simple_query("select pg_sleep(60)").await });
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        token.cancel_query(tls).await.expect("send cancel");
-        let result = tokio::time::timeout(Duration::from_secs(5), sleeper)
-            .await
-            .expect("query still running 5 s after cancel")
-            .unwrap();
-        let err = result.expect_err("the query was cancelled");
-        assert_eq!(
-            err.code(),
-            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
-            "{err:?}"
-        );
-    });
 }

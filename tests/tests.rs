@@ -23,9 +23,11 @@
 //! - `cert`: `dbward cert issue` files used by real `psql` with verify-full against a real
 //!   PostgreSQL presenting the relay's certificate.
 //! - `relay`: the relay end to end with real PostgreSQL, psql and tokio-postgres: access,
-//!   every refusal with its message and audit event, cancel, restarts, 200 sessions, reload;
-//!   automatic provisioning through the relay (keep, best-effort-drop, a second session, a
-//!   hand-made role, rights changed on reload, the sweep at start, a refused admin user, cancel).
+//!   every refusal with its message and audit event, cancel, restarts, 200 sessions, reload.
+//! - `relay_provision`: automatic provisioning through the relay: keep, best-effort-drop (a
+//!   table left behind), a second session, two relays on one database, a hand-made role, rights
+//!   changed on reload, the sweep at start and after `kill -9` of the real binary, warm admin
+//!   connections, a hostile person name, a refused admin user, cancel.
 //! - `rds`: Amazon RDS IAM authentication: SigV4 tokens from env and ECS credentials, checked by
 //!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged;
 //!   clock skew learned from the credential endpoint's `Date`; a refused token never reused.
@@ -57,4 +59,5 @@ mod provision;
 mod rds;
 mod relay;
 mod relay_ops;
+mod relay_provision;
 mod schema;

@@ -110,6 +110,8 @@ enum Kind {
         /// `absent`), or `failed` with the error in `message`.
         outcome: String,
         message: Option<String>,
+        /// `sweep` for a user the sweep retired (no session of this relay); else none.
+        reason: Option<&'static str>,
     },
 }
 
@@ -381,6 +383,45 @@ impl AuditSink {
                 roles: plan.roles(),
                 outcome,
                 message,
+                reason: None,
+            },
+        );
+    }
+
+    /// `user.deprovisioned` with reason `sweep`: a provisioned user left active without a
+    /// session (a relay was killed mid-session) that the sweep retired. No session of this
+    /// relay is involved: the event's session id is `<run>-0` and its client address
+    /// `0.0.0.0:0`; the database user is the person's.
+    pub fn user_swept(
+        &self,
+        database: &str,
+        db_name: &str,
+        person: &str,
+        mode: &str,
+        outcome: &str,
+    ) {
+        let info = SessionInfo {
+            id: 0,
+            client_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            identity: Some(person.to_owned()),
+            database: Some(database.to_owned()),
+            db_user: Some(person.to_owned()),
+            db_name: Some(db_name.to_owned()),
+        };
+        let mode = if mode == "best-effort-drop" {
+            "best-effort-drop"
+        } else {
+            "keep"
+        };
+        self.send(
+            &Arc::new(info),
+            Kind::User {
+                event: "user.deprovisioned",
+                mode,
+                roles: Vec::new(),
+                outcome: outcome.to_owned(),
+                message: None,
+                reason: Some("sweep"),
             },
         );
     }
@@ -534,8 +575,10 @@ impl Writer {
                 roles,
                 outcome,
                 message,
+                reason,
             } => {
                 line.event = event;
+                line.reason = *reason;
                 line.mode = Some(mode);
                 line.roles = Some(roles);
                 line.outcome = Some(outcome);

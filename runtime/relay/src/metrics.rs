@@ -186,6 +186,10 @@ pub struct Metrics {
     upstream_connect: Histogram,
     /// Time to activate a provisioned user through the admin connection (successful ones).
     provision_activate: Histogram,
+    /// Admin connections opened (the pool reuses them; see [`crate::provision::AdminPool`]).
+    admin_connections_opened: AtomicU64,
+    /// Provisioned users the sweep retired: deactivated, dropped.
+    swept: [AtomicU64; 2],
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// Connections open on each session thread, once the binary's threads have started.
@@ -276,6 +280,17 @@ impl Metrics {
     /// Time `dbward.activate` took, admin connection included, for a session that got its user.
     pub fn user_activated(&self, elapsed: Duration) {
         self.provision_activate.observe(elapsed);
+    }
+
+    /// An admin connection was opened (not taken warm from the pool).
+    pub fn admin_connection_opened(&self) {
+        self.admin_connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The sweep retired a provisioned user left active: `dropped` or else deactivated.
+    pub fn user_swept(&self, dropped: bool) {
+        self.swept[usize::from(dropped)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A SIGHUP reload finished, successfully or not.
@@ -377,6 +392,26 @@ impl Metrics {
             "dbward_provision_activate_seconds",
             "Time to activate a provisioned user through the admin connection (connect included).",
         );
+        counter(
+            out,
+            "dbward_provision_admin_connections_opened_total",
+            "Admin connections opened for provisioning; warm ones are reused, so in steady \
+             state this stays flat while sessions grow.",
+            load(&self.admin_connections_opened),
+        );
+        let name = "dbward_provision_swept_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Provisioned users left active without a session (a relay was killed) \
+             that the sweep retired, by outcome.\n# TYPE {name} counter"
+        );
+        for (index, outcome) in ["deactivated", "dropped"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{outcome=\"{outcome}\"}} {}",
+                load(&self.swept[index])
+            );
+        }
         let name = "dbward_config_reloads_total";
         let _ = writeln!(
             out,

@@ -15,15 +15,24 @@
 //! The admin user authenticates like every other user of its database (the upstream's own
 //! method: the relay's certificate, or a cloud token), so this module does not care which kind
 //! of database it talks to.
+//!
+//! Admin connections are kept warm in an [`AdminPool`] (a few idle ones per database and
+//! database name, closed after [`ADMIN_IDLE_TIMEOUT`]), so that in steady state activating a
+//! user costs one round trip (Parse/Bind/Execute/Sync in one write), not a TLS handshake and an
+//! authentication. A connection goes back to the pool only when its last call ended with
+//! `ReadyForQuery` idle; one that broke is dropped, and a call that finds a pooled connection
+//! broken (the server restarted, or closed it) retries once on a fresh one, which is safe
+//! because every `dbward` function is idempotent.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use dbward_frozen::{Access, AdminUser, Config, NameSet, Provision};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::protocol::StartupMessage;
 use crate::protocol::backend::{self, tag};
 use crate::protocol::frames::FrameReader;
@@ -106,17 +115,28 @@ pub enum ProvisionError {
 
 /// Creates or re-enables the person's user with exactly the session's rights
 /// (`dbward.activate`). Returns the function's outcome: `created` or `activated`.
-pub async fn activate(target: &Target, plan: &Provisioning) -> Result<String, ProvisionError> {
-    let mut admin = AdminConnection::open(target, plan).await?;
-    let outcome = admin
+pub async fn activate(
+    shared: &Shared,
+    target: &Arc<Target>,
+    plan: &Provisioning,
+) -> Result<String, ProvisionError> {
+    shared
+        .admin_pool
         .call(
+            &shared.metrics,
+            target,
+            &plan.admin,
+            &plan.db_name,
             "SELECT dbward.activate($1, $2, \
-             ARRAY(SELECT jsonb_array_elements_text($3::jsonb)), $4::jsonb)",
-            &[&plan.person, plan.mode_name(), &plan.roles, &plan.grants],
+         ARRAY(SELECT jsonb_array_elements_text($3::jsonb)), $4::jsonb)",
+            &[
+                Some(&plan.person),
+                Some(plan.mode_name()),
+                Some(&plan.roles),
+                Some(&plan.grants),
+            ],
         )
-        .await;
-    admin.close().await;
-    outcome
+        .await
 }
 
 /// Strips and locks (`keep`) or drops (`best-effort-drop`) the person's user once its session
@@ -124,21 +144,33 @@ pub async fn activate(target: &Target, plan: &Provisioning) -> Result<String, Pr
 /// function's outcome (`deactivated`, `dropped`, `in-use` when another session still runs,
 /// `absent`).
 pub async fn retire(
-    target: &Target,
+    shared: &Shared,
+    target: &Arc<Target>,
     plan: &Provisioning,
     ending_pid: Option<u32>,
 ) -> Result<String, ProvisionError> {
-    let mut admin = AdminConnection::open(target, plan).await?;
     let sql = match plan.mode {
         Provision::BestEffortDrop => "SELECT dbward.drop($1, $2::integer)",
         _ => "SELECT dbward.deactivate($1, $2::integer)",
     };
     let pid = ending_pid.map(|p| p.to_string());
-    let outcome = admin
-        .call_nullable(sql, &[Some(&plan.person), pid.as_deref()])
+    // No session of this person is between its activation and its backend meanwhile.
+    let _retiring = shared
+        .admin_pool
+        .person_lock(target, plan)
+        .write_owned()
         .await;
-    admin.close().await;
-    outcome
+    shared
+        .admin_pool
+        .call(
+            &shared.metrics,
+            target,
+            &plan.admin,
+            &plan.db_name,
+            sql,
+            &[Some(&plan.person), pid.as_deref()],
+        )
+        .await
 }
 
 /// How often the relay sweeps each provisioning database, after the sweep at start.
@@ -193,27 +225,22 @@ fn sweep_targets(config: &Config) -> Vec<(String, AdminUser, String)> {
 /// Retires, in one database name, every provisioned user left `LOGIN` with no session
 /// (`dbward.sweep`): what a relay killed mid-session leaves behind.
 pub async fn sweep(
-    target: &Target,
+    shared: &Shared,
+    target: &Arc<Target>,
     admin: &AdminUser,
     db_name: &str,
 ) -> Result<Vec<Swept>, ProvisionError> {
-    let plan = Provisioning {
-        admin: admin.clone(),
-        db_name: db_name.to_owned(),
-        person: String::new(),
-        mode: Provision::Keep,
-        roles: String::new(),
-        grants: String::new(),
-    };
-    let mut connection = AdminConnection::open(target, &plan).await?;
-    let result = connection
+    let text = shared
+        .admin_pool
         .call(
+            &shared.metrics,
+            target,
+            admin,
+            db_name,
             "SELECT coalesce(json_agg(s), '[]')::text FROM dbward.sweep() s",
             &[],
         )
-        .await;
-    connection.close().await;
-    let text = result?;
+        .await?;
     serde_json::from_str(&text).map_err(|e| ProvisionError::Database {
         code: String::new(),
         message: format!("dbward.sweep returned what the relay cannot read: {e}"),
@@ -230,9 +257,21 @@ pub async fn sweep_all(shared: &Shared) {
             continue;
         };
         let timeout = Duration::from_millis(loaded.config.relay.limits.upstream_connect_timeout_ms);
-        match tokio::time::timeout(timeout, sweep(target, &admin, &db_name)).await {
+        let swept = sweep(shared, target, &admin, &db_name);
+        match tokio::time::timeout(timeout, swept).await {
             Ok(Ok(swept)) => {
                 for user in swept {
+                    let retired = matches!(user.outcome.as_str(), "deactivated" | "dropped");
+                    if retired {
+                        shared.metrics.user_swept(user.outcome == "dropped");
+                        shared.audit.user_swept(
+                            &database,
+                            &db_name,
+                            &user.person,
+                            &user.mode,
+                            &user.outcome,
+                        );
+                    }
                     tracing::info!(
                         database = %database,
                         db_name = %db_name,
@@ -256,17 +295,185 @@ pub async fn sweep_all(shared: &Shared) {
     }
 }
 
-/// Sweeps at once, then every `interval`, until `shutdown`.
+/// Sweeps at once, then every `interval`, until `shutdown`; in between, closes the admin
+/// connections idle for [`ADMIN_IDLE_TIMEOUT`], and all of them at shutdown.
 pub async fn sweep_loop(shared: Arc<Shared>, interval: Duration, shutdown: CancellationToken) {
+    let mut next_sweep = Instant::now();
     loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            _ = sweep_all(&shared) => {}
+        if Instant::now() >= next_sweep {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = sweep_all(&shared) => {}
+            }
+            next_sweep = Instant::now() + interval;
         }
+        shared.admin_pool.close_idle(ADMIN_IDLE_TIMEOUT).await;
+        let wake = next_sweep.min(Instant::now() + ADMIN_PRUNE_INTERVAL);
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+    shared.admin_pool.close_idle(Duration::ZERO).await;
+}
+
+/// Idle admin connections kept per database and database name; more may be open at once
+/// under load, and those beyond this are closed when their call ends.
+pub const ADMIN_POOL_IDLE: usize = 4;
+/// An admin connection unused this long is closed.
+pub const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often idle admin connections are looked at.
+const ADMIN_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Which warm connections a call may reuse: same upstream target (one per database and config
+/// load, compared by address), admin user and database name.
+type PoolKey = (usize, String, String);
+
+/// Whose user a per-person lock guards: upstream address, database name, person.
+type PersonKey = (String, String, String);
+
+/// One idle admin connection.
+struct Idle {
+    connection: AdminConnection,
+    since: Instant,
+    /// Keeps the target's allocation (hence the address in the key) from being reused by a
+    /// later config load while this entry lives; a reload thus never reuses an old connection.
+    _target: Weak<Target>,
+}
+
+/// Warm admin connections, shared by every session of the process (see the module docs).
+#[derive(Default)]
+pub struct AdminPool {
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    /// One lock per person's user (upstream address, database name, person): sessions hold it
+    /// shared from before their activation until their own backend is connected (and so
+    /// counted in `pg_stat_activity`), and a retirement holds it exclusively. Without it, the
+    /// end of one session could retire the user while this relay is connecting the next.
+    people: Mutex<HashMap<PersonKey, Arc<tokio::sync::RwLock<()>>>>,
+}
+
+impl std::fmt::Debug for AdminPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminPool")
+            .field("idle", &self.idle_count())
+            .finish()
+    }
+}
+
+impl AdminPool {
+    /// Admin connections idle in the pool now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Idle>>> {
+        // A panic elsewhere while holding the lock leaves plain data behind: keep using it.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn person_lock(&self, target: &Target, plan: &Provisioning) -> Arc<tokio::sync::RwLock<()>> {
+        let mut people = self.people.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (
+            target.address.clone(),
+            plan.db_name.clone(),
+            plan.person.clone(),
+        );
+        Arc::clone(people.entry(key).or_default())
+    }
+
+    /// Held by a session of `plan`'s person from before its activation until its upstream
+    /// session is open: this relay retires that user only once no session is starting.
+    pub async fn starting(
+        &self,
+        target: &Target,
+        plan: &Provisioning,
+    ) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.person_lock(target, plan).read_owned().await
+    }
+
+    /// Runs one `dbward` function call as `admin` in `db_name` on a warm connection, or a new
+    /// one; see the module docs for when connections are reused, retried and dropped.
+    async fn call(
+        &self,
+        metrics: &Metrics,
+        target: &Arc<Target>,
+        admin: &AdminUser,
+        db_name: &str,
+        sql: &str,
+        params: &[Option<&str>],
+    ) -> Result<String, ProvisionError> {
+        let key: PoolKey = (
+            Arc::as_ptr(target) as usize,
+            admin.name.clone(),
+            db_name.to_owned(),
+        );
+        if let Some(mut connection) = self.take(&key) {
+            match connection.call_nullable(sql, params).await {
+                // Broken while idle: a fresh connection below.
+                Err(ProvisionError::Admin { .. }) => {}
+                result => {
+                    self.give_back(key, target, connection).await;
+                    return result;
+                }
+            }
+        }
+        let mut connection = AdminConnection::open(target, &admin.name, db_name).await?;
+        metrics.admin_connection_opened();
+        let result = connection.call_nullable(sql, params).await;
+        if !matches!(result, Err(ProvisionError::Admin { .. })) {
+            self.give_back(key, target, connection).await;
+        }
+        result
+    }
+
+    /// The most recently used idle connection of `key`, if one is fresh enough.
+    fn take(&self, key: &PoolKey) -> Option<AdminConnection> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(key)?;
+        // Stale ones (past the idle timeout) are left for the pruner, which closes them.
+        let entry = list.pop_if(|entry| entry.since.elapsed() < ADMIN_IDLE_TIMEOUT)?;
+        Some(entry.connection)
+    }
+
+    /// Keeps `connection` warm if it is idle and the pool has room, else closes it.
+    async fn give_back(&self, key: PoolKey, target: &Arc<Target>, connection: AdminConnection) {
+        let surplus = {
+            let mut idle = self.lock();
+            let list = idle.entry(key).or_default();
+            if connection.reusable() && list.len() < ADMIN_POOL_IDLE {
+                list.push(Idle {
+                    connection,
+                    since: Instant::now(),
+                    _target: Arc::downgrade(target),
+                });
+                None
+            } else {
+                Some(connection)
+            }
+        };
+        if let Some(connection) = surplus {
+            connection.close().await;
+        }
+    }
+
+    /// Closes every connection idle for at least `timeout` (all of them for zero).
+    pub async fn close_idle(&self, timeout: Duration) {
+        let expired: Vec<Idle> = {
+            let mut idle = self.lock();
+            let mut expired = Vec::new();
+            for list in idle.values_mut() {
+                let (old, fresh): (Vec<Idle>, Vec<Idle>) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|entry| entry.since.elapsed() >= timeout);
+                *list = fresh;
+                expired.extend(old);
+            }
+            idle.retain(|_, list| !list.is_empty());
+            expired
+        };
+        for entry in expired {
+            entry.connection.close().await;
         }
     }
 }
@@ -277,31 +484,45 @@ struct AdminConnection {
     reader: FrameReader,
     admin: String,
     db_name: String,
+    /// The transaction status of the last `ReadyForQuery` (`I` idle, `T` in a transaction, `E`
+    /// failed), 0 before the first call finished; only an idle connection is reused.
+    status: u8,
 }
 
 impl AdminConnection {
-    async fn open(target: &Target, plan: &Provisioning) -> Result<AdminConnection, ProvisionError> {
+    async fn open(
+        target: &Target,
+        admin: &str,
+        db_name: &str,
+    ) -> Result<AdminConnection, ProvisionError> {
         let startup = StartupMessage {
             version: PROTOCOL_3_0,
             params: vec![
-                ("user".to_owned(), plan.admin.name.clone()),
-                ("database".to_owned(), plan.db_name.clone()),
+                ("user".to_owned(), admin.to_owned()),
+                ("database".to_owned(), db_name.to_owned()),
                 ("application_name".to_owned(), "dbward-relay".to_owned()),
             ],
         };
         let connected = upstream::connect(target, &startup)
             .await
             .map_err(|source| ProvisionError::Admin {
-                admin: plan.admin.name.clone(),
-                db_name: plan.db_name.clone(),
+                admin: admin.to_owned(),
+                db_name: db_name.to_owned(),
                 source,
             })?;
         Ok(AdminConnection {
             connected,
             reader: FrameReader::default(),
-            admin: plan.admin.name.clone(),
-            db_name: plan.db_name.clone(),
+            admin: admin.to_owned(),
+            db_name: db_name.to_owned(),
+            status: 0,
         })
+    }
+
+    /// Whether the connection can serve another call: its last call ended idle, outside any
+    /// transaction, with nothing unread.
+    fn reusable(&self) -> bool {
+        self.status == b'I' && self.connected.leftover.is_empty()
     }
 
     fn broken(&self, reason: String) -> ProvisionError {
@@ -315,11 +536,6 @@ impl AdminConnection {
         }
     }
 
-    async fn call(&mut self, sql: &str, params: &[&str]) -> Result<String, ProvisionError> {
-        let params: Vec<Option<&str>> = params.iter().copied().map(Some).collect();
-        self.call_nullable(sql, &params).await
-    }
-
     /// Runs `sql` with text parameters (Parse, Bind, Execute, Sync) and returns the first column
     /// of its first row.
     async fn call_nullable(
@@ -330,6 +546,7 @@ impl AdminConnection {
         if !self.connected.leftover.is_empty() {
             return Err(self.broken("the server sent data after ReadyForQuery".into()));
         }
+        self.status = 0;
         let request = extended_query(sql, params);
         let stream = &mut self.connected.stream;
         if let Err(e) = async {
@@ -377,7 +594,10 @@ impl AdminConnection {
                         "provisioning notice"
                     );
                 }
-                tag::READY_FOR_QUERY => break,
+                tag::READY_FOR_QUERY => {
+                    self.status = frame.body().first().copied().unwrap_or(0);
+                    break;
+                }
                 _ => {}
             }
         }

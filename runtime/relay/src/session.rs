@@ -699,7 +699,7 @@ async fn session(
     let limits = &loaded.config.relay.limits;
     let retired = tokio::time::timeout(
         Duration::from_millis(limits.upstream_connect_timeout_ms),
-        provision::retire(&target, &plan, ended),
+        provision::retire(shared, &target, &plan, ended),
     )
     .await
     .unwrap_or_else(|_| {
@@ -786,11 +786,15 @@ async fn open_and_relay(
     let limits = &loaded.config.relay.limits;
     let connect_timeout = Duration::from_millis(limits.upstream_connect_timeout_ms);
     // The person's own user first: activated (with exactly this config's rights) before the
-    // session connects as it.
+    // session connects as it; no retirement of that user runs until the session is connected.
+    let starting = match &decided.provisioning {
+        Some(plan) => Some(shared.admin_pool.starting(&target, plan).await),
+        None => None,
+    };
     if let Some(plan) = &decided.provisioning {
         let activate_started = Instant::now();
         let activated =
-            tokio::time::timeout(connect_timeout, provision::activate(&target, plan)).await;
+            tokio::time::timeout(connect_timeout, provision::activate(shared, &target, plan)).await;
         let outcome = match activated {
             Ok(result) => result,
             Err(_) => Err(ProvisionError::Database {
@@ -864,6 +868,7 @@ async fn open_and_relay(
         }
     };
     shared.metrics.upstream_connected(connect_started.elapsed());
+    drop(starting);
 
     // The client's key is the relay's own; the upstream's never leaves the relay.
     let registration = match upstream.backend_key {

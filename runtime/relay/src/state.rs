@@ -103,6 +103,8 @@ pub struct Shared {
     pub cancel: CancelMap,
     pub audit: AuditSink,
     pub metrics: Metrics,
+    /// Warm admin connections of provisioning databases.
+    pub admin_pool: crate::provision::AdminPool,
     /// Source of session ids.
     next_session_id: AtomicU64,
     /// Connections the open-file limit leaves room for ([`crate::listener::FdBudget`]);
@@ -117,6 +119,7 @@ impl Shared {
             cancel: CancelMap::default(),
             audit,
             metrics,
+            admin_pool: crate::provision::AdminPool::default(),
             next_session_id: AtomicU64::new(1),
             descriptor_cap: AtomicUsize::new(usize::MAX),
         }

@@ -544,7 +544,9 @@ BEGIN
     outcome := 'created';
   ELSE
     -- Open sessions keep the rights they were opened with: a new one with other rights waits.
-    IF EXISTS (SELECT FROM pg_stat_activity a WHERE a.usesysid = me)
+    -- A user already retired has none (a backend left is a session still exiting).
+    IF (SELECT r.rolcanlogin FROM pg_roles r WHERE r.oid = me)
+       AND EXISTS (SELECT FROM pg_stat_activity a WHERE a.usesysid = me)
        AND (SELECT p.rights FROM dbward.provisioned p WHERE p.role_name = person) IS DISTINCT FROM rights THEN
       RAISE EXCEPTION USING ERRCODE = 'WD003',
         MESSAGE = format('database user %I has other open sessions with different rights (the access rules changed since they opened)', person),

@@ -581,7 +581,7 @@ fn setup_sql_executes_and_reports_only_what_is_needed() {
     assert_eq!(
         drift,
         [
-            "ALTER ROLE \"app\" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS",
+            "ALTER ROLE \"app\" WITH NOCREATEDB NOSUPERUSER",
             "CREATE ROLE \"readonly\" LOGIN",
             "GRANT reader TO readonly",
             "GRANT writer TO app",

@@ -124,11 +124,12 @@ fn change(statement: &str) -> String {
     format!("PERFORM pg_temp.dbward_change({});", literal(statement))
 }
 
-/// DO-body text that runs `ALTER ROLE name WITH attributes` only when the role's attributes
-/// differ from `attributes` (keywords such as `LOGIN NOCREATEDB`).
+/// DO-body text that converges a role to `attributes` (keywords such as `LOGIN NOCREATEDB`):
+/// `ALTER ROLE` names only the attributes that differ, so a role that differs in `CREATEDB`
+/// alone can be converged by a `CREATEROLE` admin, which may not even mention `SUPERUSER`.
+/// Uses the block's `attrs text` variable.
 fn converge_role(name: &str, attributes: &str) -> String {
-    let mut columns = Vec::new();
-    let mut values = Vec::new();
+    let mut checks = Vec::new();
     for keyword in attributes.split_whitespace() {
         let (wanted, base) = match keyword.strip_prefix("NO") {
             Some(base) => (false, base),
@@ -144,16 +145,16 @@ fn converge_role(name: &str, attributes: &str) -> String {
             "BYPASSRLS" => "rolbypassrls",
             _ => continue,
         };
-        columns.push(column);
-        values.push(if wanted { "true" } else { "false" });
+        checks.push(format!(
+            "CASE WHEN {column} <> {wanted} THEN '{keyword}' END"
+        ));
     }
     format!(
-        "  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {}\n      \
-         AND ({}) IS DISTINCT FROM ({})) THEN\n    {}\n  END IF;\n",
+        "  SELECT concat_ws(' ',\n      {})\n    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = {};\n  \
+         IF attrs <> '' THEN\n    PERFORM pg_temp.dbward_change({} || attrs);\n  END IF;\n",
+        checks.join(",\n      "),
         literal(name),
-        columns.join(", "),
-        values.join(", "),
-        change(&format!("ALTER ROLE {} WITH {attributes}", ident(name)))
+        literal(&format!("ALTER ROLE {} WITH ", ident(name))),
     )
 }
 
@@ -242,7 +243,12 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
         out.push_str(
             "-- Converge their attributes (a role created or changed by hand may differ).\n",
         );
-        out.push_str(&quote::do_block(&alters.concat()));
+        let body = alters.concat();
+        let tag = quote::dollar_tag(&body);
+        let _ = writeln!(
+            out,
+            "DO {tag}\nDECLARE\n  attrs text;\nBEGIN\n{body}END\n{tag};"
+        );
     }
     out.push('\n');
 }

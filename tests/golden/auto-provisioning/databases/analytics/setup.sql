@@ -120,10 +120,17 @@ END
 $dbward$;
 -- Converge their attributes (a role created or changed by hand may differ).
 DO $dbward$
+DECLARE
+  attrs text;
 BEGIN
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'reader'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit) IS DISTINCT FROM (false, false, false, true)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "reader" WITH NOLOGIN NOCREATEROLE NOCREATEDB INHERIT');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> false THEN 'NOLOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'reader';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "reader" WITH ' || attrs);
   END IF;
 END
 $dbward$;

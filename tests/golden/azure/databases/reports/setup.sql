@@ -110,10 +110,17 @@ END
 $dbward$;
 -- Converge their attributes (a role created or changed by hand may differ).
 DO $dbward$
+DECLARE
+  attrs text;
 BEGIN
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'dbward'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit) IS DISTINCT FROM (true, false, false, true)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "dbward" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'dbward';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "dbward" WITH ' || attrs);
   END IF;
 END
 $dbward$;

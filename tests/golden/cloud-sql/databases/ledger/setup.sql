@@ -113,14 +113,26 @@ END
 $dbward$;
 -- Converge their attributes (a role created or changed by hand may differ).
 DO $dbward$
+DECLARE
+  attrs text;
 BEGIN
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ledger-reader@acme-prod.iam'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit) IS DISTINCT FROM (true, false, false, true)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "ledger-reader@acme-prod.iam" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'ledger-reader@acme-prod.iam';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "ledger-reader@acme-prod.iam" WITH ' || attrs);
   END IF;
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ledger-writer@acme-prod.iam'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit) IS DISTINCT FROM (true, false, false, true)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "ledger-writer@acme-prod.iam" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'ledger-writer@acme-prod.iam';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "ledger-writer@acme-prod.iam" WITH ' || attrs);
   END IF;
 END
 $dbward$;

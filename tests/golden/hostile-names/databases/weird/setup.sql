@@ -128,22 +128,56 @@ END
 $dbward$;
 -- Converge their attributes (a role created or changed by hand may differ).
 DO $dbward$
+DECLARE
+  attrs text;
 BEGIN
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'Admin; DROP ROLE app'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit, rolsuper, rolreplication, rolbypassrls) IS DISTINCT FROM (true, true, false, true, false, false, false)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "Admin; DROP ROLE app" WITH LOGIN CREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> true THEN 'CREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'Admin; DROP ROLE app';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "Admin; DROP ROLE app" WITH ' || attrs);
   END IF;
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'o''reader'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit, rolsuper, rolreplication, rolbypassrls) IS DISTINCT FROM (false, false, false, true, false, false, false)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "o''reader" WITH NOLOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> false THEN 'NOLOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'o''reader';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "o''reader" WITH ' || attrs);
   END IF;
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'Mixed Case'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit, rolsuper, rolreplication, rolbypassrls) IS DISTINCT FROM (true, false, false, true, false, false, false)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "Mixed Case" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'Mixed Case';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "Mixed Case" WITH ' || attrs);
   END IF;
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'x''; DROP ROLE y; --'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit, rolsuper, rolreplication, rolbypassrls) IS DISTINCT FROM (true, false, false, true, false, false, false)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "x''; DROP ROLE y; --" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'x''; DROP ROLE y; --';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "x''; DROP ROLE y; --" WITH ' || attrs);
   END IF;
 END
 $dbward$;

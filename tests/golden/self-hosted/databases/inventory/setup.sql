@@ -117,18 +117,44 @@ END
 $dbward$;
 -- Converge their attributes (a role created or changed by hand may differ).
 DO $dbward$
+DECLARE
+  attrs text;
 BEGIN
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'reader'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit, rolsuper, rolreplication, rolbypassrls) IS DISTINCT FROM (false, false, false, true, false, false, false)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "reader" WITH NOLOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> false THEN 'NOLOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'reader';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "reader" WITH ' || attrs);
   END IF;
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'inventory-app'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit, rolsuper, rolreplication, rolbypassrls) IS DISTINCT FROM (true, false, false, true, false, false, false)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "inventory-app" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'inventory-app';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "inventory-app" WITH ' || attrs);
   END IF;
-  IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'readonly'
-      AND (rolcanlogin, rolcreaterole, rolcreatedb, rolinherit, rolsuper, rolreplication, rolbypassrls) IS DISTINCT FROM (true, false, false, true, false, false, false)) THEN
-    PERFORM pg_temp.dbward_change('ALTER ROLE "readonly" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS');
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'readonly';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "readonly" WITH ' || attrs);
   END IF;
 END
 $dbward$;

@@ -288,3 +288,74 @@ user lee {{
         "the reachable database was converged: {shown}"
     );
 }
+
+#[test]
+fn an_apply_terminated_mid_transaction_changes_nothing_and_a_rerun_converges() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), "shop", &["shop"]);
+    let hold = work.path().join("hold.sql");
+    // setup.sql waits for provisioning's advisory lock inside its transaction: hold it.
+    std::fs::write(
+        &hold,
+        format!(
+            "SELECT pg_advisory_lock({}, 0);\nSELECT pg_sleep(6);\n",
+            dbward::emit::sql::provision::ACL_LOCK
+        ),
+    )
+    .expect("hold.sql");
+    let (apply, terminated) = std::thread::scope(|scope| {
+        let holder = scope.spawn(|| cluster.peer_sql_file("shop", &hold));
+        // Wait until the holder has the lock, then start the apply.
+        wait_for(
+            &cluster,
+            "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        );
+        let apply = scope.spawn(|| dbward(&out, &["apply", "--live", "--auto-approve"]));
+        wait_for(
+            &cluster,
+            "SELECT count(*) > 0 FROM pg_stat_activity \
+             WHERE application_name = 'dbward' AND wait_event_type = 'Lock'",
+        );
+        let terminated = superuser_query(
+            &cluster,
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'dbward' AND datname = 'shop'",
+        );
+        let apply = apply.join().expect("apply thread");
+        holder.join().expect("holder thread").expect("holder psql");
+        (apply, terminated)
+    });
+    let shown = text(&apply);
+    assert_eq!(terminated, "1", "{shown}");
+    assert_eq!(apply.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("Error: database shop, name shop: setup.sql failed in database name shop"),
+        "{shown}"
+    );
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "shop",
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('reader', 'app', 'dbward-auto-user')"
+        ),
+        "0",
+        "the terminated transaction changed nothing"
+    );
+    // The rerun converges, and then there is nothing left to do.
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    assert!(apply.status.success(), "{}", text(&apply));
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+}
+
+/// Polls `query` (a boolean) in `postgres` until it is true, for up to 20 s.
+fn wait_for(cluster: &Cluster, query: &str) {
+    for _ in 0..200 {
+        if superuser_query(cluster, "postgres", query) == "t" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for: {query}");
+}

@@ -53,7 +53,9 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
          -- change the manifest and run `dbward apply` instead.\n\
          -- Run it as {runner} in every database name the manifest lets people open\n\
          -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one\n\
-         -- transaction: running it again changes nothing, a failure changes nothing.\n",
+         -- transaction: running it again changes nothing, a failure changes nothing. Each change\n\
+         -- it makes is reported as a NOTICE \"dbward change: ...\". `dbward plan --live` shows\n\
+         -- what it would change, `dbward apply --live` runs it (self-hosted, as the admin user).\n",
         name = db.name,
         kind = kind_name(&db.kind),
         runner = match db.kind {

@@ -22,8 +22,8 @@ pub const NOTICE_PREFIX: &str = "dbward change: ";
 /// The definitions, written right after `BEGIN`.
 pub(super) const PRELUDE: &str = r#"-- Every change below goes through pg_temp.dbward_change: it executes one statement, then
 -- raises a NOTICE "dbward change: <statement>". Nothing that is already as the manifest
--- says is executed, so a second run raises no such notice, and running this script in a
--- transaction that is rolled back shows exactly what a real run would change.
+-- says is executed, so a second run raises no such notice. `dbward plan --live` runs this
+-- script in a transaction it rolls back and shows these notices as the plan.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_change(stmt text, shown text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $dbward$
 BEGIN

@@ -2,15 +2,17 @@
 -- change the manifest and run `dbward apply` instead.
 -- Run it as the superuser over the local socket in every database name the manifest lets people open
 -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one
--- transaction: running it again changes nothing, a failure changes nothing.
+-- transaction: running it again changes nothing, a failure changes nothing. Each change
+-- it makes is reported as a NOTICE "dbward change: ...". `dbward plan --live` shows
+-- what it would change, `dbward apply --live` runs it (self-hosted, as the admin user).
 
 SET standard_conforming_strings = on;
 BEGIN;
 
 -- Every change below goes through pg_temp.dbward_change: it executes one statement, then
 -- raises a NOTICE "dbward change: <statement>". Nothing that is already as the manifest
--- says is executed, so a second run raises no such notice, and running this script in a
--- transaction that is rolled back shows exactly what a real run would change.
+-- says is executed, so a second run raises no such notice. `dbward plan --live` runs this
+-- script in a transaction it rolls back and shows these notices as the plan.
 CREATE OR REPLACE FUNCTION pg_temp.dbward_change(stmt text, shown text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql AS $dbward$
 BEGIN

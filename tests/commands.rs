@@ -295,10 +295,10 @@ fn the_command_checker_finds_missing_subcommands_and_flags() {
     for (path, text) in [
         (
             sql,
-            "  -- The admin user: runs `dbward apply --live` and more.\n",
+            "  -- The admin user: runs `dbward apply --drift-only` and more.\n",
         ),
-        (md, "Run `dbward apply --live`.\n"),
-        (md, "Run dbward apply --live to converge.\n"),
+        (md, "Run `dbward apply --drift-only`.\n"),
+        (md, "Run dbward apply --drift-only to converge.\n"),
         (md, "```sh\ndbward plan m.kdl --out out \\\n  --nope\n```\n"),
         (md, "`dbward converge m.kdl`\n"),
         (md, "`dbward cert revoke --user x`\n"),

@@ -13,7 +13,7 @@ use std::fs;
 use std::path::Path;
 
 use dbward::emit::quote;
-use dbward_tests::{Cluster, dbward_apply, superuser_query, superuser_sql};
+use dbward_tests::{Cluster, change_notices, dbward_apply, superuser_query, superuser_sql};
 
 /// A db-user whose name is SQL syntax: revoking from it must treat it as data.
 const HOSTILE: &str = "x'; DROP ROLE y; --";
@@ -102,6 +102,23 @@ fn run_setup(cluster: &Cluster, out: &Path) -> String {
         .unwrap_or_else(|e| panic!("setup.sql failed: {e}\nlog:\n{}", cluster.log()))
 }
 
+/// Runs the generated setup.sql in `shop` and returns the changes it reports having made.
+fn setup_changes(cluster: &Cluster, out: &Path) -> Vec<String> {
+    let (_, stderr) = cluster
+        .peer_sql_file_output("shop", &out.join("databases/shop/setup.sql"))
+        .unwrap_or_else(|e| panic!("setup.sql failed: {e}\nlog:\n{}", cluster.log()));
+    change_notices(&stderr)
+}
+
+/// psql's stderr without the change notices: the warnings.
+fn without_changes(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|line| !line.contains("NOTICE:  dbward change: "))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// Runs `sql` in `shop` as `role` (`SET ROLE`), so PostgreSQL checks that role's privileges.
 fn as_role(cluster: &Cluster, role: &str, sql: &str) -> Result<String, String> {
     let file = tempfile::NamedTempFile::new().expect("temp file");
@@ -181,9 +198,9 @@ fn a_grant_removed_from_the_manifest_is_revoked_by_the_next_setup_sql() {
     as_role(&cluster, "app", "INSERT INTO later VALUES ('v1')")
         .expect("app inserts under v1 into a table created after setup.sql");
 
-    // Running it again changes nothing.
+    // Running it again changes nothing, and says so: no change notice at all.
     let before = acl_snapshot(&cluster);
-    run_setup(&cluster, &out);
+    assert_eq!(setup_changes(&cluster, &out), Vec::<String>::new());
     assert_eq!(
         acl_snapshot(&cluster),
         before,
@@ -194,7 +211,7 @@ fn a_grant_removed_from_the_manifest_is_revoked_by_the_next_setup_sql() {
     dbward_apply(&manifest(&cluster, ""), &out);
     let setup = fs::read_to_string(out.join("databases/shop/setup.sql")).expect("setup.sql");
     assert!(
-        !setup.contains("INSERT"),
+        !setup.contains("GRANT INSERT"),
         "v2 setup.sql still grants INSERT:\n{setup}"
     );
     run_setup(&cluster, &out);
@@ -237,7 +254,7 @@ fn a_grant_removed_from_the_manifest_is_revoked_by_the_next_setup_sql() {
 
     // And the converged state is a fixed point too.
     let converged = acl_snapshot(&cluster);
-    run_setup(&cluster, &out);
+    assert_eq!(setup_changes(&cluster, &out), Vec::<String>::new());
     assert_eq!(acl_snapshot(&cluster), converged);
 }
 
@@ -427,7 +444,7 @@ fn hand_grants_to_managed_roles_are_revoked_and_others_survive() {
     // Without the unmanaged extras, the managed roles are back to exactly what they were after
     // the first run; and another run changes nothing.
     let converged = acl_snapshot(&cluster);
-    run_setup(&cluster, &out);
+    assert_eq!(setup_changes(&cluster, &out), Vec::<String>::new());
     assert_eq!(
         acl_snapshot(&cluster),
         converged,
@@ -463,9 +480,15 @@ fn grants_by_other_grantors_are_taken_back_as_them_or_reported() {
     assert_eq!(direct(&cluster, "readonly", ITEMS_ACL), "SELECT");
 
     let setup = out.join("databases/shop/setup.sql");
-    let (_, warnings) = cluster
+    let (_, output) = cluster
         .peer_sql_file_output("shop", &setup)
         .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+    assert_eq!(
+        change_notices(&output),
+        ["REVOKE SELECT ON TABLE public.items FROM readonly"],
+        "what was revoked is a change, what could not be is not"
+    );
+    let warnings = without_changes(&output);
     assert_eq!(direct(&cluster, "readonly", ITEMS_ACL), "");
     assert_eq!(direct(&cluster, "bystander", ITEMS_ACL), "SELECT*,TRUNCATE");
     assert_eq!(
@@ -490,7 +513,7 @@ fn grants_by_other_grantors_are_taken_back_as_them_or_reported() {
     let (_, again) = cluster
         .peer_sql_file_output("shop", &setup)
         .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
-    assert_eq!(again, warnings);
+    assert_eq!(again, warnings, "the same warning, and no change");
     assert_eq!(acl_snapshot(&cluster), before);
 
     // Once the operator follows the hint, the next run converges silently.
@@ -507,4 +530,88 @@ fn grants_by_other_grantors_are_taken_back_as_them_or_reported() {
         direct(&cluster, "writer", ITEMS_ACL),
         "DELETE,INSERT,UPDATE"
     );
+}
+
+#[test]
+fn setup_sql_executes_and_reports_only_what_is_needed() {
+    assert_eq!(
+        dbward::emit::sql::NOTICE_PREFIX,
+        "dbward change: ",
+        "change_notices in tests/src/lib.rs reads this prefix"
+    );
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), WRITE);
+
+    // On an empty cluster everything is a change: roles, memberships, grants.
+    let first = setup_changes(&cluster, &out);
+    for expected in [
+        "CREATE ROLE \"dbward-admin\" LOGIN CREATEROLE",
+        "CREATE ROLE \"reader\" NOLOGIN",
+        "CREATE ROLE \"x'; DROP ROLE y; --\" LOGIN",
+        "GRANT writer TO app",
+        "GRANT reader TO \"x'; DROP ROLE y; --\"",
+        "GRANT CONNECT ON DATABASE shop TO \"reader\"",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"reader\"",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA \"public\" GRANT SELECT ON TABLES TO \"reader\"",
+        "GRANT SELECT ON TABLE \"my schema\".\"it's\" TO \"reader\"",
+    ] {
+        assert!(
+            first.iter().any(|c| c == expected),
+            "missing change {expected:?} in {first:#?}"
+        );
+    }
+    assert!(
+        !first.iter().any(|c| c.starts_with("ALTER ROLE")),
+        "roles just created already have the right attributes: {first:#?}"
+    );
+    // The second run: nothing to do, nothing said.
+    assert_eq!(setup_changes(&cluster, &out), Vec::<String>::new());
+
+    // Drift made by hand: a grant, a dropped role, a membership taken away, a superuser.
+    superuser_sql(
+        &cluster,
+        "shop",
+        "GRANT TRUNCATE ON items TO reader;
+         DROP ROLE readonly;
+         REVOKE writer FROM app;
+         ALTER ROLE app SUPERUSER CREATEDB;",
+    );
+    let mut drift = setup_changes(&cluster, &out);
+    drift.sort();
+    assert_eq!(
+        drift,
+        [
+            "ALTER ROLE \"app\" WITH NOCREATEDB NOSUPERUSER",
+            "CREATE ROLE \"readonly\" LOGIN",
+            "GRANT reader TO readonly",
+            "GRANT writer TO app",
+            "REVOKE TRUNCATE ON TABLE public.items FROM reader",
+        ]
+    );
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "shop",
+            "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = 'app'"
+        ),
+        "f"
+    );
+    as_role(&cluster, "readonly", "SELECT * FROM items").expect("readonly is back and reads");
+    as_role(&cluster, "app", "INSERT INTO items VALUES ('back')").expect("app writes again");
+    assert_eq!(direct(&cluster, "reader", ITEMS_ACL), "SELECT");
+
+    // A new table: only its grant is missing (ON ALL TABLES runs again, nothing else).
+    superuser_sql(
+        &cluster,
+        "shop",
+        "CREATE TABLE later (v int); REVOKE ALL ON later FROM writer, reader;",
+    );
+    assert_eq!(
+        setup_changes(&cluster, &out),
+        [
+            "GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"reader\"",
+            "GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"public\" TO \"writer\"",
+        ]
+    );
+    assert_eq!(setup_changes(&cluster, &out), Vec::<String>::new());
 }

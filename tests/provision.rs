@@ -580,7 +580,37 @@ fn setup_sql_reruns_change_nothing_and_leave_provisioned_users_alone() {
         ),
         "owned by the admin user, EXECUTE for nobody else: {before}"
     );
-    s.run_setup();
+    // The rerun executes nothing: not a grant, not a function replaced.
+    let (_, stderr) = s
+        .cluster
+        .peer_sql_file_output("shop", &s.out.join("databases/shop/setup.sql"))
+        .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+    assert_eq!(
+        dbward_tests::change_notices(&stderr),
+        Vec::<String>::new(),
+        "{stderr}"
+    );
+    assert_eq!(snapshot(), before);
+
+    // A function replaced by hand and opened to everyone: both are drift, and converged.
+    superuser_sql(
+        &s.cluster,
+        "shop",
+        "CREATE OR REPLACE FUNCTION dbward.sessions(person text) RETURNS integer \
+         LANGUAGE sql AS 'SELECT 0'; GRANT EXECUTE ON FUNCTION dbward.sweep(interval) TO PUBLIC;",
+    );
+    let (_, stderr) = s
+        .cluster
+        .peer_sql_file_output("shop", &s.out.join("databases/shop/setup.sql"))
+        .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+    assert_eq!(
+        dbward_tests::change_notices(&stderr),
+        [
+            "REVOKE ALL ON FUNCTION dbward.sweep(interval) FROM PUBLIC",
+            "CREATE OR REPLACE FUNCTION dbward.sessions(text) -- the source as in setup.sql",
+        ],
+        "{stderr}"
+    );
     assert_eq!(snapshot(), before);
     assert_eq!(
         s.held("kim"),

@@ -15,6 +15,9 @@
 //! - `golden`: every text emitter over every example, against checked-in golden files.
 //! - `provision`: the provisioning functions setup.sql installs, called as the admin user on a
 //!   real PostgreSQL: exact rights, lock and drop, refusals, concurrency, hostile names, sweep.
+//! - `live`: `dbward plan --live` / `apply --live` against a real PostgreSQL as the admin user:
+//!   first apply converges every name under "*", then no changes; hand drift shown and converged;
+//!   a missing db-name warned; an unreachable server fails alone.
 //! - `plan_apply`: `dbward plan`/`apply` on a real filesystem: no-change re-apply, drift, saved
 //!   plans and staleness, removals, the lock, confirmation on a real terminal, and an apply that
 //!   fails halfway (EFBIG) changing nothing.
@@ -54,6 +57,7 @@ mod convergence;
 mod examples;
 mod golden;
 mod harness;
+mod live;
 mod plan_apply;
 mod provision;
 mod rds;

@@ -13,6 +13,10 @@
 //! 4. [`plan`] — compare artifacts with what is on disk and with what the last apply wrote:
 //!    [`plan::compute`] returns a [`plan::Plan`] of additions, changes, removals and drift.
 //! 5. [`apply`] — write a plan to disk atomically: [`apply::apply`] returns what it wrote.
+//! 6. [`live`] — with `--live`, the running databases: [`live::targets`] picks the databases
+//!    with an admin user from the model and artifacts, and [`live::run`] runs their setup.sql
+//!    in one transaction per database name, rolled back (plan) or committed (apply), returning
+//!    a [`live::LiveReport`] of the statements it executed.
 //!
 //! [`check`] runs phases 1 and 2 in one call: it is the front end every subcommand uses, and
 //! returns a [`Checked`] whose model exists only when there is no error.
@@ -27,6 +31,7 @@ pub mod diag;
 pub mod emit;
 pub mod explain;
 pub mod fmt;
+pub mod live;
 pub mod model;
 pub mod plan;
 pub mod source;

@@ -590,3 +590,14 @@ pub fn superuser_query(cluster: &Cluster, database: &str, sql: &str) -> String {
     .trim()
     .to_owned()
 }
+
+/// The statements a run of setup.sql reports it executed (its `dbward change: ` notices, as
+/// psql prints them on stderr), first line of each, in order. The prefix is
+/// `dbward::emit::sql::NOTICE_PREFIX`; `convergence` checks that the two agree.
+pub fn change_notices(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|line| line.split_once("NOTICE:  dbward change: "))
+        .map(|(_, statement)| statement.to_owned())
+        .collect()
+}

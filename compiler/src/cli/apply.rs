@@ -13,6 +13,7 @@ use anyhow::Context;
 use super::plan::{prepare, read_optional};
 use crate::apply;
 use crate::emit::env::{ExistingFile, read_tree};
+use crate::live::Mode;
 use crate::plan::journal::{Journal, Record};
 use crate::plan::planfile::PlanFile;
 use crate::plan::render::render;
@@ -33,12 +34,22 @@ pub struct ApplyArgs {
     /// Overwrite or remove files that were changed outside dbward since the last apply.
     #[arg(long)]
     pub force: bool,
+    /// After the files, run setup.sql in every database with an admin-user, each database
+    /// name in one transaction, and show what it changed.
+    #[arg(long)]
+    pub live: bool,
 }
 
 pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.target)
         .with_context(|| format!("cannot read {}; check the path", args.target.display()))?;
     if PlanFile::sniff(&bytes) {
+        if args.live {
+            anyhow::bail!(
+                "a saved plan holds no live changes yet: apply it without --live, then run \
+                 `dbward apply MANIFEST --out DIR --live`"
+            );
+        }
         return apply_planfile(&args, &bytes);
     }
     let Some(out) = &args.out else {
@@ -49,10 +60,54 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let prepared = prepare(&args.target, out)?;
     let plan = prepared.plan();
     print!("{}", render(&plan));
+    if !args.live {
+        return apply_files(&args, &prepared, &plan, false);
+    }
+    let mut confirmed = args.auto_approve;
+    if !args.auto_approve {
+        // Show what the databases would get too, and ask once for both.
+        let preview = prepared.live(Mode::Plan)?;
+        print!("{}", crate::live::render(&preview, Mode::Plan));
+        if !preview.failures.is_empty() {
+            anyhow::bail!(
+                "some databases could not be read (shown above); nothing was written: fix that \
+                 and run again"
+            );
+        }
+        if preview.count() > 0 || !plan.is_empty() {
+            if !confirm(&prepared.out)? {
+                anyhow::bail!("apply cancelled; nothing was written");
+            }
+            confirmed = true;
+        }
+    }
+    let files = apply_files(&args, &prepared, &plan, confirmed)?;
+    let report = prepared.live(Mode::Apply)?;
+    print!("{}", crate::live::render(&report, Mode::Apply));
+    if report.failures.is_empty() {
+        Ok(files)
+    } else {
+        eprintln!(
+            "error: {} database name(s) could not be converged and were left as they were \
+             (shown above); the others were applied. Fix what is shown and run again.",
+            report.failures.len()
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// The file part of applying a manifest: the plan already shown, asked (unless `confirmed`),
+/// checked again under the lock, and written.
+fn apply_files(
+    args: &ApplyArgs,
+    prepared: &super::plan::Prepared,
+    plan: &Plan,
+    confirmed: bool,
+) -> anyhow::Result<ExitCode> {
     // What the plan was computed from, to check again under the lock: the directory may
     // change while a person reads the plan.
     let seen = PlanFile::new(
-        &plan,
+        plan,
         prepared.manifest.clone(),
         &prepared.manifest_bytes,
         prepared.out.clone(),
@@ -66,7 +121,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             let _lock = apply::Lock::acquire(&prepared.out)?;
             fresh(&seen, "the plan")?;
             if plan.state_outdated {
-                apply::apply(&prepared.out, &plan, args.force)?;
+                apply::apply(&prepared.out, plan, args.force)?;
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -76,12 +131,12 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         // Refuse before asking: the answer could not change anything.
         return Err(apply::ApplyError::Drift(drifted).into());
     }
-    if !args.auto_approve && !confirm(&prepared.out)? {
+    if !args.auto_approve && !confirmed && !confirm(&prepared.out)? {
         anyhow::bail!("apply cancelled; nothing was written");
     }
     let _lock = apply::Lock::acquire(&prepared.out)?;
     fresh(&seen, "the plan shown above")?;
-    finish(&prepared.out, &plan, args.force)
+    finish(&prepared.out, plan, args.force)
 }
 
 /// The files under `--out` and the state record's bytes, as read under the lock.

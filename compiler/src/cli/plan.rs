@@ -34,6 +34,10 @@ pub struct PlanArgs {
     /// written with mode 0600: keep it as private as the keys.
     #[arg(short = 'o', long = "output", value_name = "PLANFILE")]
     pub output: Option<PathBuf>,
+    /// Also connect to every database with an admin-user and show what its setup.sql would
+    /// change there (run in a transaction that is rolled back).
+    #[arg(long)]
+    pub live: bool,
 }
 
 /// A manifest compiled against an output directory: everything a plan is made from.
@@ -115,6 +119,15 @@ pub fn read_optional(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 impl Prepared {
+    /// Runs setup.sql in every database with an admin user (`--live`): rolled back for a plan,
+    /// committed for an apply.
+    pub fn live(&self, mode: crate::live::Mode) -> anyhow::Result<crate::live::LiveReport> {
+        let (targets, warnings) = crate::live::targets(&self.model, &self.artifacts)?;
+        let mut report = crate::live::run(targets, mode)?;
+        report.warnings.extend(warnings);
+        Ok(report)
+    }
+
     /// The plan, compared against the record settled by an interrupted apply's journal (only
     /// read here: `plan` never writes).
     pub fn plan(&self) -> Plan {
@@ -137,14 +150,35 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             args.out.display()
         );
     }
+    if args.live && args.output.is_some() {
+        anyhow::bail!(
+            "a saved plan cannot hold live changes yet: drop -o, or drop --live and apply the \
+             files first"
+        );
+    }
     let prepared = prepare(&args.manifest, &args.out)?;
     let plan = prepared.plan();
+    let live = if args.live {
+        Some(prepared.live(crate::live::Mode::Plan)?)
+    } else {
+        None
+    };
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        let json = plan::json::to_json(&plan);
+        let mut json = plan::json::to_json(&plan);
+        if let Some(live) = &live {
+            json.has_changes |= live.count() > 0;
+            json.live = Some(plan::json::live_json(live));
+        }
         writeln!(stdout, "{}", serde_json::to_string_pretty(&json)?)?;
     } else {
         stdout.write_all(plan::render::render(&plan).as_bytes())?;
+        if let Some(live) = &live {
+            stdout.write_all(crate::live::render(live, crate::live::Mode::Plan).as_bytes())?;
+        }
+    }
+    if live.as_ref().is_some_and(|l| !l.failures.is_empty()) {
+        anyhow::bail!("some databases could not be read (shown above): the plan is incomplete");
     }
     if let Some(path) = &args.output {
         let saved = PlanFile::new(
@@ -163,7 +197,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    let code = if args.detailed_exitcode && !plan.is_empty() {
+    let live_changes = live.as_ref().is_some_and(|l| l.count() > 0);
+    let code = if args.detailed_exitcode && (!plan.is_empty() || live_changes) {
         2
     } else {
         0

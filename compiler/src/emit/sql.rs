@@ -6,16 +6,24 @@
 //! memberships among the roles the manifest manages are granted when missing and revoked when
 //! the manifest no longer declares them, and privileges converge the same way: what those roles
 //! hold and the manifest does not declare is revoked (`sql/converge.rs`), then what it declares is
-//! granted (granting twice is a no-op). It runs in one transaction, so a failure changes
-//! nothing and nobody sees the roles between the old privileges and the new.
+//! granted. It runs in one transaction, so a failure changes nothing and nobody sees the roles
+//! between the old privileges and the new.
+//!
+//! Every statement that changes something runs only when the catalogs show it is needed, and
+//! goes through `pg_temp.dbward_change` (`sql/change.rs`), which reports it as a `NOTICE`: a run
+//! on a converged database executes nothing and says nothing, and `dbward plan --live` shows
+//! exactly the statements a run would execute.
 //!
 //! Every identifier goes through [`quote::ident`] and every literal through [`quote::literal`];
 //! `DO` bodies use a dollar-quote tag chosen not to occur in them. A hostile name is data.
 
 use std::fmt::Write as _;
 
+mod change;
 mod converge;
 pub mod provision;
+
+pub use change::NOTICE_PREFIX;
 
 use super::quote::{self, ident, literal};
 use super::{EmitError, Logins};
@@ -45,7 +53,9 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
          -- change the manifest and run `dbward apply` instead.\n\
          -- Run it as {runner} in every database name the manifest lets people open\n\
          -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one\n\
-         -- transaction: running it again changes nothing, a failure changes nothing.\n{first}",
+         -- transaction: running it again changes nothing, a failure changes nothing. Each change\n\
+         -- it makes is reported as a NOTICE \"dbward change: ...\". `dbward plan --live` shows\n\
+         -- what it would change, `dbward apply --live` runs it (self-hosted, as the admin user).\n{first}",
         name = db.name,
         first = match db.kind {
             DatabaseKind::AzurePostgres { .. } => {
@@ -62,6 +72,7 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
     );
     // Literals below are written with standard quoting; make sure the server reads them so.
     out.push_str("SET standard_conforming_strings = on;\nBEGIN;\n\n");
+    out.push_str(change::PRELUDE);
     let provisioning = provision::needed(model, db);
     if provisioning {
         let _ = writeln!(
@@ -97,7 +108,12 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
         if role.grants.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "-- Privileges of db-role `{}`.", role.name);
+        let _ = writeln!(
+            out,
+            "-- Privileges of db-role `{}` (each granted only when not held).",
+            role.name
+        );
+        let mut body = String::new();
         for grant in &role.grants {
             let grantee = ident(&role.name);
             for statement in grant_sql(
@@ -107,10 +123,10 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
                 Future::Included,
                 GrantOption::Without,
             ) {
-                out.push_str(&statement);
-                out.push('\n');
+                let _ = writeln!(body, "  {statement}");
             }
         }
+        out.push_str(&quote::do_block(&body));
         out.push('\n');
     }
     if provisioning {
@@ -127,6 +143,46 @@ fn kind_name(kind: &DatabaseKind) -> &'static str {
         DatabaseKind::CloudSql { .. } => "Google Cloud SQL",
         DatabaseKind::AzurePostgres { .. } => "Azure Database for PostgreSQL",
     }
+}
+
+/// A PL/pgSQL statement that executes `statement` through `pg_temp.dbward_change`, which reports
+/// it as a change (`sql/change.rs`).
+fn change(statement: &str) -> String {
+    format!("PERFORM pg_temp.dbward_change({});", literal(statement))
+}
+
+/// DO-body text that converges a role to `attributes` (keywords such as `LOGIN NOCREATEDB`):
+/// `ALTER ROLE` names only the attributes that differ, so a role that differs in `CREATEDB`
+/// alone can be converged by a `CREATEROLE` admin, which may not even mention `SUPERUSER`.
+/// Uses the block's `attrs text` variable.
+fn converge_role(name: &str, attributes: &str) -> String {
+    let mut checks = Vec::new();
+    for keyword in attributes.split_whitespace() {
+        let (wanted, base) = match keyword.strip_prefix("NO") {
+            Some(base) => (false, base),
+            None => (true, keyword),
+        };
+        let column = match base {
+            "LOGIN" => "rolcanlogin",
+            "CREATEROLE" => "rolcreaterole",
+            "CREATEDB" => "rolcreatedb",
+            "INHERIT" => "rolinherit",
+            "SUPERUSER" => "rolsuper",
+            "REPLICATION" => "rolreplication",
+            "BYPASSRLS" => "rolbypassrls",
+            _ => continue,
+        };
+        checks.push(format!(
+            "CASE WHEN {column} <> {wanted} THEN '{keyword}' END"
+        ));
+    }
+    format!(
+        "  SELECT concat_ws(' ',\n      {})\n    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = {};\n  \
+         IF attrs <> '' THEN\n    PERFORM pg_temp.dbward_change({} || attrs);\n  END IF;\n",
+        checks.join(",\n      "),
+        literal(name),
+        literal(&format!("ALTER ROLE {} WITH ", ident(name))),
+    )
 }
 
 /// `IF NOT EXISTS (role) THEN …` guard text for a DO body.
@@ -163,9 +219,9 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
             principals.get(&admin.name),
         ));
         if self_hosted {
-            alters.push(format!(
-                "ALTER ROLE {} WITH LOGIN CREATEROLE NOCREATEDB INHERIT{strict};",
-                ident(&admin.name)
+            alters.push(converge_role(
+                &admin.name,
+                &format!("LOGIN CREATEROLE NOCREATEDB INHERIT{strict}"),
             ));
         }
     }
@@ -177,11 +233,11 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
         );
         body.push_str(&if_missing(
             &role.name,
-            &format!("CREATE ROLE {} NOLOGIN;", ident(&role.name)),
+            &change(&format!("CREATE ROLE {} NOLOGIN", ident(&role.name))),
         ));
-        alters.push(format!(
-            "ALTER ROLE {} WITH NOLOGIN NOCREATEROLE NOCREATEDB INHERIT{strict};",
-            ident(&role.name)
+        alters.push(converge_role(
+            &role.name,
+            &format!("NOLOGIN NOCREATEROLE NOCREATEDB INHERIT{strict}"),
         ));
     }
     for user in db.db_users.values() {
@@ -196,9 +252,9 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
             Login::User,
             principals.get(&user.name),
         ));
-        alters.push(format!(
-            "ALTER ROLE {} WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT{strict};",
-            ident(&user.name)
+        alters.push(converge_role(
+            &user.name,
+            &format!("LOGIN NOCREATEROLE NOCREATEDB INHERIT{strict}"),
         ));
     }
     let provisioning = logins.admin.is_some()
@@ -213,7 +269,7 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
         );
         body.push_str(&if_missing(
             AUTO_USER_GROUP,
-            &format!("CREATE ROLE {} NOLOGIN;", ident(AUTO_USER_GROUP)),
+            &change(&format!("CREATE ROLE {} NOLOGIN", ident(AUTO_USER_GROUP))),
         ));
     }
     if body.is_empty() {
@@ -222,11 +278,15 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
     out.push_str("-- Create the roles that are missing.\n");
     out.push_str(&quote::do_block(&body));
     if !alters.is_empty() {
-        out.push_str("-- Converge their attributes (a role created by hand may differ).\n");
-        for alter in alters {
-            out.push_str(&alter);
-            out.push('\n');
-        }
+        out.push_str(
+            "-- Converge their attributes (a role created or changed by hand may differ).\n",
+        );
+        let body = alters.concat();
+        let tag = quote::dollar_tag(&body);
+        let _ = writeln!(
+            out,
+            "DO {tag}\nDECLARE\n  attrs text;\nBEGIN\n{body}END\n{tag};"
+        );
     }
     out.push('\n');
 }
@@ -247,7 +307,10 @@ fn create_login(
             } else {
                 "LOGIN"
             };
-            if_missing(name, &format!("CREATE ROLE {} {attrs};", ident(name)))
+            if_missing(
+                name,
+                &change(&format!("CREATE ROLE {} {attrs}", ident(name))),
+            )
         }
         DatabaseKind::AwsRds { .. } => {
             let attrs = if who == Login::Admin {
@@ -255,7 +318,10 @@ fn create_login(
             } else {
                 "LOGIN"
             };
-            if_missing(name, &format!("CREATE ROLE {} {attrs};", ident(name)))
+            if_missing(
+                name,
+                &change(&format!("CREATE ROLE {} {attrs}", ident(name))),
+            )
         }
         DatabaseKind::AzurePostgres { .. } => {
             let Some(principal) = principal else {
@@ -298,10 +364,13 @@ fn create_login(
                      IF current_database() <> 'postgres' THEN\n      \
                      RAISE EXCEPTION '%', {elsewhere};\n    \
                      END IF;\n    \
-                     PERFORM * FROM pgaadauth_create_principal_with_oid({}, {}, 'service', {}, false);",
-                    literal(name),
-                    literal(object_id),
-                    if who == Login::Admin { "true" } else { "false" },
+                     {}",
+                    change(&format!(
+                        "SELECT * FROM pgaadauth_create_principal_with_oid({}, {}, 'service', {}, false)",
+                        literal(name),
+                        literal(object_id),
+                        if who == Login::Admin { "true" } else { "false" },
+                    )),
                     elsewhere = literal(&elsewhere),
                 ),
             )
@@ -381,7 +450,7 @@ fn memberships(out: &mut String, db: &Database, logins: &Logins) {
          JOIN pg_catalog.pg_roles g ON g.oid = m.roleid\n        \
          JOIN pg_catalog.pg_roles u ON u.oid = m.member\n        \
          WHERE g.rolname = pair.grp AND u.rolname = pair.member) THEN\n      \
-         EXECUTE format('GRANT %I TO %I', pair.grp, pair.member);\n    \
+         PERFORM pg_temp.dbward_change(format('GRANT %I TO %I', pair.grp, pair.member));\n    \
          END IF;\n  \
          END LOOP;\n  \
          -- Revoke the memberships between the roles the manifest manages that it no longer\n  \
@@ -395,7 +464,7 @@ fn memberships(out: &mut String, db: &Database, logins: &Logins) {
          AND u.rolname = ANY ({members})\n        \
          AND (g.rolname::text, u.rolname::text) NOT IN (SELECT * FROM {declared} AS declared(grp, member))\n  \
          LOOP\n    \
-         EXECUTE format('REVOKE %I FROM %I', pair.grp, pair.member);\n  \
+         PERFORM pg_temp.dbward_change(format('REVOKE %I FROM %I', pair.grp, pair.member));\n  \
          END LOOP;\n",
         wanted = pairs_relation(&all_wanted),
         groups = text_array(&groups),
@@ -438,9 +507,11 @@ pub enum GrantOption {
     With,
 }
 
-/// The statements for one grant to `grantee` (SQL text: a quoted identifier, or a template
-/// placeholder). `grantee_literal` is the same grantee as a string literal, for the `DO`
-/// block that grants on the current database (whose name is only known when the script runs).
+/// The PL/pgSQL statements (for a `DO` block) that make one grant to `grantee` hold: each
+/// hands its GRANT to `pg_temp.dbward_grant` (`sql/change.rs`), which runs it only when
+/// something is missing. `grantee` is SQL text (a quoted identifier) and `grantee_literal` the
+/// same as a string literal, for the checks and for the statement on the current database
+/// (whose name is only known when the script runs).
 pub fn grant_sql(
     grant: &Grant,
     grantee: &str,
@@ -453,48 +524,87 @@ pub fn grant_sql(
         GrantOption::Without => "",
         GrantOption::With => " WITH GRANT OPTION",
     };
+    // The privileges as the check reads them: `aclexplode`'s keywords, `ALL` for all of them.
+    let checked: Vec<String> = grant
+        .privileges
+        .iter()
+        .map(|p| match p {
+            crate::model::Privilege::All => literal("ALL"),
+            other => literal(other.sql()),
+        })
+        .collect();
+    let checked = format!("ARRAY[{}]::text[]", checked.join(", "));
+    let grantable = if option == GrantOption::With {
+        "true"
+    } else {
+        "false"
+    };
     let schema = grant.schema.as_deref().unwrap_or("public");
     let in_schema = ident(schema);
+    let call = |kind: &str, object: Option<&str>, statement: String| {
+        format!(
+            "PERFORM pg_temp.dbward_grant({}, {}, {}, {checked}, {grantee_literal}, {grantable},\n    {statement});",
+            literal(kind),
+            if kind == "database" {
+                "NULL".to_owned()
+            } else {
+                literal(schema)
+            },
+            object.map_or_else(|| "NULL".to_owned(), literal),
+        )
+    };
     // Objects of a kind in the whole schema: the existing ones now, and (default privileges)
     // the ones created later by the role running this script.
-    let every = |plural: &str, default_kind: &str| {
-        let mut statements = vec![format!(
-            "GRANT {privs} ON ALL {plural} IN SCHEMA {in_schema} TO {grantee}{with};"
+    let every = |kind: &str, plural: &str| {
+        let mut statements = vec![call(
+            kind,
+            None,
+            literal(&format!(
+                "GRANT {privs} ON ALL {plural} IN SCHEMA {in_schema} TO {grantee}{with}"
+            )),
         )];
         if future == Future::Included {
-            statements.push(format!(
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA {in_schema} GRANT {privs} ON {default_kind} TO {grantee}{with};"
+            statements.push(call(
+                &format!("default-{}", plural.to_lowercase()),
+                None,
+                literal(&format!(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {in_schema} GRANT {privs} ON {plural} TO {grantee}{with}"
+                )),
             ));
         }
         statements
     };
+    let one = |kind: &str, keyword: &str, object: &str| {
+        vec![call(
+            kind,
+            Some(object),
+            literal(&format!(
+                "GRANT {privs} ON {keyword} {} TO {grantee}{with}",
+                quote::qualified(schema, object)
+            )),
+        )]
+    };
     match (grant.on, grant.object.as_deref()) {
-        (ObjectKind::Database, _) => {
-            let body = format!(
-                "  EXECUTE format('GRANT {privs} ON DATABASE %I TO %s{with}', current_database(), {grantee_literal});\n"
-            );
-            vec![quote::do_block(&body).trim_end().to_owned()]
-        }
-        (ObjectKind::Schema, _) => {
-            vec![format!(
-                "GRANT {privs} ON SCHEMA {in_schema} TO {grantee}{with};"
-            )]
-        }
-        (ObjectKind::Table, Some(table)) => vec![format!(
-            "GRANT {privs} ON TABLE {} TO {grantee}{with};",
-            quote::qualified(schema, table)
+        (ObjectKind::Database, _) => vec![call(
+            "database",
+            None,
+            format!(
+                "format('GRANT {privs} ON DATABASE %I TO %s{with}', current_database(), {grantee_literal})"
+            ),
         )],
-        (ObjectKind::Sequence, Some(seq)) => vec![format!(
-            "GRANT {privs} ON SEQUENCE {} TO {grantee}{with};",
-            quote::qualified(schema, seq)
+        (ObjectKind::Schema, _) => vec![call(
+            "schema",
+            None,
+            literal(&format!(
+                "GRANT {privs} ON SCHEMA {in_schema} TO {grantee}{with}"
+            )),
         )],
-        (ObjectKind::Function, Some(function)) => vec![format!(
-            "GRANT {privs} ON FUNCTION {} TO {grantee}{with};",
-            quote::qualified(schema, function)
-        )],
-        (ObjectKind::Table | ObjectKind::AllTables, _) => every("TABLES", "TABLES"),
-        (ObjectKind::Sequence | ObjectKind::AllSequences, _) => every("SEQUENCES", "SEQUENCES"),
-        (ObjectKind::Function | ObjectKind::AllFunctions, _) => every("FUNCTIONS", "FUNCTIONS"),
+        (ObjectKind::Table, Some(table)) => one("table", "TABLE", table),
+        (ObjectKind::Sequence, Some(seq)) => one("sequence", "SEQUENCE", seq),
+        (ObjectKind::Function, Some(function)) => one("function", "FUNCTION", function),
+        (ObjectKind::Table | ObjectKind::AllTables, _) => every("table", "TABLES"),
+        (ObjectKind::Sequence | ObjectKind::AllSequences, _) => every("sequence", "SEQUENCES"),
+        (ObjectKind::Function | ObjectKind::AllFunctions, _) => every("function", "FUNCTIONS"),
     }
 }
 
@@ -544,8 +654,10 @@ mod tests {
         assert_eq!(
             sql,
             [
-                "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA \"public\" TO \"r\";",
-                "ALTER DEFAULT PRIVILEGES IN SCHEMA \"public\" GRANT SELECT, INSERT ON TABLES TO \"r\";"
+                "PERFORM pg_temp.dbward_grant('table', 'public', NULL, ARRAY['SELECT', 'INSERT']::text[], '\"r\"', false,\n    \
+                 'GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA \"public\" TO \"r\"');",
+                "PERFORM pg_temp.dbward_grant('default-tables', 'public', NULL, ARRAY['SELECT', 'INSERT']::text[], '\"r\"', false,\n    \
+                 'ALTER DEFAULT PRIVILEGES IN SCHEMA \"public\" GRANT SELECT, INSERT ON TABLES TO \"r\"');"
             ]
         );
     }
@@ -567,7 +679,10 @@ mod tests {
         );
         assert_eq!(
             sql,
-            ["GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"a\" WITH GRANT OPTION;"]
+            [
+                "PERFORM pg_temp.dbward_grant('table', 'public', NULL, ARRAY['SELECT']::text[], '\"a\"', true,\n    \
+                 'GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"a\" WITH GRANT OPTION');"
+            ]
         );
     }
 

@@ -14,10 +14,99 @@ pub const PLAN_JSON_VERSION: u32 = 1;
 #[cfg_attr(test, derive(serde::Deserialize))]
 pub struct PlanJson {
     pub format_version: u32,
-    /// `true` when `changes` is not empty.
+    /// `true` when `changes` is not empty, or (with `--live`) a database needs changes.
     pub has_changes: bool,
     pub summary: Summary,
     pub changes: Vec<ChangeJson>,
+    /// With `--live`: what the databases need changed (absent without `--live`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub live: Option<LiveJson>,
+}
+
+/// The live part of a plan: the statements setup.sql would execute in each database name.
+#[derive(Debug, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+pub struct LiveJson {
+    /// Statements that add (CREATE, GRANT), change (ALTER ROLE, a replaced function) and
+    /// remove (REVOKE).
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+    /// Every database name that was read, with its statements (empty when it is converged).
+    pub databases: Vec<LiveDatabaseJson>,
+    /// Databases or names that could not be read; the plan is incomplete when not empty.
+    pub failures: Vec<LiveFailureJson>,
+    /// A db-name the manifest lists that does not exist, a privilege setup.sql cannot revoke, ….
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+pub struct LiveDatabaseJson {
+    /// The manifest's database.
+    pub database: String,
+    /// The database name on the server.
+    pub db_name: String,
+    pub statements: Vec<LiveStatementJson>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+pub struct LiveStatementJson {
+    /// `add`, `change` or `remove`.
+    pub action: String,
+    /// The statement, exactly as apply executes it (a replaced function's source is not shown).
+    pub sql: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+pub struct LiveFailureJson {
+    pub database: String,
+    /// Absent when the server itself could not be reached.
+    pub db_name: Option<String>,
+    pub message: String,
+}
+
+/// The live part of the JSON document.
+pub fn live_json(report: &crate::live::LiveReport) -> LiveJson {
+    let (add, change, remove) = crate::live::counts(report);
+    LiveJson {
+        add,
+        change,
+        remove,
+        databases: report
+            .changes
+            .iter()
+            .map(|c| LiveDatabaseJson {
+                database: c.database.clone(),
+                db_name: c.db_name.clone(),
+                statements: c
+                    .statements
+                    .iter()
+                    .map(|sql| LiveStatementJson {
+                        action: match crate::live::sign(sql) {
+                            '+' => "add",
+                            '-' => "remove",
+                            _ => "change",
+                        }
+                        .into(),
+                        sql: sql.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        failures: report
+            .failures
+            .iter()
+            .map(|f| LiveFailureJson {
+                database: f.database.clone(),
+                db_name: f.db_name.clone(),
+                message: f.message.clone(),
+            })
+            .collect(),
+        warnings: report.warnings.clone(),
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -122,6 +211,7 @@ pub fn to_json(plan: &Plan) -> PlanJson {
             drifted: plan.drifted().count(),
         },
         changes,
+        live: None,
     }
 }
 

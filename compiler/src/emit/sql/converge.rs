@@ -241,7 +241,7 @@ pub(super) fn revoke_undeclared(out: &mut String, db: &Database) {
          IF held.grantor <> held.owner THEN\n            \
          EXECUTE format('SET LOCAL ROLE %I', held.grantor_name);\n          \
          END IF;\n          \
-         EXECUTE revoke_sql;\n          \
+         PERFORM pg_temp.dbward_change(revoke_sql);\n          \
          EXECUTE format('SET LOCAL ROLE %I', runner);\n        \
          EXCEPTION WHEN insufficient_privilege OR dependent_privilege_descriptors_still_exist THEN\n          \
          NULL; -- Reported in pass 2, with what to do; the role switch is undone with the error.\n        \

@@ -78,8 +78,10 @@ pub(super) fn install(out: &mut String, model: &Model, db: &Database) {
 
     out.push_str(
         "-- Automatic user provisioning. The relay calls the functions of schema `dbward` as the\n\
-         -- admin user; what that user needs for them comes first.\n",
+         -- admin user; what that user needs for them comes first, and each thing is done only\n\
+         -- when it is not so already.\n",
     );
+    let mut body = String::new();
     // Before PostgreSQL 16, CREATEROLE may grant any non-superuser role; from 16 on it needs
     // ADMIN OPTION on each. A manifest that does not say its version gets the 16+ form, which
     // PostgreSQL 15 accepts too.
@@ -88,26 +90,45 @@ pub(super) fn install(out: &mut String, model: &Model, db: &Database) {
         granted.extend(platform.iter().copied());
         granted.extend(roles.iter().map(String::as_str));
         let list: Vec<String> = granted.iter().map(|r| ident(r)).collect();
+        let names: Vec<String> = granted.iter().map(|r| literal(r)).collect();
         let _ = writeln!(
-            out,
-            "-- PostgreSQL 16+: the admin user may grant only roles it holds WITH ADMIN OPTION.\n\
-             GRANT {} TO {admin_ident} WITH ADMIN OPTION;",
-            list.join(", ")
+            body,
+            "  -- PostgreSQL 16+: the admin user may grant only roles it holds WITH ADMIN OPTION.\n  \
+             IF EXISTS (SELECT FROM unnest(ARRAY[{names}]::text[]) AS wanted(name)\n      \
+             WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_auth_members m\n        \
+             JOIN pg_catalog.pg_roles g ON g.oid = m.roleid\n        \
+             JOIN pg_catalog.pg_roles u ON u.oid = m.member\n        \
+             WHERE g.rolname = wanted.name AND u.rolname = {admin_literal} AND m.admin_option)) THEN\n    \
+             {}\n  \
+             END IF;",
+            super::change(&format!(
+                "GRANT {} TO {admin_ident} WITH ADMIN OPTION",
+                list.join(", ")
+            )),
+            names = names.join(", "),
+            admin_literal = literal(&admin.name),
         );
     }
-    let _ = writeln!(
-        out,
-        "-- The admin user connects to every database name it provisions in.\n{}",
-        quote::do_block(&format!(
-            "  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %s', current_database(), {});\n",
-            literal(&admin_ident)
-        ))
-        .trim_end()
-    );
+    let connect = Grant {
+        privileges: vec![crate::model::Privilege::Connect],
+        on: crate::model::ObjectKind::Database,
+        schema: None,
+        object: None,
+    };
+    body.push_str("  -- The admin user connects to every database name it provisions in.\n");
+    for statement in super::grant_sql(
+        &connect,
+        &admin_ident,
+        &literal(&admin_ident),
+        super::Future::Included,
+        super::GrantOption::Without,
+    ) {
+        let _ = writeln!(body, "  {statement}");
+    }
     if !grants.is_empty() {
-        out.push_str(
-            "-- It grants provisioned users only what it holds WITH GRANT OPTION: the permissions\n\
-             -- the manifest gives provisioned people on this database (objects created later by\n\
+        body.push_str(
+            "  -- It grants provisioned users only what it holds WITH GRANT OPTION: the permissions\n  \
+             -- the manifest gives provisioned people on this database (objects created later by\n  \
              -- others need setup.sql to run again; activate warns about what it could not grant).\n",
         );
         for grant in grants {
@@ -118,11 +139,11 @@ pub(super) fn install(out: &mut String, model: &Model, db: &Database) {
                 super::Future::Included,
                 super::GrantOption::With,
             ) {
-                out.push_str(&statement);
-                out.push('\n');
+                let _ = writeln!(body, "  {statement}");
             }
         }
     }
+    out.push_str(&quote::do_block(&body));
     out.push('\n');
 
     let platform_array = {
@@ -132,40 +153,110 @@ pub(super) fn install(out: &mut String, model: &Model, db: &Database) {
     let admin_literal = literal(&admin.name);
     out.push_str(
         "-- The schema, its bookkeeping table and the functions, owned by the admin user and closed\n\
-         -- to everyone else. Replacing a function keeps its owner and privileges.\n",
+         -- to everyone else. A function is replaced only when its source differs (its first line\n\
+         -- repeats its signature, so any change to it shows); replacing keeps owner and privileges.\n",
     );
-    let _ = writeln!(
-        out,
-        "CREATE SCHEMA IF NOT EXISTS dbward AUTHORIZATION {admin_ident};\n\
-         ALTER SCHEMA dbward OWNER TO {admin_ident};\n\
-         REVOKE ALL ON SCHEMA dbward FROM PUBLIC;\n\
-         -- One row per provisioned user: its mode (read by the sweep) and the rights of its last\n\
-         -- activation (a second session must not silently change the first one's rights).\n\
-         CREATE TABLE IF NOT EXISTS dbward.provisioned (\n  \
-         role_name text PRIMARY KEY,\n  \
-         mode text NOT NULL CHECK (mode IN ('keep', 'best-effort-drop')),\n  \
-         rights jsonb,\n  \
-         activated_at timestamptz NOT NULL\n\
-         );\n\
-         ALTER TABLE dbward.provisioned OWNER TO {admin_ident};\n\
-         REVOKE ALL ON TABLE dbward.provisioned FROM PUBLIC;"
+    let mut body = String::new();
+    let owned_by_admin = |kind: &str, owner_sql: &str, alter: &str| {
+        format!(
+            "  IF ({owner_sql}) IS DISTINCT FROM {admin_role}::pg_catalog.regrole THEN\n    \
+             {}\n  END IF;\n",
+            super::change(&format!("ALTER {kind} {alter} OWNER TO {admin_ident}")),
+            admin_role = literal(&admin_ident),
+        )
+    };
+    let closed = |acl_sql: &str, revoke: &str| {
+        format!(
+            "  IF EXISTS (SELECT FROM pg_catalog.aclexplode(({acl_sql})) a WHERE a.grantee = 0) THEN\n    \
+             {}\n  END IF;\n",
+            super::change(revoke)
+        )
+    };
+    let schema_oid = "SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = 'dbward'";
+    let _ = write!(
+        body,
+        "  IF NOT EXISTS ({schema_oid}) THEN\n    {}\n  END IF;\n",
+        super::change(&format!("CREATE SCHEMA dbward AUTHORIZATION {admin_ident}"))
     );
-    for (signature, body) in FUNCTIONS {
-        let body = body
+    body.push_str(&owned_by_admin(
+        "SCHEMA",
+        "SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'dbward'",
+        "dbward",
+    ));
+    body.push_str(&closed(
+        "SELECT n.nspacl FROM pg_catalog.pg_namespace n WHERE n.nspname = 'dbward'",
+        "REVOKE ALL ON SCHEMA dbward FROM PUBLIC",
+    ));
+    let _ = write!(
+        body,
+        "  -- One row per provisioned user: its mode (read by the sweep) and the rights of its last\n  \
+         -- activation (a second session must not silently change the first one's rights).\n  \
+         IF pg_catalog.to_regclass('dbward.provisioned') IS NULL THEN\n    {}\n  END IF;\n",
+        super::change(
+            "CREATE TABLE dbward.provisioned (\n  \
+             role_name text PRIMARY KEY,\n  \
+             mode text NOT NULL CHECK (mode IN ('keep', 'best-effort-drop')),\n  \
+             rights jsonb,\n  \
+             activated_at timestamptz NOT NULL\n)"
+        )
+    );
+    body.push_str(&owned_by_admin(
+        "TABLE",
+        "SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass('dbward.provisioned')",
+        "dbward.provisioned",
+    ));
+    body.push_str(&closed(
+        "SELECT c.relacl FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass('dbward.provisioned')",
+        "REVOKE ALL ON TABLE dbward.provisioned FROM PUBLIC",
+    ));
+    for (signature, source) in FUNCTIONS {
+        let source = source
             .replace("@PERSON_LOCK@", &PERSON_LOCK.to_string())
             .replace("@ACL_LOCK@", &ACL_LOCK.to_string())
             .replace("@PLATFORM_ROLES@", &platform_array)
             .replace("@ADMIN@", &admin_literal);
-        let tag = quote::dollar_tag(&body);
-        let _ = writeln!(
-            out,
-            "CREATE OR REPLACE FUNCTION dbward.{signature}\n{tag}{body}{tag};\n\
-             ALTER FUNCTION dbward.{name} OWNER TO {admin_ident};\n\
-             REVOKE ALL ON FUNCTION dbward.{name} FROM PUBLIC;",
-            name = arguments_only(signature),
+        // The first line of the source repeats the signature, so comparing sources also
+        // notices a changed return type, volatility or setting.
+        let source = format!("\n-- dbward.{}{source}", signature.replace('\n', " "));
+        let tag = quote::dollar_tag(&source);
+        let name = arguments_only(signature);
+        let procedure = literal(&format!("dbward.{name}"));
+        let _ = write!(
+            body,
+            "  source := {tag}{source}{tag};\n  \
+             IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p\n      \
+             WHERE p.oid = pg_catalog.to_regprocedure({procedure}) AND p.prosrc = source) THEN\n    \
+             PERFORM pg_temp.dbward_change(\n      \
+             {} || pg_catalog.quote_literal(source),\n      \
+             {});\n  END IF;\n",
+            literal(&format!("CREATE OR REPLACE FUNCTION dbward.{signature} ")),
+            literal(&format!(
+                "CREATE OR REPLACE FUNCTION dbward.{name} -- the source as in setup.sql"
+            )),
+        );
+        body.push_str(&owned_by_admin(
+            "FUNCTION",
+            &format!(
+                "SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure({procedure})"
+            ),
+            &format!("dbward.{name}"),
+        ));
+        // A function is created executable by PUBLIC (a NULL ACL means the default one).
+        let _ = write!(
+            body,
+            "  IF EXISTS (SELECT FROM pg_catalog.pg_proc p\n      \
+             WHERE p.oid = pg_catalog.to_regprocedure({procedure})\n        \
+             AND (p.proacl IS NULL OR EXISTS (\n          \
+             SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN\n    \
+             {}\n  END IF;\n",
+            super::change(&format!("REVOKE ALL ON FUNCTION dbward.{name} FROM PUBLIC"))
         );
     }
-    out.push('\n');
+    let tag = quote::dollar_tag(&body);
+    let _ = writeln!(
+        out,
+        "DO {tag}\nDECLARE\n  source text;\nBEGIN\n{body}END\n{tag};"
+    );
 }
 
 /// `name(a text, b int DEFAULT 1) RETURNS …` → `name(text, int)`, as ALTER FUNCTION names it.

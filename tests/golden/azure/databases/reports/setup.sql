@@ -2,11 +2,104 @@
 -- change the manifest and run `dbward apply` instead.
 -- Run it as the server's Microsoft Entra administrator in every database name the manifest lets people open
 -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one
--- transaction: running it again changes nothing, a failure changes nothing.
+-- transaction: running it again changes nothing, a failure changes nothing. Each change
+-- it makes is reported as a NOTICE "dbward change: ...". `dbward plan --live` shows
+-- what it would change, `dbward apply --live` runs it (self-hosted, as the admin user).
 -- Run it in the `postgres` database first: Entra principals can be created only there.
 
 SET standard_conforming_strings = on;
 BEGIN;
+
+-- Every change below goes through pg_temp.dbward_change: it executes one statement, then
+-- raises a NOTICE "dbward change: <statement>". Nothing that is already as the manifest
+-- says is executed, so a second run raises no such notice. `dbward plan --live` runs this
+-- script in a transaction it rolls back and shows these notices as the plan.
+CREATE OR REPLACE FUNCTION pg_temp.dbward_change(stmt text, shown text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $dbward$
+BEGIN
+  EXECUTE stmt;
+  RAISE NOTICE 'dbward change: %', coalesce(shown, stmt);
+END
+$dbward$;
+-- Revoking a grant made by another role runs as that role: it must be able to call this too,
+-- whatever default privileges this role has.
+GRANT EXECUTE ON FUNCTION pg_temp.dbward_change(text, text) TO PUBLIC;
+-- Runs a GRANT (stmt) only when the grantee lacks one of privs on one of the objects it names:
+-- kind database, schema, table, sequence or function (obj NULL: every one in schema nsp), or
+-- default-tables, default-sequences, default-functions (this role's default privileges in nsp).
+-- 'ALL' means every privilege of the object's kind. A missing object or schema runs stmt, so
+-- the server reports it as it always has.
+CREATE OR REPLACE FUNCTION pg_temp.dbward_grant(kind text, nsp text, obj text, privs text[],
+  grantee text, grantable boolean, stmt text)
+RETURNS void LANGUAGE plpgsql AS $dbward$
+DECLARE
+  who oid := grantee::pg_catalog.regrole;
+  runner oid := (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user);
+  schema_oid oid := (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = nsp);
+  version integer := current_setting('server_version_num')::integer;
+  target_count integer;
+  missing boolean;
+BEGIN
+  IF kind <> 'database' AND schema_oid IS NULL THEN
+    PERFORM pg_temp.dbward_change(stmt);
+    RETURN;
+  END IF;
+  WITH valid(of_kind, privilege) AS (
+    VALUES ('database', 'CREATE'), ('database', 'CONNECT'), ('database', 'TEMPORARY'),
+      ('schema', 'USAGE'), ('schema', 'CREATE'),
+      ('table', 'SELECT'), ('table', 'INSERT'), ('table', 'UPDATE'), ('table', 'DELETE'),
+      ('table', 'TRUNCATE'), ('table', 'REFERENCES'), ('table', 'TRIGGER'),
+      ('sequence', 'USAGE'), ('sequence', 'SELECT'), ('sequence', 'UPDATE'),
+      ('function', 'EXECUTE')
+    UNION ALL SELECT 'table', 'MAINTAIN' WHERE version >= 170000
+  ),
+  -- The objects the GRANT names, each with its ACL, its owner and the kind its privileges are of.
+  target(acl, owner, privilege_kind) AS (
+    SELECT d.datacl, d.datdba, 'database' FROM pg_catalog.pg_database d
+    WHERE kind = 'database' AND d.datname = pg_catalog.current_database()
+    UNION ALL
+    SELECT n.nspacl, n.nspowner, 'schema' FROM pg_catalog.pg_namespace n
+    WHERE kind = 'schema' AND n.oid = schema_oid
+    UNION ALL
+    -- GRANT ON TABLE also names a sequence; ON ALL TABLES takes views and the like too.
+    SELECT c.relacl, c.relowner, CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END
+    FROM pg_catalog.pg_class c
+    WHERE kind IN ('table', 'sequence') AND c.relnamespace = schema_oid
+      AND CASE WHEN obj IS NOT NULL THEN c.relname = obj
+               WHEN kind = 'table' THEN c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               ELSE c.relkind = 'S' END
+    UNION ALL
+    SELECT p.proacl, p.proowner, 'function' FROM pg_catalog.pg_proc p
+    WHERE kind = 'function' AND p.pronamespace = schema_oid
+      AND CASE WHEN obj IS NOT NULL THEN p.proname = obj ELSE p.prokind <> 'p' END
+    UNION ALL
+    SELECT da.defaclacl, NULL::oid,
+      CASE kind WHEN 'default-tables' THEN 'table' WHEN 'default-sequences' THEN 'sequence'
+        ELSE 'function' END
+    FROM pg_catalog.pg_default_acl da
+    WHERE kind LIKE 'default-%' AND da.defaclrole = runner AND da.defaclnamespace = schema_oid
+      AND da.defaclobjtype = CASE kind WHEN 'default-tables' THEN 'r'
+                               WHEN 'default-sequences' THEN 'S' ELSE 'f' END
+  )
+  SELECT count(*),
+    bool_or(t.owner IS DISTINCT FROM who AND EXISTS (
+      SELECT FROM valid v
+      WHERE v.of_kind = t.privilege_kind
+        AND (v.privilege = ANY (privs) OR 'ALL' = ANY (privs))
+        AND NOT EXISTS (
+          SELECT FROM pg_catalog.aclexplode(t.acl) a
+          WHERE a.grantee = who AND a.privilege_type = v.privilege
+            AND (a.is_grantable OR NOT grantable))))
+  INTO target_count, missing
+  FROM target t;
+  -- A named object that is missing (or, for a function, overloaded) and a default privilege
+  -- not set at all run the statement too.
+  IF missing OR (obj IS NOT NULL AND target_count <> 1)
+     OR (kind LIKE 'default-%' AND target_count = 0) THEN
+    PERFORM pg_temp.dbward_change(stmt);
+  END IF;
+END
+$dbward$;
 
 -- Create the roles that are missing.
 DO $dbward$
@@ -18,15 +111,15 @@ BEGIN
     IF current_database() <> 'postgres' THEN
       RAISE EXCEPTION '%', 'database user dbward does not exist: run setup.sql in the postgres database first (Entra principals are created there), as the Entra administrator';
     END IF;
-    PERFORM * FROM pgaadauth_create_principal_with_oid('dbward', '0f0e0d0c-0b0a-0908-0706-050403020100', 'service', true, false);
+    PERFORM pg_temp.dbward_change('SELECT * FROM pgaadauth_create_principal_with_oid(''dbward'', ''0f0e0d0c-0b0a-0908-0706-050403020100'', ''service'', true, false)');
   END IF;
   -- db-role `reader`: a group, nobody logs in as it.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'reader') THEN
-    CREATE ROLE "reader" NOLOGIN;
+    PERFORM pg_temp.dbward_change('CREATE ROLE "reader" NOLOGIN');
   END IF;
   -- db-role `writer`: a group, nobody logs in as it.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'writer') THEN
-    CREATE ROLE "writer" NOLOGIN;
+    PERFORM pg_temp.dbward_change('CREATE ROLE "writer" NOLOGIN');
   END IF;
   -- db-user `etl`: people log in as it through the relay.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'etl') THEN
@@ -35,7 +128,7 @@ BEGIN
     IF current_database() <> 'postgres' THEN
       RAISE EXCEPTION '%', 'database user etl does not exist: run setup.sql in the postgres database first (Entra principals are created there), as the Entra administrator';
     END IF;
-    PERFORM * FROM pgaadauth_create_principal_with_oid('etl', 'a1b2c3d4-e5f6-4789-8abc-def012345678', 'service', false, false);
+    PERFORM pg_temp.dbward_change('SELECT * FROM pgaadauth_create_principal_with_oid(''etl'', ''a1b2c3d4-e5f6-4789-8abc-def012345678'', ''service'', false, false)');
   END IF;
   -- db-user `reporting`: people log in as it through the relay.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'reporting') THEN
@@ -44,15 +137,53 @@ BEGIN
     IF current_database() <> 'postgres' THEN
       RAISE EXCEPTION '%', 'database user reporting does not exist: run setup.sql in the postgres database first (Entra principals are created there), as the Entra administrator';
     END IF;
-    PERFORM * FROM pgaadauth_create_principal_with_oid('reporting', '7c9e6679-7425-40de-944b-e07fc1f90ae7', 'service', false, false);
+    PERFORM pg_temp.dbward_change('SELECT * FROM pgaadauth_create_principal_with_oid(''reporting'', ''7c9e6679-7425-40de-944b-e07fc1f90ae7'', ''service'', false, false)');
   END IF;
 END
 $dbward$;
--- Converge their attributes (a role created by hand may differ).
-ALTER ROLE "reader" WITH NOLOGIN NOCREATEROLE NOCREATEDB INHERIT;
-ALTER ROLE "writer" WITH NOLOGIN NOCREATEROLE NOCREATEDB INHERIT;
-ALTER ROLE "etl" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT;
-ALTER ROLE "reporting" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT;
+-- Converge their attributes (a role created or changed by hand may differ).
+DO $dbward$
+DECLARE
+  attrs text;
+BEGIN
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> false THEN 'NOLOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'reader';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "reader" WITH ' || attrs);
+  END IF;
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> false THEN 'NOLOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'writer';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "writer" WITH ' || attrs);
+  END IF;
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'etl';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "etl" WITH ' || attrs);
+  END IF;
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'reporting';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "reporting" WITH ' || attrs);
+  END IF;
+END
+$dbward$;
 
 -- Converge memberships.
 DO $dbward$
@@ -69,7 +200,7 @@ BEGIN
         JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
         JOIN pg_catalog.pg_roles u ON u.oid = m.member
         WHERE g.rolname = pair.grp AND u.rolname = pair.member) THEN
-      EXECUTE format('GRANT %I TO %I', pair.grp, pair.member);
+      PERFORM pg_temp.dbward_change(format('GRANT %I TO %I', pair.grp, pair.member));
     END IF;
   END LOOP;
   -- Revoke the memberships between the roles the manifest manages that it no longer
@@ -86,7 +217,7 @@ BEGIN
       ('writer', 'etl'),
       ('reader', 'reporting')) AS declared(grp, member))
   LOOP
-    EXECUTE format('REVOKE %I FROM %I', pair.grp, pair.member);
+    PERFORM pg_temp.dbward_change(format('REVOKE %I FROM %I', pair.grp, pair.member));
   END LOOP;
 END
 $dbward$;
@@ -225,7 +356,7 @@ BEGIN
           IF held.grantor <> held.owner THEN
             EXECUTE format('SET LOCAL ROLE %I', held.grantor_name);
           END IF;
-          EXECUTE revoke_sql;
+          PERFORM pg_temp.dbward_change(revoke_sql);
           EXECUTE format('SET LOCAL ROLE %I', runner);
         EXCEPTION WHEN insufficient_privilege OR dependent_privilege_descriptors_still_exist THEN
           NULL; -- Reported in pass 2, with what to do; the role switch is undone with the error.
@@ -242,18 +373,28 @@ BEGIN
 END
 $dbward$;
 
--- Privileges of db-role `reader`.
+-- Privileges of db-role `reader` (each granted only when not held).
 DO $dbward$
 BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %s', current_database(), '"reader"');
+  PERFORM pg_temp.dbward_grant('database', NULL, NULL, ARRAY['CONNECT']::text[], '"reader"', false,
+    format('GRANT CONNECT ON DATABASE %I TO %s', current_database(), '"reader"'));
+  PERFORM pg_temp.dbward_grant('schema', 'public', NULL, ARRAY['USAGE']::text[], '"reader"', false,
+    'GRANT USAGE ON SCHEMA "public" TO "reader"');
+  PERFORM pg_temp.dbward_grant('table', 'public', NULL, ARRAY['SELECT']::text[], '"reader"', false,
+    'GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "reader"');
+  PERFORM pg_temp.dbward_grant('default-tables', 'public', NULL, ARRAY['SELECT']::text[], '"reader"', false,
+    'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT SELECT ON TABLES TO "reader"');
 END
 $dbward$;
-GRANT USAGE ON SCHEMA "public" TO "reader";
-GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "reader";
-ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT SELECT ON TABLES TO "reader";
 
--- Privileges of db-role `writer`.
-GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "public" TO "writer";
-ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT INSERT, UPDATE, DELETE ON TABLES TO "writer";
+-- Privileges of db-role `writer` (each granted only when not held).
+DO $dbward$
+BEGIN
+  PERFORM pg_temp.dbward_grant('table', 'public', NULL, ARRAY['INSERT', 'UPDATE', 'DELETE']::text[], '"writer"', false,
+    'GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "public" TO "writer"');
+  PERFORM pg_temp.dbward_grant('default-tables', 'public', NULL, ARRAY['INSERT', 'UPDATE', 'DELETE']::text[], '"writer"', false,
+    'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT INSERT, UPDATE, DELETE ON TABLES TO "writer"');
+END
+$dbward$;
 
 COMMIT;

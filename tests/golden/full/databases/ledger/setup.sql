@@ -2,10 +2,103 @@
 -- change the manifest and run `dbward apply` instead.
 -- Run it as the server's administrator in every database name the manifest lets people open
 -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one
--- transaction: running it again changes nothing, a failure changes nothing.
+-- transaction: running it again changes nothing, a failure changes nothing. Each change
+-- it makes is reported as a NOTICE "dbward change: ...". `dbward plan --live` shows
+-- what it would change, `dbward apply --live` runs it (self-hosted, as the admin user).
 
 SET standard_conforming_strings = on;
 BEGIN;
+
+-- Every change below goes through pg_temp.dbward_change: it executes one statement, then
+-- raises a NOTICE "dbward change: <statement>". Nothing that is already as the manifest
+-- says is executed, so a second run raises no such notice. `dbward plan --live` runs this
+-- script in a transaction it rolls back and shows these notices as the plan.
+CREATE OR REPLACE FUNCTION pg_temp.dbward_change(stmt text, shown text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $dbward$
+BEGIN
+  EXECUTE stmt;
+  RAISE NOTICE 'dbward change: %', coalesce(shown, stmt);
+END
+$dbward$;
+-- Revoking a grant made by another role runs as that role: it must be able to call this too,
+-- whatever default privileges this role has.
+GRANT EXECUTE ON FUNCTION pg_temp.dbward_change(text, text) TO PUBLIC;
+-- Runs a GRANT (stmt) only when the grantee lacks one of privs on one of the objects it names:
+-- kind database, schema, table, sequence or function (obj NULL: every one in schema nsp), or
+-- default-tables, default-sequences, default-functions (this role's default privileges in nsp).
+-- 'ALL' means every privilege of the object's kind. A missing object or schema runs stmt, so
+-- the server reports it as it always has.
+CREATE OR REPLACE FUNCTION pg_temp.dbward_grant(kind text, nsp text, obj text, privs text[],
+  grantee text, grantable boolean, stmt text)
+RETURNS void LANGUAGE plpgsql AS $dbward$
+DECLARE
+  who oid := grantee::pg_catalog.regrole;
+  runner oid := (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user);
+  schema_oid oid := (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = nsp);
+  version integer := current_setting('server_version_num')::integer;
+  target_count integer;
+  missing boolean;
+BEGIN
+  IF kind <> 'database' AND schema_oid IS NULL THEN
+    PERFORM pg_temp.dbward_change(stmt);
+    RETURN;
+  END IF;
+  WITH valid(of_kind, privilege) AS (
+    VALUES ('database', 'CREATE'), ('database', 'CONNECT'), ('database', 'TEMPORARY'),
+      ('schema', 'USAGE'), ('schema', 'CREATE'),
+      ('table', 'SELECT'), ('table', 'INSERT'), ('table', 'UPDATE'), ('table', 'DELETE'),
+      ('table', 'TRUNCATE'), ('table', 'REFERENCES'), ('table', 'TRIGGER'),
+      ('sequence', 'USAGE'), ('sequence', 'SELECT'), ('sequence', 'UPDATE'),
+      ('function', 'EXECUTE')
+    UNION ALL SELECT 'table', 'MAINTAIN' WHERE version >= 170000
+  ),
+  -- The objects the GRANT names, each with its ACL, its owner and the kind its privileges are of.
+  target(acl, owner, privilege_kind) AS (
+    SELECT d.datacl, d.datdba, 'database' FROM pg_catalog.pg_database d
+    WHERE kind = 'database' AND d.datname = pg_catalog.current_database()
+    UNION ALL
+    SELECT n.nspacl, n.nspowner, 'schema' FROM pg_catalog.pg_namespace n
+    WHERE kind = 'schema' AND n.oid = schema_oid
+    UNION ALL
+    -- GRANT ON TABLE also names a sequence; ON ALL TABLES takes views and the like too.
+    SELECT c.relacl, c.relowner, CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END
+    FROM pg_catalog.pg_class c
+    WHERE kind IN ('table', 'sequence') AND c.relnamespace = schema_oid
+      AND CASE WHEN obj IS NOT NULL THEN c.relname = obj
+               WHEN kind = 'table' THEN c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               ELSE c.relkind = 'S' END
+    UNION ALL
+    SELECT p.proacl, p.proowner, 'function' FROM pg_catalog.pg_proc p
+    WHERE kind = 'function' AND p.pronamespace = schema_oid
+      AND CASE WHEN obj IS NOT NULL THEN p.proname = obj ELSE p.prokind <> 'p' END
+    UNION ALL
+    SELECT da.defaclacl, NULL::oid,
+      CASE kind WHEN 'default-tables' THEN 'table' WHEN 'default-sequences' THEN 'sequence'
+        ELSE 'function' END
+    FROM pg_catalog.pg_default_acl da
+    WHERE kind LIKE 'default-%' AND da.defaclrole = runner AND da.defaclnamespace = schema_oid
+      AND da.defaclobjtype = CASE kind WHEN 'default-tables' THEN 'r'
+                               WHEN 'default-sequences' THEN 'S' ELSE 'f' END
+  )
+  SELECT count(*),
+    bool_or(t.owner IS DISTINCT FROM who AND EXISTS (
+      SELECT FROM valid v
+      WHERE v.of_kind = t.privilege_kind
+        AND (v.privilege = ANY (privs) OR 'ALL' = ANY (privs))
+        AND NOT EXISTS (
+          SELECT FROM pg_catalog.aclexplode(t.acl) a
+          WHERE a.grantee = who AND a.privilege_type = v.privilege
+            AND (a.is_grantable OR NOT grantable))))
+  INTO target_count, missing
+  FROM target t;
+  -- A named object that is missing (or, for a function, overloaded) and a default privilege
+  -- not set at all run the statement too.
+  IF missing OR (obj IS NOT NULL AND target_count <> 1)
+     OR (kind LIKE 'default-%' AND target_count = 0) THEN
+    PERFORM pg_temp.dbward_change(stmt);
+  END IF;
+END
+$dbward$;
 
 -- Create the roles that are missing.
 DO $dbward$
@@ -16,8 +109,22 @@ BEGIN
   END IF;
 END
 $dbward$;
--- Converge their attributes (a role created by hand may differ).
-ALTER ROLE "cloudsql-user@acme-prod.iam" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT;
+-- Converge their attributes (a role created or changed by hand may differ).
+DO $dbward$
+DECLARE
+  attrs text;
+BEGIN
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'cloudsql-user@acme-prod.iam';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "cloudsql-user@acme-prod.iam" WITH ' || attrs);
+  END IF;
+END
+$dbward$;
 
 -- Converge privileges: revoke what the roles above hold on this database's objects
 -- (the database, schemas, tables and their columns, sequences, functions, and this
@@ -135,7 +242,7 @@ BEGIN
           IF held.grantor <> held.owner THEN
             EXECUTE format('SET LOCAL ROLE %I', held.grantor_name);
           END IF;
-          EXECUTE revoke_sql;
+          PERFORM pg_temp.dbward_change(revoke_sql);
           EXECUTE format('SET LOCAL ROLE %I', runner);
         EXCEPTION WHEN insufficient_privilege OR dependent_privilege_descriptors_still_exist THEN
           NULL; -- Reported in pass 2, with what to do; the role switch is undone with the error.

@@ -2,10 +2,103 @@
 -- change the manifest and run `dbward apply` instead.
 -- Run it as the superuser over the local socket in every database name the manifest lets people open
 -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one
--- transaction: running it again changes nothing, a failure changes nothing.
+-- transaction: running it again changes nothing, a failure changes nothing. Each change
+-- it makes is reported as a NOTICE "dbward change: ...". `dbward plan --live` shows
+-- what it would change, `dbward apply --live` runs it (self-hosted, as the admin user).
 
 SET standard_conforming_strings = on;
 BEGIN;
+
+-- Every change below goes through pg_temp.dbward_change: it executes one statement, then
+-- raises a NOTICE "dbward change: <statement>". Nothing that is already as the manifest
+-- says is executed, so a second run raises no such notice. `dbward plan --live` runs this
+-- script in a transaction it rolls back and shows these notices as the plan.
+CREATE OR REPLACE FUNCTION pg_temp.dbward_change(stmt text, shown text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $dbward$
+BEGIN
+  EXECUTE stmt;
+  RAISE NOTICE 'dbward change: %', coalesce(shown, stmt);
+END
+$dbward$;
+-- Revoking a grant made by another role runs as that role: it must be able to call this too,
+-- whatever default privileges this role has.
+GRANT EXECUTE ON FUNCTION pg_temp.dbward_change(text, text) TO PUBLIC;
+-- Runs a GRANT (stmt) only when the grantee lacks one of privs on one of the objects it names:
+-- kind database, schema, table, sequence or function (obj NULL: every one in schema nsp), or
+-- default-tables, default-sequences, default-functions (this role's default privileges in nsp).
+-- 'ALL' means every privilege of the object's kind. A missing object or schema runs stmt, so
+-- the server reports it as it always has.
+CREATE OR REPLACE FUNCTION pg_temp.dbward_grant(kind text, nsp text, obj text, privs text[],
+  grantee text, grantable boolean, stmt text)
+RETURNS void LANGUAGE plpgsql AS $dbward$
+DECLARE
+  who oid := grantee::pg_catalog.regrole;
+  runner oid := (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user);
+  schema_oid oid := (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = nsp);
+  version integer := current_setting('server_version_num')::integer;
+  target_count integer;
+  missing boolean;
+BEGIN
+  IF kind <> 'database' AND schema_oid IS NULL THEN
+    PERFORM pg_temp.dbward_change(stmt);
+    RETURN;
+  END IF;
+  WITH valid(of_kind, privilege) AS (
+    VALUES ('database', 'CREATE'), ('database', 'CONNECT'), ('database', 'TEMPORARY'),
+      ('schema', 'USAGE'), ('schema', 'CREATE'),
+      ('table', 'SELECT'), ('table', 'INSERT'), ('table', 'UPDATE'), ('table', 'DELETE'),
+      ('table', 'TRUNCATE'), ('table', 'REFERENCES'), ('table', 'TRIGGER'),
+      ('sequence', 'USAGE'), ('sequence', 'SELECT'), ('sequence', 'UPDATE'),
+      ('function', 'EXECUTE')
+    UNION ALL SELECT 'table', 'MAINTAIN' WHERE version >= 170000
+  ),
+  -- The objects the GRANT names, each with its ACL, its owner and the kind its privileges are of.
+  target(acl, owner, privilege_kind) AS (
+    SELECT d.datacl, d.datdba, 'database' FROM pg_catalog.pg_database d
+    WHERE kind = 'database' AND d.datname = pg_catalog.current_database()
+    UNION ALL
+    SELECT n.nspacl, n.nspowner, 'schema' FROM pg_catalog.pg_namespace n
+    WHERE kind = 'schema' AND n.oid = schema_oid
+    UNION ALL
+    -- GRANT ON TABLE also names a sequence; ON ALL TABLES takes views and the like too.
+    SELECT c.relacl, c.relowner, CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END
+    FROM pg_catalog.pg_class c
+    WHERE kind IN ('table', 'sequence') AND c.relnamespace = schema_oid
+      AND CASE WHEN obj IS NOT NULL THEN c.relname = obj
+               WHEN kind = 'table' THEN c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               ELSE c.relkind = 'S' END
+    UNION ALL
+    SELECT p.proacl, p.proowner, 'function' FROM pg_catalog.pg_proc p
+    WHERE kind = 'function' AND p.pronamespace = schema_oid
+      AND CASE WHEN obj IS NOT NULL THEN p.proname = obj ELSE p.prokind <> 'p' END
+    UNION ALL
+    SELECT da.defaclacl, NULL::oid,
+      CASE kind WHEN 'default-tables' THEN 'table' WHEN 'default-sequences' THEN 'sequence'
+        ELSE 'function' END
+    FROM pg_catalog.pg_default_acl da
+    WHERE kind LIKE 'default-%' AND da.defaclrole = runner AND da.defaclnamespace = schema_oid
+      AND da.defaclobjtype = CASE kind WHEN 'default-tables' THEN 'r'
+                               WHEN 'default-sequences' THEN 'S' ELSE 'f' END
+  )
+  SELECT count(*),
+    bool_or(t.owner IS DISTINCT FROM who AND EXISTS (
+      SELECT FROM valid v
+      WHERE v.of_kind = t.privilege_kind
+        AND (v.privilege = ANY (privs) OR 'ALL' = ANY (privs))
+        AND NOT EXISTS (
+          SELECT FROM pg_catalog.aclexplode(t.acl) a
+          WHERE a.grantee = who AND a.privilege_type = v.privilege
+            AND (a.is_grantable OR NOT grantable))))
+  INTO target_count, missing
+  FROM target t;
+  -- A named object that is missing (or, for a function, overloaded) and a default privilege
+  -- not set at all run the statement too.
+  IF missing OR (obj IS NOT NULL AND target_count <> 1)
+     OR (kind LIKE 'default-%' AND target_count = 0) THEN
+    PERFORM pg_temp.dbward_change(stmt);
+  END IF;
+END
+$dbward$;
 
 -- Provisioning changes privileges too: wait for any activation in progress.
 SELECT pg_advisory_xact_lock(1684174594, 0);
@@ -15,36 +108,97 @@ DO $dbward$
 BEGIN
   -- The admin user: the login automatic provisioning uses.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'dbward-admin') THEN
-    CREATE ROLE "dbward-admin" LOGIN CREATEROLE;
+    PERFORM pg_temp.dbward_change('CREATE ROLE "dbward-admin" LOGIN CREATEROLE');
   END IF;
   -- db-role `reader`: a group, nobody logs in as it.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'reader') THEN
-    CREATE ROLE "reader" NOLOGIN;
+    PERFORM pg_temp.dbward_change('CREATE ROLE "reader" NOLOGIN');
   END IF;
   -- db-role `writer`: a group, nobody logs in as it.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'writer') THEN
-    CREATE ROLE "writer" NOLOGIN;
+    PERFORM pg_temp.dbward_change('CREATE ROLE "writer" NOLOGIN');
   END IF;
   -- db-user `app`: people log in as it through the relay.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'app') THEN
-    CREATE ROLE "app" LOGIN;
+    PERFORM pg_temp.dbward_change('CREATE ROLE "app" LOGIN');
   END IF;
   -- db-user `readonly`: people log in as it through the relay.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'readonly') THEN
-    CREATE ROLE "readonly" LOGIN;
+    PERFORM pg_temp.dbward_change('CREATE ROLE "readonly" LOGIN');
   END IF;
   -- The group of users the relay provisions; it never touches a user outside it.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'dbward-auto-user') THEN
-    CREATE ROLE "dbward-auto-user" NOLOGIN;
+    PERFORM pg_temp.dbward_change('CREATE ROLE "dbward-auto-user" NOLOGIN');
   END IF;
 END
 $dbward$;
--- Converge their attributes (a role created by hand may differ).
-ALTER ROLE "dbward-admin" WITH LOGIN CREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS;
-ALTER ROLE "reader" WITH NOLOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS;
-ALTER ROLE "writer" WITH NOLOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS;
-ALTER ROLE "app" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS;
-ALTER ROLE "readonly" WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT NOSUPERUSER NOREPLICATION NOBYPASSRLS;
+-- Converge their attributes (a role created or changed by hand may differ).
+DO $dbward$
+DECLARE
+  attrs text;
+BEGIN
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> true THEN 'CREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'dbward-admin';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "dbward-admin" WITH ' || attrs);
+  END IF;
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> false THEN 'NOLOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'reader';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "reader" WITH ' || attrs);
+  END IF;
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> false THEN 'NOLOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'writer';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "writer" WITH ' || attrs);
+  END IF;
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'app';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "app" WITH ' || attrs);
+  END IF;
+  SELECT concat_ws(' ',
+      CASE WHEN rolcanlogin <> true THEN 'LOGIN' END,
+      CASE WHEN rolcreaterole <> false THEN 'NOCREATEROLE' END,
+      CASE WHEN rolcreatedb <> false THEN 'NOCREATEDB' END,
+      CASE WHEN rolinherit <> true THEN 'INHERIT' END,
+      CASE WHEN rolsuper <> false THEN 'NOSUPERUSER' END,
+      CASE WHEN rolreplication <> false THEN 'NOREPLICATION' END,
+      CASE WHEN rolbypassrls <> false THEN 'NOBYPASSRLS' END)
+    INTO attrs FROM pg_catalog.pg_roles WHERE rolname = 'readonly';
+  IF attrs <> '' THEN
+    PERFORM pg_temp.dbward_change('ALTER ROLE "readonly" WITH ' || attrs);
+  END IF;
+END
+$dbward$;
 
 -- Converge memberships.
 DO $dbward$
@@ -61,7 +215,7 @@ BEGIN
         JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
         JOIN pg_catalog.pg_roles u ON u.oid = m.member
         WHERE g.rolname = pair.grp AND u.rolname = pair.member) THEN
-      EXECUTE format('GRANT %I TO %I', pair.grp, pair.member);
+      PERFORM pg_temp.dbward_change(format('GRANT %I TO %I', pair.grp, pair.member));
     END IF;
   END LOOP;
   -- Revoke the memberships between the roles the manifest manages that it no longer
@@ -78,7 +232,7 @@ BEGIN
       ('writer', 'app'),
       ('reader', 'readonly')) AS declared(grp, member))
   LOOP
-    EXECUTE format('REVOKE %I FROM %I', pair.grp, pair.member);
+    PERFORM pg_temp.dbward_change(format('REVOKE %I FROM %I', pair.grp, pair.member));
   END LOOP;
 END
 $dbward$;
@@ -209,7 +363,7 @@ BEGIN
           IF held.grantor <> held.owner THEN
             EXECUTE format('SET LOCAL ROLE %I', held.grantor_name);
           END IF;
-          EXECUTE revoke_sql;
+          PERFORM pg_temp.dbward_change(revoke_sql);
           EXECUTE format('SET LOCAL ROLE %I', runner);
         EXCEPTION WHEN insufficient_privilege OR dependent_privilege_descriptors_still_exist THEN
           NULL; -- Reported in pass 2, with what to do; the role switch is undone with the error.
@@ -226,52 +380,82 @@ BEGIN
 END
 $dbward$;
 
--- Privileges of db-role `reader`.
+-- Privileges of db-role `reader` (each granted only when not held).
 DO $dbward$
 BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %s', current_database(), '"reader"');
+  PERFORM pg_temp.dbward_grant('database', NULL, NULL, ARRAY['CONNECT']::text[], '"reader"', false,
+    format('GRANT CONNECT ON DATABASE %I TO %s', current_database(), '"reader"'));
+  PERFORM pg_temp.dbward_grant('schema', 'public', NULL, ARRAY['USAGE']::text[], '"reader"', false,
+    'GRANT USAGE ON SCHEMA "public" TO "reader"');
+  PERFORM pg_temp.dbward_grant('table', 'public', NULL, ARRAY['SELECT']::text[], '"reader"', false,
+    'GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "reader"');
+  PERFORM pg_temp.dbward_grant('default-tables', 'public', NULL, ARRAY['SELECT']::text[], '"reader"', false,
+    'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT SELECT ON TABLES TO "reader"');
 END
 $dbward$;
-GRANT USAGE ON SCHEMA "public" TO "reader";
-GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "reader";
-ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT SELECT ON TABLES TO "reader";
 
--- Privileges of db-role `writer`.
-GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "public" TO "writer";
-ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT INSERT, UPDATE, DELETE ON TABLES TO "writer";
+-- Privileges of db-role `writer` (each granted only when not held).
+DO $dbward$
+BEGIN
+  PERFORM pg_temp.dbward_grant('table', 'public', NULL, ARRAY['INSERT', 'UPDATE', 'DELETE']::text[], '"writer"', false,
+    'GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "public" TO "writer"');
+  PERFORM pg_temp.dbward_grant('default-tables', 'public', NULL, ARRAY['INSERT', 'UPDATE', 'DELETE']::text[], '"writer"', false,
+    'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT INSERT, UPDATE, DELETE ON TABLES TO "writer"');
+END
+$dbward$;
 
 -- Automatic user provisioning. The relay calls the functions of schema `dbward` as the
--- admin user; what that user needs for them comes first.
--- The admin user connects to every database name it provisions in.
+-- admin user; what that user needs for them comes first, and each thing is done only
+-- when it is not so already.
 DO $dbward$
 BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %s', current_database(), '"dbward-admin"');
+  -- The admin user connects to every database name it provisions in.
+  PERFORM pg_temp.dbward_grant('database', NULL, NULL, ARRAY['CONNECT']::text[], '"dbward-admin"', false,
+    format('GRANT CONNECT ON DATABASE %I TO %s', current_database(), '"dbward-admin"'));
+  -- It grants provisioned users only what it holds WITH GRANT OPTION: the permissions
+  -- the manifest gives provisioned people on this database (objects created later by
+  -- others need setup.sql to run again; activate warns about what it could not grant).
+  PERFORM pg_temp.dbward_grant('table', 'public', NULL, ARRAY['SELECT']::text[], '"dbward-admin"', true,
+    'GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "dbward-admin" WITH GRANT OPTION');
+  PERFORM pg_temp.dbward_grant('default-tables', 'public', NULL, ARRAY['SELECT']::text[], '"dbward-admin"', true,
+    'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT SELECT ON TABLES TO "dbward-admin" WITH GRANT OPTION');
 END
 $dbward$;
--- It grants provisioned users only what it holds WITH GRANT OPTION: the permissions
--- the manifest gives provisioned people on this database (objects created later by
--- others need setup.sql to run again; activate warns about what it could not grant).
-GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "dbward-admin" WITH GRANT OPTION;
-ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT SELECT ON TABLES TO "dbward-admin" WITH GRANT OPTION;
 
 -- The schema, its bookkeeping table and the functions, owned by the admin user and closed
--- to everyone else. Replacing a function keeps its owner and privileges.
-CREATE SCHEMA IF NOT EXISTS dbward AUTHORIZATION "dbward-admin";
-ALTER SCHEMA dbward OWNER TO "dbward-admin";
-REVOKE ALL ON SCHEMA dbward FROM PUBLIC;
--- One row per provisioned user: its mode (read by the sweep) and the rights of its last
--- activation (a second session must not silently change the first one's rights).
-CREATE TABLE IF NOT EXISTS dbward.provisioned (
+-- to everyone else. A function is replaced only when its source differs (its first line
+-- repeats its signature, so any change to it shows); replacing keeps owner and privileges.
+DO $dbward1$
+DECLARE
+  source text;
+BEGIN
+  IF NOT EXISTS (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = 'dbward') THEN
+    PERFORM pg_temp.dbward_change('CREATE SCHEMA dbward AUTHORIZATION "dbward-admin"');
+  END IF;
+  IF (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'dbward') IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER SCHEMA dbward OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.aclexplode((SELECT n.nspacl FROM pg_catalog.pg_namespace n WHERE n.nspname = 'dbward')) a WHERE a.grantee = 0) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON SCHEMA dbward FROM PUBLIC');
+  END IF;
+  -- One row per provisioned user: its mode (read by the sweep) and the rights of its last
+  -- activation (a second session must not silently change the first one's rights).
+  IF pg_catalog.to_regclass('dbward.provisioned') IS NULL THEN
+    PERFORM pg_temp.dbward_change('CREATE TABLE dbward.provisioned (
   role_name text PRIMARY KEY,
-  mode text NOT NULL CHECK (mode IN ('keep', 'best-effort-drop')),
+  mode text NOT NULL CHECK (mode IN (''keep'', ''best-effort-drop'')),
   rights jsonb,
   activated_at timestamptz NOT NULL
-);
-ALTER TABLE dbward.provisioned OWNER TO "dbward-admin";
-REVOKE ALL ON TABLE dbward.provisioned FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dbward.check_name(person text) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
-$dbward$
+)');
+  END IF;
+  IF (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass('dbward.provisioned')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER TABLE dbward.provisioned OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.aclexplode((SELECT c.relacl FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass('dbward.provisioned'))) a WHERE a.grantee = 0) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON TABLE dbward.provisioned FROM PUBLIC');
+  END IF;
+  source := $dbward$
+-- dbward.check_name(person text) RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
 BEGIN
   -- PostgreSQL silently truncates longer identifiers, which would provision another name.
   IF person IS NULL OR person = '' OR octet_length(person) > 63 THEN
@@ -281,11 +465,24 @@ BEGIN
   END IF;
 END
 $dbward$;
-ALTER FUNCTION dbward.check_name(text) OWNER TO "dbward-admin";
-REVOKE ALL ON FUNCTION dbward.check_name(text) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dbward.ours(person text) RETURNS oid
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
-$dbward$
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.check_name(text)') AND p.prosrc = source) THEN
+    PERFORM pg_temp.dbward_change(
+      'CREATE OR REPLACE FUNCTION dbward.check_name(person text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS ' || pg_catalog.quote_literal(source),
+      'CREATE OR REPLACE FUNCTION dbward.check_name(text) -- the source as in setup.sql');
+  END IF;
+  IF (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure('dbward.check_name(text)')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER FUNCTION dbward.check_name(text) OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.check_name(text)')
+        AND (p.proacl IS NULL OR EXISTS (
+          SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON FUNCTION dbward.check_name(text) FROM PUBLIC');
+  END IF;
+  source := $dbward$
+-- dbward.ours(person text) RETURNS oid LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
 DECLARE
   found_role record;
 BEGIN
@@ -304,11 +501,24 @@ BEGIN
   RETURN found_role.oid;
 END
 $dbward$;
-ALTER FUNCTION dbward.ours(text) OWNER TO "dbward-admin";
-REVOKE ALL ON FUNCTION dbward.ours(text) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dbward.converge(me oid, person text, roles text[], grants jsonb) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
-$dbward$
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.ours(text)') AND p.prosrc = source) THEN
+    PERFORM pg_temp.dbward_change(
+      'CREATE OR REPLACE FUNCTION dbward.ours(person text) RETURNS oid
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS ' || pg_catalog.quote_literal(source),
+      'CREATE OR REPLACE FUNCTION dbward.ours(text) -- the source as in setup.sql');
+  END IF;
+  IF (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure('dbward.ours(text)')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER FUNCTION dbward.ours(text) OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.ours(text)')
+        AND (p.proacl IS NULL OR EXISTS (
+          SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON FUNCTION dbward.ours(text) FROM PUBLIC');
+  END IF;
+  source := $dbward$
+-- dbward.converge(me oid, person text, roles text[], grants jsonb) RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 DECLARE
   item record;
   acl_locked boolean := false;
@@ -490,11 +700,24 @@ BEGIN
   END IF;
 END
 $dbward$;
-ALTER FUNCTION dbward.converge(oid, text, text[], jsonb) OWNER TO "dbward-admin";
-REVOKE ALL ON FUNCTION dbward.converge(oid, text, text[], jsonb) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dbward.retire(me oid, person text, drop_it boolean) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
-$dbward$
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.converge(oid, text, text[], jsonb)') AND p.prosrc = source) THEN
+    PERFORM pg_temp.dbward_change(
+      'CREATE OR REPLACE FUNCTION dbward.converge(me oid, person text, roles text[], grants jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS ' || pg_catalog.quote_literal(source),
+      'CREATE OR REPLACE FUNCTION dbward.converge(oid, text, text[], jsonb) -- the source as in setup.sql');
+  END IF;
+  IF (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure('dbward.converge(oid, text, text[], jsonb)')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER FUNCTION dbward.converge(oid, text, text[], jsonb) OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.converge(oid, text, text[], jsonb)')
+        AND (p.proacl IS NULL OR EXISTS (
+          SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON FUNCTION dbward.converge(oid, text, text[], jsonb) FROM PUBLIC');
+  END IF;
+  source := $dbward$
+-- dbward.retire(me oid, person text, drop_it boolean) RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 BEGIN
   -- The caller holds the person's lock and has checked the role is ours and unused.
   PERFORM dbward.converge(me, person, '{}'::text[], '[]'::jsonb);
@@ -516,11 +739,24 @@ BEGIN
   RETURN 'deactivated';
 END
 $dbward$;
-ALTER FUNCTION dbward.retire(oid, text, boolean) OWNER TO "dbward-admin";
-REVOKE ALL ON FUNCTION dbward.retire(oid, text, boolean) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dbward.activate(person text, mode text, roles text[], grants jsonb) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
-$dbward$
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.retire(oid, text, boolean)') AND p.prosrc = source) THEN
+    PERFORM pg_temp.dbward_change(
+      'CREATE OR REPLACE FUNCTION dbward.retire(me oid, person text, drop_it boolean) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS ' || pg_catalog.quote_literal(source),
+      'CREATE OR REPLACE FUNCTION dbward.retire(oid, text, boolean) -- the source as in setup.sql');
+  END IF;
+  IF (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure('dbward.retire(oid, text, boolean)')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER FUNCTION dbward.retire(oid, text, boolean) OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.retire(oid, text, boolean)')
+        AND (p.proacl IS NULL OR EXISTS (
+          SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON FUNCTION dbward.retire(oid, text, boolean) FROM PUBLIC');
+  END IF;
+  source := $dbward$
+-- dbward.activate(person text, mode text, roles text[], grants jsonb) RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 DECLARE
   me oid;
   wanted_roles text[];
@@ -580,11 +816,24 @@ BEGIN
   RETURN outcome;
 END
 $dbward$;
-ALTER FUNCTION dbward.activate(text, text, text[], jsonb) OWNER TO "dbward-admin";
-REVOKE ALL ON FUNCTION dbward.activate(text, text, text[], jsonb) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dbward.deactivate(person text, ending_pid integer DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
-$dbward$
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.activate(text, text, text[], jsonb)') AND p.prosrc = source) THEN
+    PERFORM pg_temp.dbward_change(
+      'CREATE OR REPLACE FUNCTION dbward.activate(person text, mode text, roles text[], grants jsonb) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS ' || pg_catalog.quote_literal(source),
+      'CREATE OR REPLACE FUNCTION dbward.activate(text, text, text[], jsonb) -- the source as in setup.sql');
+  END IF;
+  IF (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure('dbward.activate(text, text, text[], jsonb)')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER FUNCTION dbward.activate(text, text, text[], jsonb) OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.activate(text, text, text[], jsonb)')
+        AND (p.proacl IS NULL OR EXISTS (
+          SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON FUNCTION dbward.activate(text, text, text[], jsonb) FROM PUBLIC');
+  END IF;
+  source := $dbward$
+-- dbward.deactivate(person text, ending_pid integer DEFAULT NULL) RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 DECLARE
   me oid;
 BEGIN
@@ -601,11 +850,24 @@ BEGIN
   RETURN dbward.retire(me, person, false);
 END
 $dbward$;
-ALTER FUNCTION dbward.deactivate(text, integer) OWNER TO "dbward-admin";
-REVOKE ALL ON FUNCTION dbward.deactivate(text, integer) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dbward.drop(person text, ending_pid integer DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
-$dbward$
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.deactivate(text, integer)') AND p.prosrc = source) THEN
+    PERFORM pg_temp.dbward_change(
+      'CREATE OR REPLACE FUNCTION dbward.deactivate(person text, ending_pid integer DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS ' || pg_catalog.quote_literal(source),
+      'CREATE OR REPLACE FUNCTION dbward.deactivate(text, integer) -- the source as in setup.sql');
+  END IF;
+  IF (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure('dbward.deactivate(text, integer)')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER FUNCTION dbward.deactivate(text, integer) OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.deactivate(text, integer)')
+        AND (p.proacl IS NULL OR EXISTS (
+          SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON FUNCTION dbward.deactivate(text, integer) FROM PUBLIC');
+  END IF;
+  source := $dbward$
+-- dbward.drop(person text, ending_pid integer DEFAULT NULL) RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 DECLARE
   me oid;
 BEGIN
@@ -621,11 +883,24 @@ BEGIN
   RETURN dbward.retire(me, person, true);
 END
 $dbward$;
-ALTER FUNCTION dbward.drop(text, integer) OWNER TO "dbward-admin";
-REVOKE ALL ON FUNCTION dbward.drop(text, integer) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dbward.sweep(settle interval DEFAULT interval '10 seconds') RETURNS TABLE(person text, mode text, outcome text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
-$dbward$
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.drop(text, integer)') AND p.prosrc = source) THEN
+    PERFORM pg_temp.dbward_change(
+      'CREATE OR REPLACE FUNCTION dbward.drop(person text, ending_pid integer DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS ' || pg_catalog.quote_literal(source),
+      'CREATE OR REPLACE FUNCTION dbward.drop(text, integer) -- the source as in setup.sql');
+  END IF;
+  IF (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure('dbward.drop(text, integer)')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER FUNCTION dbward.drop(text, integer) OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.drop(text, integer)')
+        AND (p.proacl IS NULL OR EXISTS (
+          SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON FUNCTION dbward.drop(text, integer) FROM PUBLIC');
+  END IF;
+  source := $dbward$
+-- dbward.sweep(settle interval DEFAULT interval '10 seconds') RETURNS TABLE(person text, mode text, outcome text) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 DECLARE
   item record;
 BEGIN
@@ -659,16 +934,44 @@ BEGIN
   END LOOP;
 END
 $dbward$;
-ALTER FUNCTION dbward.sweep(interval) OWNER TO "dbward-admin";
-REVOKE ALL ON FUNCTION dbward.sweep(interval) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION dbward.sessions(person text) RETURNS integer
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS
-$dbward$
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.sweep(interval)') AND p.prosrc = source) THEN
+    PERFORM pg_temp.dbward_change(
+      'CREATE OR REPLACE FUNCTION dbward.sweep(settle interval DEFAULT interval ''10 seconds'') RETURNS TABLE(person text, mode text, outcome text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS ' || pg_catalog.quote_literal(source),
+      'CREATE OR REPLACE FUNCTION dbward.sweep(interval) -- the source as in setup.sql');
+  END IF;
+  IF (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure('dbward.sweep(interval)')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER FUNCTION dbward.sweep(interval) OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.sweep(interval)')
+        AND (p.proacl IS NULL OR EXISTS (
+          SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON FUNCTION dbward.sweep(interval) FROM PUBLIC');
+  END IF;
+  source := $dbward$
+-- dbward.sessions(person text) RETURNS integer LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS
   -- The person's backends on the whole server (every database, every relay).
   SELECT count(*)::integer FROM pg_stat_activity a
   JOIN pg_roles r ON r.oid = a.usesysid WHERE r.rolname = person
 $dbward$;
-ALTER FUNCTION dbward.sessions(text) OWNER TO "dbward-admin";
-REVOKE ALL ON FUNCTION dbward.sessions(text) FROM PUBLIC;
-
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.sessions(text)') AND p.prosrc = source) THEN
+    PERFORM pg_temp.dbward_change(
+      'CREATE OR REPLACE FUNCTION dbward.sessions(person text) RETURNS integer
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS ' || pg_catalog.quote_literal(source),
+      'CREATE OR REPLACE FUNCTION dbward.sessions(text) -- the source as in setup.sql');
+  END IF;
+  IF (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure('dbward.sessions(text)')) IS DISTINCT FROM '"dbward-admin"'::pg_catalog.regrole THEN
+    PERFORM pg_temp.dbward_change('ALTER FUNCTION dbward.sessions(text) OWNER TO "dbward-admin"');
+  END IF;
+  IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+      WHERE p.oid = pg_catalog.to_regprocedure('dbward.sessions(text)')
+        AND (p.proacl IS NULL OR EXISTS (
+          SELECT FROM pg_catalog.aclexplode(p.proacl) a WHERE a.grantee = 0))) THEN
+    PERFORM pg_temp.dbward_change('REVOKE ALL ON FUNCTION dbward.sessions(text) FROM PUBLIC');
+  END IF;
+END
+$dbward1$;
 COMMIT;

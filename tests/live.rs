@@ -1,0 +1,361 @@
+//! `dbward plan --live` and `dbward apply --live` against a real PostgreSQL 15: the real
+//! binary connects as the admin user over mutual TLS with the relay's certificate (mapped by the
+//! generated pg_ident.conf), runs setup.sql in a transaction per database name, and shows or
+//! commits exactly the statements it executes. Drift made by hand with real psql is shown and
+//! converged; a name that does not exist is warned about; an unreachable server fails alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dbward_tests::{
+    Cluster, dbward_apply, free_port, superuser_query, superuser_sql, workspace_bin,
+};
+
+const ADMIN: &str = "dbward-admin";
+
+/// A manifest with database `shop` on `cluster`, people provisioned through the admin user
+/// (which is what maps the relay's certificate to it), `db_names` as the db-names of the
+/// access rule, and `extra` appended (another database).
+fn manifest(cluster: &Cluster, db_names: &str, extra: &str) -> String {
+    format!(
+        r#"dbward version=1
+relay {{
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+}}
+database shop {{
+    postgres host="127.0.0.1" port={port} version=15
+    self-hosted {{
+        server-names "127.0.0.1"
+        config-dir "{config_dir}"
+    }}
+    admin-user "{ADMIN}" default-database=postgres
+    db-role reader {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT on=all-tables schema=public
+    }}
+    db-user app {{
+        member-of reader
+    }}
+}}
+{extra}
+role analyst {{
+    provision keep
+    allow {{
+        databases shop
+        db-names {db_names}
+        db-roles reader
+        db-users app
+    }}
+}}
+user kim {{
+    roles analyst
+}}
+"#,
+        port = cluster.port,
+        config_dir = cluster.config_dir().display(),
+    )
+}
+
+/// A started cluster configured from the generated files, with the admin user made by hand
+/// (it must exist before dbward can log in as it) owning databases `names`, each with a table.
+fn started(work: &Path, db_names: &str, names: &[&str]) -> (Cluster, PathBuf) {
+    let mut cluster = Cluster::init();
+    let out = work.join("out");
+    dbward_apply(&manifest(&cluster, db_names, ""), &out);
+    cluster.install_dbward(&out, "shop");
+    if let Err(log) = cluster.try_start() {
+        panic!("PostgreSQL refused the generated configuration:\n{log}");
+    }
+    superuser_sql(
+        &cluster,
+        "postgres",
+        &format!("CREATE ROLE \"{ADMIN}\" LOGIN CREATEROLE;"),
+    );
+    for name in names {
+        superuser_sql(
+            &cluster,
+            "postgres",
+            &format!("CREATE DATABASE \"{name}\" OWNER \"{ADMIN}\";"),
+        );
+        superuser_sql(
+            &cluster,
+            name,
+            &format!("SET ROLE \"{ADMIN}\"; CREATE TABLE items (name text);"),
+        );
+    }
+    (cluster, out)
+}
+
+/// Runs the real `dbward` with `args`, the manifest at `out.kdl` and `--out out`.
+fn dbward(out: &Path, args: &[&str]) -> Output {
+    Command::new(workspace_bin("dbward"))
+        .arg(args[0])
+        .arg(out.with_extension("kdl"))
+        .arg("--out")
+        .arg(out)
+        .args(&args[1..])
+        .output()
+        .expect("run dbward")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn apply_live_converges_every_name_and_the_next_plan_is_empty() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), "\"*\"", &["shop", "two", "three"]);
+    // "*" includes postgres: the admin user must be able to grant there too.
+    superuser_sql(
+        &cluster,
+        "postgres",
+        &format!("ALTER DATABASE postgres OWNER TO \"{ADMIN}\";"),
+    );
+
+    // The plan shows what the first apply will do, in every database name under "*".
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{shown}");
+    for name in ["postgres", "shop", "two", "three"] {
+        assert!(
+            shown.contains(&format!("  database shop, name {name}:\n")),
+            "{shown}"
+        );
+    }
+    assert!(
+        shown.contains("    + CREATE ROLE \"reader\" NOLOGIN\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("    + GRANT reader TO app\n"), "{shown}");
+    assert!(
+        shown.contains("    + GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"reader\"\n"),
+        "{shown}"
+    );
+    // It was rolled back: nothing exists yet.
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('reader', 'app')"
+        ),
+        "0"
+    );
+
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    let applied = text(&apply);
+    assert!(apply.status.success(), "{applied}");
+    assert!(
+        applied.contains("dbward made these changes in the databases:"),
+        "{applied}"
+    );
+    for name in ["shop", "two", "three"] {
+        assert_eq!(
+            superuser_query(
+                &cluster,
+                name,
+                "SELECT has_table_privilege('app', 'items', 'SELECT')"
+            ),
+            "t",
+            "{name}: {applied}"
+        );
+    }
+
+    // Apply, then plan: no changes, files and databases alike.
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("No changes."), "{shown}");
+    assert!(
+        shown.contains("Live: no changes in 4 database name(s)."),
+        "{shown}"
+    );
+
+    // Drift by hand, with psql: shown, applied, gone.
+    superuser_sql(
+        &cluster,
+        "two",
+        "GRANT TRUNCATE ON items TO reader; ALTER ROLE app CREATEDB;",
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains(
+            "  database shop, name two:\n    ~ ALTER ROLE \"app\" WITH NOCREATEDB\n    \
+             - REVOKE TRUNCATE ON TABLE public.items FROM reader\n"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("    ~ ALTER ROLE \"app\" WITH NOCREATEDB\n"),
+        "{shown}"
+    );
+    let json = dbward(&out, &["plan", "--live", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("plan JSON");
+    assert_eq!(doc["has_changes"], true);
+    assert_eq!(doc["live"]["remove"], 1, "{doc}");
+    assert_eq!(
+        doc["live"]["change"], 4,
+        "role attributes are server-wide: {doc}"
+    );
+
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    assert!(apply.status.success(), "{}", text(&apply));
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "two",
+            "SELECT has_table_privilege('reader', 'items', 'TRUNCATE') OR \
+             (SELECT rolcreatedb FROM pg_roles WHERE rolname = 'app')"
+        ),
+        "f"
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+}
+
+#[test]
+fn a_listed_name_that_does_not_exist_is_a_warning() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (_cluster, out) = started(work.path(), "shop shpo", &["shop"]);
+    let plan = dbward(&out, &["plan", "--live"]);
+    let shown = text(&plan);
+    assert!(plan.status.success(), "{shown}");
+    assert!(
+        shown.contains("Warning: database shop: db-name shpo does not exist on 127.0.0.1:"),
+        "{shown}"
+    );
+    assert!(shown.contains("  database shop, name shop:\n"), "{shown}");
+}
+
+#[test]
+fn an_unreachable_server_fails_alone_and_the_others_are_applied() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), "shop", &["shop"]);
+    // A second database on a port nobody listens on.
+    let gone = free_port();
+    let extra = format!(
+        r#"database gone {{
+    postgres host="127.0.0.1" port={gone} version=15
+    self-hosted {{
+        server-names "127.0.0.1"
+        config-dir "/etc/gone"
+    }}
+    admin-user "{ADMIN}" default-database=postgres
+    db-user app
+}}
+role other {{
+    provision keep
+    allow {{
+        databases gone
+        db-names gone
+        db-users app
+    }}
+}}
+user lee {{
+    roles other
+}}"#
+    );
+    std::fs::write(
+        out.with_extension("kdl"),
+        manifest(&cluster, "shop", &extra),
+    )
+    .expect("manifest");
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    let shown = text(&apply);
+    assert_eq!(apply.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "Error: database gone: cannot connect to database name postgres on 127.0.0.1:{gone} as {ADMIN}"
+        )),
+        "{shown}"
+    );
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "shop",
+            "SELECT has_table_privilege('app', 'items', 'SELECT')"
+        ),
+        "t",
+        "the reachable database was converged: {shown}"
+    );
+}
+
+#[test]
+fn an_apply_terminated_mid_transaction_changes_nothing_and_a_rerun_converges() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), "shop", &["shop"]);
+    let hold = work.path().join("hold.sql");
+    // setup.sql waits for provisioning's advisory lock inside its transaction: hold it.
+    std::fs::write(
+        &hold,
+        format!(
+            "SELECT pg_advisory_lock({}, 0);\nSELECT pg_sleep(6);\n",
+            dbward::emit::sql::provision::ACL_LOCK
+        ),
+    )
+    .expect("hold.sql");
+    let (apply, terminated) = std::thread::scope(|scope| {
+        let holder = scope.spawn(|| cluster.peer_sql_file("shop", &hold));
+        // Wait until the holder has the lock, then start the apply.
+        wait_for(
+            &cluster,
+            "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        );
+        let apply = scope.spawn(|| dbward(&out, &["apply", "--live", "--auto-approve"]));
+        wait_for(
+            &cluster,
+            "SELECT count(*) > 0 FROM pg_stat_activity \
+             WHERE application_name = 'dbward' AND wait_event_type = 'Lock'",
+        );
+        let terminated = superuser_query(
+            &cluster,
+            "postgres",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'dbward' AND datname = 'shop'",
+        );
+        let apply = apply.join().expect("apply thread");
+        holder.join().expect("holder thread").expect("holder psql");
+        (apply, terminated)
+    });
+    let shown = text(&apply);
+    assert_eq!(terminated, "1", "{shown}");
+    assert_eq!(apply.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("Error: database shop, name shop: setup.sql failed in database name shop"),
+        "{shown}"
+    );
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "shop",
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('reader', 'app', 'dbward-auto-user')"
+        ),
+        "0",
+        "the terminated transaction changed nothing"
+    );
+    // The rerun converges, and then there is nothing left to do.
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    assert!(apply.status.success(), "{}", text(&apply));
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+}
+
+/// Polls `query` (a boolean) in `postgres` until it is true, for up to 20 s.
+fn wait_for(cluster: &Cluster, query: &str) {
+    for _ in 0..200 {
+        if superuser_query(cluster, "postgres", query) == "t" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for: {query}");
+}

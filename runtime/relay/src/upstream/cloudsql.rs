@@ -12,9 +12,10 @@
 //!   says what to check.
 //! - **Where and whom to trust.** With `host` and `ca-file` in the manifest, the relay dials
 //!   `host` and verifies the chain against `ca-file`. Otherwise Cloud SQL Admin
-//!   `connectSettings` gives what is missing (the address — public IP, else private IP, else
-//!   the PSC DNS name — and the server CA); its answer is cached and refreshed in the
-//!   background every [`SETTINGS_REFRESH`].
+//!   `connectSettings` gives what is missing (the address of the manifest's `ip-type` —
+//!   public IP by default, private IP, or the PSC DNS name, never another type silently — and
+//!   the server CA); its answer is cached and refreshed in the background every
+//!   [`SETTINGS_REFRESH`].
 //! - **The certificate must name the instance**: its SAN dNSName when `connectSettings` gives
 //!   one, else the CN `project:instance` ([`crate::tls::cloudsql_upstream`]). The dialled
 //!   address is never compared with the certificate; verification is never skipped.
@@ -55,6 +56,8 @@ pub struct CloudSqlAuth {
     port: u16,
     /// The manifest's `host`, when given.
     host: Option<String>,
+    /// Which address of the instance to dial when there is no `host` (never another one).
+    ip_type: IpType,
     /// The manifest's `ca-file`, when given.
     ca: Option<RootCertStore>,
     /// With both `host` and `ca-file`: the fixed route, no lookup.
@@ -84,7 +87,7 @@ impl CloudSqlAuth {
     /// compiler wrote the instance name in its place).
     pub fn new(
         instance: &str,
-        host: Option<String>,
+        (host, ip_type): (Option<String>, IpType),
         port: u16,
         ca: Option<RootCertStore>,
         env: GcpEnv,
@@ -104,6 +107,7 @@ impl CloudSqlAuth {
             instance,
             port,
             host,
+            ip_type,
             ca,
             fixed,
             env,
@@ -119,6 +123,7 @@ impl CloudSqlAuth {
             instance: self.instance.clone(),
             port: self.port,
             host: self.host.clone(),
+            ip_type: self.ip_type,
             ca: self.ca.clone(),
             fixed: self.fixed.clone(),
             env,
@@ -212,17 +217,17 @@ impl CloudSqlAuth {
     fn route_from(&self, settings: &ConnectSettings) -> Result<Route, UpstreamError> {
         let host = match &self.host {
             Some(host) => host.clone(),
-            None => [IpType::Public, IpType::Private, IpType::Psc]
-                .into_iter()
-                .find_map(|kind| settings.address(kind))
-                .ok_or_else(|| {
-                    UpstreamError::Auth(format!(
-                        "Cloud SQL instance {} has no public or private IP address and no \
-                         Private Service Connect name; give it an IP, or set `host` in the \
-                         manifest",
-                        self.instance
-                    ))
-                })?,
+            None => settings.address(self.ip_type).ok_or_else(|| {
+                UpstreamError::Auth(format!(
+                    "Cloud SQL instance {} has no {} address (it has: {}); set `ip-type` on \
+                     `cloud-sql` in the manifest to one it has, or give the instance a {} \
+                     address",
+                    self.instance,
+                    ip_type_name(self.ip_type),
+                    available(settings),
+                    ip_type_name(self.ip_type),
+                ))
+            })?,
         };
         let roots = match &self.ca {
             Some(ca) => ca.clone(),
@@ -330,6 +335,29 @@ fn route(
         server_name,
         tls: Arc::new(tls),
     })
+}
+
+/// The manifest's word for `kind`.
+fn ip_type_name(kind: IpType) -> &'static str {
+    match kind {
+        IpType::Public => "public",
+        IpType::Private => "private",
+        IpType::Psc => "psc",
+    }
+}
+
+/// The address types `settings` offers, for messages: "public, private", or "none".
+fn available(settings: &ConnectSettings) -> String {
+    let kinds: Vec<&str> = [IpType::Public, IpType::Private, IpType::Psc]
+        .into_iter()
+        .filter(|kind| settings.address(*kind).is_some())
+        .map(ip_type_name)
+        .collect();
+    if kinds.is_empty() {
+        "none".to_owned()
+    } else {
+        kinds.join(", ")
+    }
 }
 
 fn password_message(password: &str) -> Vec<u8> {

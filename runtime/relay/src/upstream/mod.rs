@@ -77,8 +77,11 @@ impl Upstream {
         gcp: &dbward_cloud::gcp::GcpEnv,
     ) -> Result<Upstream, TlsError> {
         let resolve = |p: &Path| Config::resolve_path(config_path, p);
-        if let UpstreamAuth::CloudSqlIam { instance, .. } = &database.auth {
-            return Upstream::cloudsql(config_path, name, database, instance, gcp);
+        if let UpstreamAuth::CloudSqlIam {
+            instance, ip_type, ..
+        } = &database.auth
+        {
+            return Upstream::cloudsql(config_path, name, database, (instance, *ip_type), gcp);
         }
         let address = format!("{}:{}", database.host, database.port);
         let mut rds = None;
@@ -142,7 +145,7 @@ impl Upstream {
         config_path: &Path,
         name: &str,
         database: &Database,
-        instance: &str,
+        (instance, ip_type): (&str, dbward_frozen::CloudSqlIpType),
         gcp: &dbward_cloud::gcp::GcpEnv,
     ) -> Result<Upstream, TlsError> {
         if instance.is_empty() {
@@ -159,8 +162,18 @@ impl Upstream {
             ))?),
             None => None,
         };
-        let auth = match cloudsql::CloudSqlAuth::new(instance, host, database.port, ca, gcp.clone())
-        {
+        let ip_type = match ip_type {
+            dbward_frozen::CloudSqlIpType::Public => dbward_cloud::gcp::IpType::Public,
+            dbward_frozen::CloudSqlIpType::Private => dbward_cloud::gcp::IpType::Private,
+            dbward_frozen::CloudSqlIpType::Psc => dbward_cloud::gcp::IpType::Psc,
+        };
+        let auth = match cloudsql::CloudSqlAuth::new(
+            instance,
+            (host, ip_type),
+            database.port,
+            ca,
+            gcp.clone(),
+        ) {
             Ok(auth) => auth,
             Err(reason) => {
                 return Ok(Upstream::Unsupported(format!(

@@ -273,9 +273,12 @@ pub struct Connected {
 
 /// TCP + SSLRequest + TLS to an upstream. The first offer is the fast one (see
 /// [`UpstreamTls`]); a server that refuses it is dialled again with every suite.
-async fn tls_connect(target: &Target) -> Result<TlsStream<ReadAhead<TcpStream>>, UpstreamError> {
+async fn tls_connect(
+    target: &Target,
+    user: Option<&str>,
+) -> Result<TlsStream<ReadAhead<TcpStream>>, UpstreamError> {
     let route = match &target.cloudsql {
-        Some(sql) => sql.route().await?,
+        Some(sql) => sql.route(user).await?,
         None => cloudsql::Route {
             address: target.address.clone(),
             server_name: target.server_name.clone(),
@@ -346,7 +349,7 @@ pub async fn connect(
         Some(sql) => Some(sql.login(user).await?),
         None => None,
     };
-    let mut stream = tls_connect(target).await?;
+    let mut stream = tls_connect(target, Some(user)).await?;
     let protocol = |reason: String| UpstreamError::Protocol {
         address: target.address.clone(),
         reason,
@@ -430,7 +433,7 @@ pub async fn connect(
 /// sessions, so the server's pg_hba.conf `hostssl` lines apply), then waits for the server to
 /// close the connection, which it does once it has read the request.
 pub async fn send_cancel(target: &Target, key: BackendKey) -> Result<(), UpstreamError> {
-    let mut stream = tls_connect(target).await?;
+    let mut stream = tls_connect(target, None).await?;
     let io_error = |source| UpstreamError::Tls {
         address: target.address.clone(),
         source,
@@ -477,7 +480,7 @@ mod tests {
             let mut rest = Vec::new();
             let _ = socket.read_to_end(&mut rest).await;
         });
-        let error = tls_connect(&target(address)).await.unwrap_err();
+        let error = tls_connect(&target(address), None).await.unwrap_err();
         server.abort();
         error
     }
@@ -500,7 +503,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let error = tls_connect(&target(address.clone())).await.unwrap_err();
+        let error = tls_connect(&target(address.clone()), None)
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains(&address), "{error}");
     }
 }

@@ -706,6 +706,19 @@ fn without_host_and_ca_file_the_relay_looks_the_instance_up_and_presents_a_clien
     );
     let relay = Relay::start(&rt, &instance, &fake);
 
+    // The IAM bindings the compiler wrote let the relay make these lookups.
+    let bindings: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(instance.out().join("iam/gcp/gcp-test.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        bindings["bindings"].as_array().unwrap().iter().any(|b| {
+            b["role"] == "roles/cloudsql.client"
+                && b["members"][0] == format!("serviceAccount:{RELAY_ACCOUNT}")
+        }),
+        "{bindings}"
+    );
+
     // connectSettings gives the private address, the server CA and the DNS name the
     // certificate must carry; generateEphemeralCert a client certificate the server requires.
     assert_eq!(

@@ -843,17 +843,18 @@ user "o'connor" {{
 
 /// setup.sql of every database of every example runs on a real PostgreSQL, twice (idempotent).
 /// Cloud-only pieces are provided the way the cloud provides them: the `rds_iam` role, and
-/// Azure's `pgaadauth_create_principal` (here a function creating the login role). A Cloud SQL
-/// script stops with the `gcloud` command to run until the IAM users exist.
+/// Azure's `pgaadauth_create_principal_with_oid` (here a function creating the login role; an
+/// Azure script runs in `postgres` first, as its header says). A Cloud SQL script stops with
+/// the `gcloud` command to run until the IAM users exist.
 #[test]
 fn every_examples_setup_sql_runs_on_a_real_postgres() {
     let mut cluster = Cluster::init();
     cluster.start();
+    cluster.sql("template1", "CREATE ROLE rds_iam NOLOGIN;");
     cluster.sql(
-        "template1",
-        "CREATE ROLE rds_iam NOLOGIN; \
-         CREATE FUNCTION pgaadauth_create_principal(role text, is_admin boolean, is_mfa boolean) \
-         RETURNS text LANGUAGE plpgsql AS $$ BEGIN \
+        "postgres",
+        "CREATE FUNCTION pgaadauth_create_principal_with_oid(role text, oid text, kind text, \
+         is_admin boolean, is_mfa boolean) RETURNS text LANGUAGE plpgsql AS $$ BEGIN \
          EXECUTE format('CREATE ROLE %I LOGIN', role); RETURN 'Created role for ' || role; END $$;",
     );
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
@@ -896,6 +897,11 @@ fn every_examples_setup_sql_runs_on_a_real_postgres() {
                         ),
                     );
                 }
+            }
+            if let dbward::model::DatabaseKind::AzurePostgres { .. } = db.kind {
+                cluster.sql_file("postgres", &file).unwrap_or_else(|e| {
+                    panic!("{stem}: setup.sql of {name} failed in postgres:\n{e}")
+                });
             }
             for run in ["first", "second"] {
                 cluster.sql_file(&database, &file).unwrap_or_else(|e| {

@@ -9,6 +9,9 @@
 //!   setup.sql, installed into a real PostgreSQL: allowed logins work, everything else is refused.
 //! - `convergence`: setup.sql converges privileges in a real PostgreSQL: grants removed from
 //!   the manifest or given by hand to managed roles are revoked, others survive, reruns are no-ops.
+//! - `azure_setup`: the Azure setup.sql on a real PostgreSQL with a stub
+//!   `pgaadauth_create_principal_with_oid`: each principal created once, with its object id,
+//!   in `postgres` only; grants converge.
 //! - `golden`: every text emitter over every example, against checked-in golden files.
 //! - `provision`: the provisioning functions setup.sql installs, called as the admin user on a
 //!   real PostgreSQL: exact rights, lock and drop, refusals, concurrency, hostile names, sweep.
@@ -36,6 +39,7 @@
 
 mod apply_killed;
 mod artifacts;
+mod azure_setup;
 mod cert;
 mod cloudsql;
 mod commands;

@@ -224,22 +224,25 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
             (host, tls, auth)
         }
         DatabaseKind::AzurePostgres { server, .. } => {
-            let CloudKind::Azure {
-                tenant,
-                relay_client_id,
-                ..
-            } = &cloud("azure")?.kind
-            else {
+            let CloudKind::Azure { tenant, .. } = &cloud("azure")?.kind else {
                 return Err(wrong("azure"));
             };
-            let client_id =
-                relay_client_id
-                    .clone()
-                    .ok_or_else(|| EmitError::MissingRelayIdentity {
+            // Every login is its own Entra principal (the front end made sure each has one);
+            // the relay asks a token for its client id, and the database checks its object id.
+            let principals = model.entra_principals(db);
+            let logins = db
+                .db_users
+                .keys()
+                .chain(db.admin_user.iter().map(|a| &a.name));
+            for name in logins {
+                if !principals.contains_key(name) {
+                    return Err(EmitError::MissingRelayIdentity {
                         cloud: db.kind.cloud().unwrap_or_default().to_owned(),
-                        what: "relay identity",
-                        node: "relay-identity client-id=\"…\"",
-                    })?;
+                        what: "Entra principal (relay identity with its object id)",
+                        node: "relay-identity client-id=\"…\" object-id=\"…\"",
+                    });
+                }
+            }
             // Flexible servers are reached at a fixed, publicly trusted name.
             let host = host.unwrap_or_else(|| format!("{server}.postgres.database.azure.com"));
             let tls = frozen::UpstreamTls {
@@ -247,8 +250,8 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
                 ca: None,
             };
             let auth = frozen::UpstreamAuth::AzureEntra {
-                tenant: tenant.clone(),
-                client_id,
+                tenant: tenant.to_ascii_lowercase(),
+                principals,
             };
             (host, tls, auth)
         }

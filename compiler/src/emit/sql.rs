@@ -19,7 +19,7 @@ pub mod provision;
 
 use super::quote::{self, ident, literal};
 use super::{EmitError, Logins};
-use crate::model::{Database, DatabaseKind, Grant, Model, ObjectKind};
+use crate::model::{Database, DatabaseKind, EntraPrincipal, Grant, Model, ObjectKind};
 
 /// The file name under `databases/<db>/`.
 pub const SETUP: &str = "setup.sql";
@@ -45,11 +45,18 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
          -- change the manifest and run `dbward apply` instead.\n\
          -- Run it as {runner} in every database name the manifest lets people open\n\
          -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one\n\
-         -- transaction: running it again changes nothing, a failure changes nothing.\n",
+         -- transaction: running it again changes nothing, a failure changes nothing.\n{first}",
         name = db.name,
+        first = match db.kind {
+            DatabaseKind::AzurePostgres { .. } => {
+                "-- Run it in the `postgres` database first: Entra principals can be created only there.\n"
+            }
+            _ => "",
+        },
         kind = kind_name(&db.kind),
         runner = match db.kind {
             DatabaseKind::SelfHosted { .. } => "the superuser over the local socket",
+            DatabaseKind::AzurePostgres { .. } => "the server's Microsoft Entra administrator",
             _ => "the server's administrator",
         },
     );
@@ -67,6 +74,24 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
 
     roles(&mut out, model, db, &logins);
     memberships(&mut out, db, &logins);
+    let opens_postgres = logins
+        .db_names
+        .as_ref()
+        .is_none_or(|names| names.contains("postgres"));
+    if matches!(db.kind, DatabaseKind::AzurePostgres { .. }) && !opens_postgres {
+        // Azure runs this script in `postgres` to create the principals; nobody opens that
+        // database through the relay, so its privileges are not the manifest's to converge
+        // (a GRANT … ON ALL TABLES there would hand out its tables).
+        out.push_str(
+            "-- In `postgres` (where the principals are created) stop here: nobody opens it\n\
+             -- through the relay, so its privileges are left as they are.\n\
+             SELECT current_database() = 'postgres' AS dbward_principals_only \\gset\n\
+             \\if :dbward_principals_only\n\
+             COMMIT;\n\
+             \\quit\n\
+             \\endif\n\n",
+        );
+    }
     converge::revoke_undeclared(&mut out, db);
     for role in db.db_roles.values() {
         if role.grants.is_empty() {
@@ -116,6 +141,7 @@ fn if_missing(name: &str, then: &str) -> String {
 fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
     let mut body = String::new();
     let mut alters = Vec::new();
+    let principals = model.entra_principals(db);
     let self_hosted = matches!(db.kind, DatabaseKind::SelfHosted { .. });
     // Cloud administrators are not superusers: they may not set SUPERUSER, REPLICATION or
     // BYPASSRLS, even to turn them off, so those are converged on self-hosted servers only.
@@ -130,7 +156,12 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
             body,
             "  -- The admin user: the login automatic provisioning uses."
         );
-        body.push_str(&create_login(db, &admin.name, Login::Admin));
+        body.push_str(&create_login(
+            db,
+            &admin.name,
+            Login::Admin,
+            principals.get(&admin.name),
+        ));
         if self_hosted {
             alters.push(format!(
                 "ALTER ROLE {} WITH LOGIN CREATEROLE NOCREATEDB INHERIT{strict};",
@@ -159,7 +190,12 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
             "  -- db-user `{}`: people log in as it through the relay.",
             user.name
         );
-        body.push_str(&create_login(db, &user.name, Login::User));
+        body.push_str(&create_login(
+            db,
+            &user.name,
+            Login::User,
+            principals.get(&user.name),
+        ));
         alters.push(format!(
             "ALTER ROLE {} WITH LOGIN NOCREATEROLE NOCREATEDB INHERIT{strict};",
             ident(&user.name)
@@ -196,7 +232,14 @@ fn roles(out: &mut String, model: &Model, db: &Database, logins: &Logins) {
 }
 
 /// The DO-body text that makes a login role exist, in the way its platform requires.
-fn create_login(db: &Database, name: &str, who: Login) -> String {
+///
+/// `principal` is the login's Entra principal on an `azure-postgres` database.
+fn create_login(
+    db: &Database,
+    name: &str,
+    who: Login,
+    principal: Option<&EntraPrincipal>,
+) -> String {
     match &db.kind {
         DatabaseKind::SelfHosted { .. } => {
             let attrs = if who == Login::Admin {
@@ -214,15 +257,40 @@ fn create_login(db: &Database, name: &str, who: Login) -> String {
             };
             if_missing(name, &format!("CREATE ROLE {} {attrs};", ident(name)))
         }
-        DatabaseKind::AzurePostgres { .. } => if_missing(
-            name,
-            &format!(
-                "-- An Entra ID principal: the relay logs in with a token, not a password.\n    \
-                 PERFORM pgaadauth_create_principal({}, {}, false);",
-                literal(name),
-                if who == Login::Admin { "true" } else { "false" }
-            ),
-        ),
+        DatabaseKind::AzurePostgres { .. } => {
+            let Some(principal) = principal else {
+                // The front end gives every Azure login a principal; never guess one.
+                let message = format!(
+                    "database user {name} has no Entra principal in the manifest: give it \
+                     client-id and object-id, then run setup.sql again"
+                );
+                return if_missing(
+                    name,
+                    &format!("RAISE EXCEPTION '%', {};", literal(&message)),
+                );
+            };
+            // Azure creates Entra principals only in the `postgres` database; elsewhere a
+            // missing one means that run has not happened yet.
+            let elsewhere = format!(
+                "database user {name} does not exist: run setup.sql in the postgres database \
+                 first (Entra principals are created there), as the Entra administrator"
+            );
+            if_missing(
+                name,
+                &format!(
+                    "-- An Entra principal (managed identity or app registration): the relay logs\n    \
+                     -- in with its token, whose oid must be this object id.\n    \
+                     IF current_database() <> 'postgres' THEN\n      \
+                     RAISE EXCEPTION '%', {elsewhere};\n    \
+                     END IF;\n    \
+                     PERFORM * FROM pgaadauth_create_principal_with_oid({}, {}, 'service', {}, false);",
+                    literal(name),
+                    literal(&principal.object_id),
+                    if who == Login::Admin { "true" } else { "false" },
+                    elsewhere = literal(&elsewhere),
+                ),
+            )
+        }
         DatabaseKind::CloudSql { instance, .. } => {
             // Cloud SQL IAM users are created through the Cloud SQL Admin API, not SQL; stop
             // with the command to run rather than create a password user that IAM cannot use.

@@ -145,10 +145,12 @@ fn cloud(node: &Node) -> Option<Cloud> {
         CloudKind::Azure {
             subscription: prop(azure, "subscription"),
             tenant: prop(azure, "tenant"),
-            relay_client_id: node
-                .child("relay-identity")
-                .and_then(|n| n.prop_str("client-id"))
-                .map(str::to_string),
+            relay_identity: node.child("relay-identity").and_then(|n| {
+                Some(RelayIdentity {
+                    client_id: n.prop_str("client-id")?.to_ascii_lowercase(),
+                    object_id: n.prop_str("object-id").map(str::to_ascii_lowercase),
+                })
+            }),
         }
     };
     Some(Cloud { name, kind })
@@ -181,6 +183,7 @@ fn database(node: &Node) -> Option<Database> {
                 .prop_str("default-database")
                 .unwrap_or(DEFAULT_ADMIN_DATABASE)
                 .to_string(),
+            principal: entra_principal(a),
         }),
         db_roles: node
             .children_named("db-role")
@@ -205,10 +208,20 @@ fn database(node: &Node) -> Option<Database> {
                     DbUser {
                         name,
                         member_of: child_strs(u, "member-of"),
+                        principal: entra_principal(u),
                     },
                 ))
             })
             .collect(),
+    })
+}
+
+/// `client-id=… object-id=…` of a db-user or admin-user, GUIDs lower-cased (Entra compares
+/// them case-insensitively; the frozen config and setup.sql carry one spelling).
+fn entra_principal(node: &Node) -> Option<EntraPrincipal> {
+    Some(EntraPrincipal {
+        client_id: node.prop_str("client-id")?.to_ascii_lowercase(),
+        object_id: node.prop_str("object-id")?.to_ascii_lowercase(),
     })
 }
 

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-pub use dbward_frozen::{NameSet, Provision};
+pub use dbward_frozen::{EntraPrincipal, NameSet, Provision};
 
 /// A whole, valid manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,49 @@ pub struct Model {
     /// The access table, keyed by (person, database). A pair that is absent allows nothing;
     /// a pair whose entry allows nothing is not stored.
     pub access: AccessTable,
+}
+
+impl Model {
+    /// The Entra principal of each login of an `azure-postgres` database, by role name: every
+    /// db-user and the admin user, each with its own `client-id`/`object-id`, else the cloud's
+    /// `relay-identity` (when it has an object id). Empty for other kinds. The front end
+    /// (`rules::entra_principals`) has made sure every login has one and none is shared.
+    pub fn entra_principals(&self, db: &Database) -> BTreeMap<String, EntraPrincipal> {
+        let DatabaseKind::AzurePostgres { cloud, .. } = &db.kind else {
+            return BTreeMap::new();
+        };
+        let relay = match self.clouds.get(cloud).map(|c| &c.kind) {
+            Some(CloudKind::Azure {
+                relay_identity: Some(identity),
+                ..
+            }) => identity.principal(),
+            _ => None,
+        };
+        let logins: Vec<(&String, &Option<EntraPrincipal>)> = db
+            .db_users
+            .values()
+            .map(|u| (&u.name, &u.principal))
+            .chain(db.admin_user.iter().map(|a| (&a.name, &a.principal)))
+            .collect();
+        let mut principals = BTreeMap::new();
+        // Own principals first, then the relay identity for the rest (names are unique among
+        // a database's logins: `duplicate_names`).
+        for (name, own) in &logins {
+            if let Some(principal) = own {
+                principals
+                    .entry((*name).clone())
+                    .or_insert_with(|| principal.clone());
+            }
+        }
+        for (name, _) in &logins {
+            if let Some(principal) = &relay {
+                principals
+                    .entry((*name).clone())
+                    .or_insert_with(|| principal.clone());
+            }
+        }
+        principals
+    }
 }
 
 /// The `relay { … }` block.
@@ -71,12 +114,31 @@ pub enum CloudKind {
         project: String,
         relay_service_account: Option<String>,
     },
-    /// `azure subscription=… tenant=…` and `relay-identity client-id=…`.
+    /// `azure subscription=… tenant=…` and `relay-identity client-id=… object-id=…`.
     Azure {
         subscription: String,
         tenant: String,
-        relay_client_id: Option<String>,
+        relay_identity: Option<RelayIdentity>,
     },
+}
+
+/// `relay-identity client-id=… [object-id=…]`: the relay's own Entra identity, and the principal
+/// of the one database user of a server that names none (GUIDs lower-cased).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayIdentity {
+    pub client_id: String,
+    /// Required only where the identity is some database user's principal.
+    pub object_id: Option<String>,
+}
+
+impl RelayIdentity {
+    /// The identity as a principal, when its object id is known.
+    pub fn principal(&self) -> Option<EntraPrincipal> {
+        Some(EntraPrincipal {
+            client_id: self.client_id.clone(),
+            object_id: self.object_id.clone()?,
+        })
+    }
 }
 
 /// A `database NAME { … }`: one PostgreSQL server (or cluster) and what lives on it.
@@ -152,6 +214,8 @@ pub struct AdminUser {
     pub name: String,
     /// Defaults to `postgres`.
     pub default_database: String,
+    /// `client-id=… object-id=…` (azure-postgres): the Entra principal it logs in as.
+    pub principal: Option<EntraPrincipal>,
 }
 
 /// `db-role NAME { grant …; member-of … }`.
@@ -169,6 +233,9 @@ pub struct DbUser {
     pub name: String,
     /// db-roles of the same database this user is a member of (resolved).
     pub member_of: Vec<String>,
+    /// `client-id=… object-id=…` (azure-postgres): the Entra principal it logs in as; `None`
+    /// means the cloud's `relay-identity` (see [`Model::entra_principals`]).
+    pub principal: Option<EntraPrincipal>,
 }
 
 /// `grant PRIV… on=KIND schema=… [table=…]`, and a role's `permission` with the same shape.

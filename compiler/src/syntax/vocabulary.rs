@@ -259,10 +259,10 @@ static VOCABULARY: &[NodeSpec] = &[
         ..node("cloud/azure", "an Azure subscription and Entra ID tenant")
     },
     NodeSpec {
-        props: &[prop("client-id", S, true)],
+        props: &[prop("client-id", S, true), prop("object-id", S, false)],
         ..node(
             "cloud/relay-identity",
-            "the managed identity or app registration the relay authenticates as (azure)",
+            "the managed identity or app registration the relay authenticates as (azure); the Entra principal of a db-user that names none (object-id then required)",
         )
     },
     NodeSpec {
@@ -343,10 +343,14 @@ static VOCABULARY: &[NodeSpec] = &[
     },
     NodeSpec {
         args: args(NAME, 1, Some(1), "a PostgreSQL user name"),
-        props: &[prop("default-database", NAME, false)],
+        props: &[
+            prop("default-database", NAME, false),
+            prop("client-id", S, false),
+            prop("object-id", S, false),
+        ],
         ..node(
             "database/admin-user",
-            "the login automatic provisioning uses (default-database defaults to postgres)",
+            "the login automatic provisioning uses (default-database defaults to postgres); on azure-postgres, the Entra administrator: client-id and object-id of its principal (default: the relay-identity)",
         )
     },
     NodeSpec {
@@ -377,9 +381,13 @@ static VOCABULARY: &[NodeSpec] = &[
     },
     NodeSpec {
         args: args(NAME, 1, Some(1), "a PostgreSQL user name"),
+        props: &[prop("client-id", S, false), prop("object-id", S, false)],
         block: Block::Optional,
         repeatable: true,
-        ..node("database/db-user", "a login role clients may connect as")
+        ..node(
+            "database/db-user",
+            "a login role clients may connect as; on azure-postgres, client-id and object-id of the Entra principal it logs in as (default: the relay-identity)",
+        )
     },
     NodeSpec {
         args: args(NAME, 1, None, "a db-role name"),

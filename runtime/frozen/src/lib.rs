@@ -180,8 +180,23 @@ pub enum UpstreamAuth {
         #[serde(default)]
         ip_type: CloudSqlIpType,
     },
-    /// A Microsoft Entra ID token for the relay's identity used as the password.
-    AzureEntra { tenant: String, client_id: String },
+    /// Microsoft Entra ID tokens (resource `https://ossrdbms-aad.database.windows.net`) used as the
+    /// password; each database user logs in as its own Entra principal.
+    AzureEntra {
+        tenant: String,
+        /// The Entra principal of each database user the relay logs in as (the admin user too,
+        /// when it is an Entra principal), by database user name.
+        principals: BTreeMap<String, EntraPrincipal>,
+    },
+}
+
+/// An Entra principal: the identity the relay asks a token for, and the object id the
+/// database maps to the role (the token's `oid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntraPrincipal {
+    pub client_id: String,
+    pub object_id: String,
 }
 
 /// Which address of a Cloud SQL instance to dial (the manifest's `cloud-sql ip-type`).

@@ -29,7 +29,7 @@ pub fn emit(model: &Model) -> Result<Vec<(String, String)>, EmitError> {
         let (provider, document) = match &cloud.kind {
             CloudKind::Aws { .. } => ("aws", aws::policy(model, cloud, &databases)?),
             CloudKind::Gcp { .. } => ("gcp", gcp::bindings(cloud, &databases)?),
-            CloudKind::Azure { .. } => ("azure", azure::role(cloud, &databases)?),
+            CloudKind::Azure { .. } => ("azure", azure::role(model, cloud, &databases)?),
         };
         files.push((format!("iam/{provider}/{name}.json"), pretty(&document)));
     }

@@ -128,6 +128,31 @@ pub fn guid(s: &str) -> bool {
             .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// What is wrong with a string that is not a [`guid`], for the label: the group that breaks the
+/// 8-4-4-4-12 shape, or the character that is not hexadecimal.
+fn guid_problem(s: &str) -> String {
+    let parts: Vec<&str> = s.split('-').collect();
+    if parts.len() != 5 {
+        return format!(
+            "{} groups separated by `-`, a GUID has 5 (8-4-4-4-12 hex digits)",
+            parts.len()
+        );
+    }
+    for (index, (part, want)) in parts.iter().zip([8, 4, 4, 4, 12]).enumerate() {
+        if let Some(c) = part.chars().find(|c| !c.is_ascii_hexdigit()) {
+            return format!("group {} has `{c}`, which is not a hex digit", index + 1);
+        }
+        if part.chars().count() != want {
+            return format!(
+                "group {} has {} hex digits, not {want}",
+                index + 1,
+                part.chars().count()
+            );
+        }
+    }
+    "not a GUID".to_owned()
+}
+
 /// An Azure flexible server name: 3–63 lower-case letters, digits and hyphens.
 pub fn azure_server(s: &str) -> bool {
     (3..=63).contains(&s.len())
@@ -247,6 +272,46 @@ const CHECKS: &[IdCheck] = &[
         "a GUID like \"99999999-8888-7777-6666-555555555555\"",
     ),
     id(
+        "cloud/relay-identity",
+        Some("object-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure object id",
+        "a GUID like \"0f0e0d0c-0b0a-0908-0706-050403020100\" (`az identity show --query principalId`)",
+    ),
+    id(
+        "database/db-user",
+        Some("client-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure client id",
+        "a GUID like \"99999999-8888-7777-6666-555555555555\" (`az identity show --query clientId`)",
+    ),
+    id(
+        "database/db-user",
+        Some("object-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure object id",
+        "a GUID like \"0f0e0d0c-0b0a-0908-0706-050403020100\" (`az identity show --query principalId`)",
+    ),
+    id(
+        "database/admin-user",
+        Some("client-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure client id",
+        "a GUID like \"99999999-8888-7777-6666-555555555555\" (`az identity show --query clientId`)",
+    ),
+    id(
+        "database/admin-user",
+        Some("object-id"),
+        guid,
+        "dbward::invalid_azure_id",
+        "Azure object id",
+        "a GUID like \"0f0e0d0c-0b0a-0908-0706-050403020100\" (`az identity show --query principalId`)",
+    ),
+    id(
         "database/azure-postgres",
         Some("server"),
         azure_server,
@@ -269,15 +334,36 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
             let Some(value) = value else { continue };
             let Some(text) = value.as_str() else { continue };
             if !(check.valid)(text) {
-                diags.push(bad(check.code, check.what, text, value.span, check.shape));
+                let mut diag = bad(check.code, check.what, text, value.span, check.shape);
+                // Every Azure id is a GUID: say which part breaks its shape.
+                if check.code == "dbward::invalid_azure_id"
+                    && let Some(label) = diag.labels.first_mut()
+                {
+                    label.text = format!(
+                        "not {} {}: {}",
+                        article(check.what),
+                        check.what,
+                        guid_problem(text)
+                    );
+                }
+                diags.push(diag);
             }
         }
     });
 }
 
+/// "a" or "an" before `word` (by its first letter; the names here have no silent letters).
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['A', 'E', 'I', 'O', 'U', 'a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
 fn bad(code: &'static str, what: &str, text: &str, span: Span, shape: &str) -> Diagnostic {
     Diagnostic::error(code, format!("`{text}` is not a valid {what}"))
-        .label(span, format!("not a {what}"))
+        .label(span, format!("not {} {what}", article(what)))
         .help(format!("write {shape}"))
 }
 
@@ -315,6 +401,15 @@ mod tests {
                 && !cloud_sql_instance("acme-prod:us-central1")
         );
         assert!(guid("11111111-2222-3333-4444-555555555555") && !guid("1111-2222"));
+        assert_eq!(
+            guid_problem("7c9e6679-7425-40de-944b-e07fc1f9"),
+            "group 5 has 8 hex digits, not 12"
+        );
+        assert_eq!(
+            guid_problem("7c9e6679-7425-40de-944g-e07fc1f90ae7"),
+            "group 4 has `g`, which is not a hex digit"
+        );
+        assert!(guid_problem("my-subscription").starts_with("2 groups"));
         assert!(
             azure_server("reports-flex") && !azure_server("Reports.postgres.database.azure.com")
         );

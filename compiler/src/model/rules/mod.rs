@@ -16,6 +16,7 @@ pub mod database_kind;
 pub mod deny_narrows_wildcard;
 pub mod duplicate_names;
 pub mod durations;
+pub mod entra_principals;
 pub mod host_in_server_names;
 pub mod invisible_characters;
 pub mod mixed_script_names;
@@ -59,6 +60,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     access_blocks::check(manifest, diags);
     provisioning::check(manifest, diags);
     cloud_sql_user_name::check(manifest, diags);
+    entra_principals::check(manifest, diags);
 }
 
 /// Runs the rules that need the model and the access computation.

@@ -215,7 +215,7 @@ impl CloudSqlAuth {
                     .values()
                     .find(|c| c.settings == resolved.fetched)
                     .map_or(resolved.route, |c| c.route.clone()),
-                None => return Err(UpstreamError::Auth("no route".into())),
+                None => return Err(not_resolved(&self.instance)),
             });
         };
         let client = self.client()?;
@@ -226,15 +226,17 @@ impl CloudSqlAuth {
                  (generateEphemeralCert): {e}"
             ))
         })?;
-        let Some(resolved) = lock(&self.settings).clone() else {
-            return Err(UpstreamError::Auth("no route".into()));
-        };
+        // The steady state: this certificate's TLS for the current answer is built already.
+        let fetched = lock(&self.settings).as_ref().map(|r| r.fetched);
         if let Some(known) = lock(&self.with_cert).get(&email)
             && known.cert == cert.secret
-            && known.settings == resolved.fetched
+            && Some(known.settings) == fetched
         {
             return Ok(known.route.clone());
         }
+        let Some(resolved) = lock(&self.settings).clone() else {
+            return Err(not_resolved(&self.instance));
+        };
         // A new certificate (or a new answer): build its TLS once, for every session after.
         let key = client
             .key
@@ -515,6 +517,13 @@ async fn ephemeral_cert(
         secret: Secret::new(cert.cert_pem),
         expires_at,
     })
+}
+
+/// The connect settings were dropped between the lookup and their use (a reload): rare.
+fn not_resolved(instance: &InstanceName) -> UpstreamError {
+    UpstreamError::Auth(format!(
+        "the connect settings of Cloud SQL instance {instance} are not known yet; try again"
+    ))
 }
 
 /// The manifest's word for `kind`.

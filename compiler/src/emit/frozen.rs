@@ -173,7 +173,10 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
             (host, tls, auth)
         }
         DatabaseKind::CloudSql {
-            instance, ca_file, ..
+            instance,
+            ca_file,
+            ip_type,
+            ..
         } => {
             let CloudKind::Gcp {
                 relay_service_account,
@@ -211,6 +214,12 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
             let auth = frozen::UpstreamAuth::CloudSqlIam {
                 relay_service_account,
                 instance: instance.clone(),
+                // The vocabulary admits only these three values.
+                ip_type: match ip_type.as_deref() {
+                    Some("private") => frozen::CloudSqlIpType::Private,
+                    Some("psc") => frozen::CloudSqlIpType::Psc,
+                    _ => frozen::CloudSqlIpType::Public,
+                },
             };
             (host, tls, auth)
         }

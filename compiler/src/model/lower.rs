@@ -249,6 +249,7 @@ fn database_kind(node: &Node, postgres: &Postgres) -> Option<DatabaseKind> {
             cloud: prop(sql, "cloud"),
             instance: prop(sql, "instance"),
             ca_file: sql.prop_str("ca-file").map(str::to_owned),
+            ip_type: sql.prop_str("ip-type").map(str::to_owned),
         });
     }
     let az = node.child("azure-postgres")?;

@@ -183,12 +183,15 @@ pub enum DatabaseKind {
         /// bundle); `None` means the platform's public roots.
         ca_file: Option<String>,
     },
-    /// `cloud-sql cloud=… instance="project:region:instance"`.
+    /// `cloud-sql cloud=… instance="project:region:instance" [ca-file=…] [ip-type=…]`.
     CloudSql {
         cloud: String,
         instance: String,
         /// The instance's server CA (PEM), with `host`: skips the Cloud SQL Admin lookup.
         ca_file: Option<String>,
+        /// `public` (the default), `private` or `psc`: which address the relay dials when it
+        /// looks the instance up.
+        ip_type: Option<String>,
     },
     /// `azure-postgres cloud=… server=…`.
     AzurePostgres { cloud: String, server: String },

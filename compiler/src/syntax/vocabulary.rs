@@ -107,6 +107,10 @@ pub const OBJECT_KINDS: &[&str] = &[
     "all-functions",
 ];
 
+/// The addresses of a Cloud SQL instance `cloud-sql ip-type` picks from (the first is the
+/// default, as in Google's connectors).
+pub const CLOUD_SQL_IP_TYPES: &[&str] = &["public", "private", "psc"];
+
 /// The provisioning modes of `provision`.
 pub const PROVISION_MODES: &[&str] = &["off", "keep", "best-effort-drop"];
 
@@ -323,6 +327,7 @@ static VOCABULARY: &[NodeSpec] = &[
             prop("cloud", NAME, true),
             prop("instance", S, true),
             prop("ca-file", S, false),
+            prop("ip-type", ValueKind::OneOf(CLOUD_SQL_IP_TYPES), false),
         ],
         ..node(
             "database/cloud-sql",

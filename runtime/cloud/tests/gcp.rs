@@ -422,20 +422,26 @@ async fn connect_settings_give_addresses_and_the_server_ca() {
 
     // Login tokens and ephemeral certificates: the certificate never outlives the token.
     fake.set_token_lifetime(Duration::from_secs(600));
-    fake.set_ephemeral_cert("-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n");
     let login = gcp
         .generate_access_token(&service_account_email(READER), &[SQLSERVICE_LOGIN])
         .await
         .unwrap();
+    let key = dbward_cloud::gcp::ClientKey::generate().unwrap();
     let cert = gcp
+        .generate_ephemeral_cert(&ledger(), key.public_pem(), Some(&login.secret))
+        .await
+        .unwrap();
+    assert!(cert.cert_pem.contains("BEGIN CERTIFICATE"));
+    // Not an RSA public key: refused, as Cloud SQL Admin does.
+    let error = gcp
         .generate_ephemeral_cert(
             &ledger(),
             "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n",
             Some(&login.secret),
         )
         .await
-        .unwrap();
-    assert!(cert.cert_pem.contains("MIIC"));
+        .unwrap_err();
+    assert!(error.to_string().contains("RSA public key"), "{error}");
     assert!(cert.expires_at.unwrap() <= login.expires_at + Duration::from_secs(1));
 }
 

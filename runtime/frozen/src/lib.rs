@@ -174,6 +174,11 @@ pub enum UpstreamAuth {
         /// Empty in configs compiled before it was recorded (recompile them).
         #[serde(default)]
         instance: String,
+        /// Which of the instance's addresses the relay dials when it looks the instance up
+        /// (no `host` in the manifest). Absent in older configs: public, as Google's connectors
+        /// default to.
+        #[serde(default)]
+        ip_type: CloudSqlIpType,
     },
     /// Microsoft Entra ID tokens (resource `https://ossrdbms-aad.database.windows.net`) used as the
     /// password; each database user logs in as its own Entra principal.
@@ -195,6 +200,20 @@ pub struct EntraPrincipal {
     /// setup.sql cannot create such a principal, so it must already exist on the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_id: Option<String>,
+}
+
+/// Which address of a Cloud SQL instance to dial (the manifest's `cloud-sql ip-type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloudSqlIpType {
+    /// The instance's public IP (`PRIMARY` in the Cloud SQL Admin API): Google's connectors'
+    /// default.
+    #[default]
+    Public,
+    /// The instance's private IP, in the VPC it is peered with.
+    Private,
+    /// Private Service Connect: the instance's DNS name.
+    Psc,
 }
 
 /// The admin login of a database.

@@ -418,11 +418,13 @@ pub fn public_roots_config(provider: Arc<CryptoProvider>) -> Result<ClientConfig
 /// lead to `roots` (the instance's server CA), and the certificate must name the instance —
 /// the SAN dNSName `dns_name` when the instance has one, else the subject CN
 /// `project:instance`. The address dialled is never checked against the certificate (Cloud
-/// SQL certificates carry no IP), and nothing is ever skipped.
+/// SQL certificates carry no IP), and nothing is ever skipped. `identity` is the client
+/// certificate to present (an ephemeral one from Cloud SQL Admin), if any.
 pub fn cloudsql_upstream(
     roots: RootCertStore,
     instance_cn: String,
     dns_name: Option<String>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<UpstreamTls, TlsError> {
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots.clone()), provider())
         .build()
@@ -434,12 +436,19 @@ pub fn cloudsql_upstream(
         dns_name,
     });
     UpstreamTls::new(|provider| {
-        Ok(ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth())
+            .with_custom_certificate_verifier(verifier.clone());
+        match &identity {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs.clone(), key.clone_key())
+                .map_err(|e| {
+                    TlsError::Config(format!("the Cloud SQL client certificate is unusable: {e}"))
+                }),
+            None => Ok(builder.with_no_client_auth()),
+        }
     })
 }
 

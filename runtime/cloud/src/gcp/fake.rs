@@ -2,7 +2,8 @@
 //! the metadata header; the JWT assertion's signature against the key's public key, its `aud`
 //! and `exp`; the STS token-exchange request; on IAM Credentials the bearer token, its scope,
 //! the target service account and the caller's right to impersonate it; on Cloud SQL Admin the
-//! bearer token, the caller's Cloud SQL Client role and the instance. One plain-HTTP server on
+//! bearer token, the caller's Cloud SQL Client role and the instance, and it signs ephemeral
+//! client certificates for RSA public keys with its client CA. One plain-HTTP server on
 //! 127.0.0.1 serves every endpoint; `/tokeninfo` (as Google's) lets a database-side verifier
 //! check a login token.
 
@@ -52,7 +53,10 @@ struct State {
     /// (audience, subject token, principal) accepted by STS.
     federation: Option<(String, String, String)>,
     instances: BTreeMap<(String, String), Value>,
-    ephemeral_cert: Option<String>,
+    /// Signs ephemeral client certificates, as Cloud SQL's per-instance client CA does.
+    client_ca: Option<Arc<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>>>,
+    /// How long ephemeral certificates live (capped by the login token's expiry).
+    cert_lifetime: Option<Duration>,
     tokens: HashMap<String, Issued>,
     lifetime: Option<Duration>,
     /// What was asked, by kind (`metadata`, `oauth`, `sts`, `impersonate:<account>`, …).
@@ -95,7 +99,10 @@ impl FakeGoogle {
             .await
             .expect("bind 127.0.0.1:0");
         let url = format!("http://{}", listener.local_addr().expect("local address"));
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            client_ca: Some(Arc::new(client_ca())),
+            ..State::default()
+        }));
         let shared = (url.clone(), state.clone());
         let server = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
@@ -237,9 +244,27 @@ impl FakeGoogle {
             .insert((name.project.clone(), name.instance.clone()), settings);
     }
 
-    /// What `generateEphemeralCert` answers with (PEM).
-    pub fn set_ephemeral_cert(&self, pem: &str) {
-        self.state().ephemeral_cert = Some(pem.to_owned());
+    /// Deletes an instance: its lookups answer 404 from now on.
+    pub fn remove_instance(&self, name: &InstanceName) {
+        self.state()
+            .instances
+            .remove(&(name.project.clone(), name.instance.clone()));
+    }
+
+    /// The CA that signs the ephemeral client certificates (PEM): a database that requires
+    /// client certificates trusts it (`ssl_ca_file`).
+    pub fn client_ca_pem(&self) -> String {
+        self.state()
+            .client_ca
+            .as_ref()
+            .map(|ca| ca.pem())
+            .unwrap_or_default()
+    }
+
+    /// Caps the lifetime of ephemeral client certificates issued from now on (an hour, and
+    /// never beyond the login token's expiry, otherwise).
+    pub fn set_cert_lifetime(&self, lifetime: Duration) {
+        self.state().cert_lifetime = Some(lifetime);
     }
 
     /// Caps the lifetime of every token issued from now on (Google's is an hour).
@@ -261,6 +286,46 @@ impl FakeGoogle {
     pub fn token_info(&self, token: &str) -> Option<Issued> {
         self.state().tokens.get(token).cloned()
     }
+}
+
+/// A fresh client CA (ECDSA P-256; Cloud SQL's are RSA, which rcgen cannot generate with
+/// ring, and the relay does not care which).
+fn client_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).expect("empty names are valid");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fake Cloud SQL client CA");
+    let key = rcgen::KeyPair::generate().expect("a P-256 key");
+    rcgen::CertifiedIssuer::self_signed(params, key).expect("a self-signed CA")
+}
+
+/// A client certificate for the RSA public key `public_pem`, signed by `ca`, valid until
+/// `expires`; `None` if the key is not an RSA `PUBLIC KEY` PEM.
+fn sign_client_cert(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    public_pem: &str,
+    subject: &str,
+    expires: SystemTime,
+) -> Option<String> {
+    let key = rcgen::SubjectPublicKeyInfo::from_pem(public_pem).ok()?;
+    let rsa = [
+        &rcgen::PKCS_RSA_SHA256,
+        &rcgen::PKCS_RSA_SHA384,
+        &rcgen::PKCS_RSA_SHA512,
+    ];
+    if !rsa.contains(&rcgen::PublicKeyData::algorithm(&key)) {
+        return None;
+    }
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).ok()?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, subject);
+    params.not_before = time::OffsetDateTime::now_utc() - Duration::from_secs(60);
+    params.not_after = time::OffsetDateTime::from(expires);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.signed_by(&key, ca).ok().map(|cert| cert.pem())
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -676,21 +741,21 @@ fn sql_admin(
         }
         ("POST", "generateEphemeralCert") => {
             let request: Value = serde_json::from_slice(body).unwrap_or_default();
-            if !request["public_key"]
+            let public_key = request["public_key"]
                 .as_str()
-                .is_some_and(|k| k.contains("BEGIN PUBLIC KEY"))
-            {
-                return api_error(
-                    400,
-                    "INVALID_ARGUMENT",
-                    "Invalid request: public_key must be a PEM public key.",
-                );
-            }
-            let mut expires = SystemTime::now() + Duration::from_secs(3600);
+                .unwrap_or_default()
+                .to_owned();
+            let lifetime = state.cert_lifetime.unwrap_or(Duration::from_secs(3600));
+            let mut expires = SystemTime::now() + lifetime;
+            let mut subject = caller.clone();
             if let Some(login) = request["access_token"].as_str() {
                 match state.tokens.get(login) {
-                    Some(issued) if issued.scopes.iter().any(|s| s == SQLSERVICE_LOGIN) => {
+                    Some(issued)
+                        if issued.scopes.iter().any(|s| s == SQLSERVICE_LOGIN)
+                            && issued.expires_at > SystemTime::now() =>
+                    {
                         expires = expires.min(issued.expires_at);
+                        subject = issued.principal.clone();
                     }
                     _ => {
                         return api_error(
@@ -701,7 +766,16 @@ fn sql_admin(
                     }
                 }
             }
-            let cert = state.ephemeral_cert.clone().unwrap_or_default();
+            let Some(ca) = state.client_ca.clone() else {
+                return api_error(500, "INTERNAL", "the fake has no client CA");
+            };
+            let Some(cert) = sign_client_cert(&ca, &public_key, &subject, expires) else {
+                return api_error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "Invalid request: public_key must be a PEM-encoded RSA public key.",
+                );
+            };
             state.count(format!("generateEphemeralCert:{project}:{instance}"));
             let expire = time::OffsetDateTime::from(expires)
                 .format(&time::format_description::well_known::Rfc3339)

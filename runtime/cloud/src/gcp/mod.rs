@@ -42,7 +42,7 @@ use crate::http::{Call, Http};
 use crate::secret::Secret;
 
 pub use ambient::Ambient;
-pub use sqladmin::{ConnectSettings, EphemeralCert, InstanceName, IpType};
+pub use sqladmin::{ClientKey, ConnectSettings, EphemeralCert, InstanceName, IpType};
 
 /// The scope of a Cloud SQL IAM login token.
 pub const SQLSERVICE_LOGIN: &str = "https://www.googleapis.com/auth/sqlservice.login";
@@ -60,7 +60,7 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// The variables the Google code reads: a snapshot, so tests and embedders can inject them
 /// without touching the process environment.
 #[derive(Clone, Default)]
-pub struct GcpEnv(BTreeMap<String, String>);
+pub struct GcpEnv(BTreeMap<String, String>, Option<Policy>);
 
 impl fmt::Debug for GcpEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,7 +86,21 @@ impl GcpEnv {
             vars.into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            None,
         )
+    }
+
+    /// The same variables, with login tokens (and the client certificates that ride with them)
+    /// refreshed by `policy` instead of the default: for tests with short-lived tokens. No
+    /// environment variable sets this.
+    pub fn with_token_policy(mut self, policy: Policy) -> GcpEnv {
+        self.1 = Some(policy);
+        self
+    }
+
+    /// The refresh policy of login tokens.
+    pub fn token_policy(&self) -> Policy {
+        self.1.unwrap_or_default()
     }
 
     fn get(&self, name: &str) -> Option<&str> {

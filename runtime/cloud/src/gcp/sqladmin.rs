@@ -97,6 +97,59 @@ pub struct EphemeralCert {
     pub expires_at: Option<SystemTime>,
 }
 
+/// The RSA key pair the relay's ephemeral client certificates certify. Generated once (a
+/// 2048-bit key, as Google's connectors use) and kept in memory only; `Debug` shows nothing of
+/// it.
+pub struct ClientKey {
+    /// The private key, PKCS#8 DER (what rustls takes).
+    pkcs8_der: Vec<u8>,
+    /// The public key, PEM `PUBLIC KEY` (what `generateEphemeralCert` takes).
+    public_pem: String,
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientKey([redacted])")
+    }
+}
+
+impl ClientKey {
+    /// The modulus size of the key.
+    pub const BITS: usize = 2048;
+
+    /// A fresh key from the operating system's RNG. This takes a noticeable time (tens of
+    /// milliseconds in release builds): call it off the session path, once.
+    pub fn generate() -> Result<ClientKey, GcpError> {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let failed = |e: String| GcpError::Invalid(format!("cannot make an RSA client key: {e}"));
+        let key = rsa::PrivateKey::new(&mut getrandom::SysRng, Self::BITS)
+            .map_err(|e| failed(e.to_string()))?;
+        let pkcs8_der = key
+            .to_pkcs8_der()
+            .map_err(|e| failed(e.to_string()))?
+            .as_bytes()
+            .to_vec();
+        let public_pem = key
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(ClientKey {
+            pkcs8_der,
+            public_pem,
+        })
+    }
+
+    /// The private key, PKCS#8 DER.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8_der
+    }
+
+    /// The public key, PEM.
+    pub fn public_pem(&self) -> &str {
+        &self.public_pem
+    }
+}
+
 impl Gcp {
     /// `GET {sqladmin}/sql/v1beta4/projects/{project}/instances/{instance}/connectSettings`.
     pub async fn connect_settings(&self, name: &InstanceName) -> Result<ConnectSettings, GcpError> {
@@ -270,6 +323,15 @@ impl Gcp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_keys_are_rsa_2048_and_ring_can_sign_with_them() {
+        let key = ClientKey::generate().unwrap();
+        let pair = ring::signature::RsaKeyPair::from_pkcs8(key.pkcs8_der()).unwrap();
+        assert_eq!(pair.public().modulus_len() * 8, ClientKey::BITS);
+        assert!(key.public_pem().starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert_eq!(format!("{key:?}"), "ClientKey([redacted])");
+    }
 
     #[test]
     fn instance_names() {

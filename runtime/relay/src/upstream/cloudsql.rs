@@ -12,9 +12,10 @@
 //!   says what to check.
 //! - **Where and whom to trust.** With `host` and `ca-file` in the manifest, the relay dials
 //!   `host` and verifies the chain against `ca-file`. Otherwise Cloud SQL Admin
-//!   `connectSettings` gives what is missing (the address — public IP, else private IP, else
-//!   the PSC DNS name — and the server CA); its answer is cached and refreshed in the
-//!   background every [`SETTINGS_REFRESH`].
+//!   `connectSettings` gives what is missing (the address of the manifest's `ip-type` —
+//!   public IP by default, private IP, or the PSC DNS name, never another type silently — and
+//!   the server CA); its answer is cached and refreshed in the background every
+//!   [`SETTINGS_REFRESH`].
 //! - **The certificate must name the instance**: its SAN dNSName when `connectSettings` gives
 //!   one, else the CN `project:instance` ([`crate::tls::cloudsql_upstream`]). The dialled
 //!   address is never compared with the certificate; verification is never skipped.
@@ -22,15 +23,20 @@
 //! The Google client is created on the first session (it needs the runtime), from the
 //! variables read when the config was loaded ([`GcpEnv`]). Tokens never reach a log or error.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use dbward_cloud::cache::{FetchFuture, Token};
 use dbward_cloud::gcp::{
-    ConnectSettings, Gcp, GcpEnv, InstanceName, IpType, Policy, service_account_email,
+    ClientKey, ConnectSettings, Gcp, GcpEnv, GcpError, InstanceName, IpType, Policy,
+    service_account_email,
 };
 use dbward_cloud::{Secret, TokenCache};
 use rustls::RootCertStore;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::sync::OnceCell;
 
 use super::UpstreamError;
 use crate::protocol::backend;
@@ -55,6 +61,8 @@ pub struct CloudSqlAuth {
     port: u16,
     /// The manifest's `host`, when given.
     host: Option<String>,
+    /// Which address of the instance to dial when there is no `host` (never another one).
+    ip_type: IpType,
     /// The manifest's `ca-file`, when given.
     ca: Option<RootCertStore>,
     /// With both `host` and `ca-file`: the fixed route, no lookup.
@@ -64,19 +72,42 @@ pub struct CloudSqlAuth {
     settings: Mutex<Option<Resolved>>,
     /// Serializes `connectSettings` calls, so a cold burst looks the instance up once.
     lookup: tokio::sync::Mutex<()>,
+    /// Per service account: the TLS that presents its current ephemeral certificate, built
+    /// once per certificate (and per `connectSettings` answer), shared by its sessions.
+    with_cert: Mutex<HashMap<String, CertRoute>>,
 }
 
 #[derive(Debug, Clone)]
 struct Client {
     gcp: Gcp,
-    logins: TokenCache<String, dbward_cloud::gcp::GcpError>,
+    logins: TokenCache<String, GcpError>,
+    /// Ephemeral client certificates per service account: the PEM (in [`Token::secret`],
+    /// which keeps it out of `Debug`), issued by `generateEphemeralCert` with that account's
+    /// login token and expiring no later than it. Refreshed in the background like the
+    /// tokens, after them (see [`cert_policy`]).
+    certs: TokenCache<String, GcpError>,
+    /// The RSA key every certificate certifies, generated on the first certificate fetch.
+    key: Arc<OnceCell<Arc<ClientKey>>>,
 }
 
 #[derive(Debug, Clone)]
 struct Resolved {
+    /// Without a client certificate.
     route: Route,
+    /// What a route with a client certificate is built from.
+    roots: RootCertStore,
+    dns_name: Option<String>,
     fetched: Instant,
     refreshing: bool,
+}
+
+/// A route presenting `cert` (the PEM it was built from), for the answer fetched at
+/// `settings`.
+#[derive(Debug, Clone)]
+struct CertRoute {
+    cert: Secret,
+    settings: Instant,
+    route: Route,
 }
 
 impl CloudSqlAuth {
@@ -84,7 +115,7 @@ impl CloudSqlAuth {
     /// compiler wrote the instance name in its place).
     pub fn new(
         instance: &str,
-        host: Option<String>,
+        (host, ip_type): (Option<String>, IpType),
         port: u16,
         ca: Option<RootCertStore>,
         env: GcpEnv,
@@ -104,12 +135,14 @@ impl CloudSqlAuth {
             instance,
             port,
             host,
+            ip_type,
             ca,
             fixed,
             env,
             client: Mutex::new(None),
             settings: Mutex::new(None),
             lookup: tokio::sync::Mutex::new(()),
+            with_cert: Mutex::new(HashMap::new()),
         })
     }
 
@@ -119,12 +152,14 @@ impl CloudSqlAuth {
             instance: self.instance.clone(),
             port: self.port,
             host: self.host.clone(),
+            ip_type: self.ip_type,
             ca: self.ca.clone(),
             fixed: self.fixed.clone(),
             env,
             client: Mutex::new(None),
             settings: Mutex::new(None),
             lookup: tokio::sync::Mutex::new(()),
+            with_cert: Mutex::new(HashMap::new()),
         }
     }
 
@@ -136,18 +171,124 @@ impl CloudSqlAuth {
         let handle = tokio::runtime::Handle::current();
         let gcp = Gcp::new(self.env.clone(), handle.clone())
             .map_err(|e| UpstreamError::Auth(format!("cannot set up the Google client: {e}")))?;
-        let logins = gcp.login_tokens(handle, Policy::default());
-        let made = Client { gcp, logins };
+        let policy = self.env.token_policy();
+        let logins = gcp.login_tokens(handle.clone(), policy);
+        let key = Arc::new(OnceCell::new());
+        let certs = {
+            let (gcp, logins, key) = (gcp.clone(), logins.clone(), key.clone());
+            let instance = self.instance.clone();
+            TokenCache::new(handle, cert_policy(policy), move |email: String| {
+                let (gcp, logins, key) = (gcp.clone(), logins.clone(), key.clone());
+                let instance = instance.clone();
+                Box::pin(
+                    async move { ephemeral_cert(&gcp, &logins, &key, &instance, &email).await },
+                ) as FetchFuture<GcpError>
+            })
+        };
+        let made = Client {
+            gcp,
+            logins,
+            certs,
+            key,
+        };
         *client = Some(made.clone());
         Ok(made)
     }
 
-    /// Where to dial and how to verify: fixed by the manifest, or from the cached
-    /// `connectSettings` (looked up on a cold cache, refreshed in the background when old).
-    pub async fn route(self: &Arc<Self>) -> Result<Route, UpstreamError> {
+    /// Where to dial and how to verify for a session of database user `user` (`None` for a
+    /// cancel request): fixed by the manifest, or from the cached `connectSettings` (looked up
+    /// on a cold cache, refreshed in the background when old). A looked-up instance is always
+    /// given an ephemeral client certificate, as Google's connectors do (instances may require
+    /// one); the manifest's fixed route makes no Cloud SQL Admin call and presents none.
+    pub async fn route(self: &Arc<Self>, user: Option<&str>) -> Result<Route, UpstreamError> {
         if let Some(fixed) = &self.fixed {
             return Ok(fixed.clone());
         }
+        self.settings_route().await?;
+        let Some(user) = user else {
+            // A cancel: any account's certificate will do (the server checks none for a
+            // CancelRequest beyond the handshake).
+            let resolved = lock(&self.settings).clone();
+            let with_cert = lock(&self.with_cert);
+            return Ok(match resolved {
+                Some(resolved) => with_cert
+                    .values()
+                    .find(|c| c.settings == resolved.fetched)
+                    .map_or(resolved.route, |c| c.route.clone()),
+                None => return Err(not_resolved(&self.instance)),
+            });
+        };
+        let client = self.client()?;
+        let email = service_account_email(user);
+        let cert = client.certs.get(&email).await.map_err(|e| {
+            UpstreamError::Auth(format!(
+                "cannot get a Cloud SQL client certificate for {email} \
+                 (generateEphemeralCert): {e}"
+            ))
+        })?;
+        // The steady state: this certificate's TLS for the current answer is built already.
+        let fetched = lock(&self.settings).as_ref().map(|r| r.fetched);
+        if let Some(known) = lock(&self.with_cert).get(&email)
+            && known.cert == cert.secret
+            && Some(known.settings) == fetched
+        {
+            return Ok(known.route.clone());
+        }
+        let Some(resolved) = lock(&self.settings).clone() else {
+            return Err(not_resolved(&self.instance));
+        };
+        // A new certificate (or a new answer): build its TLS once, for every session after.
+        let key = client
+            .key
+            .get()
+            .ok_or_else(|| UpstreamError::Auth("the client key is missing".into()))?;
+        let route = self.route_with_cert(&resolved, &cert.secret, key)?;
+        lock(&self.with_cert).insert(
+            email,
+            CertRoute {
+                cert: cert.secret,
+                settings: resolved.fetched,
+                route: route.clone(),
+            },
+        );
+        Ok(route)
+    }
+
+    /// `resolved`'s route, presenting the certificate `cert` (PEM) for `key`.
+    fn route_with_cert(
+        &self,
+        resolved: &Resolved,
+        cert: &Secret,
+        key: &ClientKey,
+    ) -> Result<Route, UpstreamError> {
+        let chain = CertificateDer::pem_slice_iter(cert.expose().as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .filter(|chain| !chain.is_empty())
+            .ok_or_else(|| {
+                UpstreamError::Auth(format!(
+                    "Cloud SQL Admin returned an ephemeral certificate for instance {} that is \
+                     not a PEM certificate",
+                    self.instance
+                ))
+            })?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+        let tls = cloudsql_upstream(
+            resolved.roots.clone(),
+            self.instance.certificate_name(),
+            resolved.dns_name.clone(),
+            Some((chain, key)),
+        )
+        .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+        Ok(Route {
+            address: resolved.route.address.clone(),
+            server_name: resolved.route.server_name.clone(),
+            tls: Arc::new(tls),
+        })
+    }
+
+    /// The looked-up route without a client certificate.
+    async fn settings_route(self: &Arc<Self>) -> Result<Route, UpstreamError> {
         let refresh = {
             let mut settings = lock(&self.settings);
             match &mut *settings {
@@ -200,29 +341,34 @@ impl CloudSqlAuth {
             .connect_settings(&self.instance)
             .await
             .map_err(|e| UpstreamError::Auth(e.to_string()))?;
-        let route = self.route_from(&settings)?;
+        let (route, roots) = self.route_from(&settings)?;
         *lock(&self.settings) = Some(Resolved {
             route: route.clone(),
+            roots,
+            dns_name: settings.dns_name.clone(),
             fetched: Instant::now(),
             refreshing: false,
         });
         Ok(route)
     }
 
-    fn route_from(&self, settings: &ConnectSettings) -> Result<Route, UpstreamError> {
+    fn route_from(
+        &self,
+        settings: &ConnectSettings,
+    ) -> Result<(Route, RootCertStore), UpstreamError> {
         let host = match &self.host {
             Some(host) => host.clone(),
-            None => [IpType::Public, IpType::Private, IpType::Psc]
-                .into_iter()
-                .find_map(|kind| settings.address(kind))
-                .ok_or_else(|| {
-                    UpstreamError::Auth(format!(
-                        "Cloud SQL instance {} has no public or private IP address and no \
-                         Private Service Connect name; give it an IP, or set `host` in the \
-                         manifest",
-                        self.instance
-                    ))
-                })?,
+            None => settings.address(self.ip_type).ok_or_else(|| {
+                UpstreamError::Auth(format!(
+                    "Cloud SQL instance {} has no {} address (it has: {}); set `ip-type` on \
+                     `cloud-sql` in the manifest to one it has, or give the instance a {} \
+                     address",
+                    self.instance,
+                    ip_type_name(self.ip_type),
+                    available(settings),
+                    ip_type_name(self.ip_type),
+                ))
+            })?,
         };
         let roots = match &self.ca {
             Some(ca) => ca.clone(),
@@ -232,14 +378,15 @@ impl CloudSqlAuth {
             )
             .map_err(|e| UpstreamError::Auth(e.to_string()))?,
         };
-        route(
+        let route = route(
             &host,
             self.port,
-            roots,
+            roots.clone(),
             self.instance.certificate_name(),
             settings.dns_name.clone(),
         )
-        .map_err(UpstreamError::Auth)
+        .map_err(UpstreamError::Auth)?;
+        Ok((route, roots))
     }
 
     /// The login token of database user `user`, from the cache. Taken before dialling, so a
@@ -313,8 +460,8 @@ fn route(
     instance_cn: String,
     dns_name: Option<String>,
 ) -> Result<Route, String> {
-    let tls =
-        cloudsql_upstream(roots, instance_cn, dns_name).map_err(|e: TlsError| e.to_string())?;
+    let tls = cloudsql_upstream(roots, instance_cn, dns_name, None)
+        .map_err(|e: TlsError| e.to_string())?;
     // The name only matters as SNI: the verifier checks the instance, not this.
     let server_name = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
@@ -330,6 +477,76 @@ fn route(
         server_name,
         tls: Arc::new(tls),
     })
+}
+
+/// How client certificates are refreshed: like the login tokens they ride with, but half as
+/// far ahead of expiry, so that the token's successor is there when the certificate's is
+/// fetched (a certificate issued with the old token would expire with it).
+fn cert_policy(tokens: Policy) -> Policy {
+    Policy {
+        refresh_before: tokens.refresh_before / 2,
+        ..tokens
+    }
+}
+
+/// One `generateEphemeralCert` for `email`: with its current login token (so the certificate
+/// never outlives it) and the relay's key (generated on first use, off the runtime's threads).
+async fn ephemeral_cert(
+    gcp: &Gcp,
+    logins: &TokenCache<String, GcpError>,
+    key: &OnceCell<Arc<ClientKey>>,
+    instance: &InstanceName,
+    email: &str,
+) -> Result<Token, GcpError> {
+    let login = logins.get(&email.to_owned()).await?;
+    let key = key
+        .get_or_try_init(|| async {
+            tokio::task::spawn_blocking(ClientKey::generate)
+                .await
+                .map_err(|e| GcpError::Invalid(format!("cannot make an RSA client key: {e}")))?
+                .map(Arc::new)
+        })
+        .await?;
+    let cert = gcp
+        .generate_ephemeral_cert(instance, key.public_pem(), Some(&login.secret))
+        .await?;
+    let expires_at = cert
+        .expires_at
+        .map_or(login.expires_at, |t| t.min(login.expires_at));
+    Ok(Token {
+        secret: Secret::new(cert.cert_pem),
+        expires_at,
+    })
+}
+
+/// The connect settings were dropped between the lookup and their use (a reload): rare.
+fn not_resolved(instance: &InstanceName) -> UpstreamError {
+    UpstreamError::Auth(format!(
+        "the connect settings of Cloud SQL instance {instance} are not known yet; try again"
+    ))
+}
+
+/// The manifest's word for `kind`.
+fn ip_type_name(kind: IpType) -> &'static str {
+    match kind {
+        IpType::Public => "public",
+        IpType::Private => "private",
+        IpType::Psc => "psc",
+    }
+}
+
+/// The address types `settings` offers, for messages: "public, private", or "none".
+fn available(settings: &ConnectSettings) -> String {
+    let kinds: Vec<&str> = [IpType::Public, IpType::Private, IpType::Psc]
+        .into_iter()
+        .filter(|kind| settings.address(*kind).is_some())
+        .map(ip_type_name)
+        .collect();
+    if kinds.is_empty() {
+        "none".to_owned()
+    } else {
+        kinds.join(", ")
+    }
 }
 
 fn password_message(password: &str) -> Vec<u8> {

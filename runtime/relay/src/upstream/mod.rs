@@ -80,8 +80,11 @@ impl Upstream {
         gcp: &dbward_cloud::gcp::GcpEnv,
     ) -> Result<Upstream, TlsError> {
         let resolve = |p: &Path| Config::resolve_path(config_path, p);
-        if let UpstreamAuth::CloudSqlIam { instance, .. } = &database.auth {
-            return Upstream::cloudsql(config_path, name, database, instance, gcp);
+        if let UpstreamAuth::CloudSqlIam {
+            instance, ip_type, ..
+        } = &database.auth
+        {
+            return Upstream::cloudsql(config_path, name, database, (instance, *ip_type), gcp);
         }
         let address = format!("{}:{}", database.host, database.port);
         let mut rds = None;
@@ -157,7 +160,7 @@ impl Upstream {
         config_path: &Path,
         name: &str,
         database: &Database,
-        instance: &str,
+        (instance, ip_type): (&str, dbward_frozen::CloudSqlIpType),
         gcp: &dbward_cloud::gcp::GcpEnv,
     ) -> Result<Upstream, TlsError> {
         if instance.is_empty() {
@@ -174,8 +177,18 @@ impl Upstream {
             ))?),
             None => None,
         };
-        let auth = match cloudsql::CloudSqlAuth::new(instance, host, database.port, ca, gcp.clone())
-        {
+        let ip_type = match ip_type {
+            dbward_frozen::CloudSqlIpType::Public => dbward_cloud::gcp::IpType::Public,
+            dbward_frozen::CloudSqlIpType::Private => dbward_cloud::gcp::IpType::Private,
+            dbward_frozen::CloudSqlIpType::Psc => dbward_cloud::gcp::IpType::Psc,
+        };
+        let auth = match cloudsql::CloudSqlAuth::new(
+            instance,
+            (host, ip_type),
+            database.port,
+            ca,
+            gcp.clone(),
+        ) {
             Ok(auth) => auth,
             Err(reason) => {
                 return Ok(Upstream::Unsupported(format!(
@@ -300,9 +313,12 @@ pub struct Connected {
 
 /// TCP + SSLRequest + TLS to an upstream. The first offer is the fast one (see
 /// [`UpstreamTls`]); a server that refuses it is dialled again with every suite.
-async fn tls_connect(target: &Target) -> Result<TlsStream<ReadAhead<TcpStream>>, UpstreamError> {
+async fn tls_connect(
+    target: &Target,
+    user: Option<&str>,
+) -> Result<TlsStream<ReadAhead<TcpStream>>, UpstreamError> {
     let route = match &target.cloudsql {
-        Some(sql) => sql.route().await?,
+        Some(sql) => sql.route(user).await?,
         None => cloudsql::Route {
             address: target.address.clone(),
             server_name: target.server_name.clone(),
@@ -374,7 +390,7 @@ pub async fn connect(
         (None, Some(azure)) => Some(azure.login(user).await?),
         (None, None) => None,
     };
-    let mut stream = tls_connect(target).await?;
+    let mut stream = tls_connect(target, Some(user)).await?;
     let protocol = |reason: String| UpstreamError::Protocol {
         address: target.address.clone(),
         reason,
@@ -469,7 +485,7 @@ pub async fn connect(
 /// sessions, so the server's pg_hba.conf `hostssl` lines apply), then waits for the server to
 /// close the connection, which it does once it has read the request.
 pub async fn send_cancel(target: &Target, key: BackendKey) -> Result<(), UpstreamError> {
-    let mut stream = tls_connect(target).await?;
+    let mut stream = tls_connect(target, None).await?;
     let io_error = |source| UpstreamError::Tls {
         address: target.address.clone(),
         source,
@@ -517,7 +533,7 @@ mod tests {
             let mut rest = Vec::new();
             let _ = socket.read_to_end(&mut rest).await;
         });
-        let error = tls_connect(&target(address)).await.unwrap_err();
+        let error = tls_connect(&target(address), None).await.unwrap_err();
         server.abort();
         error
     }
@@ -540,7 +556,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let error = tls_connect(&target(address.clone())).await.unwrap_err();
+        let error = tls_connect(&target(address.clone()), None)
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains(&address), "{error}");
     }
 }

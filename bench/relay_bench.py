@@ -28,6 +28,15 @@ dbward.deactivate or dbward.drop at the end). Each call is one round trip on a w
 connection (Parse/Bind/Execute/Sync in one write, one read to ReadyForQuery); admin
 connections opened during the run are counted from pg_stat_database.
 
+Token upstreams (scenario "H cloud sessions"): new sessions per second (pgbench -C, 4 clients)
+through the relay to an mTLS upstream (`relay`) against a Cloud SQL upstream (`relay-cloudsql`:
+an impersonated `sqlservice.login` token from the local fake Google, the instance verified by its
+CA and CN `project:instance`) and an Azure upstream (`relay-azure`: an Entra ID token from the
+local fake IMDS), in the same rounds; relay CPU per session. The token upstreams are a second
+PostgreSQL with `password` authentication, where the fakes (runtime/cloud/examples) set each
+token as the role's password when they issue it. Tokens are fetched before the runs, as in
+steady state (refreshed in the background, never on the session path).
+
 Paths: `direct` is pgbench -> PostgreSQL (TLS, client certificate); `relay` is pgbench ->
 dbward-relay (mTLS) -> PostgreSQL (mTLS); `pgbouncer` is pgbench -> pgbouncer (TLS, client
 certificate) -> PostgreSQL (mTLS). In the `-c 1` and fixed-rate latency scenarios, `hop` is
@@ -65,6 +74,16 @@ PATHS = ["direct", "relay", "pgbouncer"]
 # the person's own user, both modes.
 PROVISION_PATHS = ["relay", "relay-keep", "relay-drop"]
 PROVISION_PEOPLE = {"relay-keep": "kim", "relay-drop": "leo"}
+# Scenario H, session starts through the token upstreams: `relay` (mTLS upstream, the bench
+# database) against `relay-cloudsql` (Cloud SQL: an impersonated login token from the fake
+# Google) and `relay-azure` (Azure: an Entra ID token from the fake IMDS), both on a second
+# PostgreSQL whose server certificate names the instance (CN `bench-proj:inst`, SAN 127.0.0.1).
+CLOUD_PATHS = ["relay", "relay-cloudsql", "relay-azure"]
+CLOUD_LOGINS = {"relay-cloudsql": ("ledger", "reader@bench-proj.iam"), "relay-azure": ("reports", "azreader")}
+CLOUD_RELAY_SA = "dbward-relay@bench-proj.iam.gserviceaccount.com"
+AZ_TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+AZ_CLIENT = "3b1f6c2e-5d4a-4e8b-9c7d-1a2b3c4d5e6f"
+AZ_OBJECT = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 # Scenarios that measure the latency one extra hop adds; they also run the `hop` path (a plain
 # TCP forwarder, TLS end to end with PostgreSQL): the floor any middle process pays here.
 HOP_SCENARIOS = ("A prepared c1", "A simple c1", "B latency R2000")
@@ -241,6 +260,39 @@ user leo {{
 """
 
 
+CLOUD_MANIFEST = """
+// Scenario H: token upstreams on a second PostgreSQL, with local fake Google and Entra ID.
+cloud gcp-bench {{
+    gcp project="bench-proj"
+    relay-service-account "{relay_sa}"
+}}
+
+cloud azure-bench {{
+    azure subscription="11111111-2222-3333-4444-555555555555" tenant="{tenant}"
+}}
+
+database ledger {{
+    postgres host="127.0.0.1" port={port} version=15
+    cloud-sql cloud=gcp-bench instance="bench-proj:us-central1:inst" ca-file="{ca}"
+    db-user "reader@bench-proj.iam"
+}}
+
+database reports {{
+    postgres host="127.0.0.1" port={port} version=15
+    azure-postgres cloud=azure-bench server="reports-bench" ca-file="{ca}"
+    db-user azreader client-id="{client}" object-id="{object}"
+}}
+
+role cloudbench {{
+    allow {{
+        databases ledger reports
+        db-users "*"
+        db-names bench
+    }}
+}}
+"""
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -264,6 +316,12 @@ class Bench:
         self.hop_pid = None
         self.bouncer_pid = None
         self.idle_rss_start = {}
+        # Scenario H needs a second PostgreSQL and the fake clouds; only when it runs.
+        self.cloud = not args.scenarios or any(w.lower() in "h cloud sessions" for w in args.scenarios)
+        self.cloud_root = self.work / "cloudpg"
+        self.cloud_data = self.cloud_root / "data"
+        self.cloud_port = free_port()
+        self.cloud_env = {}
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -280,6 +338,8 @@ class Bench:
         else:
             log("building release binaries")
             run(["cargo", "build", "--release", "-p", "dbward", "-p", "dbward-relay"], cwd=ROOT)
+            if self.cloud:
+                run(["cargo", "build", "--release", "-p", "dbward-cloud", "--features", "fake", "--examples"], cwd=ROOT)
         self.dbward = ROOT / "target/release/dbward"
         self.relay_bin = Path(self.args.relay_bin) if self.args.relay_bin else ROOT / "target/release/dbward-relay"
 
@@ -287,9 +347,14 @@ class Bench:
         for d in (self.pg_root, self.pg_conf, self.pg_sock):
             d.mkdir(parents=True, exist_ok=True)
         manifest = self.work / "bench.kdl"
-        manifest.write_text(
-            MANIFEST.format(relay_port=self.relay_port, pg_port=self.pg_port, work=self.work, pg_conf=self.pg_conf)
-        )
+        text = MANIFEST.format(relay_port=self.relay_port, pg_port=self.pg_port, work=self.work, pg_conf=self.pg_conf)
+        if self.cloud:
+            text = text.replace("roles benchmarker\n", "roles benchmarker cloudbench\n")
+            text += CLOUD_MANIFEST.format(
+                relay_sa=CLOUD_RELAY_SA, tenant=AZ_TENANT, port=self.cloud_port,
+                ca=self.cloud_root / "ca.crt", client=AZ_CLIENT, object=AZ_OBJECT,
+            )
+        manifest.write_text(text)
         self.manifest = manifest
         log("dbward apply")
         run([str(self.dbward), "apply", str(manifest), "--out", str(self.out), "--auto-approve"], stdout=subprocess.DEVNULL)
@@ -332,6 +397,76 @@ class Bench:
         os.chmod(setup, 0o644)
         run(as_postgres(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.pg_sock), "-p", str(self.pg_port), "-U", "postgres", "-d", "bench", "-f", str(setup)]), stdout=subprocess.DEVNULL)
 
+    def cloud_certificates(self):
+        """The second server's CA and certificate (ECDSA P-256): CN names the Cloud SQL
+        instance (`project:instance`), the SAN its address (Azure's verify-full)."""
+        root = self.cloud_root
+        (root / "run").mkdir(parents=True, exist_ok=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        run(["openssl", "req", "-x509", *ec, "-keyout", str(root / "ca.key"), "-out", str(root / "ca.crt"), "-days", "2", "-subj", "/CN=dbward bench cloud CA"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run(["openssl", "req", *ec, "-keyout", str(root / "server.key"), "-out", str(root / "server.csr"), "-subj", "/CN=bench-proj:inst"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        (root / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+        run(["openssl", "x509", "-req", "-in", str(root / "server.csr"), "-CA", str(root / "ca.crt"), "-CAkey", str(root / "ca.key"), "-CAcreateserial", "-days", "2", "-out", str(root / "server.crt"), "-extfile", str(root / "ext.cnf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.chmod(root / "ca.crt", 0o644)
+
+    def start_cloud_postgres(self):
+        """The stand-in for the Cloud SQL instance and the Azure server: `password`
+        authentication (md5-stored), where the fakes set each login token as the password when
+        they issue it, tuned like the bench server."""
+        root, data, sock = self.cloud_root, self.cloud_data, self.cloud_root / "run"
+        log(f"initdb + start the token upstreams' PostgreSQL on 127.0.0.1:{self.cloud_port}")
+        chown_postgres(root)
+        run(as_postgres([str(self.pg_bin / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=reject", "--no-sync", "-E", "UTF8", "--locale=C"]), stdout=subprocess.DEVNULL)
+        os.chmod(root / "server.key", 0o600)
+        with open(data / "postgresql.conf", "a") as f:
+            f.write(
+                f"\nlisten_addresses = '127.0.0.1'\nport = {self.cloud_port}\n"
+                f"unix_socket_directories = '{sock}'\n"
+                f"ssl = on\nssl_cert_file = '{root}/server.crt'\nssl_key_file = '{root}/server.key'\n"
+                "password_encryption = md5\n"
+                "max_connections = 5300\nshared_buffers = '512MB'\nfsync = off\n"
+                "synchronous_commit = off\nfull_page_writes = off\n"
+            )
+        (data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 password\n")
+        chown_postgres(root)
+        run(as_postgres([str(self.pg_bin / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "120", "start"]), stdout=subprocess.DEVNULL)
+        su = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(sock), "-p", str(self.cloud_port), "-U", "postgres"]
+        run(as_postgres([*su, "-d", "postgres", "-c", "CREATE DATABASE bench"]), stdout=subprocess.DEVNULL)
+        run(as_postgres([str(self.pg_bin / "pgbench"), "-i", "-s", "1", "-q", "-h", str(sock), "-p", str(self.cloud_port), "-U", "postgres", "bench"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run(as_postgres([*su, "-d", "bench", "-c",
+            'CREATE ROLE "reader@bench-proj.iam" LOGIN; CREATE ROLE azreader LOGIN; '
+            'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "reader@bench-proj.iam", azreader']), stdout=subprocess.DEVNULL)
+
+    def start_fakes(self):
+        """The fake Google (metadata server, IAM Credentials) and Entra ID (IMDS) as processes;
+        each sets a login token as its role's password before answering with it."""
+        conninfo = f"host={self.cloud_root / 'run'} port={self.cloud_port} user=postgres dbname=postgres"
+        examples = ROOT / "target/release/examples"
+        for name, cmd, last in (
+            ("fake Google", [str(examples / "fake_google"), "--relay", CLOUD_RELAY_SA, "--db-user", "reader@bench-proj.iam", "--set-passwords", conninfo], "FAKE_GOOGLE_URL="),
+            ("fake Entra ID", [str(examples / "fake_entra"), AZ_TENANT, f"{AZ_CLIENT}={AZ_OBJECT}=azreader", "--set-passwords", conninfo], "signing-key "),
+        ):
+            log(f"start the {name}")
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.work / f"{name.replace(' ', '-')}.log", "w"), text=True)
+            self.procs.append(p)
+            for line in p.stdout:
+                if line.startswith(last):
+                    break
+                key, _, value = line.strip().partition("=")
+                if key:
+                    self.cloud_env[key] = value
+            else:
+                sys.exit(f"the {name} did not start; see {self.work}")
+
+    def warm_cloud_tokens(self):
+        """One session per token upstream, so the relay holds its tokens before the runs (as it
+        does in steady state: tokens are refreshed in the background, never on the session path)."""
+        for path in CLOUD_LOGINS:
+            env = self.env_for(path)
+            res = subprocess.run(["psql", "-X", "-A", "-t", "-c", "select current_user"], env=env, capture_output=True, text=True)
+            if res.returncode != 0:
+                sys.exit(f"a session through {path} failed:\n{res.stderr}")
+
     def psql_super(self, sql, db="postgres"):
         run(as_postgres(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.pg_sock), "-p", str(self.pg_port), "-U", "postgres", "-d", db, "-c", sql]), stdout=subprocess.DEVNULL)
 
@@ -364,7 +499,7 @@ class Bench:
 
     def start_relay(self):
         log(f"start dbward-relay on 127.0.0.1:{self.relay_port}")
-        p = subprocess.Popen([str(self.relay_bin), "--config", str(self.out / "relay/frozen.json"), *self.args.relay_args.split()], stdout=subprocess.DEVNULL, stderr=open(self.work / "relay.log", "w"), env={**os.environ, "RUST_LOG": "warn"})
+        p = subprocess.Popen([str(self.relay_bin), "--config", str(self.out / "relay/frozen.json"), *self.args.relay_args.split()], stdout=subprocess.DEVNULL, stderr=open(self.work / "relay.log", "w"), env={**os.environ, **self.cloud_env, "RUST_LOG": "warn"})
         self.procs.append(p)
         self.relay_pid = p.pid
         self.wait_port(self.relay_port, "dbward-relay", self.work / "relay.log")
@@ -471,6 +606,15 @@ log_disconnections = 0
                 PGSSLKEY=str(self.work / person / "postgresql.key"),
             )
             return env
+        if path in CLOUD_LOGINS:
+            database, user = CLOUD_LOGINS[path]
+            env.update(
+                PGUSER=user, PGHOST=f"{database}.db.localhost", PGHOSTADDR="127.0.0.1", PGPORT=str(self.relay_port),
+                PGSSLROOTCERT=str(self.user_dir / "root.crt"),
+                PGSSLCERT=str(self.user_dir / "postgresql.crt"),
+                PGSSLKEY=str(self.user_dir / "postgresql.key"),
+            )
+            return env
         if path in ("direct", "hop"):
             env.update(
                 PGHOST="127.0.0.1", PGPORT=str(self.pg_port if path == "direct" else self.hop_port),
@@ -489,7 +633,7 @@ log_disconnections = 0
         return env
 
     def middle_pid(self, path):
-        if path in PROVISION_PEOPLE:
+        if path in PROVISION_PEOPLE or path in CLOUD_LOGINS:
             return self.relay_pid
         return {"relay": self.relay_pid, "relay-b": self.relay_b_pid, "hop": self.hop_pid, "pgbouncer": self.bouncer_pid}.get(path)
 
@@ -503,7 +647,8 @@ log_disconnections = 0
         """Runs pgbench on one path; returns (parsed output, middle CPU s, postgres CPU s, wall s)."""
         pid = self.middle_pid(path)
         cpu0 = self.middle_cpu(path)
-        pg0 = postgres_cpu_seconds(self.pg_data)
+        pg_data = self.cloud_data if path in CLOUD_LOGINS else self.pg_data
+        pg0 = postgres_cpu_seconds(pg_data)
         perf = None
         if self.args.perf and path in ("relay", "relay-b"):
             # A CPU profile of the relay during this run, for `perf report -i FILE`.
@@ -527,7 +672,7 @@ log_disconnections = 0
         if path == "hop":
             time.sleep(0.3)  # let socat reap the child that served this run
         cpu = self.middle_cpu(path) - cpu0
-        pg_cpu = postgres_cpu_seconds(self.pg_data) - pg0
+        pg_cpu = postgres_cpu_seconds(pg_data) - pg0
         out = res.stdout
         parsed = {}
         m = re.search(r"number of transactions actually processed: (\d+)", out)
@@ -576,6 +721,19 @@ log_disconnections = 0
         parsed, cpu, _, _ = self.pgbench(path, ["-S", "-C", "-c", "4", "-j", "2", "-T", str(d)])
         n = max(parsed["transactions"], 1)
         return {"connections_per_s": parsed["tps"], "connection_ms": parsed["connection_ms"], "middle_cpu_us_per_session": cpu / n * 1e6}
+
+    def scenario_cloud_sessions(self, path):
+        """New sessions per second through an mTLS upstream or a token upstream (pgbench -C),
+        with the relay's and the upstream server's CPU per session."""
+        d = self.args.duration
+        parsed, cpu, pg_cpu, wall = self.pgbench(path, ["-S", "-C", "-c", "4", "-j", "2", "-T", str(d)])
+        n = max(parsed["transactions"], 1)
+        return {
+            "sessions_per_s": parsed["tps"],
+            "connection_ms": parsed["connection_ms"],
+            "middle_cpu_us_per_session": cpu / n * 1e6,
+            "postgres_cpu_us_per_session": pg_cpu / n * 1e6,
+        }
 
     def scenario_provision(self, path, clients, threads):
         """New sessions per second as a declared user (`relay`) or a provisioned person, with
@@ -682,6 +840,7 @@ log_disconnections = 0
             ("E bulk 40MB", self.scenario_bulk),
             ("G provision c1", lambda p: self.scenario_provision(p, 1, 1)),
             ("G provision c4", lambda p: self.scenario_provision(p, 4, 2)),
+            ("H cloud sessions", self.scenario_cloud_sessions),
         ]
         if self.args.scenarios:
             scenarios = [(n, f) for n, f in scenarios if any(w.lower() in n.lower() for w in self.args.scenarios)]
@@ -692,6 +851,8 @@ log_disconnections = 0
                 these = paths + (["hop"] if name in HOP_SCENARIOS and not self.args.no_hop else [])
                 if name.startswith("G provision"):
                     these = PROVISION_PATHS
+                if name.startswith("H cloud"):
+                    these = CLOUD_PATHS
                 order = these[r % len(these):] + these[: r % len(these)]
                 for path in order:
                     # CPU time the hypervisor gave to other guests during this run: on a shared
@@ -722,8 +883,9 @@ log_disconnections = 0
                 os.kill(self.bouncer_pid, signal.SIGTERM)
             except OSError:
                 pass
-        if self.pg_data.exists():
-            subprocess.run(as_postgres([str(self.pg_bin / "pg_ctl"), "-D", str(self.pg_data), "-m", "immediate", "-w", "stop"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for data in (self.pg_data, self.cloud_data):
+            if data.exists():
+                subprocess.run(as_postgres([str(self.pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not self.args.keep:
             shutil.rmtree(self.work, ignore_errors=True)
         else:
@@ -752,7 +914,7 @@ def summarize(results):
         for path, values in by_path.items():
             entry[path] = statistics.median(v for _, v in values)
         if metric != "steal_pct":
-            for a, b in (("relay", "direct"), ("relay", "pgbouncer"), ("relay-b", "relay"), ("relay-keep", "relay"), ("relay-drop", "relay")):
+            for a, b in (("relay", "direct"), ("relay", "pgbouncer"), ("relay-b", "relay"), ("relay-keep", "relay"), ("relay-drop", "relay"), ("relay-cloudsql", "relay"), ("relay-azure", "relay")):
                 ratio = same_round(by_path, a, b, lambda x, y: x / y)
                 if ratio is not None:
                     entry[f"{a}/{b}"] = ratio
@@ -770,8 +932,8 @@ def summarize(results):
 
 
 def print_table(summary):
-    order = ["direct", "hop", "relay", "relay-b", "relay-keep", "relay-drop", "pgbouncer", "relay/direct", "relay/pgbouncer",
-             "relay-b/relay", "relay-keep/relay", "relay-drop/relay",
+    order = ["direct", "hop", "relay", "relay-b", "relay-keep", "relay-drop", "relay-cloudsql", "relay-azure", "pgbouncer", "relay/direct", "relay/pgbouncer",
+             "relay-b/relay", "relay-keep/relay", "relay-drop/relay", "relay-cloudsql/relay", "relay-azure/relay",
              "relay-direct_us", "hop-direct_us", "relay-hop_us", "pgbouncer-direct_us"]
     cols = [c for c in order if any(c in e for e in summary)]
     print(f"{'scenario':22} {'metric':26} " + " ".join(f"{c:>15}" for c in cols))
@@ -807,9 +969,16 @@ def main():
     bench = Bench(args)
     try:
         bench.build()
+        if bench.cloud:
+            bench.cloud_certificates()
         bench.generate()
         bench.start_postgres()
+        if bench.cloud:
+            bench.start_cloud_postgres()
+            bench.start_fakes()
         bench.start_relay()
+        if bench.cloud:
+            bench.warm_cloud_tokens()
         if args.compare:
             bench.start_relay_b()
         if not args.no_hop:

@@ -46,7 +46,7 @@ const LOADER: (&str, &str) = (
 const SECRET: &str = "reporting~client~secret~value";
 const FEDERATED: &str = "eyJhbGciOiJSUzI1NiJ9.k8s-service-account-token.sig";
 
-fn manifest(pg_port: u16, relay_port: u16, audit: &Path) -> String {
+fn manifest(pg_port: u16, relay_port: u16, audit: &Path, ca: &Path) -> String {
     format!(
         r#"dbward version=1
 relay {{
@@ -61,7 +61,7 @@ cloud azure-test {{
 }}
 database reports {{
     postgres host="127.0.0.1" port={pg_port} version=15
-    azure-postgres cloud=azure-test server="reports-flex"
+    azure-postgres cloud=azure-test server="reports-flex" ca-file="{ca}"
     db-user reporting client-id="{rc}" object-id="{ro}"
     db-user loader client-id="{lc}" object-id="{lo}"
     // Logs in as the relay-identity, which the fake does not know.
@@ -89,6 +89,7 @@ user kim {{
 }}
 "#,
         audit = audit.display(),
+        ca = ca.display(),
         rc = REPORTING.0,
         ro = REPORTING.1,
         lc = LOADER.0,
@@ -201,7 +202,11 @@ impl Server {
         }
         let manifest_path = dir.path().join("manifest.kdl");
         let audit = dir.path().join("audit.jsonl");
-        fs::write(&manifest_path, manifest(cluster.port, relay_port, &audit)).unwrap();
+        fs::write(
+            &manifest_path,
+            manifest(cluster.port, relay_port, &audit, &ca),
+        )
+        .unwrap();
         let out = dir.path().join("out");
         run_bin(
             "dbward",
@@ -239,7 +244,6 @@ impl Server {
             fake,
             _pam: pam,
         };
-        server.set_principals(&[("reporting", REPORTING), ("loader", LOADER)], Some(&ca));
         server
     }
 
@@ -251,8 +255,8 @@ impl Server {
         self.out().join("relay/frozen.json")
     }
 
-    /// Writes the db-users' principals (and the test CA) into the compiled frozen config.
-    fn set_principals(&self, principals: &[(&str, (&str, &str))], ca: Option<&Path>) {
+    /// Replaces the db-users' principals in the compiled frozen config.
+    fn set_principals(&self, principals: &[(&str, (&str, &str))]) {
         let text = fs::read_to_string(self.frozen()).unwrap();
         let mut config: Config = serde_json::from_str(&text).unwrap();
         let database = config.databases.get_mut("reports").unwrap();
@@ -271,9 +275,6 @@ impl Server {
                     object_id: Some((*object_id).to_owned()),
                 },
             );
-        }
-        if let Some(ca) = ca {
-            database.tls.ca = Some(ca.to_owned());
         }
         config.seal();
         fs::write(self.frozen(), config.to_json()).unwrap();
@@ -632,16 +633,23 @@ fn each_db_user_logs_in_as_its_own_entra_identity_from_every_source() {
     ] {
         assert!(error.contains(part), "{part:?} missing from:\n{error}");
     }
-    // A db-user without a principal in the config.
+    // A db-user on the relay-identity, an identity this host (the fake IMDS) does not have.
+    relay.reload(&server, fake.env());
+    let error = server.psql("kim", "stranger").unwrap_err();
+    assert!(
+        error.contains(
+            "the managed identity 99999999-8888-7777-6666-555555555555 is not assigned to this host"
+        ),
+        "{error}"
+    );
+    // A db-user without a principal in the config (a hand-edited frozen config).
+    server.set_principals(&[("reporting", REPORTING), ("loader", LOADER)]);
     relay.reload(&server, fake.env());
     let error = server.psql("kim", "stranger").unwrap_err();
     assert!(error.contains("has no Entra principal"), "{error}");
     // A principal whose client id and object id name different identities: the server maps
     // the role to the object id, the token carries another.
-    server.set_principals(
-        &[("reporting", (REPORTING.0, LOADER.1)), ("loader", LOADER)],
-        None,
-    );
+    server.set_principals(&[("reporting", (REPORTING.0, LOADER.1)), ("loader", LOADER)]);
     fs::write(
         dir.join("record/oids"),
         format!("reporting {}\nloader {}\n", LOADER.1, LOADER.1),

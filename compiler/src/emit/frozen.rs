@@ -223,7 +223,9 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
             };
             (host, tls, auth)
         }
-        DatabaseKind::AzurePostgres { server, .. } => {
+        DatabaseKind::AzurePostgres {
+            server, ca_file, ..
+        } => {
             let CloudKind::Azure { tenant, .. } = &cloud("azure")?.kind else {
                 return Err(wrong("azure"));
             };
@@ -243,11 +245,12 @@ fn database(model: &Model, db: &Database) -> Result<frozen::Database, EmitError>
                     });
                 }
             }
-            // Flexible servers are reached at a fixed, publicly trusted name.
+            // Flexible servers are reached at a fixed, publicly trusted name; `ca-file`
+            // replaces the public roots.
             let host = host.unwrap_or_else(|| format!("{server}.postgres.database.azure.com"));
             let tls = frozen::UpstreamTls {
                 server_name: host.clone(),
-                ca: None,
+                ca: ca_file.as_ref().map(std::path::PathBuf::from),
             };
             let auth = frozen::UpstreamAuth::AzureEntra {
                 tenant: tenant.to_ascii_lowercase(),

@@ -256,6 +256,7 @@ fn database_kind(node: &Node, postgres: &Postgres) -> Option<DatabaseKind> {
     Some(DatabaseKind::AzurePostgres {
         cloud: prop(az, "cloud"),
         server: prop(az, "server"),
+        ca_file: az.prop_str("ca-file").map(str::to_owned),
     })
 }
 

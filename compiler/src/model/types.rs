@@ -193,8 +193,14 @@ pub enum DatabaseKind {
         /// looks the instance up.
         ip_type: Option<String>,
     },
-    /// `azure-postgres cloud=… server=…`.
-    AzurePostgres { cloud: String, server: String },
+    /// `azure-postgres cloud=… server=… [ca-file=…]`.
+    AzurePostgres {
+        cloud: String,
+        server: String,
+        /// A PEM bundle the server certificate must chain to, instead of the public roots
+        /// (a server behind a private endpoint with its own CA, or a test server).
+        ca_file: Option<String>,
+    },
 }
 
 impl DatabaseKind {

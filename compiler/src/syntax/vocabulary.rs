@@ -335,7 +335,11 @@ static VOCABULARY: &[NodeSpec] = &[
         )
     },
     NodeSpec {
-        props: &[prop("cloud", NAME, true), prop("server", S, true)],
+        props: &[
+            prop("cloud", NAME, true),
+            prop("server", S, true),
+            prop("ca-file", S, false),
+        ],
         ..node(
             "database/azure-postgres",
             "Azure Database for PostgreSQL with Microsoft Entra ID",

@@ -2,13 +2,16 @@
 //!
 //! ```sh
 //! cargo run -p dbward-cloud --features fake --example fake_entra -- \
-//!     TENANT CLIENT_ID=OBJECT_ID [CLIENT_ID=OBJECT_ID …]
+//!     TENANT CLIENT_ID=OBJECT_ID[=ROLE] [CLIENT_ID=OBJECT_ID[=ROLE] …] [--set-passwords CONNINFO]
 //! ```
 //!
 //! Every principal is a user-assigned identity of the "VM" (IMDS). It prints the variables that
 //! point a relay at it (one `NAME=value` a line) and the key its tokens are signed with
 //! (`signing-key HEX`, for a PAM verifier such as `tests/azure/verify_entra_token.py`), then
-//! serves until killed.
+//! serves until killed. With `--set-passwords CONNINFO` (a superuser's libpq connection string),
+//! every token issued for a principal written with `=ROLE` is made that role's password with psql
+//! before the fake answers with it, so a server with `password` authentication accepts exactly
+//! the last token issued (the benchmark's way: PAM would add a process per session).
 
 use dbward_cloud::azure::fake::FakeEntra;
 
@@ -16,17 +19,36 @@ use dbward_cloud::azure::fake::FakeEntra;
 async fn main() {
     let mut args = std::env::args().skip(1);
     let Some(tenant) = args.next() else {
-        eprintln!("usage: fake_entra TENANT CLIENT_ID=OBJECT_ID [CLIENT_ID=OBJECT_ID …]");
+        eprintln!(
+            "usage: fake_entra TENANT CLIENT_ID=OBJECT_ID[=ROLE] … [--set-passwords CONNINFO]"
+        );
         std::process::exit(2);
     };
     let fake = FakeEntra::start(&tenant).await;
-    for principal in args {
-        let Some((client, object)) = principal.split_once('=') else {
-            eprintln!("{principal:?} is not CLIENT_ID=OBJECT_ID");
+    let mut roles = std::collections::BTreeMap::new();
+    let mut set_passwords = None;
+    while let Some(arg) = args.next() {
+        if arg == "--set-passwords" {
+            set_passwords = args.next();
+            continue;
+        }
+        let mut parts = arg.splitn(3, '=');
+        let (Some(client), Some(object)) = (parts.next(), parts.next()) else {
+            eprintln!("{arg:?} is not CLIENT_ID=OBJECT_ID[=ROLE]");
             std::process::exit(2);
         };
         fake.add_principal(client, object);
         fake.assign_to_vm(client);
+        if let Some(role) = parts.next() {
+            roles.insert(client.to_lowercase(), role.to_owned());
+        }
+    }
+    if let Some(conninfo) = set_passwords {
+        fake.on_issue(move |client, token| {
+            if let Some(role) = roles.get(&client.to_lowercase()) {
+                dbward_cloud::fake_db::set_password(&conninfo, role, token);
+            }
+        });
     }
     for (name, value) in fake.env() {
         println!("{name}={value}");

@@ -6,7 +6,7 @@
 //!     --relay dbward-relay@acme-prod.iam.gserviceaccount.com \
 //!     --db-user ledger-reader@acme-prod.iam \
 //!     --instance acme-prod:us-central1:ledger --ip 127.0.0.1 --server-ca /path/server-ca.pem \
-//!     [--client-ca-out /path/client-ca.pem]
+//!     [--client-ca-out /path/client-ca.pem] [--set-passwords CONNINFO]
 //! ```
 //!
 //! The relay's account is on the fake metadata server, may impersonate every `--db-user` (as
@@ -15,7 +15,10 @@
 //! its CA. It prints the variables that point a relay at it (`NAME=value`, one a line), then
 //! serves until killed. A database checks login tokens with
 //! `tests/cloudsql/verify_cloudsql_token.py URL` (pam_exec), and trusts the client CA written
-//! to `--client-ca-out`.
+//! to `--client-ca-out`. With `--set-passwords CONNINFO` (a superuser's libpq connection
+//! string), every login token is made its database user's password with psql before the fake
+//! answers with it, so a server with `password` authentication accepts exactly the last token
+//! issued (the benchmark's way: PAM would add a process per session to the database's cost).
 
 use dbward_cloud::gcp::InstanceName;
 use dbward_cloud::gcp::fake::FakeGoogle;
@@ -24,6 +27,7 @@ fn main() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let (mut relay, mut users, mut instance, mut ip, mut ca, mut client_ca_out) =
         (None, Vec::new(), None, None, None, None);
+    let mut set_passwords = None;
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -33,6 +37,7 @@ fn main() -> Result<(), String> {
             "--ip" => ip = Some(value),
             "--server-ca" => ca = Some(value),
             "--client-ca-out" => client_ca_out = Some(value),
+            "--set-passwords" => set_passwords = Some(value),
             other => {
                 return Err(format!(
                     "unknown option {other}; see the file's doc comment"
@@ -67,6 +72,17 @@ fn main() -> Result<(), String> {
                     "region": name.region,
                 }),
             );
+        }
+        if let Some(conninfo) = set_passwords {
+            fake.on_issue(move |principal, token, scopes| {
+                if scopes
+                    .iter()
+                    .any(|s| s == dbward_cloud::gcp::SQLSERVICE_LOGIN)
+                {
+                    let role = principal.trim_end_matches(".gserviceaccount.com");
+                    dbward_cloud::fake_db::set_password(&conninfo, role, token);
+                }
+            });
         }
         if let Some(path) = client_ca_out {
             std::fs::write(&path, fake.client_ca_pem())

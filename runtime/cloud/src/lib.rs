@@ -28,6 +28,8 @@
 pub mod aws;
 pub mod azure;
 pub mod cache;
+#[cfg(feature = "fake")]
+pub mod fake_db;
 pub mod gcp;
 pub mod http;
 pub mod secret;

@@ -13,7 +13,8 @@
 //!
 //! **How to fix:** write addresses as `host:port` (`"0.0.0.0:6432"`, `"[::1]:6432"`), ports
 //! between 1 and 65535, DNS names or IP addresses for hosts, absolute paths for `config-dir` and
-//! `aws-rds ca-file` and `cloud-sql ca-file` (the relay may run from any directory).
+//! `aws-rds ca-file`, `cloud-sql ca-file` and `azure-postgres ca-file` (the relay may run from
+//! any directory).
 
 use std::net::IpAddr;
 
@@ -152,7 +153,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
                 }
             }
         }
-        "database/aws-rds" | "database/cloud-sql" => {
+        "database/aws-rds" | "database/cloud-sql" | "database/azure-postgres" => {
             if let Some(p) = node.prop("ca-file")
                 && let Some(s) = p.value.as_str()
             {

@@ -69,7 +69,11 @@ struct State {
     tokens: BTreeMap<String, Issued>,
     counts: BTreeMap<String, u32>,
     serial: u64,
+    on_issue: Option<IssueHook>,
 }
+
+/// Called with `(client id, token)` for every token issued, before the fake answers with it.
+pub type IssueHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// The fake; stops serving when dropped.
 pub struct FakeEntra {
@@ -222,6 +226,12 @@ impl FakeEntra {
         self.state().lifetime = Some(lifetime);
     }
 
+    /// Calls `hook(client_id, token)` for every token issued, before the fake answers with it:
+    /// a benchmark database learns the token this way (`ALTER ROLE … PASSWORD`).
+    pub fn on_issue(&self, hook: impl Fn(&str, &str) + Send + Sync + 'static) {
+        self.state().on_issue = Some(Arc::new(hook));
+    }
+
     /// How many tokens were issued for `client_id` (all sources).
     pub fn count(&self, client_id: &str) -> u32 {
         self.state()
@@ -341,6 +351,9 @@ impl State {
             },
         );
         *self.counts.entry(client_id.to_owned()).or_default() += 1;
+        if let Some(hook) = &self.on_issue {
+            hook(client_id, &token);
+        }
         (token, lifetime)
     }
 }

@@ -236,15 +236,14 @@ impl Server {
                 ],
             );
         }
-        let server = Server {
+        Server {
             dir,
             cluster,
             relay_port,
             rt,
             fake,
             _pam: pam,
-        };
-        server
+        }
     }
 
     fn out(&self) -> PathBuf {

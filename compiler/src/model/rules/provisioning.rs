@@ -1,11 +1,15 @@
 //! Rule: automatic provisioning has what it needs. Codes: `dbward::provision_without_admin`,
 //! `dbward::needs_provisioning`, `dbward::unknown_db_role` (for `db-roles` a matched database
-//! does not define).
+//! does not define), `dbward::provision_unsupported` (a database whose logins are cloud
+//! identities: Cloud SQL, Azure).
 //!
 //! **Why it matters:** the relay creates provisioned users *as the database's admin user*, and
 //! grants them the listed db-roles; without an admin user, or with a db-role the database does not
 //! have, the first session would fail. `db-roles` and `permission` only mean something for a
-//! provisioned user, so on a role that does not provision they would silently do nothing.
+//! provisioned user, so on a role that does not provision they would silently do nothing. On
+//! Cloud SQL and Azure every login is a cloud identity (a service account the relay
+//! impersonates, an Entra principal it gets tokens for): a user the relay creates in SQL has
+//! none, so every session would be refused at connect time.
 //!
 //! **Example:**
 //! ```kdl
@@ -47,6 +51,30 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
                 .unwrap_or_default();
             for db in &matched {
                 let db_name = db.first_str().unwrap_or("?");
+                let cloud_logins = [
+                    (
+                        "cloud-sql",
+                        "Cloud SQL",
+                        "its IAM users are service accounts, created through the Cloud SQL Admin API, that the relay impersonates",
+                    ),
+                    (
+                        "azure-postgres",
+                        "Azure Database for PostgreSQL",
+                        "each of its logins is an Entra principal (`client-id`/`object-id`) the relay gets tokens for",
+                    ),
+                ];
+                if let Some((kind, product, why)) = cloud_logins
+                    .iter()
+                    .find(|(kind, ..)| db.child(kind).is_some())
+                {
+                    diags.push(
+                        Diagnostic::error("dbward::provision_unsupported", format!("role `{role_name}` provisions users on database `{db_name}`, but {product} cannot log in a user the relay creates"))
+                            .label(mode.head_span(), "provisions")
+                            .label(db.child(kind).map_or(db.first_arg_span(), Node::head_span), format!("{why}; a created user has no such identity"))
+                            .help(format!("give people a `db-user` of database `{db_name}` (`db-users` in the allow block) instead, or narrow `databases` to self-hosted and RDS databases, where provisioning works")),
+                    );
+                    continue;
+                }
                 if db.child("admin-user").is_none() {
                     diags.push(
                         Diagnostic::error("dbward::provision_without_admin", format!("role `{role_name}` provisions users on database `{db_name}`, which has no admin-user"))
@@ -99,6 +127,35 @@ mod tests {
             ),
             "dbward::needs_provisioning",
             "`permission`",
+        );
+    }
+
+    #[test]
+    fn cloud_identity_databases_cannot_provision() {
+        for (kind, product) in [
+            (
+                "cloud-sql cloud=g instance=\"acme-prod:us-central1:x\"",
+                "Cloud SQL",
+            ),
+            (
+                "azure-postgres cloud=a server=\"flex\"",
+                "Azure Database for PostgreSQL",
+            ),
+        ] {
+            expect(
+                &format!(
+                    "database d {{\n    postgres version=16\n    {kind}\n    admin-user boss\n}}\nrole r {{\n    provision keep\n    allow {{\n        databases d\n        db-names \"*\"\n    }}\n}}\n"
+                ),
+                "dbward::provision_unsupported",
+                product,
+            );
+        }
+        let with_admin = DB.replace("db-role reader", "db-role reader\n    admin-user boss");
+        absent(
+            &format!(
+                "{with_admin}role r {{\n    provision keep\n    allow {{\n        databases orders\n        db-names \"*\"\n    }}\n}}\n"
+            ),
+            "dbward::provision_unsupported",
         );
     }
 

@@ -379,7 +379,7 @@ fn help_explains_signals_confirmation_and_colour() {
     for expected in [
         "SIGHUP Reload the config",
         "SIGTERM, SIGINT Drain:",
-        "second SIGTERM Exit at once with status 1",
+        "second SIGTERM (or SIGINT) while draining: exit at once with status 1",
         "NO_COLOR",
     ] {
         assert!(
@@ -424,4 +424,34 @@ fn no_color_is_a_global_flag_and_output_stays_plain() {
             "{args:?}: escape codes:\n{stderr:?}"
         );
     }
+    // On a real terminal (util-linux `script`): coloured by default, plain with `--no-color`.
+    let on_a_terminal = |flags: &str| {
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!(
+                "{} {flags} check {}",
+                workspace_bin("dbward").display(),
+                manifest.display()
+            ))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect(
+                "`script` (util-linux, package bsdutils on Debian) runs commands on a terminal",
+            );
+        out.stdout
+    };
+    let coloured = on_a_terminal("");
+    assert!(
+        coloured.contains(&0x1b),
+        "a terminal gets colour: {:?}",
+        String::from_utf8_lossy(&coloured)
+    );
+    let plain = on_a_terminal("--no-color");
+    assert!(
+        !plain.contains(&0x1b) && plain.len() > 20,
+        "--no-color on a terminal: {:?}",
+        String::from_utf8_lossy(&plain)
+    );
 }

@@ -1571,4 +1571,37 @@ fn logs_written_to_a_file_have_no_colour_codes() {
             "{format} (NO_COLOR={no_color:?}): an escape byte in a log file:\n{text:?}"
         );
     }
+    // On a real terminal (util-linux `script`): coloured, unless NO_COLOR is set.
+    let on_a_terminal = |no_color: Option<&str>| {
+        let mut command = Command::new("script");
+        command
+            .args(["-q", "-e", "-c"])
+            .arg(format!(
+                "{} --config {}",
+                workspace_bin("dbward-relay").display(),
+                config.display()
+            ))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let out = command.output().expect(
+            "`script` (util-linux, package bsdutils on Debian) runs commands on a terminal",
+        );
+        out.stdout
+    };
+    let coloured = on_a_terminal(None);
+    assert!(
+        coloured.contains(&0x1b),
+        "a terminal gets colour: {:?}",
+        String::from_utf8_lossy(&coloured)
+    );
+    let plain = on_a_terminal(Some("1"));
+    assert!(
+        !plain.contains(&0x1b) && String::from_utf8_lossy(&plain).contains("dbward-relay stopped"),
+        "NO_COLOR on a terminal: {:?}",
+        String::from_utf8_lossy(&plain)
+    );
 }

@@ -254,8 +254,11 @@ fn documents() -> Vec<PathBuf> {
 }
 
 fn trees() -> (Tree, Tree) {
+    // Built, so that global flags (`--no-color`) are listed on every subcommand too.
+    let mut dbward = dbward::cli::Cli::command();
+    dbward.build();
     (
-        Tree::of(&dbward::cli::Cli::command()),
+        Tree::of(&dbward),
         Tree::from_help(&workspace_bin("dbward-relay")),
     )
 }
@@ -355,4 +358,100 @@ fn the_command_checker_finds_missing_subcommands_and_flags() {
             bad(path, text)
         );
     }
+}
+
+/// The help an operator reads first says what the signals do, and when apply refuses to run.
+#[test]
+fn help_explains_signals_confirmation_and_colour() {
+    let help = |binary: &str, args: &[&str]| {
+        let out = Command::new(workspace_bin(binary))
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {binary} {args:?}: {e}"));
+        assert!(out.status.success(), "{binary} {args:?} failed");
+        // Help wraps at the terminal width; compare words, not lines.
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let relay = help("dbward-relay", &["--help"]);
+    for expected in [
+        "SIGHUP Reload the config",
+        "SIGTERM, SIGINT Drain:",
+        "second SIGTERM (or SIGINT) while draining: exit at once with status 1",
+        "NO_COLOR",
+    ] {
+        assert!(
+            relay.contains(expected),
+            "dbward-relay --help lacks {expected:?}:\n{relay}"
+        );
+    }
+    let apply = help("dbward", &["apply", "--help"]);
+    assert!(
+        apply.contains("refuses to run when stdin is not a terminal")
+            && apply.contains("--auto-approve"),
+        "dbward apply --help:\n{apply}"
+    );
+    for args in [
+        &["--help"][..],
+        &["plan", "--help"][..],
+        &["check", "--help"][..],
+    ] {
+        let text = help("dbward", args);
+        assert!(text.contains("--no-color"), "dbward {args:?}:\n{text}");
+    }
+}
+
+/// `--no-color` is accepted before or after the subcommand, and diagnostics stay plain.
+#[test]
+fn no_color_is_a_global_flag_and_output_stays_plain() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = dir.path().join("bad.kdl");
+    fs::write(&manifest, "version 1\nnot-a-node\n").expect("write manifest");
+    for args in [vec!["--no-color", "check"], vec!["check", "--no-color"]] {
+        let out = Command::new(workspace_bin("dbward"))
+            .args(&args)
+            .arg(&manifest)
+            .env_remove("NO_COLOR")
+            .output()
+            .expect("run dbward check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.is_empty(), "{args:?}: a diagnostic is shown");
+        assert!(
+            !out.stderr.contains(&0x1b),
+            "{args:?}: escape codes:\n{stderr:?}"
+        );
+    }
+    // On a real terminal (util-linux `script`): coloured by default, plain with `--no-color`.
+    let on_a_terminal = |flags: &str| {
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!(
+                "{} {flags} check {}",
+                workspace_bin("dbward").display(),
+                manifest.display()
+            ))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect(
+                "`script` (util-linux, package bsdutils on Debian) runs commands on a terminal",
+            );
+        out.stdout
+    };
+    let coloured = on_a_terminal("");
+    assert!(
+        coloured.contains(&0x1b),
+        "a terminal gets colour: {:?}",
+        String::from_utf8_lossy(&coloured)
+    );
+    let plain = on_a_terminal("--no-color");
+    assert!(
+        !plain.contains(&0x1b) && plain.len() > 20,
+        "--no-color on a terminal: {:?}",
+        String::from_utf8_lossy(&plain)
+    );
 }

@@ -1486,3 +1486,122 @@ fn the_open_file_limit_caps_sessions_and_keeps_metrics_and_cancel_working() {
         relay.log()
     );
 }
+
+/// `examples/rds.kdl` applied into a temp dir: its two databases share a `ca-file` that does
+/// not exist on this machine, so the relay cannot use the config.
+fn rds_example() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rds.kdl");
+    let applied = Command::new(workspace_bin("dbward"))
+        .arg("apply")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&out)
+        .arg("--auto-approve")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dbward apply");
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let config = out.join("relay/frozen.json");
+    (dir, config)
+}
+
+#[test]
+fn check_names_each_missing_ca_file_once_with_its_databases() {
+    let (_dir, config) = rds_example();
+    let out = Command::new(workspace_bin("dbward-relay"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dbward-relay --check");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let bundle = "/etc/dbward/rds-global-bundle.pem";
+    assert_eq!(
+        stderr.matches(bundle).count(),
+        1,
+        "each problem once:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "  - ca-file of databases billing, events: cannot read certificate {bundle}"
+        )),
+        "the problem names its databases:\n{stderr}"
+    );
+}
+
+/// The relay's logs written to a file (stderr not a terminal) carry no ANSI escape codes, as
+/// text or JSON, with and without `NO_COLOR`.
+#[test]
+fn logs_written_to_a_file_have_no_colour_codes() {
+    let (dir, config) = rds_example();
+    for (format, no_color) in [("text", None), ("text", Some("1")), ("json", None)] {
+        let log = dir.path().join(format!("relay-{format}-{no_color:?}.log"));
+        let file = fs::File::create(&log).expect("create log file");
+        let mut command = Command::new(workspace_bin("dbward-relay"));
+        command
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-format", format])
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        // The missing ca-file stops the relay at startup, through the logger.
+        let status = command.status().expect("run dbward-relay");
+        assert_eq!(status.code(), Some(1));
+        let written = fs::read(&log).expect("read log file");
+        let text = String::from_utf8_lossy(&written);
+        assert!(
+            text.contains("dbward-relay stopped") && text.contains("rds-global-bundle.pem"),
+            "{format}: the startup error is logged:\n{text}"
+        );
+        assert!(
+            !written.contains(&0x1b),
+            "{format} (NO_COLOR={no_color:?}): an escape byte in a log file:\n{text:?}"
+        );
+    }
+    // On a real terminal (util-linux `script`): coloured, unless NO_COLOR is set.
+    let on_a_terminal = |no_color: Option<&str>| {
+        let mut command = Command::new("script");
+        command
+            .args(["-q", "-e", "-c"])
+            .arg(format!(
+                "{} --config {}",
+                workspace_bin("dbward-relay").display(),
+                config.display()
+            ))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let out = command.output().expect(
+            "`script` (util-linux, package bsdutils on Debian) runs commands on a terminal",
+        );
+        out.stdout
+    };
+    let coloured = on_a_terminal(None);
+    assert!(
+        coloured.contains(&0x1b),
+        "a terminal gets colour: {:?}",
+        String::from_utf8_lossy(&coloured)
+    );
+    let plain = on_a_terminal(Some("1"));
+    assert!(
+        !plain.contains(&0x1b) && String::from_utf8_lossy(&plain).contains("dbward-relay stopped"),
+        "NO_COLOR on a terminal: {:?}",
+        String::from_utf8_lossy(&plain)
+    );
+}

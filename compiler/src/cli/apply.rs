@@ -28,7 +28,9 @@ pub struct ApplyArgs {
     /// The output directory (required with a manifest; with a plan file, must match it).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Apply without asking.
+    /// Apply without asking. Without it, apply shows the plan and asks on the terminal, and
+    /// refuses to run when stdin is not a terminal (CI, pipes): review the plan and pass
+    /// --auto-approve, or apply a saved plan file.
     #[arg(long)]
     pub auto_approve: bool,
     /// Overwrite or remove files that were changed outside dbward since the last apply.

@@ -118,9 +118,20 @@ pub fn check_bytes(name: &str, bytes: Vec<u8>, args: &CheckArgs, color: bool) ->
     out
 }
 
-/// Whether stderr should be coloured: a terminal, and `NO_COLOR` unset or empty.
+/// Set by the global `--no-color` flag, before any command runs.
+static NO_COLOR_FLAG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The global `--no-color`: no colour anywhere in this process, terminal or not.
+pub fn disable_color() {
+    NO_COLOR_FLAG.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether stderr should be coloured: a terminal, `NO_COLOR` unset or empty, and no
+/// `--no-color`.
 pub fn use_color() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    !NO_COLOR_FLAG.load(std::sync::atomic::Ordering::Relaxed)
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The largest manifest read: far beyond any real one (a 5,000-database manifest is about

@@ -20,6 +20,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "dbward", version, about, propagate_version = true)]
 pub struct Cli {
+    /// No colour in diagnostics and plans, even on a terminal (as does `NO_COLOR=1`); without
+    /// it, colour is used only when the output is a terminal.
+    #[arg(long, global = true)]
+    pub no_color: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -42,6 +46,9 @@ pub enum Command {
 
 /// Runs one parsed command line; errors are printed here, as `error: …`, and exit 1.
 pub fn run(cli: Cli) -> ExitCode {
+    if cli.no_color {
+        check::disable_color();
+    }
     let result = match cli.command {
         Command::Check(args) => check::run(args),
         Command::Explain(args) => explain::run(args),

@@ -102,22 +102,38 @@ fn verify_files(config_path: &Path, config: &Config) -> Vec<String> {
         certs.push(&identity.cert);
         keys.push(&identity.key);
     }
-    certs.extend(
-        config
-            .databases
-            .values()
-            .filter_map(|db| db.tls.ca.as_ref()),
-    );
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    for cert in certs {
-        let cert = resolve(cert);
-        match tls::load_certs(&cert) {
-            Ok(ders) => problems.extend(
-                ders.iter()
-                    .filter_map(|der| validity_problem(&cert, der.as_ref(), now)),
-            ),
-            Err(error) => problems.push(error.to_string()),
+    let cert_problems = |cert: &Path| -> Vec<String> {
+        match tls::load_certs(cert) {
+            Ok(ders) => ders
+                .iter()
+                .filter_map(|der| validity_problem(cert, der.as_ref(), now))
+                .collect(),
+            Err(error) => vec![error.to_string()],
         }
+    };
+    for cert in certs {
+        problems.extend(cert_problems(&resolve(cert)));
+    }
+    // Several databases often share one `ca-file` (one bundle per cloud): check each file once
+    // and name every database that uses it, so a problem appears once and says where it is.
+    let mut ca_files: std::collections::BTreeMap<PathBuf, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for (name, db) in &config.databases {
+        if let Some(ca) = &db.tls.ca {
+            ca_files.entry(resolve(ca)).or_default().push(name);
+        }
+    }
+    for (ca, names) in &ca_files {
+        let (noun, names) = match names.as_slice() {
+            [one] => ("database", (*one).to_owned()),
+            many => ("databases", many.join(", ")),
+        };
+        problems.extend(
+            cert_problems(ca)
+                .into_iter()
+                .map(|problem| format!("ca-file of {noun} {names}: {problem}")),
+        );
     }
     for key in keys {
         let key = resolve(key);

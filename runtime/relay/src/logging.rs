@@ -1,5 +1,7 @@
 //! The relay's own logs: `tracing` events to stderr, filtered by `RUST_LOG` (default `info`), as
-//! human-readable text or as one JSON object per line (`--log-format json`).
+//! human-readable text or as one JSON object per line (`--log-format json`). Text is coloured
+//! only when stderr is a terminal and `NO_COLOR` is unset or empty, so logs written to a file
+//! or a journal carry no escape codes.
 //!
 //! Nothing secret is ever logged: events carry names, addresses, paths and reasons, never key
 //! material, tokens or query parameters.
@@ -44,6 +46,7 @@ pub fn init(format: LogFormat) -> Result<(), LoggingError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .with_target(false);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
@@ -54,4 +57,11 @@ pub fn init(format: LogFormat) -> Result<(), LoggingError> {
             .try_init(),
     };
     installed.map_err(|_| LoggingError::AlreadyInstalled)
+}
+
+/// Whether text logs may use ANSI colour: stderr is a terminal and `NO_COLOR`
+/// (<https://no-color.org>) is unset or empty.
+fn colour() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

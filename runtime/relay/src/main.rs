@@ -10,7 +10,19 @@ use dbward_relay::ops;
 
 /// The dbward PostgreSQL relay: executes the frozen config that `dbward apply` wrote.
 #[derive(Debug, Parser)]
-#[command(name = "dbward-relay", version)]
+#[command(
+    name = "dbward-relay",
+    version,
+    after_help = "Signals:\n  \
+        SIGHUP           Reload the config: sessions in flight keep the config they started \
+        with, new sessions use the new one; a bad file keeps the old config and logs why. \
+        The audit log is reopened.\n  \
+        SIGTERM, SIGINT  Drain: /readyz turns 503, the listener closes, running sessions may \
+        finish until limits.drain_timeout_ms (default 30 s) passes, then exit 0.\n  \
+        second SIGTERM   (or SIGINT) while draining: exit at once with status 1, without \
+        waiting for sessions.\n\n\
+        Logs go to stderr, coloured only on a terminal and when NO_COLOR is unset."
+)]
 struct Args {
     /// The frozen config, `OUT/relay/frozen.json` of `dbward apply`.
     #[arg(long, value_name = "PATH")]

@@ -62,9 +62,19 @@ user kim {{
 /// A started cluster configured from the generated files, with the admin user made by hand
 /// (it must exist before dbward can log in as it) owning databases `names`, each with a table.
 fn started(work: &Path, db_names: &str, names: &[&str]) -> (Cluster, PathBuf) {
+    started_with(work, db_names, names, |text| text)
+}
+
+/// [`started`] with the manifest changed by `edit` first.
+fn started_with(
+    work: &Path,
+    db_names: &str,
+    names: &[&str],
+    edit: impl Fn(String) -> String,
+) -> (Cluster, PathBuf) {
     let mut cluster = Cluster::init();
     let out = work.join("out");
-    dbward_apply(&manifest(&cluster, db_names, ""), &out);
+    dbward_apply(&edit(manifest(&cluster, db_names, "")), &out);
     cluster.install_dbward(&out, "shop");
     if let Err(log) = cluster.try_start() {
         panic!("PostgreSQL refused the generated configuration:\n{log}");
@@ -218,6 +228,34 @@ fn apply_live_converges_every_name_and_the_next_plan_is_empty() {
         ),
         "f"
     );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+}
+
+#[test]
+fn plan_live_logs_in_as_the_admin_user_when_nobody_is_provisioned() {
+    let work = tempfile::tempdir().expect("work dir");
+    // No `provision`: the relay never needs the admin user, but `--live` logs in as it.
+    let (_cluster, out) = started_with(work.path(), "shop", &["shop"], |text| {
+        text.replace("    provision keep\n", "")
+            .replace("        db-roles reader\n", "")
+    });
+    assert!(
+        std::fs::read_to_string(out.join("databases/shop/pg_ident.conf"))
+            .expect("pg_ident.conf")
+            .contains(&format!("\"{ADMIN}\"")),
+        "pg_ident.conf maps the relay's certificate to the admin user"
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains("  database shop, name shop:\n")
+            && shown.contains("    + CREATE ROLE \"reader\" NOLOGIN\n"),
+        "{shown}"
+    );
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    assert!(apply.status.success(), "{}", text(&apply));
     let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 }

@@ -8,7 +8,7 @@
 //!
 //! Databases are reached the way the relay reaches them: self-hosted ones over mutual TLS with
 //! the relay's client certificate (which `pg_ident.conf` maps to the admin user), verifying the
-//! server against the CA the compiler issued. Cloud admin users (tokens) come later; such
+//! server against the CA the compiler issued, for the frozen config's `tls.server_name`. Cloud admin users (tokens) come later; such
 //! databases are skipped with a warning. Databases run in parallel, at most [`PARALLEL`] at once.
 
 use std::collections::BTreeSet;
@@ -50,7 +50,32 @@ pub struct Target {
     /// The names setup.sql runs in; `None` for every database that allows connections.
     pub db_names: Option<BTreeSet<String>>,
     pub setup_sql: String,
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    tls: NamedTls,
+}
+
+/// The TLS connector, verifying the server's certificate against the frozen config's
+/// `tls.server_name` (what the relay verifies) rather than the `host` it connects to.
+#[derive(Clone)]
+struct NamedTls {
+    inner: tokio_postgres_rustls::MakeRustlsConnect,
+    server_name: String,
+}
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for NamedTls
+where
+    tokio_postgres_rustls::MakeRustlsConnect: tokio_postgres::tls::MakeTlsConnect<S>,
+{
+    type Stream =
+        <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        S,
+    >>::TlsConnect;
+    type Error =
+        <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, _host: &str) -> Result<Self::TlsConnect, Self::Error> {
+        self.inner.make_tls_connect(&self.server_name)
+    }
 }
 
 /// The changes setup.sql made (or would make) in one database name.
@@ -161,7 +186,10 @@ pub fn targets(
             default_database: admin.default_database.clone(),
             db_names: Logins::of(model, name).db_names,
             setup_sql: setup.into_owned(),
-            tls,
+            tls: NamedTls {
+                inner: tls,
+                server_name: frozen_db.tls.server_name.clone(),
+            },
         });
     }
     Ok((targets, warnings))

@@ -140,11 +140,27 @@ fn apply_live_converges_every_name_and_the_next_plan_is_empty() {
             "{shown}"
         );
     }
-    assert!(
-        shown.contains("    + CREATE ROLE \"reader\" NOLOGIN\n"),
+    // Server-wide statements are shown once, under the first name, though each name runs them.
+    assert_eq!(
+        shown
+            .matches("    + CREATE ROLE \"reader\" NOLOGIN\n")
+            .count(),
+        1,
         "{shown}"
     );
-    assert!(shown.contains("    + GRANT reader TO app\n"), "{shown}");
+    assert_eq!(
+        shown.matches("    + GRANT reader TO app\n").count(),
+        1,
+        "{shown}"
+    );
+    assert!(
+        shown.contains("roles, their attributes and memberships are server-wide"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("  database shop, name postgres:\n    + CREATE ROLE"),
+        "{shown}"
+    );
     assert!(
         shown.contains("    + GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"reader\"\n"),
         "{shown}"
@@ -199,13 +215,19 @@ fn apply_live_converges_every_name_and_the_next_plan_is_empty() {
     assert_eq!(plan.status.code(), Some(2), "{shown}");
     assert!(
         shown.contains(
-            "  database shop, name two:\n    ~ ALTER ROLE \"app\" WITH NOCREATEDB\n    \
-             - REVOKE TRUNCATE ON TABLE public.items FROM reader\n"
+            "  database shop, name two:\n    - REVOKE TRUNCATE ON TABLE public.items FROM reader\n"
         ),
         "{shown}"
     );
+    assert_eq!(
+        shown
+            .matches("    ~ ALTER ROLE \"app\" WITH NOCREATEDB\n")
+            .count(),
+        1,
+        "{shown}"
+    );
     assert!(
-        shown.contains("    ~ ALTER ROLE \"app\" WITH NOCREATEDB\n"),
+        shown.contains("Live: 0 to add, 1 to change, 1 to remove, in 4 database name(s)."),
         "{shown}"
     );
     let json = dbward(&out, &["plan", "--live", "--json"]);

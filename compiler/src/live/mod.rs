@@ -520,10 +520,41 @@ pub fn sign(statement: &str) -> char {
     }
 }
 
-/// `(add, change, remove)` over every statement.
+/// Whether a statement changes the whole server rather than one database name: roles, their
+/// attributes and memberships (`GRANT role TO role` names no object).
+pub fn server_wide(statement: &str) -> bool {
+    let starts = |prefix: &str| statement.starts_with(prefix);
+    ((starts("CREATE ROLE") || starts("ALTER ROLE") || starts("DROP ROLE"))
+        && !statement.contains(" IN DATABASE "))
+        || ((starts("GRANT ") || starts("REVOKE ")) && !statement.contains(" ON "))
+}
+
+/// The statements shown for each database name: a server-wide one only under the first name
+/// of its database that runs it (every name's setup.sql runs it; after the first it is a no-op).
+fn shown(report: &LiveReport) -> Vec<(&LiveChanges, Vec<&String>)> {
+    let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
+    report
+        .changes
+        .iter()
+        .map(|change| {
+            let statements = change
+                .statements
+                .iter()
+                .filter(|s| !server_wide(s) || seen.insert((&change.database, s.as_str())))
+                .collect();
+            (change, statements)
+        })
+        .collect()
+}
+
+/// `(add, change, remove)` over every statement each database name runs.
 pub fn counts(report: &LiveReport) -> (usize, usize, usize) {
+    count(report.changes.iter().flat_map(|c| &c.statements))
+}
+
+fn count<'a>(statements: impl Iterator<Item = &'a String>) -> (usize, usize, usize) {
     let mut counts = (0, 0, 0);
-    for statement in report.changes.iter().flat_map(|c| &c.statements) {
+    for statement in statements {
         match sign(statement) {
             '+' => counts.0 += 1,
             '-' => counts.2 += 1,
@@ -537,23 +568,32 @@ pub fn counts(report: &LiveReport) -> (usize, usize, usize) {
 pub fn render(report: &LiveReport, mode: Mode) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let changed: Vec<&LiveChanges> = report
-        .changes
-        .iter()
-        .filter(|c| !c.statements.is_empty())
-        .collect();
+    let shown = shown(report);
+    let changed: Vec<&(&LiveChanges, Vec<&String>)> =
+        shown.iter().filter(|(_, s)| !s.is_empty()).collect();
     if !changed.is_empty() {
         out.push_str(match mode {
             Mode::Plan => "\ndbward will make these changes in the databases:\n",
             Mode::Apply => "\ndbward made these changes in the databases:\n",
         });
-        for change in changed {
+        if report
+            .changes
+            .iter()
+            .flat_map(|c| &c.statements)
+            .any(|s| server_wide(s))
+        {
+            out.push_str(
+                "(roles, their attributes and memberships are server-wide: each is shown once,\n\
+                 under the first database name; every name's setup.sql runs it, a no-op after the first)\n",
+            );
+        }
+        for (change, statements) in changed {
             let _ = writeln!(
                 out,
                 "\n  database {}, name {}:",
                 change.database, change.db_name
             );
-            for statement in &change.statements {
+            for statement in statements {
                 // A statement over several lines (a table's columns) is indented as one.
                 let statement = statement.replace('\n', "\n      ");
                 let _ = writeln!(out, "    {} {statement}", sign(&statement));
@@ -577,7 +617,7 @@ pub fn render(report: &LiveReport, mode: Mode) -> String {
         );
     }
     let names = report.changes.len();
-    let (add, change, remove) = counts(report);
+    let (add, change, remove) = count(shown.iter().flat_map(|(_, s)| s.iter().copied()));
     let verb = match mode {
         Mode::Plan => "Live",
         Mode::Apply => "Live apply",
@@ -611,6 +651,21 @@ mod tests {
             '+'
         );
         assert_eq!(sign("ALTER ROLE \"app\" WITH LOGIN"), '~');
+    }
+
+    #[test]
+    fn roles_and_memberships_are_server_wide() {
+        assert!(server_wide("CREATE ROLE \"r\" NOLOGIN"));
+        assert!(server_wide("ALTER ROLE \"app\" WITH NOCREATEDB"));
+        assert!(server_wide("GRANT reader TO app"));
+        assert!(server_wide("REVOKE reader FROM app"));
+        assert!(!server_wide(
+            "GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"reader\""
+        ));
+        assert!(!server_wide(
+            "REVOKE TRUNCATE ON TABLE public.items FROM reader"
+        ));
+        assert!(!server_wide("ALTER ROLE a IN DATABASE d SET x = 1"));
     }
 
     #[test]

@@ -419,3 +419,41 @@ fn wait_for(cluster: &Cluster, query: &str) {
     }
     panic!("timed out waiting for: {query}");
 }
+
+#[test]
+fn two_applies_at_once_both_succeed_and_converge() {
+    let work = tempfile::tempdir().expect("work dir");
+    // Without provisioning, so setup.sql takes no lock of its own: the live phase must.
+    let (cluster, out) = started_with(work.path(), "\"*\"", &["shop", "two", "three"], |text| {
+        text.replace("    provision keep\n", "")
+            .replace("        db-roles reader\n", "")
+    });
+    superuser_sql(
+        &cluster,
+        "postgres",
+        &format!("ALTER DATABASE postgres OWNER TO \"{ADMIN}\";"),
+    );
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| dbward(&out, &["apply", "--live", "--auto-approve"]));
+        let second = scope.spawn(|| dbward(&out, &["apply", "--live", "--auto-approve"]));
+        (
+            first.join().expect("first apply"),
+            second.join().expect("second apply"),
+        )
+    });
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(second.status.success(), "{}", text(&second));
+    for name in ["shop", "two", "three"] {
+        assert_eq!(
+            superuser_query(
+                &cluster,
+                name,
+                "SELECT has_table_privilege('app', 'items', 'SELECT')"
+            ),
+            "t",
+            "{name}"
+        );
+    }
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+}

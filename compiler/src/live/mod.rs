@@ -405,10 +405,11 @@ async fn names(target: &Target, warnings: &mut Vec<String>) -> Result<Vec<String
     })
 }
 
-/// Whether PostgreSQL asks for the transaction to be tried again.
+/// Whether PostgreSQL asks for the transaction to be tried again (or, a unique violation, a
+/// role or object another session created at the same moment: the next try finds it).
 fn retryable(error: &tokio_postgres::Error) -> bool {
     error.as_db_error().is_some_and(|db| {
-        matches!(db.code().code(), "40001" | "40P01")
+        matches!(db.code().code(), "40001" | "40P01" | "23505")
             || (db.code().code() == "XX000" && db.message().contains("tuple concurrently updated"))
     })
 }
@@ -439,8 +440,11 @@ async fn converge(
                 .client
                 .batch_execute(&format!(
                     "{}BEGIN;\nSET LOCAL lock_timeout = '10s';\nSET LOCAL statement_timeout = '60s';\n\
-                     SET LOCAL client_min_messages = notice;\n{}{end};\n",
-                    script.0, script.1
+                     SET LOCAL client_min_messages = notice;\n\
+                     SELECT pg_advisory_xact_lock({lock}, 0);\n{}{end};\n",
+                    script.0,
+                    script.1,
+                    lock = crate::emit::sql::provision::ACL_LOCK,
                 ))
                 .await
         }

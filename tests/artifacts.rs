@@ -334,6 +334,13 @@ fn generated_config_enforces_the_manifest_in_real_postgres() {
             .filter(|a| a.database == "shop")
             .flat_map(|a| a.db_users.clone())
             .collect();
+        // And the admin user, which `dbward apply --live` logs in as, provisioning or not.
+        allowed.extend(
+            frozen.databases["shop"]
+                .admin_user
+                .iter()
+                .map(|admin| admin.name.clone()),
+        );
         allowed.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         allowed.dedup();
         assert_eq!(mapped, allowed.join(","));
@@ -477,13 +484,18 @@ fn generated_config_enforces_the_manifest_in_real_postgres() {
         "{err:?}"
     );
 
+    // The admin user is let in with the relay's certificate (`dbward apply --live` logs in as
+    // it), even though nobody is provisioned here.
+    tokio_query(
+        &rt,
+        port,
+        &server_ca,
+        &as_relay("dbward-admin", "shop", "localhost"),
+        "SELECT 1",
+    )
+    .expect("the admin user logs in with the relay's certificate");
     // PostgreSQL refuses what the manifest does not allow, even with the relay's certificate.
-    for (user, dbname) in [
-        ("batch", "shop"),
-        ("postgres", "shop"),
-        ("dbward-admin", "shop"),
-        ("app", "postgres"),
-    ] {
+    for (user, dbname) in [("batch", "shop"), ("postgres", "shop"), ("app", "postgres")] {
         let err = tokio_query(
             &rt,
             port,

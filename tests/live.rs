@@ -62,9 +62,19 @@ user kim {{
 /// A started cluster configured from the generated files, with the admin user made by hand
 /// (it must exist before dbward can log in as it) owning databases `names`, each with a table.
 fn started(work: &Path, db_names: &str, names: &[&str]) -> (Cluster, PathBuf) {
+    started_with(work, db_names, names, |text| text)
+}
+
+/// [`started`] with the manifest changed by `edit` first.
+fn started_with(
+    work: &Path,
+    db_names: &str,
+    names: &[&str],
+    edit: impl Fn(String) -> String,
+) -> (Cluster, PathBuf) {
     let mut cluster = Cluster::init();
     let out = work.join("out");
-    dbward_apply(&manifest(&cluster, db_names, ""), &out);
+    dbward_apply(&edit(manifest(&cluster, db_names, "")), &out);
     cluster.install_dbward(&out, "shop");
     if let Err(log) = cluster.try_start() {
         panic!("PostgreSQL refused the generated configuration:\n{log}");
@@ -130,11 +140,27 @@ fn apply_live_converges_every_name_and_the_next_plan_is_empty() {
             "{shown}"
         );
     }
-    assert!(
-        shown.contains("    + CREATE ROLE \"reader\" NOLOGIN\n"),
+    // Server-wide statements are shown once, under the first name, though each name runs them.
+    assert_eq!(
+        shown
+            .matches("    + CREATE ROLE \"reader\" NOLOGIN\n")
+            .count(),
+        1,
         "{shown}"
     );
-    assert!(shown.contains("    + GRANT reader TO app\n"), "{shown}");
+    assert_eq!(
+        shown.matches("    + GRANT reader TO app\n").count(),
+        1,
+        "{shown}"
+    );
+    assert!(
+        shown.contains("roles, their attributes and memberships are server-wide"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("  database shop, name postgres:\n    + CREATE ROLE"),
+        "{shown}"
+    );
     assert!(
         shown.contains("    + GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"reader\"\n"),
         "{shown}"
@@ -189,13 +215,19 @@ fn apply_live_converges_every_name_and_the_next_plan_is_empty() {
     assert_eq!(plan.status.code(), Some(2), "{shown}");
     assert!(
         shown.contains(
-            "  database shop, name two:\n    ~ ALTER ROLE \"app\" WITH NOCREATEDB\n    \
-             - REVOKE TRUNCATE ON TABLE public.items FROM reader\n"
+            "  database shop, name two:\n    - REVOKE TRUNCATE ON TABLE public.items FROM reader\n"
         ),
         "{shown}"
     );
+    assert_eq!(
+        shown
+            .matches("    ~ ALTER ROLE \"app\" WITH NOCREATEDB\n")
+            .count(),
+        1,
+        "{shown}"
+    );
     assert!(
-        shown.contains("    ~ ALTER ROLE \"app\" WITH NOCREATEDB\n"),
+        shown.contains("Live: 0 to add, 1 to change, 1 to remove, in 4 database name(s)."),
         "{shown}"
     );
     let json = dbward(&out, &["plan", "--live", "--json"]);
@@ -218,6 +250,34 @@ fn apply_live_converges_every_name_and_the_next_plan_is_empty() {
         ),
         "f"
     );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+}
+
+#[test]
+fn plan_live_logs_in_as_the_admin_user_when_nobody_is_provisioned() {
+    let work = tempfile::tempdir().expect("work dir");
+    // No `provision`: the relay never needs the admin user, but `--live` logs in as it.
+    let (_cluster, out) = started_with(work.path(), "shop", &["shop"], |text| {
+        text.replace("    provision keep\n", "")
+            .replace("        db-roles reader\n", "")
+    });
+    assert!(
+        std::fs::read_to_string(out.join("databases/shop/pg_ident.conf"))
+            .expect("pg_ident.conf")
+            .contains(&format!("\"{ADMIN}\"")),
+        "pg_ident.conf maps the relay's certificate to the admin user"
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains("  database shop, name shop:\n")
+            && shown.contains("    + CREATE ROLE \"reader\" NOLOGIN\n"),
+        "{shown}"
+    );
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    assert!(apply.status.success(), "{}", text(&apply));
     let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 }
@@ -358,4 +418,42 @@ fn wait_for(cluster: &Cluster, query: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     panic!("timed out waiting for: {query}");
+}
+
+#[test]
+fn two_applies_at_once_both_succeed_and_converge() {
+    let work = tempfile::tempdir().expect("work dir");
+    // Without provisioning, so setup.sql takes no lock of its own: the live phase must.
+    let (cluster, out) = started_with(work.path(), "\"*\"", &["shop", "two", "three"], |text| {
+        text.replace("    provision keep\n", "")
+            .replace("        db-roles reader\n", "")
+    });
+    superuser_sql(
+        &cluster,
+        "postgres",
+        &format!("ALTER DATABASE postgres OWNER TO \"{ADMIN}\";"),
+    );
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| dbward(&out, &["apply", "--live", "--auto-approve"]));
+        let second = scope.spawn(|| dbward(&out, &["apply", "--live", "--auto-approve"]));
+        (
+            first.join().expect("first apply"),
+            second.join().expect("second apply"),
+        )
+    });
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(second.status.success(), "{}", text(&second));
+    for name in ["shop", "two", "three"] {
+        assert_eq!(
+            superuser_query(
+                &cluster,
+                name,
+                "SELECT has_table_privilege('app', 'items', 'SELECT')"
+            ),
+            "t",
+            "{name}"
+        );
+    }
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 }

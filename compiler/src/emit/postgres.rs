@@ -141,11 +141,12 @@ pub fn hba(db: &Database, logins: &Logins) -> Result<String, EmitError> {
              # is no line for the relay's certificate.\n\n",
         ),
     }
-    if let Some(admin) = &logins.admin {
+    if let Some(admin) = admin_login(db, logins) {
         let _ = writeln!(
             out,
-            "# The admin user, used by the relay to provision people's users, may open any\n\
-             # database name (it grants privileges in each); same certificate, same map.\n\
+            "# The admin user, as which `dbward apply --live` converges every database name and\n\
+             # the relay provisions people's users, may open any database name (it grants\n\
+             # privileges in each); same certificate, same map.\n\
              hostssl    all  {}  all  cert  map={IDENT_MAP}\n",
             token(admin)?
         );
@@ -162,6 +163,16 @@ pub fn hba(db: &Database, logins: &Logins) -> Result<String, EmitError> {
     Ok(out)
 }
 
+/// The admin user the relay's certificate may log in as: the database's `admin-user` whenever
+/// it has one (`dbward plan --live` and `apply --live` log in as it, provisioning or not), unless
+/// it is already one of the users people log in as.
+fn admin_login<'a>(db: &'a Database, logins: &Logins) -> Option<&'a String> {
+    db.admin_user
+        .as_ref()
+        .map(|admin| &admin.name)
+        .filter(|name| !logins.db_users.contains(*name))
+}
+
 /// `pg_ident.conf`: the relay's certificate CN mapped to each database user it may log in as.
 pub fn ident(db: &Database, logins: &Logins) -> Result<String, EmitError> {
     let mut out = String::new();
@@ -176,7 +187,7 @@ pub fn ident(db: &Database, logins: &Logins) -> Result<String, EmitError> {
         cn = layout::RELAY_UPSTREAM_CN,
     );
     let cn = quote::hba_token(layout::RELAY_UPSTREAM_CN).unwrap_or_default();
-    let all = logins.db_users.iter().chain(logins.admin.iter());
+    let all = logins.db_users.iter().chain(admin_login(db, logins));
     let mut any = false;
     for user in all {
         let token = quote::hba_token(user).ok_or_else(|| EmitError::UnquotableName {
@@ -218,6 +229,18 @@ mod tests {
         }
     }
 
+    /// `db()` with `admin-user adm`.
+    fn with_admin() -> Database {
+        Database {
+            admin_user: Some(crate::model::AdminUser {
+                name: "adm".into(),
+                default_database: "postgres".into(),
+                principal: None,
+            }),
+            ..db()
+        }
+    }
+
     fn logins(users: &[&str], names: Option<&[&str]>, admin: Option<&str>) -> Logins {
         Logins {
             db_users: users.iter().map(|u| u.to_string()).collect(),
@@ -239,7 +262,7 @@ mod tests {
     #[test]
     fn hba_lists_exact_users_and_names_then_rejects() {
         let text = hba(
-            &db(),
+            &with_admin(),
             &logins(&["app", "all"], Some(&["orders"]), Some("adm")),
         )
         .unwrap();
@@ -277,7 +300,11 @@ mod tests {
 
     #[test]
     fn ident_maps_each_user_once() {
-        let text = ident(&db(), &logins(&["app", "readonly"], None, Some("adm"))).unwrap();
+        let text = ident(
+            &with_admin(),
+            &logins(&["app", "readonly"], None, Some("adm")),
+        )
+        .unwrap();
         let lines: Vec<_> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             lines,
@@ -287,5 +314,23 @@ mod tests {
                 "dbward  \"dbward-relay\"  \"adm\""
             ]
         );
+    }
+
+    #[test]
+    fn the_admin_user_is_mapped_without_provisioning() {
+        // `--live` logs in as the admin user even when nobody is provisioned (no logins.admin).
+        let none = logins(&["app"], None, None);
+        let text = ident(&with_admin(), &none).unwrap();
+        assert!(text.contains("dbward  \"dbward-relay\"  \"adm\""), "{text}");
+        let text = hba(&with_admin(), &none).unwrap();
+        assert!(
+            text.contains("hostssl    all  \"adm\"  all  cert  map=dbward"),
+            "{text}"
+        );
+        // Without an admin-user there is nothing to map.
+        assert!(!ident(&db(), &none).unwrap().contains("adm"));
+        // An admin user people also log in as is mapped once.
+        let text = ident(&with_admin(), &logins(&["adm"], None, None)).unwrap();
+        assert_eq!(text.matches("\"adm\"").count(), 1, "{text}");
     }
 }

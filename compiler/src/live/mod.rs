@@ -8,7 +8,7 @@
 //!
 //! Databases are reached the way the relay reaches them: self-hosted ones over mutual TLS with
 //! the relay's client certificate (which `pg_ident.conf` maps to the admin user), verifying the
-//! server against the CA the compiler issued. Cloud admin users (tokens) come later; such
+//! server against the CA the compiler issued, for the frozen config's `tls.server_name`. Cloud admin users (tokens) come later; such
 //! databases are skipped with a warning. Databases run in parallel, at most [`PARALLEL`] at once.
 
 use std::collections::BTreeSet;
@@ -50,7 +50,32 @@ pub struct Target {
     /// The names setup.sql runs in; `None` for every database that allows connections.
     pub db_names: Option<BTreeSet<String>>,
     pub setup_sql: String,
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    tls: NamedTls,
+}
+
+/// The TLS connector, verifying the server's certificate against the frozen config's
+/// `tls.server_name` (what the relay verifies) rather than the `host` it connects to.
+#[derive(Clone)]
+struct NamedTls {
+    inner: tokio_postgres_rustls::MakeRustlsConnect,
+    server_name: String,
+}
+
+impl<S> tokio_postgres::tls::MakeTlsConnect<S> for NamedTls
+where
+    tokio_postgres_rustls::MakeRustlsConnect: tokio_postgres::tls::MakeTlsConnect<S>,
+{
+    type Stream =
+        <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Stream;
+    type TlsConnect = <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        S,
+    >>::TlsConnect;
+    type Error =
+        <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, _host: &str) -> Result<Self::TlsConnect, Self::Error> {
+        self.inner.make_tls_connect(&self.server_name)
+    }
 }
 
 /// The changes setup.sql made (or would make) in one database name.
@@ -161,7 +186,10 @@ pub fn targets(
             default_database: admin.default_database.clone(),
             db_names: Logins::of(model, name).db_names,
             setup_sql: setup.into_owned(),
-            tls,
+            tls: NamedTls {
+                inner: tls,
+                server_name: frozen_db.tls.server_name.clone(),
+            },
         });
     }
     Ok((targets, warnings))
@@ -377,10 +405,11 @@ async fn names(target: &Target, warnings: &mut Vec<String>) -> Result<Vec<String
     })
 }
 
-/// Whether PostgreSQL asks for the transaction to be tried again.
+/// Whether PostgreSQL asks for the transaction to be tried again (or, a unique violation, a
+/// role or object another session created at the same moment: the next try finds it).
 fn retryable(error: &tokio_postgres::Error) -> bool {
     error.as_db_error().is_some_and(|db| {
-        matches!(db.code().code(), "40001" | "40P01")
+        matches!(db.code().code(), "40001" | "40P01" | "23505")
             || (db.code().code() == "XX000" && db.message().contains("tuple concurrently updated"))
     })
 }
@@ -411,8 +440,11 @@ async fn converge(
                 .client
                 .batch_execute(&format!(
                     "{}BEGIN;\nSET LOCAL lock_timeout = '10s';\nSET LOCAL statement_timeout = '60s';\n\
-                     SET LOCAL client_min_messages = notice;\n{}{end};\n",
-                    script.0, script.1
+                     SET LOCAL client_min_messages = notice;\n\
+                     SELECT pg_advisory_xact_lock({lock}, 0);\n{}{end};\n",
+                    script.0,
+                    script.1,
+                    lock = crate::emit::sql::provision::ACL_LOCK,
                 ))
                 .await
         }
@@ -492,10 +524,41 @@ pub fn sign(statement: &str) -> char {
     }
 }
 
-/// `(add, change, remove)` over every statement.
+/// Whether a statement changes the whole server rather than one database name: roles, their
+/// attributes and memberships (`GRANT role TO role` names no object).
+pub fn server_wide(statement: &str) -> bool {
+    let starts = |prefix: &str| statement.starts_with(prefix);
+    ((starts("CREATE ROLE") || starts("ALTER ROLE") || starts("DROP ROLE"))
+        && !statement.contains(" IN DATABASE "))
+        || ((starts("GRANT ") || starts("REVOKE ")) && !statement.contains(" ON "))
+}
+
+/// The statements shown for each database name: a server-wide one only under the first name
+/// of its database that runs it (every name's setup.sql runs it; after the first it is a no-op).
+fn shown(report: &LiveReport) -> Vec<(&LiveChanges, Vec<&String>)> {
+    let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
+    report
+        .changes
+        .iter()
+        .map(|change| {
+            let statements = change
+                .statements
+                .iter()
+                .filter(|s| !server_wide(s) || seen.insert((&change.database, s.as_str())))
+                .collect();
+            (change, statements)
+        })
+        .collect()
+}
+
+/// `(add, change, remove)` over every statement each database name runs.
 pub fn counts(report: &LiveReport) -> (usize, usize, usize) {
+    count(report.changes.iter().flat_map(|c| &c.statements))
+}
+
+fn count<'a>(statements: impl Iterator<Item = &'a String>) -> (usize, usize, usize) {
     let mut counts = (0, 0, 0);
-    for statement in report.changes.iter().flat_map(|c| &c.statements) {
+    for statement in statements {
         match sign(statement) {
             '+' => counts.0 += 1,
             '-' => counts.2 += 1,
@@ -509,23 +572,32 @@ pub fn counts(report: &LiveReport) -> (usize, usize, usize) {
 pub fn render(report: &LiveReport, mode: Mode) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let changed: Vec<&LiveChanges> = report
-        .changes
-        .iter()
-        .filter(|c| !c.statements.is_empty())
-        .collect();
+    let shown = shown(report);
+    let changed: Vec<&(&LiveChanges, Vec<&String>)> =
+        shown.iter().filter(|(_, s)| !s.is_empty()).collect();
     if !changed.is_empty() {
         out.push_str(match mode {
             Mode::Plan => "\ndbward will make these changes in the databases:\n",
             Mode::Apply => "\ndbward made these changes in the databases:\n",
         });
-        for change in changed {
+        if report
+            .changes
+            .iter()
+            .flat_map(|c| &c.statements)
+            .any(|s| server_wide(s))
+        {
+            out.push_str(
+                "(roles, their attributes and memberships are server-wide: each is shown once,\n\
+                 under the first database name; every name's setup.sql runs it, a no-op after the first)\n",
+            );
+        }
+        for (change, statements) in changed {
             let _ = writeln!(
                 out,
                 "\n  database {}, name {}:",
                 change.database, change.db_name
             );
-            for statement in &change.statements {
+            for statement in statements {
                 // A statement over several lines (a table's columns) is indented as one.
                 let statement = statement.replace('\n', "\n      ");
                 let _ = writeln!(out, "    {} {statement}", sign(&statement));
@@ -549,7 +621,7 @@ pub fn render(report: &LiveReport, mode: Mode) -> String {
         );
     }
     let names = report.changes.len();
-    let (add, change, remove) = counts(report);
+    let (add, change, remove) = count(shown.iter().flat_map(|(_, s)| s.iter().copied()));
     let verb = match mode {
         Mode::Plan => "Live",
         Mode::Apply => "Live apply",
@@ -583,6 +655,21 @@ mod tests {
             '+'
         );
         assert_eq!(sign("ALTER ROLE \"app\" WITH LOGIN"), '~');
+    }
+
+    #[test]
+    fn roles_and_memberships_are_server_wide() {
+        assert!(server_wide("CREATE ROLE \"r\" NOLOGIN"));
+        assert!(server_wide("ALTER ROLE \"app\" WITH NOCREATEDB"));
+        assert!(server_wide("GRANT reader TO app"));
+        assert!(server_wide("REVOKE reader FROM app"));
+        assert!(!server_wide(
+            "GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"reader\""
+        ));
+        assert!(!server_wide(
+            "REVOKE TRUNCATE ON TABLE public.items FROM reader"
+        ));
+        assert!(!server_wide("ALTER ROLE a IN DATABASE d SET x = 1"));
     }
 
     #[test]

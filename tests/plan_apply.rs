@@ -474,3 +474,49 @@ fn on_a_terminal_apply_asks_and_only_yes_writes() {
     assert!(yes.contains("Apply complete: "), "{yes}");
     assert_eq!(ws.ok(&["plan", "m.kdl", "--out", "out"]), "No changes.\n");
 }
+
+#[test]
+fn show_prints_a_saved_plan_and_whether_apply_would_take_it() {
+    let ws = Workspace::new(&quickstart());
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    ws.set_manifest(&quickstart_grown());
+    let planned = ws.ok(&["plan", "m.kdl", "--out", "out", "-o", "tfplan"]);
+    let shown = ws.run(&["show", "tfplan"]);
+    let (stdout, stderr) = text(&shown);
+    assert_eq!(shown.status.code(), Some(0), "{stderr}");
+    // The same plan text as `plan` printed, after a line naming what it is for.
+    assert!(stdout.starts_with("Saved plan tfplan for "), "{stdout}");
+    assert!(
+        stdout.ends_with(&planned),
+        "show:\n{stdout}\nplan:\n{planned}"
+    );
+    assert!(stderr.contains("The plan is current"), "{stderr}");
+    // Keys are never shown, in text or JSON.
+    let json = ws.ok(&["show", "tfplan", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("show --json is JSON");
+    assert_eq!(doc["format_version"], plan_json(&ws)["format_version"]);
+    assert!(!json.contains("BEGIN PRIVATE KEY") && !stdout.contains("PRIVATE KEY"));
+
+    // Once the directory moved on, show says apply would refuse it, and why; it writes nothing.
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    let before = snapshot(&ws.out());
+    let stale = ws.run(&["show", "tfplan"]);
+    let (_, stderr) = text(&stale);
+    assert!(
+        stderr.contains("stale") && stderr.contains("changed since the plan was made"),
+        "{stderr}"
+    );
+    assert_same(&before, &snapshot(&ws.out()), "show changed the directory");
+    // A manifest is not a plan file.
+    let wrong = ws.run(&["show", "m.kdl"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        text(&wrong).1.contains("not a plan file"),
+        "{}",
+        text(&wrong).1
+    );
+}
+
+fn plan_json(ws: &Workspace) -> serde_json::Value {
+    serde_json::from_str(&ws.ok(&["plan", "m.kdl", "--out", "out", "--json"])).unwrap()
+}

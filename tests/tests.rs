@@ -45,6 +45,9 @@
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
+//! - `walkthrough`: the README's walkthrough from the build to `select 1`, run exactly as
+//!   written (apply, install.sh, relay, cert issue, psql) on a Debian cluster in namespaces of
+//!   its own; every output line the README shows must appear.
 
 mod apply_killed;
 mod artifacts;
@@ -65,3 +68,4 @@ mod relay;
 mod relay_ops;
 mod relay_provision;
 mod schema;
+mod walkthrough;

@@ -7,6 +7,7 @@ pub mod check;
 pub mod explain;
 pub mod fmt;
 pub mod plan;
+pub mod show;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,8 @@ pub enum Command {
     Apply(apply::ApplyArgs),
     /// Issue certificates for people.
     Cert(cert::CertArgs),
+    /// Print a plan saved with `dbward plan -o`, and whether it can still be applied.
+    Show(show::ShowArgs),
 }
 
 /// Runs one parsed command line; errors are printed here, as `error: …`, and exit 1.
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Plan(args) => plan::run(args),
         Command::Apply(args) => apply::run(args),
         Command::Cert(args) => cert::run(args),
+        Command::Show(args) => show::run(args),
     };
     match result {
         Ok(code) => code,

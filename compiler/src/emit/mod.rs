@@ -8,6 +8,8 @@
 //! [`pki::emit`] (certificates and keys). The text emitters, one module each:
 //!
 //! - [`postgres`] — a self-hosted server's `postgresql.conf` snippet, `pg_hba.conf`, `pg_ident.conf`;
+//! - [`install`] — a self-hosted server's `install.sh`: those files put in place, the server
+//!   reloaded or restarted, setup.sql run;
 //! - [`sql`] — every database's idempotent `setup.sql` (roles, memberships, GRANTs, cloud logins);
 //! - [`iam`] — the AWS policy, GCP bindings and Azure role of each cloud binding;
 //! - [`frozen`] — the relay's `frozen.json`;
@@ -29,7 +31,8 @@
 //! relay/server-ca.crt            what the relay trusts for upstream server certificates
 //! relay/upstream-client.crt|key  what the relay presents to self-hosted upstreams
 //! databases/<db>/…               postgresql.conf, pg_hba.conf, pg_ident.conf, server.crt|key,
-//!                                client-ca.crt (self-hosted only) and setup.sql (every kind)
+//!                                client-ca.crt, install.sh (self-hosted only) and setup.sql
+//!                                (every kind)
 //! iam/{aws,gcp,azure}/<cloud>.json
 //! ```
 
@@ -40,6 +43,7 @@ use crate::model::{DatabaseKind, Model, NameSet, Provision};
 pub mod env;
 pub mod frozen;
 pub mod iam;
+pub mod install;
 pub mod pki;
 pub mod postgres;
 pub mod quote;
@@ -162,6 +166,10 @@ pub fn emit_text(model: &Model) -> Result<Artifacts, EmitError> {
             out.insert(
                 file(postgres::IDENT),
                 Artifact::text(postgres::ident(db, &logins)?),
+            );
+            out.insert(
+                file(install::INSTALL),
+                Artifact::text(install::script(db, config_dir, &logins)),
             );
         }
         out.insert(

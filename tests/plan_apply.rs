@@ -220,7 +220,7 @@ fn removed_databases_are_destroyed_and_json_never_holds_a_secret() {
         "frozen.json diff expected: {stdout}"
     );
     assert!(
-        stdout.ends_with("Plan: 0 to add, 3 to change, 7 to destroy.\n"),
+        stdout.ends_with("Plan: 0 to add, 3 to change, 8 to destroy.\n"),
         "{stdout}"
     );
 
@@ -228,7 +228,7 @@ fn removed_databases_are_destroyed_and_json_never_holds_a_secret() {
     assert!(!json_text.contains("PRIVATE KEY"));
     let json: serde_json::Value = serde_json::from_str(&json_text).expect("plan json");
     assert_eq!(json["format_version"], 1);
-    assert_eq!(json["summary"]["destroy"], 7);
+    assert_eq!(json["summary"]["destroy"], 8);
     for change in json["changes"].as_array().unwrap() {
         if change["sensitive"] == true {
             assert!(
@@ -343,7 +343,7 @@ fn hex_encode(bytes: &[u8]) -> String {
 /// A real write failure halfway through an apply: the file-size limit (RLIMIT_FSIZE, which
 /// binds root too) makes writing a file larger than 1 KiB fail with EFBIG, as a full disk
 /// would, after smaller files were already staged (the new database's client-ca.crt, in a
-/// directory this apply created, before its larger pg_hba.conf). Every previous file must be intact, and
+/// directory this apply created, before its larger pg_hba.conf or install.sh). Every previous file must be intact, and
 /// no temp file or new directory left behind.
 #[test]
 fn a_write_failure_leaves_every_previous_file_intact_and_no_temp_files() {
@@ -366,7 +366,8 @@ fn a_write_failure_leaves_every_previous_file_intact_and_no_temp_files() {
     assert_eq!(failed.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("File too large")
-            && stderr.contains("databases/inventory/pg_hba.conf")
+            && (stderr.contains("databases/inventory/pg_hba.conf")
+                || stderr.contains("databases/inventory/install.sh"))
             && stderr.contains("nothing was changed"),
         "{stderr}"
     );

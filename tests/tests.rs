@@ -45,6 +45,9 @@
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
+//! - `kubernetes`: the Kubernetes manifests of `relay { kubernetes … }` pass a schema validator
+//!   (kubernetes-validate), hold no key, and the relay runs as the Deployment says, in an
+//!   emulated pod (its args, uid 65532, the Secret mounted root-owned 0440, probes, SIGTERM).
 //! - `walkthrough`: the README's walkthrough from the build to `select 1`, run exactly as
 //!   written (apply, install.sh, relay, cert issue, psql) on a Debian cluster in namespaces of
 //!   its own; every output line the README shows must appear.
@@ -60,6 +63,7 @@ mod convergence;
 mod examples;
 mod golden;
 mod harness;
+mod kubernetes;
 mod live;
 mod plan_apply;
 mod provision;

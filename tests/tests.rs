@@ -45,6 +45,8 @@
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
+//! - `install_sh`: a self-hosted database's install.sh on a plain (non-Debian) cluster: files,
+//!   include once, restart with pg_ctl, names created, setup.sql; then only reloads.
 //! - `kubernetes`: the Kubernetes manifests of `relay { kubernetes … }` pass a schema validator
 //!   (kubernetes-validate), hold no key, and the relay runs as the Deployment says, in an
 //!   emulated pod (its args, uid 65532, the Secret mounted root-owned 0440, probes, SIGTERM).
@@ -63,6 +65,7 @@ mod convergence;
 mod examples;
 mod golden;
 mod harness;
+mod install_sh;
 mod kubernetes;
 mod live;
 mod plan_apply;

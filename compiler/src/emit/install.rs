@@ -149,7 +149,9 @@ if [ -n "$pending" ]; then
       *)
         pg_ctl=$(dirname -- "$(readlink "/proc/$pid/exe" 2>/dev/null || echo pg_ctl)")/pg_ctl
         [ -x "$pg_ctl" ] || pg_ctl=pg_ctl
-        as_server "$pg_ctl" -D "$data" -w -m fast restart >/dev/null ;;
+        # Started by hand: its output goes to a file, not to this terminal for ever.
+        as_server "$pg_ctl" -D "$data" -w -m fast -l "$data/dbward-restart.log" restart >/dev/null
+        say "PostgreSQL's output after the restart goes to $data/dbward-restart.log" ;;
     esac
   fi
   say "restarted PostgreSQL ($pending need a restart)"

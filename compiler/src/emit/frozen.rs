@@ -30,6 +30,10 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
             provision: rights.provision,
             db_roles: rights.db_roles.iter().cloned().collect(),
             grants,
+            certificates_issued_after: model
+                .users
+                .get(entry.user)
+                .and_then(|user| user.certificates_issued_after),
         });
     }
     let relay = &model.relay;
@@ -57,6 +61,11 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
                 idle_timeout_ms: millis(relay.idle_timeout),
                 idle_in_transaction_timeout_ms: millis(relay.idle_in_transaction_timeout),
                 ..frozen::Limits::default()
+            },
+            revocation: frozen::Revocation {
+                grace_ms: u64::try_from(relay.revoke_grace.as_millis()).unwrap_or(u64::MAX),
+                disconnect_expired_cert: relay.disconnect_expired_cert,
+                certificates_issued_after: relay.certificates_issued_after,
             },
         },
         databases,

@@ -22,6 +22,9 @@ pub(crate) fn model(databases: &[&str]) -> Model {
             idle_in_transaction_timeout: None,
             audit: None,
             metrics: None,
+            revoke_grace: Duration::from_secs(10),
+            disconnect_expired_cert: true,
+            certificates_issued_after: None,
         },
         clouds: BTreeMap::new(),
         databases: databases

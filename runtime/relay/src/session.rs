@@ -1560,6 +1560,7 @@ mod tests {
             provision,
             db_roles: vec![],
             grants: vec![],
+            certificates_issued_after: None,
         };
         Config {
             format_version: FORMAT_VERSION,
@@ -1576,6 +1577,7 @@ mod tests {
                 audit: None,
                 metrics: None,
                 limits: Limits::default(),
+                revocation: Default::default(),
             },
             databases: BTreeMap::from([
                 ("shop".into(), database(5432, Some("dbward-admin"))),

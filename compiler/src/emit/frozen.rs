@@ -319,6 +319,58 @@ mod tests {
     }
 
     #[test]
+    fn revocation_settings_and_cutoffs_reach_the_relay() {
+        let defaults = build(&model("localhost")).unwrap().relay.revocation;
+        assert_eq!(defaults, frozen::Revocation::default());
+        assert_eq!(defaults.grace_ms, 10_000);
+        assert!(defaults.disconnect_expired_cert);
+
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/quickstart.kdl"
+        ))
+        .unwrap()
+        .replace(
+            "    public-name",
+            "    revoke-grace \"0s\"\n    disconnect-expired-cert #false\n    \
+             certificates-issued-after \"2026-01-01T00:00:00Z\"\n    public-name",
+        )
+        .replace(
+            "user alice {",
+            "user alice {\n    certificates-issued-after \"2026-11-30T13:00:00+01:00\"",
+        );
+        let checked = crate::check(&crate::source::Source::new("q.kdl", text));
+        let model = checked
+            .model
+            .unwrap_or_else(|| panic!("{:?}", checked.diagnostics));
+        let config = build(&model).unwrap();
+        assert_eq!(
+            config.relay.revocation,
+            frozen::Revocation {
+                grace_ms: 0,
+                disconnect_expired_cert: false,
+                certificates_issued_after: Some(1_767_225_600),
+            }
+        );
+        let alice: Vec<_> = config
+            .access
+            .iter()
+            .filter(|a| a.identity == "alice")
+            .collect();
+        assert!(!alice.is_empty());
+        for access in alice {
+            assert_eq!(access.certificates_issued_after, Some(1_796_040_000));
+        }
+        assert!(
+            config
+                .access
+                .iter()
+                .filter(|a| a.identity != "alice")
+                .all(|a| a.certificates_issued_after.is_none())
+        );
+    }
+
+    #[test]
     fn schema_file_is_current() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/frozen.schema.json");
         let expected = dbward_frozen::Config::json_schema();

@@ -573,6 +573,26 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_is_locked_out_when_issued_before_the_later_cutoff() {
+        let backdate = CERTIFICATE_BACKDATE_SECS as i64;
+        let mut revocation = Revocation::default();
+        // Issued (notBefore + the backdate) at 1000.
+        let not_before = 1000 - backdate;
+        assert_eq!(revocation.locks_out(None, not_before), None);
+        assert_eq!(
+            revocation.locks_out(Some(1000), not_before),
+            None,
+            "at the cutoff"
+        );
+        assert_eq!(revocation.locks_out(Some(1001), not_before), Some(1001));
+        revocation.certificates_issued_after = Some(2000);
+        assert_eq!(revocation.locks_out(None, not_before), Some(2000));
+        assert_eq!(revocation.locks_out(Some(500), not_before), Some(2000));
+        assert_eq!(revocation.locks_out(Some(3000), not_before), Some(3000));
+        assert_eq!(revocation.locks_out(Some(900), 2000), None);
+    }
+
+    #[test]
     fn access_is_found_by_binary_search_and_must_be_sorted() {
         let mut config = sample();
         config.access = vec![

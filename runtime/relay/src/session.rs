@@ -1822,6 +1822,73 @@ mod tests {
         assert_eq!(seen, vec![(QueryKind::Query, "select 1".to_owned())]);
     }
 
+    /// A stop from outside (a reload's revocation) and the certificate's expiry end an idle
+    /// session over in-memory pipes: the client reads the FATAL with the reason's words, the
+    /// upstream a Terminate, and the end carries the reason.
+    #[tokio::test]
+    async fn a_revoked_or_expired_session_is_ended_with_its_reason() {
+        for expire in [false, true] {
+            let (mut client, client_side) = tokio::io::duplex(1024);
+            let (upstream_side, mut server) = tokio::io::duplex(1024);
+            let stop = Stop::default();
+            let ends = Ends {
+                stop: Some(&stop),
+                expires: expire.then(|| {
+                    (
+                        tokio::time::Instant::now() + Duration::from_millis(300),
+                        1_796_040_000,
+                    )
+                }),
+            };
+            let driver = async {
+                if !expire {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    stop.trigger(revoke::Revoked {
+                        reason: EndReason::AccessRevoked,
+                        message: "terminating connection: revoked".into(),
+                        hint: "ask".into(),
+                    });
+                }
+                let mut reply = Vec::new();
+                client.read_to_end(&mut reply).await.unwrap();
+                let mut terminate = Vec::new();
+                server.read_to_end(&mut terminate).await.unwrap();
+                (reply, terminate)
+            };
+            let (relayed, (reply, terminate)) =
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    tokio::join!(
+                        relay(
+                            client_side,
+                            upstream_side,
+                            Vec::new(),
+                            None,
+                            None,
+                            IdleLimits::default(),
+                            ends
+                        ),
+                        driver
+                    )
+                })
+                .await
+                .expect("the session is ended");
+            let fields = backend::error_fields(&reply[5..]);
+            assert!(fields.contains(&(b'C', "57P01".to_owned())), "{fields:?}");
+            let (reason, message) = if expire {
+                (
+                    EndReason::CertificateExpired,
+                    "terminating connection: the client certificate expired at \
+                     2026-11-30T12:00:00Z",
+                )
+            } else {
+                (EndReason::AccessRevoked, "terminating connection: revoked")
+            };
+            assert_eq!(relayed.end, reason);
+            assert!(fields.contains(&(b'M', message.to_owned())), "{fields:?}");
+            assert_eq!(terminate, TERMINATE);
+        }
+    }
+
     /// The idle limits over in-memory pipes: which limit ends a session follows the last
     /// ReadyForQuery, the client reads the FATAL PostgreSQL would send, the upstream gets a
     /// Terminate, and a query that runs longer than both limits is not idle.

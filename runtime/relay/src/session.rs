@@ -1036,14 +1036,17 @@ async fn open_and_relay(
 }
 
 /// The instant on the runtime's clock at which a certificate valid until `not_after` (seconds
-/// since the epoch) expires, with that time for the FATAL.
+/// since the epoch) expires, with that time for the FATAL. A certificate is valid through its
+/// `notAfter` second (RFC 5280; webpki refuses it only once the time is past it), so the
+/// session ends at the start of the next second, when a new session with it would be refused.
 fn expiry_deadline(not_after: i64) -> (tokio::time::Instant, i64) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let left = u64::try_from(not_after.saturating_sub(now)).unwrap_or(0);
+    let end = u64::try_from(not_after.saturating_add(1)).unwrap_or(0);
+    let end = std::time::UNIX_EPOCH + Duration::from_secs(end);
+    let left = end
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
     // A year bounds the timer however far away the certificate's end is.
-    let left = Duration::from_secs(left.min(366 * 24 * 3600));
+    let left = left.min(Duration::from_secs(366 * 24 * 3600));
     (tokio::time::Instant::now() + left, not_after)
 }
 

@@ -1912,4 +1912,14 @@ fn a_locked_out_certificate_is_refused_and_its_open_sessions_end() {
         relay.metric("dbward_sessions_denied_total{reason=\"certificate_locked_out\"}"),
         1.0
     );
+
+    // A cutoff in the future would refuse even new certificates: the relay says so when it
+    // loads one (`dbward check` cannot: it does not read the clock).
+    deployment.apply_with(
+        "app",
+        "revoke-grace \"0s\"",
+        "certificates-issued-after \"2999-01-01T00:00:00Z\"",
+    );
+    relay.signal("HUP");
+    relay.wait_log("certificates-issued-after is in the future");
 }

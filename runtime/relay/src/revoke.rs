@@ -219,6 +219,41 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| format!("{unix} s after the epoch"))
 }
 
+/// How far in the future a cutoff may lie before the relay warns: clocks differ a little.
+const CUTOFF_SKEW_SECS: i64 = 300;
+
+/// Logs a warning for each `certificates-issued-after` cutoff later than now: until that time
+/// every certificate of whom it applies to is refused, even one `dbward cert issue` just signed
+/// (the compiler cannot check this: its checks do not read the clock).
+pub fn warn_future_cutoffs(config: &Config) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let future = |cutoff: Option<i64>| cutoff.filter(|&c| c > now.saturating_add(CUTOFF_SKEW_SECS));
+    if let Some(cutoff) = future(config.relay.revocation.certificates_issued_after) {
+        tracing::warn!(
+            cutoff = %rfc3339(cutoff),
+            "relay certificates-issued-after is in the future: every client certificate is \
+             refused until then, new ones too; set it to the time certificates were lost"
+        );
+    }
+    let mut warned: Option<&str> = None;
+    for access in &config.access {
+        if warned == Some(access.identity.as_str()) {
+            continue;
+        }
+        if let Some(cutoff) = future(access.certificates_issued_after) {
+            warned = Some(&access.identity);
+            tracing::warn!(
+                person = %access.identity,
+                cutoff = %rfc3339(cutoff),
+                "certificates-issued-after is in the future: every certificate of this person \
+                 is refused until then, new ones too; set it to the time the certificate was lost"
+            );
+        }
+    }
+}
+
 /// The sessions relaying now, by session id.
 #[derive(Debug, Default)]
 pub struct LiveSessions {

@@ -3,22 +3,19 @@
 //! is no terminal to ask and no `--auto-approve`); with a saved plan it applies exactly that
 //! plan, after checking that neither the manifest nor the directory moved since.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::plan::{prepare, read_optional};
+use super::plan::prepare;
 use crate::apply;
-use crate::emit::env::{ExistingFile, read_tree};
 use crate::live::Mode;
-use crate::plan::journal::{Journal, Record};
+use crate::plan::Plan;
 use crate::plan::planfile::PlanFile;
 use crate::plan::render::render;
-use crate::plan::state::state_path;
-use crate::plan::{Plan, State};
+use crate::workflow::{self, Prepared};
 
 /// Arguments of `dbward apply`.
 #[derive(Debug, Clone, clap::Args)]
@@ -102,79 +99,34 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 /// checked again under the lock, and written.
 fn apply_files(
     args: &ApplyArgs,
-    prepared: &super::plan::Prepared,
+    prepared: &Prepared,
     plan: &Plan,
     confirmed: bool,
 ) -> anyhow::Result<ExitCode> {
-    // What the plan was computed from, to check again under the lock: the directory may
-    // change while a person reads the plan.
-    let seen = PlanFile::new(
-        plan,
-        prepared.manifest.clone(),
-        &prepared.manifest_bytes,
-        prepared.out.clone(),
-        &prepared.existing,
-        prepared.state_bytes.as_deref(),
-    );
-    if plan.is_empty() {
-        // Nothing to write, but the record to finish or the temp files of an apply that was
-        // killed are cleaned up (taking the lock removes the temp files).
-        if plan.state_outdated || apply::has_leftovers(&prepared.out) {
-            let _lock = apply::Lock::acquire(&prepared.out)?;
-            fresh(&seen, "the plan")?;
-            if plan.state_outdated {
-                apply::apply(&prepared.out, plan, args.force)?;
-            }
+    if !plan.is_empty() {
+        let drifted: Vec<String> = plan.drifted().map(|c| c.path.clone()).collect();
+        if !drifted.is_empty() && !args.force {
+            // Refuse before asking: the answer could not change anything.
+            return Err(apply::ApplyError::Drift(drifted).into());
         }
-        return Ok(ExitCode::SUCCESS);
+        if !args.auto_approve && !confirmed && !confirm(&prepared.out)? {
+            anyhow::bail!("apply cancelled; nothing was written");
+        }
     }
-    let drifted: Vec<String> = plan.drifted().map(|c| c.path.clone()).collect();
-    if !drifted.is_empty() && !args.force {
-        // Refuse before asking: the answer could not change anything.
-        return Err(apply::ApplyError::Drift(drifted).into());
+    match prepared.write(plan, args.force)? {
+        Some(applied) => Ok(report(&prepared.out, &applied)),
+        None => Ok(ExitCode::SUCCESS),
     }
-    if !args.auto_approve && !confirmed && !confirm(&prepared.out)? {
-        anyhow::bail!("apply cancelled; nothing was written");
-    }
-    let _lock = apply::Lock::acquire(&prepared.out)?;
-    fresh(&seen, "the plan shown above")?;
-    finish(&prepared.out, plan, args.force)
 }
 
-/// The files under `--out` and the state record's bytes, as read under the lock.
-type Fresh = (BTreeMap<String, ExistingFile>, Option<Vec<u8>>);
-
-/// Re-reads the manifest, the directory and the state record, and fails (naming every
-/// difference) when they are no longer what `seen` was computed from. Returns what it read.
-fn fresh(seen: &PlanFile, what: &str) -> anyhow::Result<Fresh> {
-    let manifest_bytes = read_optional(&seen.manifest)?;
-    let existing = read_tree(&seen.out)?;
-    let state_bytes = read_optional(&state_path(&seen.out))?;
-    let stale = seen.staleness(manifest_bytes.as_deref(), &existing, state_bytes.as_deref());
-    if !stale.is_empty() {
-        let reasons: Vec<String> = stale.iter().take(10).map(|s| format!("  - {s}")).collect();
-        anyhow::bail!(
-            "{what} is stale, nothing was written:\n{}{}\nrun `dbward plan` again",
-            reasons.join("\n"),
-            if stale.len() > 10 {
-                format!("\n  … and {} more", stale.len() - 10)
-            } else {
-                String::new()
-            }
-        );
-    }
-    Ok((existing, state_bytes))
-}
-
-fn finish(out: &Path, plan: &Plan, force: bool) -> anyhow::Result<ExitCode> {
-    let applied = apply::apply(out, plan, force)?;
+fn report(out: &Path, applied: &apply::Applied) -> ExitCode {
     println!(
         "Apply complete: {} written, {} removed, in {}.",
         applied.written,
         applied.removed,
         out.display()
     );
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 /// Asks on the terminal; refuses when stdin is not one.
@@ -198,32 +150,9 @@ fn confirm(out: &Path) -> anyhow::Result<bool> {
 }
 
 fn apply_planfile(args: &ApplyArgs, bytes: &[u8]) -> anyhow::Result<ExitCode> {
-    let saved = PlanFile::from_bytes(&args.target, bytes)?;
-    if let Some(out) = &args.out {
-        let out = std::path::absolute(out)?;
-        if out != saved.out {
-            anyhow::bail!(
-                "the plan was made for {}, not {}: drop --out or make a new plan",
-                saved.out.display(),
-                out.display()
-            );
-        }
-    }
-    let _lock = apply::Lock::acquire(&saved.out)?;
-    let (existing, state_bytes) =
-        fresh(&saved, &format!("the saved plan {}", args.target.display()))?;
-    let state = match &state_bytes {
-        Some(b) => State::from_bytes(b).map_err(|reason| {
-            anyhow::anyhow!("{} is corrupt: {reason}", state_path(&saved.out).display())
-        })?,
-        None => State::default(),
-    };
-    let record = Record {
-        state,
-        journal: Journal::load(&saved.out)?,
-    };
-    let mut plan = saved.to_plan(&existing, &record.settle(&existing))?;
-    plan.state_outdated |= record.interrupted();
-    print!("{}", render(&plan));
-    finish(&saved.out, &plan, args.force)
+    let saved = workflow::load_saved(&args.target, bytes, args.out.as_deref())?;
+    print!("{}", render(&saved.plan));
+    let applied = apply::apply(&saved.file.out, &saved.plan, args.force)?;
+    drop(saved.lock);
+    Ok(report(&saved.file.out, &applied))
 }

@@ -457,3 +457,136 @@ fn two_applies_at_once_both_succeed_and_converge() {
     let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 }
+
+/// Runs the real `dbward apply PLANFILE` (no manifest, no `--out`: the plan names them).
+fn apply_planfile(planfile: &Path) -> Output {
+    Command::new(workspace_bin("dbward"))
+        .arg("apply")
+        .arg(planfile)
+        .output()
+        .expect("run dbward")
+}
+
+#[test]
+fn a_saved_live_plan_applies_and_the_next_plan_is_empty() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), "shop two", &["shop", "two"]);
+    let planfile = work.path().join("tfplan");
+
+    let plan = dbward(
+        &out,
+        &["plan", "--live", "-o", planfile.to_str().expect("utf-8")],
+    );
+    let shown = text(&plan);
+    assert!(plan.status.success(), "{shown}");
+    assert!(shown.contains("  database shop, name two:\n"), "{shown}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&planfile).expect("plan file")).expect("JSON");
+    let live = saved["live"].as_array().expect("a live part");
+    assert_eq!(live.len(), 2, "{saved}");
+    assert!(
+        live.iter().all(|n| n["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sha256:"))),
+        "{saved}"
+    );
+    // Planning rolled back: nothing exists yet.
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('reader', 'app')"
+        ),
+        "0"
+    );
+
+    // No --live: the plan file says it is live.
+    let apply = apply_planfile(&planfile);
+    let applied = text(&apply);
+    assert!(apply.status.success(), "{applied}");
+    assert!(
+        applied.contains("dbward made these changes in the databases:"),
+        "{applied}"
+    );
+    for name in ["shop", "two"] {
+        assert_eq!(
+            superuser_query(
+                &cluster,
+                name,
+                "SELECT has_table_privilege('app', 'items', 'SELECT')"
+            ),
+            "t",
+            "{name}: {applied}"
+        );
+    }
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("No changes."), "{shown}");
+    assert!(
+        shown.contains("Live: no changes in 2 database name(s)."),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_saved_live_plan_is_refused_where_the_database_changed_since() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), "shop two", &["shop", "two"]);
+    let planfile = work.path().join("tfplan");
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    assert!(apply.status.success(), "{}", text(&apply));
+
+    // Drift in both names, saved in a plan that revokes it.
+    for name in ["shop", "two"] {
+        superuser_sql(&cluster, name, "GRANT TRUNCATE ON items TO reader;");
+    }
+    let plan = dbward(
+        &out,
+        &["plan", "--live", "-o", planfile.to_str().expect("utf-8")],
+    );
+    let shown = text(&plan);
+    assert!(plan.status.success(), "{shown}");
+    assert_eq!(
+        shown
+            .matches("    - REVOKE TRUNCATE ON TABLE public.items FROM reader\n")
+            .count(),
+        2,
+        "{shown}"
+    );
+
+    // Another GRANT by hand in `two` after the plan was made: the plan no longer says what
+    // the apply would do there.
+    superuser_sql(&cluster, "two", "GRANT INSERT ON items TO reader;");
+    let apply = apply_planfile(&planfile);
+    let applied = text(&apply);
+    assert_eq!(apply.status.code(), Some(1), "{applied}");
+    assert!(
+        applied.contains(
+            "Error: database shop, name two: changed since the saved plan was made (1 \
+             statement(s) in the plan, 2 now; it would now also run: REVOKE INSERT ON TABLE \
+             public.items FROM reader)"
+        ),
+        "{applied}"
+    );
+    // Nothing was applied in `two`, not even what the plan showed; `shop` was converged.
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "two",
+            "SELECT has_table_privilege('reader', 'items', 'TRUNCATE') \
+             AND has_table_privilege('reader', 'items', 'INSERT')"
+        ),
+        "t",
+        "{applied}"
+    );
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "shop",
+            "SELECT has_table_privilege('reader', 'items', 'TRUNCATE')"
+        ),
+        "f",
+        "{applied}"
+    );
+}

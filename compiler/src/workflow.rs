@@ -15,11 +15,11 @@ use anyhow::Context;
 use crate::apply;
 use crate::diag::Diagnostic;
 use crate::emit::env::{Env, ExistingFile, read_tree};
-use crate::emit::{self, Artifacts};
+use crate::emit::{self, Artifact, Artifacts};
 use crate::live::{self, LiveReport, Mode};
 use crate::model::Model;
 use crate::plan::journal::{Journal, Record};
-use crate::plan::planfile::PlanFile;
+use crate::plan::planfile::{PlanFile, SavedLive};
 use crate::plan::state::state_path;
 use crate::plan::{self, Plan, State};
 use crate::source::Source;
@@ -152,6 +152,24 @@ impl Prepared {
         )
     }
 
+    /// `plan` and, with `--live`, what the databases would get, to save with `plan -o`: each
+    /// database name's statements as shown, with their fingerprint.
+    pub fn saved_with_live(&self, plan: &Plan, live: Option<&LiveReport>) -> PlanFile {
+        let mut file = self.saved(plan);
+        file.live = live.map(|report| {
+            live::deduplicated(report)
+                .into_iter()
+                .map(|c| SavedLive {
+                    fingerprint: live::fingerprint(&c.statements),
+                    database: c.database,
+                    db_name: c.db_name,
+                    statements: c.statements,
+                })
+                .collect()
+        });
+        file
+    }
+
     /// Writes `plan` (already shown, and confirmed by the caller) under the apply lock, after
     /// checking that the manifest and the directory are still what it was computed from: they
     /// may change while a person reads the plan. `None` when there was nothing to write (the
@@ -239,4 +257,73 @@ pub fn load_saved(path: &Path, bytes: &[u8], out: Option<&Path>) -> anyhow::Resu
     let mut plan = file.to_plan(&existing, &record.settle(&existing))?;
     plan.state_outdated |= record.interrupted();
     Ok(Saved { lock, file, plan })
+}
+
+/// The live part of a saved plan, after its files were written: converges each database name
+/// it read, each refusing (and rolled back) where setup.sql would now execute other statements
+/// than the plan showed. The databases are reached with the files the plan wrote, read back
+/// from `--out` and checked against the plan's record, and the manifest it was made from
+/// (checked unchanged by [`load_saved`]).
+pub fn apply_saved_live(file: &PlanFile) -> anyhow::Result<Option<LiveReport>> {
+    let Some(saved) = &file.live else {
+        return Ok(None);
+    };
+    let (_, model) = load_model(&file.manifest)?.into_model()?;
+    let on_disk = read_tree(&file.out)?;
+    let mut artifacts = Artifacts::new();
+    for (path, record) in &file.next_state.files {
+        let Some(disk) = on_disk.get(path) else {
+            anyhow::bail!(
+                "{} is missing under {} right after the apply wrote it; nothing was changed in \
+                 the databases: run `dbward plan --live` again",
+                path,
+                file.out.display()
+            );
+        };
+        if plan::sha256(&disk.bytes) != record.sha256 {
+            anyhow::bail!(
+                "{} under {} changed right after the apply wrote it; nothing was changed in the \
+                 databases: run `dbward plan --live` again",
+                path,
+                file.out.display()
+            );
+        }
+        artifacts.insert(
+            path.clone(),
+            Artifact {
+                bytes: disk.bytes.clone(),
+                mode: disk.mode,
+                sensitive: false,
+            },
+        );
+    }
+    let (mut targets, warnings) = live::targets(&model, &artifacts)?;
+    let mut report = LiveReport::default();
+    for target in &mut targets {
+        let expected = saved
+            .iter()
+            .filter(|s| s.database == target.database)
+            .map(|s| (s.db_name.clone(), s.statements.clone()))
+            .collect();
+        target.expect(expected);
+    }
+    // A database the plan read that cannot be reached the same way now (it cannot happen
+    // while the manifest is unchanged, but a plan file is input).
+    for s in saved {
+        if !targets.iter().any(|t| t.database == s.database) {
+            report.failures.push(live::LiveFailure {
+                database: s.database.clone(),
+                db_name: Some(s.db_name.clone()),
+                message: "the saved plan has changes for it, but the manifest gives no way to \
+                          reach it as its admin user: make a new plan"
+                    .into(),
+            });
+        }
+    }
+    let ran = live::run(targets, Mode::Apply)?;
+    report.changes = ran.changes;
+    report.failures.extend(ran.failures);
+    report.warnings = ran.warnings;
+    report.warnings.extend(warnings);
+    Ok(Some(report))
 }

@@ -34,7 +34,8 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub force: bool,
     /// After the files, run setup.sql in every database with an admin-user, each database
-    /// name in one transaction, and show what it changed.
+    /// name in one transaction, and show what it changed. Not needed with a plan file: a plan
+    /// made with `--live` converges its database names by itself.
     #[arg(long)]
     pub live: bool,
 }
@@ -43,12 +44,6 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.target)
         .with_context(|| format!("cannot read {}; check the path", args.target.display()))?;
     if PlanFile::sniff(&bytes) {
-        if args.live {
-            anyhow::bail!(
-                "a saved plan holds no live changes yet: apply it without --live, then run \
-                 `dbward apply MANIFEST --out DIR --live`"
-            );
-        }
         return apply_planfile(&args, &bytes);
     }
     let Some(out) = &args.out else {
@@ -151,8 +146,30 @@ fn confirm(out: &Path) -> anyhow::Result<bool> {
 
 fn apply_planfile(args: &ApplyArgs, bytes: &[u8]) -> anyhow::Result<ExitCode> {
     let saved = workflow::load_saved(&args.target, bytes, args.out.as_deref())?;
+    if args.live && saved.file.live.is_none() {
+        anyhow::bail!(
+            "{} holds no live changes (it was made without --live); nothing was written: apply \
+             it without --live, or make a live plan with `dbward plan --live -o PLANFILE`",
+            args.target.display()
+        );
+    }
     print!("{}", render(&saved.plan));
     let applied = apply::apply(&saved.file.out, &saved.plan, args.force)?;
     drop(saved.lock);
-    Ok(report(&saved.file.out, &applied))
+    let files = report(&saved.file.out, &applied);
+    // A live plan says so itself: its database names are converged without --live.
+    let Some(live) = workflow::apply_saved_live(&saved.file)? else {
+        return Ok(files);
+    };
+    print!("{}", crate::live::render(&live, Mode::Apply));
+    if live.failures.is_empty() {
+        Ok(files)
+    } else {
+        eprintln!(
+            "error: {} database name(s) were not converged and were left as they were (shown \
+             above); the others were applied. Fix what is shown and run again.",
+            live.failures.len()
+        );
+        Ok(ExitCode::from(1))
+    }
 }

@@ -25,7 +25,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub json: bool,
     /// Save the plan for `dbward apply PLANFILE`. It holds the new private keys, so it is
-    /// written with mode 0600: keep it as private as the keys.
+    /// written with mode 0600: keep it as private as the keys. With --live it also holds each
+    /// database name's statements and their fingerprint, which apply checks again.
     #[arg(short = 'o', long = "output", value_name = "PLANFILE")]
     pub output: Option<PathBuf>,
     /// Also connect to every database with an admin-user and show what its setup.sql would
@@ -68,12 +69,6 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             args.out.display()
         );
     }
-    if args.live && args.output.is_some() {
-        anyhow::bail!(
-            "a saved plan cannot hold live changes yet: drop -o, or drop --live and apply the \
-             files first"
-        );
-    }
     let prepared = prepare(&args.manifest, &args.out)?;
     let plan = prepared.plan();
     let live = if args.live {
@@ -99,7 +94,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("some databases could not be read (shown above): the plan is incomplete");
     }
     if let Some(path) = &args.output {
-        let saved = prepared.saved(&plan);
+        let saved = prepared.saved_with_live(&plan, live.as_ref());
         crate::apply::write_atomic(path, &saved.to_bytes(), 0o600)?;
         eprintln!(
             "Saved the plan to {} (mode 0600: it holds new private keys). Apply exactly this plan \

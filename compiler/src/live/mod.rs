@@ -4,7 +4,9 @@
 //! `admin-user` and every database name it serves, this module runs that database's setup.sql
 //! (the one the emitters made, see `emit/sql/change.rs`) as the admin user in one transaction,
 //! collects its `dbward change: ` notices, and rolls back ([`Mode::Plan`]) or commits
-//! ([`Mode::Apply`]). What a plan shows is therefore exactly what an apply executes.
+//! ([`Mode::Apply`]). What a plan shows is therefore exactly what an apply executes. Applying a
+//! saved plan ([`Target::expect`]), the transaction commits only when it executed exactly the
+//! statements the plan showed; it is rolled back and the name refused otherwise.
 //!
 //! Databases are reached the way the relay reaches them: self-hosted ones over mutual TLS with
 //! the relay's client certificate (which `pg_ident.conf` maps to the admin user), verifying the
@@ -51,6 +53,31 @@ pub struct Target {
     pub db_names: Option<BTreeSet<String>>,
     pub setup_sql: String,
     tls: NamedTls,
+    /// Applying a saved plan: the statements the plan showed for each database name it read
+    /// (see [`Target::expect`]); `None` applying a manifest or planning.
+    expected: Option<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+impl Target {
+    /// Makes an apply of this target refuse, naming it, every database name where setup.sql
+    /// would now execute other statements than `expected` (what a saved plan showed for it,
+    /// server-wide statements only under the first name, as [`deduplicated`] gives them), and
+    /// every name that is not in `expected` or no longer exists. The check runs inside each
+    /// name's own transaction, which is rolled back on a mismatch: no window between check and
+    /// change.
+    pub fn expect(&mut self, expected: std::collections::BTreeMap<String, Vec<String>>) {
+        self.expected = Some(expected);
+    }
+}
+
+/// The fingerprint a saved plan records for one database name: the SHA-256 of the statements
+/// setup.sql executes there, in order.
+pub fn fingerprint(statements: &[String]) -> String {
+    crate::plan::sha256(
+        serde_json::to_string(statements)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
 }
 
 /// The TLS connector, verifying the server's certificate against the frozen config's
@@ -190,6 +217,7 @@ pub fn targets(
                 inner: tls,
                 server_name: frozen_db.tls.server_name.clone(),
             },
+            expected: None,
         });
     }
     Ok((targets, warnings))
@@ -347,6 +375,32 @@ async fn database(target: &Target, mode: Mode) -> LiveReport {
             return report;
         }
     };
+    let mut names = names;
+    // The order of the report (and of a saved plan): server-wide statements run under the
+    // first name, which is where a saved plan expects them.
+    names.sort();
+    if let (Mode::Apply, Some(expected)) = (mode, &target.expected) {
+        for gone in expected.keys().filter(|n| !names.contains(n)) {
+            report.failures.push(LiveFailure {
+                database: target.database.clone(),
+                db_name: Some(gone.clone()),
+                message: "the saved plan has changes for this database name, which no longer                           exists (or no longer allows connections): make a new plan with                           `dbward plan --live -o PLANFILE`"
+                    .into(),
+            });
+        }
+        names.retain(|name| {
+            let known = expected.contains_key(name);
+            if !known {
+                report.failures.push(LiveFailure {
+                    database: target.database.clone(),
+                    db_name: Some(name.clone()),
+                    message: "this database name appeared since the saved plan was made, so                               the plan has nothing reviewed for it; nothing was changed in it:                               make a new plan with `dbward plan --live -o PLANFILE`"
+                        .into(),
+                });
+            }
+            known
+        });
+    }
     for db_name in names {
         match converge(target, &db_name, mode, &mut report.warnings).await {
             Ok(statements) => report.changes.push(LiveChanges {
@@ -431,24 +485,18 @@ async fn converge(
     loop {
         attempt += 1;
         let mut session = connect(target, db_name).await?;
-        let end = match mode {
-            Mode::Plan => "ROLLBACK",
-            Mode::Apply => "COMMIT",
-        };
-        let ran = async {
-            session
-                .client
-                .batch_execute(&format!(
-                    "{}BEGIN;\nSET LOCAL lock_timeout = '10s';\nSET LOCAL statement_timeout = '60s';\n\
-                     SET LOCAL client_min_messages = notice;\n\
-                     SELECT pg_advisory_xact_lock({lock}, 0);\n{}{end};\n",
-                    script.0,
-                    script.1,
-                    lock = crate::emit::sql::provision::ACL_LOCK,
-                ))
-                .await
-        }
-        .await;
+        // The transaction is left open: how it ends depends on what it executed.
+        let ran = session
+            .client
+            .batch_execute(&format!(
+                "{}BEGIN;\nSET LOCAL lock_timeout = '10s';\nSET LOCAL statement_timeout = '60s';\n\
+                 SET LOCAL client_min_messages = notice;\n\
+                 SELECT pg_advisory_xact_lock({lock}, 0);\n{}",
+                script.0,
+                script.1,
+                lock = crate::emit::sql::provision::ACL_LOCK,
+            ))
+            .await;
         match ran {
             Ok(()) => {
                 let mut statements = Vec::new();
@@ -467,7 +515,36 @@ async fn converge(
                         None => {}
                     }
                 }
-                return Ok(statements);
+                let expected = target.expected.as_ref().and_then(|e| e.get(db_name));
+                let refused = match (mode, expected) {
+                    (Mode::Apply, Some(expected)) if *expected != statements => {
+                        Some(refusal(expected, &statements))
+                    }
+                    _ => None,
+                };
+                let end = match (mode, &refused) {
+                    (Mode::Apply, None) => "COMMIT",
+                    _ => "ROLLBACK",
+                };
+                match session.client.batch_execute(end).await {
+                    Ok(()) => {}
+                    Err(e) if retryable(&e) && attempt < ATTEMPTS => {
+                        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "{end} failed in database name {db_name} on {}:{}: {}",
+                            target.host,
+                            target.port,
+                            describe(&e)
+                        ));
+                    }
+                }
+                return match refused {
+                    Some(message) => Err(message),
+                    None => Ok(statements),
+                };
             }
             Err(e) => {
                 // The transaction is aborted; close it so nothing of it stays.
@@ -487,6 +564,26 @@ async fn converge(
             }
         }
     }
+}
+
+/// Why a saved plan is refused in one database name: what setup.sql would execute there now is
+/// not what the plan showed.
+fn refusal(expected: &[String], now: &[String]) -> String {
+    let difference = match (
+        now.iter().find(|s| !expected.contains(s)),
+        expected.iter().find(|s| !now.contains(s)),
+    ) {
+        (Some(new), _) => format!("it would now also run: {new}"),
+        (None, Some(gone)) => format!("it would no longer run: {gone}"),
+        (None, None) => "the same statements, in another order".to_owned(),
+    };
+    format!(
+        "changed since the saved plan was made ({} statement(s) in the plan, {} now; {difference}); \
+         nothing was changed in this database name: make and review a new plan with \
+         `dbward plan --live -o PLANFILE`",
+        expected.len(),
+        now.len()
+    )
 }
 
 /// setup.sql split around its own `BEGIN;` and `COMMIT;`: what comes before (session
@@ -547,6 +644,20 @@ fn shown(report: &LiveReport) -> Vec<(&LiveChanges, Vec<&String>)> {
                 .filter(|s| !server_wide(s) || seen.insert((&change.database, s.as_str())))
                 .collect();
             (change, statements)
+        })
+        .collect()
+}
+
+/// Every database name's statements as shown (and as a saved plan records them): a server-wide
+/// statement only under the first name of its database that runs it, since an apply, which
+/// converges the names of a database one after the other in this order, runs it there.
+pub fn deduplicated(report: &LiveReport) -> Vec<LiveChanges> {
+    shown(report)
+        .into_iter()
+        .map(|(change, statements)| LiveChanges {
+            database: change.database.clone(),
+            db_name: change.db_name.clone(),
+            statements: statements.into_iter().cloned().collect(),
         })
         .collect()
 }

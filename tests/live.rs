@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use dbward::emit::quote;
 use dbward_tests::{
     Cluster, dbward_apply, free_port, superuser_query, superuser_sql, workspace_bin,
 };
@@ -589,4 +590,207 @@ fn a_saved_live_plan_is_refused_where_the_database_changed_since() {
         "f",
         "{applied}"
     );
+}
+
+/// Hostile names, each held by something dbward creates or grants over `--live`: a single
+/// quote, `;`, spaces, a backslash, SQL syntax and non-ASCII letters. (A double quote is
+/// refused in every name by the `unsafe_name` rule: pg_hba.conf cannot quote it.)
+const H_ADMIN: &str = "Ad'min; \\ ü";
+const H_ROLE: &str = "o'rëader; \\x";
+const H_USER: &str = "x'; DROP ROLE y; --";
+const H_USER2: &str = "Mixed Case ü";
+const H_DBS: [&str; 2] = ["it's a db; \\ ü", "Ordérs"];
+const H_SCHEMA: &str = "my schema; ü";
+const H_TABLE: &str = "it's \\ t";
+
+/// A KDL string holding `s`.
+fn kdl(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `schema.table` of the hostile table, as a SQL literal for `has_table_privilege`.
+fn hostile_table() -> String {
+    quote::literal(&format!(
+        "{}.{}",
+        quote::ident(H_SCHEMA),
+        quote::ident(H_TABLE)
+    ))
+}
+
+#[test]
+fn hostile_names_are_created_granted_and_their_drift_revoked_over_live() {
+    let work = tempfile::tempdir().expect("work dir");
+    let mut cluster = Cluster::init();
+    let out = work.path().join("out");
+    let text_of = format!(
+        r#"dbward version=1
+relay {{
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+}}
+database shop {{
+    postgres host="127.0.0.1" port={port} version=15
+    self-hosted {{
+        server-names "127.0.0.1"
+        config-dir "{config_dir}"
+    }}
+    admin-user {admin} default-database=postgres
+    db-role {role} {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema={schema}
+        grant SELECT on=table schema={schema} table={table}
+    }}
+    db-user {user} {{
+        member-of {role}
+    }}
+    db-user {user2} {{
+        member-of {role}
+    }}
+}}
+role analyst {{
+    provision keep
+    allow {{
+        databases shop
+        db-names {db1} {db2}
+        db-roles {role}
+        db-users {user} {user2}
+    }}
+}}
+user kim {{
+    roles analyst
+}}
+"#,
+        port = cluster.port,
+        config_dir = cluster.config_dir().display(),
+        admin = kdl(H_ADMIN),
+        role = kdl(H_ROLE),
+        user = kdl(H_USER),
+        user2 = kdl(H_USER2),
+        schema = kdl(H_SCHEMA),
+        table = kdl(H_TABLE),
+        db1 = kdl(H_DBS[0]),
+        db2 = kdl(H_DBS[1]),
+    );
+    dbward_apply(&text_of, &out);
+    cluster.install_dbward(&out, "shop");
+    if let Err(log) = cluster.try_start() {
+        panic!("PostgreSQL refused the generated configuration:\n{log}");
+    }
+    let admin = quote::ident(H_ADMIN);
+    // Role y must survive the db-user whose name says DROP ROLE y.
+    superuser_sql(
+        &cluster,
+        "postgres",
+        &format!("CREATE ROLE {admin} LOGIN CREATEROLE; CREATE ROLE y;"),
+    );
+    for name in H_DBS {
+        superuser_sql(
+            &cluster,
+            "postgres",
+            &format!("CREATE DATABASE {} OWNER {admin};", quote::ident(name)),
+        );
+        superuser_sql(
+            &cluster,
+            name,
+            &format!(
+                "SET ROLE {admin}; CREATE SCHEMA {schema}; CREATE TABLE {schema}.{table} (v text);",
+                schema = quote::ident(H_SCHEMA),
+                table = quote::ident(H_TABLE)
+            ),
+        );
+    }
+
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    let applied = text(&apply);
+    assert!(apply.status.success(), "{applied}");
+    for db in H_DBS {
+        assert!(
+            applied.contains(&format!("  database shop, name {db}:\n")),
+            "{applied}"
+        );
+    }
+    assert!(
+        applied.contains(&format!("+ CREATE ROLE {}", quote::ident(H_USER))),
+        "{applied}"
+    );
+    for db in H_DBS {
+        for user in [H_USER, H_USER2] {
+            assert_eq!(
+                superuser_query(
+                    &cluster,
+                    db,
+                    &format!(
+                        "SELECT has_table_privilege({}, {}, 'SELECT')",
+                        quote::literal(user),
+                        hostile_table()
+                    )
+                ),
+                "t",
+                "{db} {user}: {applied}"
+            );
+        }
+    }
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'y'"
+        ),
+        "1"
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
+    // Drift by hand on the hostile names: shown, revoked, gone.
+    superuser_sql(
+        &cluster,
+        H_DBS[0],
+        &format!(
+            "GRANT INSERT ON {}.{} TO {};",
+            quote::ident(H_SCHEMA),
+            quote::ident(H_TABLE),
+            quote::ident(H_ROLE)
+        ),
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "  database shop, name {}:\n    - REVOKE INSERT",
+            H_DBS[0]
+        )),
+        "{shown}"
+    );
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    assert!(apply.status.success(), "{}", text(&apply));
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            H_DBS[0],
+            &format!(
+                "SELECT has_table_privilege({}, {}, 'INSERT')",
+                quote::literal(H_ROLE),
+                hostile_table()
+            )
+        ),
+        "f"
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("Live: no changes in 2 database name(s)."),
+        "{shown}"
+    );
+
+    // A double quote never gets as far as a database: the manifest is refused first.
+    let quoted = text_of.replace(&kdl(H_USER2), &kdl("Mixed \"Case\""));
+    std::fs::write(out.with_extension("kdl"), quoted).expect("write manifest");
+    let plan = dbward(&out, &["plan", "--live"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("unsafe_name"), "{shown}");
+    assert!(!shown.contains("Live:"), "{shown}");
 }

@@ -11,7 +11,8 @@
 //! Databases are reached the way the relay reaches them: self-hosted ones over mutual TLS with
 //! the relay's client certificate (which `pg_ident.conf` maps to the admin user), verifying the
 //! server against the CA the compiler issued, for the frozen config's `tls.server_name`. Cloud admin users (tokens) come later; such
-//! databases are skipped with a warning. Databases run in parallel, at most [`PARALLEL`] at once.
+//! databases are skipped with a warning. Databases run in parallel, at most [`PARALLEL`] at once,
+//! and so do the database names of each (an apply converges the first name alone first).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -270,7 +271,7 @@ pub fn run(targets: Vec<Target>, mode: Mode) -> Result<LiveReport, LiveError> {
             let limit = limit.clone();
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                database(&target, mode).await
+                database(Arc::new(target), mode).await
             });
         }
         let mut report = LiveReport::default();
@@ -361,10 +362,13 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Every database name of one target, one after the other.
-async fn database(target: &Target, mode: Mode) -> LiveReport {
+/// Every database name of one target. Planning, all at once ([`PARALLEL`] at a time: each name
+/// has its own connection and transaction). Applying, the first name alone first: it runs the
+/// server-wide statements (roles, memberships), where the plan shows them and a saved plan
+/// expects them; then the others at once, which then find them done.
+async fn database(target: Arc<Target>, mode: Mode) -> LiveReport {
     let mut report = LiveReport::default();
-    let names = match names(target, &mut report.warnings).await {
+    let mut names = match names(&target, &mut report.warnings).await {
         Ok(names) => names,
         Err(message) => {
             report.failures.push(LiveFailure {
@@ -375,16 +379,17 @@ async fn database(target: &Target, mode: Mode) -> LiveReport {
             return report;
         }
     };
-    let mut names = names;
-    // The order of the report (and of a saved plan): server-wide statements run under the
-    // first name, which is where a saved plan expects them.
+    // The order of the report and of a saved plan, whose server-wide statements are under the
+    // first name.
     names.sort();
     if let (Mode::Apply, Some(expected)) = (mode, &target.expected) {
         for gone in expected.keys().filter(|n| !names.contains(n)) {
             report.failures.push(LiveFailure {
                 database: target.database.clone(),
                 db_name: Some(gone.clone()),
-                message: "the saved plan has changes for this database name, which no longer                           exists (or no longer allows connections): make a new plan with                           `dbward plan --live -o PLANFILE`"
+                message: "the saved plan has changes for this database name, which no longer \
+                          exists (or no longer allows connections): make a new plan with \
+                          `dbward plan --live -o PLANFILE`"
                     .into(),
             });
         }
@@ -394,15 +399,44 @@ async fn database(target: &Target, mode: Mode) -> LiveReport {
                 report.failures.push(LiveFailure {
                     database: target.database.clone(),
                     db_name: Some(name.clone()),
-                    message: "this database name appeared since the saved plan was made, so                               the plan has nothing reviewed for it; nothing was changed in it:                               make a new plan with `dbward plan --live -o PLANFILE`"
+                    message: "this database name appeared since the saved plan was made, so \
+                              the plan has nothing reviewed for it; nothing was changed in it: \
+                              make a new plan with `dbward plan --live -o PLANFILE`"
                         .into(),
                 });
             }
             known
         });
     }
-    for db_name in names {
-        match converge(target, &db_name, mode, &mut report.warnings).await {
+    let mut pending = names.into_iter();
+    let mut done = Vec::new();
+    if mode == Mode::Apply
+        && let Some(first) = pending.next()
+    {
+        done.push(one_name(target.clone(), first, mode).await);
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    for db_name in pending {
+        let (target, limit) = (target.clone(), limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            one_name(target, db_name, mode).await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(one) => done.push(one),
+            Err(e) => report.failures.push(LiveFailure {
+                database: target.database.clone(),
+                db_name: None,
+                message: format!("a live task failed: {e}"),
+            }),
+        }
+    }
+    for (db_name, result, warnings) in done {
+        report.warnings.extend(warnings);
+        match result {
             Ok(statements) => report.changes.push(LiveChanges {
                 database: target.database.clone(),
                 db_name,
@@ -416,6 +450,16 @@ async fn database(target: &Target, mode: Mode) -> LiveReport {
         }
     }
     report
+}
+
+/// One database name converged (or planned): its name, the statements or the failure, and
+/// the server's warnings.
+type NameDone = (String, Result<Vec<String>, String>, Vec<String>);
+
+async fn one_name(target: Arc<Target>, db_name: String, mode: Mode) -> NameDone {
+    let mut warnings = Vec::new();
+    let result = converge(&target, &db_name, mode, &mut warnings).await;
+    (db_name, result, warnings)
 }
 
 /// The database names setup.sql runs in: the listed ones that exist (a warning for each that

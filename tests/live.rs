@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use dbward::emit::quote;
 use dbward_tests::{
     Cluster, dbward_apply, free_port, superuser_query, superuser_sql, workspace_bin,
 };
@@ -456,4 +457,351 @@ fn two_applies_at_once_both_succeed_and_converge() {
     }
     let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+}
+
+/// Runs the real `dbward apply PLANFILE` (no manifest, no `--out`: the plan names them).
+fn apply_planfile(planfile: &Path) -> Output {
+    Command::new(workspace_bin("dbward"))
+        .arg("apply")
+        .arg(planfile)
+        .output()
+        .expect("run dbward")
+}
+
+#[test]
+fn a_saved_live_plan_applies_and_the_next_plan_is_empty() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), "shop two", &["shop", "two"]);
+    let planfile = work.path().join("tfplan");
+
+    let plan = dbward(
+        &out,
+        &["plan", "--live", "-o", planfile.to_str().expect("utf-8")],
+    );
+    let shown = text(&plan);
+    assert!(plan.status.success(), "{shown}");
+    assert!(shown.contains("  database shop, name two:\n"), "{shown}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&planfile).expect("plan file")).expect("JSON");
+    let live = saved["live"].as_array().expect("a live part");
+    assert_eq!(live.len(), 2, "{saved}");
+    assert!(
+        live.iter().all(|n| n["fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sha256:"))),
+        "{saved}"
+    );
+    // `dbward show` prints the saved database part as the plan did.
+    let show = Command::new(workspace_bin("dbward"))
+        .args(["show", planfile.to_str().expect("utf-8")])
+        .output()
+        .expect("run dbward show");
+    let printed = text(&show);
+    assert!(show.status.success(), "{printed}");
+    assert!(
+        printed.contains("  database shop, name two:\n") && printed.contains("CREATE ROLE"),
+        "{printed}"
+    );
+    // Planning rolled back: nothing exists yet.
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('reader', 'app')"
+        ),
+        "0"
+    );
+
+    // No --live: the plan file says it is live.
+    let apply = apply_planfile(&planfile);
+    let applied = text(&apply);
+    assert!(apply.status.success(), "{applied}");
+    assert!(
+        applied.contains("dbward made these changes in the databases:"),
+        "{applied}"
+    );
+    for name in ["shop", "two"] {
+        assert_eq!(
+            superuser_query(
+                &cluster,
+                name,
+                "SELECT has_table_privilege('app', 'items', 'SELECT')"
+            ),
+            "t",
+            "{name}: {applied}"
+        );
+    }
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("No changes."), "{shown}");
+    assert!(
+        shown.contains("Live: no changes in 2 database name(s)."),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_saved_live_plan_is_refused_where_the_database_changed_since() {
+    let work = tempfile::tempdir().expect("work dir");
+    let (cluster, out) = started(work.path(), "shop two", &["shop", "two"]);
+    let planfile = work.path().join("tfplan");
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    assert!(apply.status.success(), "{}", text(&apply));
+
+    // Drift in both names, saved in a plan that revokes it.
+    for name in ["shop", "two"] {
+        superuser_sql(&cluster, name, "GRANT TRUNCATE ON items TO reader;");
+    }
+    let plan = dbward(
+        &out,
+        &["plan", "--live", "-o", planfile.to_str().expect("utf-8")],
+    );
+    let shown = text(&plan);
+    assert!(plan.status.success(), "{shown}");
+    assert_eq!(
+        shown
+            .matches("    - REVOKE TRUNCATE ON TABLE public.items FROM reader\n")
+            .count(),
+        2,
+        "{shown}"
+    );
+
+    // Another GRANT by hand in `two` after the plan was made: the plan no longer says what
+    // the apply would do there.
+    superuser_sql(&cluster, "two", "GRANT INSERT ON items TO reader;");
+    let apply = apply_planfile(&planfile);
+    let applied = text(&apply);
+    assert_eq!(apply.status.code(), Some(1), "{applied}");
+    assert!(
+        applied.contains(
+            "Error: database shop, name two: changed since the saved plan was made (1 \
+             statement(s) in the plan, 2 now; it would now also run: REVOKE INSERT ON TABLE \
+             public.items FROM reader)"
+        ),
+        "{applied}"
+    );
+    // Nothing was applied in `two`, not even what the plan showed; `shop` was converged.
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "two",
+            "SELECT has_table_privilege('reader', 'items', 'TRUNCATE') \
+             AND has_table_privilege('reader', 'items', 'INSERT')"
+        ),
+        "t",
+        "{applied}"
+    );
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "shop",
+            "SELECT has_table_privilege('reader', 'items', 'TRUNCATE')"
+        ),
+        "f",
+        "{applied}"
+    );
+}
+
+/// Hostile names, each held by something dbward creates or grants over `--live`: a single
+/// quote, `;`, spaces, a backslash, SQL syntax and non-ASCII letters. (A double quote is
+/// refused in every name by the `unsafe_name` rule: pg_hba.conf cannot quote it.)
+const H_ADMIN: &str = "Ad'min; \\ ü";
+const H_ROLE: &str = "o'rëader; \\x";
+const H_USER: &str = "x'; DROP ROLE y; --";
+const H_USER2: &str = "Mixed Case ü";
+const H_DBS: [&str; 2] = ["it's a db; \\ ü", "Ordérs"];
+const H_SCHEMA: &str = "my schema; ü";
+const H_TABLE: &str = "it's \\ t";
+
+/// A KDL string holding `s`.
+fn kdl(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `schema.table` of the hostile table, as a SQL literal for `has_table_privilege`.
+fn hostile_table() -> String {
+    quote::literal(&format!(
+        "{}.{}",
+        quote::ident(H_SCHEMA),
+        quote::ident(H_TABLE)
+    ))
+}
+
+#[test]
+fn hostile_names_are_created_granted_and_their_drift_revoked_over_live() {
+    let work = tempfile::tempdir().expect("work dir");
+    let mut cluster = Cluster::init();
+    let out = work.path().join("out");
+    let text_of = format!(
+        r#"dbward version=1
+relay {{
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+}}
+database shop {{
+    postgres host="127.0.0.1" port={port} version=15
+    self-hosted {{
+        server-names "127.0.0.1"
+        config-dir "{config_dir}"
+    }}
+    admin-user {admin} default-database=postgres
+    db-role {role} {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema={schema}
+        grant SELECT on=table schema={schema} table={table}
+    }}
+    db-user {user} {{
+        member-of {role}
+    }}
+    db-user {user2} {{
+        member-of {role}
+    }}
+}}
+role analyst {{
+    provision keep
+    allow {{
+        databases shop
+        db-names {db1} {db2}
+        db-roles {role}
+        db-users {user} {user2}
+    }}
+}}
+user kim {{
+    roles analyst
+}}
+"#,
+        port = cluster.port,
+        config_dir = cluster.config_dir().display(),
+        admin = kdl(H_ADMIN),
+        role = kdl(H_ROLE),
+        user = kdl(H_USER),
+        user2 = kdl(H_USER2),
+        schema = kdl(H_SCHEMA),
+        table = kdl(H_TABLE),
+        db1 = kdl(H_DBS[0]),
+        db2 = kdl(H_DBS[1]),
+    );
+    dbward_apply(&text_of, &out);
+    cluster.install_dbward(&out, "shop");
+    if let Err(log) = cluster.try_start() {
+        panic!("PostgreSQL refused the generated configuration:\n{log}");
+    }
+    let admin = quote::ident(H_ADMIN);
+    // Role y must survive the db-user whose name says DROP ROLE y.
+    superuser_sql(
+        &cluster,
+        "postgres",
+        &format!("CREATE ROLE {admin} LOGIN CREATEROLE; CREATE ROLE y;"),
+    );
+    for name in H_DBS {
+        superuser_sql(
+            &cluster,
+            "postgres",
+            &format!("CREATE DATABASE {} OWNER {admin};", quote::ident(name)),
+        );
+        superuser_sql(
+            &cluster,
+            name,
+            &format!(
+                "SET ROLE {admin}; CREATE SCHEMA {schema}; CREATE TABLE {schema}.{table} (v text);",
+                schema = quote::ident(H_SCHEMA),
+                table = quote::ident(H_TABLE)
+            ),
+        );
+    }
+
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    let applied = text(&apply);
+    assert!(apply.status.success(), "{applied}");
+    for db in H_DBS {
+        assert!(
+            applied.contains(&format!("  database shop, name {db}:\n")),
+            "{applied}"
+        );
+    }
+    assert!(
+        applied.contains(&format!("+ CREATE ROLE {}", quote::ident(H_USER))),
+        "{applied}"
+    );
+    for db in H_DBS {
+        for user in [H_USER, H_USER2] {
+            assert_eq!(
+                superuser_query(
+                    &cluster,
+                    db,
+                    &format!(
+                        "SELECT has_table_privilege({}, {}, 'SELECT')",
+                        quote::literal(user),
+                        hostile_table()
+                    )
+                ),
+                "t",
+                "{db} {user}: {applied}"
+            );
+        }
+    }
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'y'"
+        ),
+        "1"
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
+    // Drift by hand on the hostile names: shown, revoked, gone.
+    superuser_sql(
+        &cluster,
+        H_DBS[0],
+        &format!(
+            "GRANT INSERT ON {}.{} TO {};",
+            quote::ident(H_SCHEMA),
+            quote::ident(H_TABLE),
+            quote::ident(H_ROLE)
+        ),
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "  database shop, name {}:\n    - REVOKE INSERT",
+            H_DBS[0]
+        )),
+        "{shown}"
+    );
+    let apply = dbward(&out, &["apply", "--live", "--auto-approve"]);
+    assert!(apply.status.success(), "{}", text(&apply));
+    assert_eq!(
+        superuser_query(
+            &cluster,
+            H_DBS[0],
+            &format!(
+                "SELECT has_table_privilege({}, {}, 'INSERT')",
+                quote::literal(H_ROLE),
+                hostile_table()
+            )
+        ),
+        "f"
+    );
+    let plan = dbward(&out, &["plan", "--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("Live: no changes in 2 database name(s)."),
+        "{shown}"
+    );
+
+    // A double quote never gets as far as a database: the manifest is refused first.
+    let quoted = text_of.replace(&kdl(H_USER2), &kdl("Mixed \"Case\""));
+    std::fs::write(out.with_extension("kdl"), quoted).expect("write manifest");
+    let plan = dbward(&out, &["plan", "--live"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("unsafe_name"), "{shown}");
+    assert!(!shown.contains("Live:"), "{shown}");
 }

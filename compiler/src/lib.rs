@@ -18,12 +18,18 @@
 //!    in one transaction per database name, rolled back (plan) or committed (apply), returning
 //!    a [`live::LiveReport`] of the statements it executed.
 //!
+//! [`workflow`] composes the phases for `plan` and `apply`: [`workflow::prepare`] compiles a
+//! checked manifest against an output directory into a [`workflow::Prepared`], whose `plan`,
+//! `live` and `write` (re-checking under the apply lock that nothing moved) the subcommands
+//! call; [`workflow::load_saved`] does the same for a saved plan file.
+//!
 //! [`check`] runs phases 1 and 2 in one call: it is the front end every subcommand uses, and
 //! returns a [`Checked`] whose model exists only when there is no error.
 //!
 //! Beside the pipeline: [`diag`] holds the diagnostics and their rendering ([`diag::render`] for
 //! people, [`diag::to_json`] for CI); [`fmt`] rewrites a manifest in canonical form;
-//! [`explain`] prints the access table; [`cli`] holds the subcommands of the `dbward` binary.
+//! [`explain`] prints the access table; [`cli`] holds the subcommands of the `dbward` binary (they parse arguments,
+//! ask and print; nothing in the library imports from `cli`).
 
 pub mod apply;
 pub mod cli;
@@ -36,6 +42,7 @@ pub mod model;
 pub mod plan;
 pub mod source;
 pub mod syntax;
+pub mod workflow;
 
 use diag::Diagnostic;
 use model::Model;

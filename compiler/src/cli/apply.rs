@@ -3,22 +3,19 @@
 //! is no terminal to ask and no `--auto-approve`); with a saved plan it applies exactly that
 //! plan, after checking that neither the manifest nor the directory moved since.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::plan::{prepare, read_optional};
+use super::plan::prepare;
 use crate::apply;
-use crate::emit::env::{ExistingFile, read_tree};
 use crate::live::Mode;
-use crate::plan::journal::{Journal, Record};
+use crate::plan::Plan;
 use crate::plan::planfile::PlanFile;
 use crate::plan::render::render;
-use crate::plan::state::state_path;
-use crate::plan::{Plan, State};
+use crate::workflow::{self, Prepared};
 
 /// Arguments of `dbward apply`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,7 +34,8 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub force: bool,
     /// After the files, run setup.sql in every database with an admin-user, each database
-    /// name in one transaction, and show what it changed.
+    /// name in one transaction, and show what it changed. Not needed with a plan file: a plan
+    /// made with `--live` converges its database names by itself.
     #[arg(long)]
     pub live: bool,
 }
@@ -46,12 +44,6 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.target)
         .with_context(|| format!("cannot read {}; check the path", args.target.display()))?;
     if PlanFile::sniff(&bytes) {
-        if args.live {
-            anyhow::bail!(
-                "a saved plan holds no live changes yet: apply it without --live, then run \
-                 `dbward apply MANIFEST --out DIR --live`"
-            );
-        }
         return apply_planfile(&args, &bytes);
     }
     let Some(out) = &args.out else {
@@ -103,81 +95,30 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 fn apply_files(
     args: &ApplyArgs,
     shown: &Path,
-    prepared: &super::plan::Prepared,
+    prepared: &Prepared,
     plan: &Plan,
     confirmed: bool,
 ) -> anyhow::Result<ExitCode> {
-    // What the plan was computed from, to check again under the lock: the directory may
-    // change while a person reads the plan.
-    let seen = PlanFile::new(
-        plan,
-        prepared.manifest.clone(),
-        &prepared.manifest_bytes,
-        prepared.out.clone(),
-        &prepared.existing,
-        prepared.state_bytes.as_deref(),
-    );
-    if plan.is_empty() {
-        // Nothing to write, but the record to finish or the temp files of an apply that was
-        // killed are cleaned up (taking the lock removes the temp files).
-        if plan.state_outdated || apply::has_leftovers(&prepared.out) {
-            let _lock = apply::Lock::acquire(&prepared.out)?;
-            fresh(&seen, "the plan")?;
-            if plan.state_outdated {
-                apply::apply(&prepared.out, plan, args.force)?;
-            }
+    if !plan.is_empty() {
+        let drifted: Vec<String> = plan.drifted().map(|c| c.path.clone()).collect();
+        if !drifted.is_empty() && !args.force {
+            // Refuse before asking: the answer could not change anything.
+            return Err(apply::ApplyError::Drift(drifted).into());
         }
-        return Ok(ExitCode::SUCCESS);
+        if !args.auto_approve && !confirmed && !confirm(&prepared.out)? {
+            anyhow::bail!("apply cancelled; nothing was written");
+        }
     }
-    let drifted: Vec<String> = plan.drifted().map(|c| c.path.clone()).collect();
-    if !drifted.is_empty() && !args.force {
-        // Refuse before asking: the answer could not change anything.
-        return Err(apply::ApplyError::Drift(drifted).into());
+    match prepared.write(plan, args.force)? {
+        Some(applied) => Ok(report(&prepared.out, shown, plan, &applied, args.live)),
+        None => Ok(ExitCode::SUCCESS),
     }
-    if !args.auto_approve && !confirmed && !confirm(&prepared.out)? {
-        anyhow::bail!("apply cancelled; nothing was written");
-    }
-    let _lock = apply::Lock::acquire(&prepared.out)?;
-    fresh(&seen, "the plan shown above")?;
-    finish(&prepared.out, shown, plan, args.force, args.live)
 }
 
-/// The files under `--out` and the state record's bytes, as read under the lock.
-type Fresh = (BTreeMap<String, ExistingFile>, Option<Vec<u8>>);
-
-/// Re-reads the manifest, the directory and the state record, and fails (naming every
-/// difference) when they are no longer what `seen` was computed from. Returns what it read.
-fn fresh(seen: &PlanFile, what: &str) -> anyhow::Result<Fresh> {
-    let manifest_bytes = read_optional(&seen.manifest)?;
-    let existing = read_tree(&seen.out)?;
-    let state_bytes = read_optional(&state_path(&seen.out))?;
-    let stale = seen.staleness(manifest_bytes.as_deref(), &existing, state_bytes.as_deref());
-    if !stale.is_empty() {
-        let reasons: Vec<String> = stale.iter().take(10).map(|s| format!("  - {s}")).collect();
-        anyhow::bail!(
-            "{what} is stale, nothing was written:\n{}{}\nrun `dbward plan` again",
-            reasons.join("\n"),
-            if stale.len() > 10 {
-                format!("\n  … and {} more", stale.len() - 10)
-            } else {
-                String::new()
-            }
-        );
-    }
-    Ok((existing, state_bytes))
-}
-
-/// Writes the plan, then says what the hosts must do about it. `shown` is the output
+/// Says what was written, then what the hosts must do about it. `shown` is the output
 /// directory as the user wrote it (for the commands in the next steps), `live` whether
 /// setup.sql runs as part of this apply.
-fn finish(
-    out: &Path,
-    shown: &Path,
-    plan: &Plan,
-    force: bool,
-    live: bool,
-) -> anyhow::Result<ExitCode> {
-    let applied = apply::apply(out, plan, force)?;
+fn report(out: &Path, shown: &Path, plan: &Plan, applied: &apply::Applied, live: bool) -> ExitCode {
     println!(
         "Apply complete: {} written, {} removed, in {}.",
         applied.written,
@@ -195,7 +136,7 @@ fn finish(
         "{}",
         crate::plan::hints::after_apply(plan, &shown.display().to_string(), &self_hosted, live)
     );
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 /// Asks on the terminal; refuses when stdin is not one.
@@ -219,32 +160,37 @@ fn confirm(out: &Path) -> anyhow::Result<bool> {
 }
 
 fn apply_planfile(args: &ApplyArgs, bytes: &[u8]) -> anyhow::Result<ExitCode> {
-    let saved = PlanFile::from_bytes(&args.target, bytes)?;
-    if let Some(out) = &args.out {
-        let out = std::path::absolute(out)?;
-        if out != saved.out {
-            anyhow::bail!(
-                "the plan was made for {}, not {}: drop --out or make a new plan",
-                saved.out.display(),
-                out.display()
-            );
-        }
+    let saved = workflow::load_saved(&args.target, bytes, args.out.as_deref())?;
+    if args.live && saved.file.live.is_none() {
+        anyhow::bail!(
+            "{} holds no live changes (it was made without --live); nothing was written: apply \
+             it without --live, or make a live plan with `dbward plan --live -o PLANFILE`",
+            args.target.display()
+        );
     }
-    let _lock = apply::Lock::acquire(&saved.out)?;
-    let (existing, state_bytes) =
-        fresh(&saved, &format!("the saved plan {}", args.target.display()))?;
-    let state = match &state_bytes {
-        Some(b) => State::from_bytes(b).map_err(|reason| {
-            anyhow::anyhow!("{} is corrupt: {reason}", state_path(&saved.out).display())
-        })?,
-        None => State::default(),
+    print!("{}", render(&saved.plan));
+    let applied = apply::apply(&saved.file.out, &saved.plan, args.force)?;
+    drop(saved.lock);
+    let files = report(
+        &saved.file.out,
+        &saved.file.out,
+        &saved.plan,
+        &applied,
+        saved.file.live.is_some(),
+    );
+    // A live plan says so itself: its database names are converged without --live.
+    let Some(live) = workflow::apply_saved_live(&saved.file)? else {
+        return Ok(files);
     };
-    let record = Record {
-        state,
-        journal: Journal::load(&saved.out)?,
-    };
-    let mut plan = saved.to_plan(&existing, &record.settle(&existing))?;
-    plan.state_outdated |= record.interrupted();
-    print!("{}", render(&plan));
-    finish(&saved.out, &saved.out, &plan, args.force, false)
+    print!("{}", crate::live::render(&live, Mode::Apply));
+    if live.failures.is_empty() {
+        Ok(files)
+    } else {
+        eprintln!(
+            "error: {} database name(s) were not converged and were left as they were (shown \
+             above); the others were applied. Fix what is shown and run again.",
+            live.failures.len()
+        );
+        Ok(ExitCode::from(1))
+    }
 }

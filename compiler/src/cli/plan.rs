@@ -6,15 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
-
-use crate::emit::env::{Env, ExistingFile};
-use crate::emit::{self, Artifacts};
 use crate::model::Model;
-use crate::plan::journal::Record;
-use crate::plan::planfile::PlanFile;
-use crate::plan::state::state_path;
-use crate::plan::{self, Plan};
+use crate::plan;
+use crate::workflow::{self, Prepared};
 
 /// Arguments of `dbward plan`.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,7 +25,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub json: bool,
     /// Save the plan for `dbward apply PLANFILE`. It holds the new private keys, so it is
-    /// written with mode 0600: keep it as private as the keys.
+    /// written with mode 0600: keep it as private as the keys. With --live it also holds each
+    /// database name's statements and their fingerprint, which apply checks again.
     #[arg(short = 'o', long = "output", value_name = "PLANFILE")]
     pub output: Option<PathBuf>,
     /// Also connect to every database with an admin-user and show what its setup.sql would
@@ -40,102 +35,26 @@ pub struct PlanArgs {
     pub live: bool,
 }
 
-/// A manifest compiled against an output directory: everything a plan is made from.
-#[derive(Debug)]
-pub struct Prepared {
-    /// Absolute path of the manifest.
-    pub manifest: PathBuf,
-    pub manifest_bytes: Vec<u8>,
-    pub model: Model,
-    pub artifacts: Artifacts,
-    /// Absolute path of `--out`.
-    pub out: PathBuf,
-    pub existing: std::collections::BTreeMap<String, ExistingFile>,
-    /// `state.json`, and the journal of an interrupted apply if there is one.
-    pub record: Record,
-    pub state_bytes: Option<Vec<u8>>,
-}
-
 /// Checks the manifest (printing its diagnostics to stderr) and returns the model; an error
 /// when the manifest has any error.
 pub fn load_model(manifest: &Path) -> anyhow::Result<(Vec<u8>, Model)> {
-    let bytes = std::fs::read(manifest)
-        .with_context(|| format!("cannot read {}; check the path", manifest.display()))?;
-    let name = manifest.display().to_string();
-    let (source, mut diagnostics) = crate::syntax::decode(name.clone(), bytes.clone());
-    let mut model = None;
-    if diagnostics.is_empty() {
-        let checked = crate::check(&source);
-        model = checked.model;
-        diagnostics = checked.diagnostics;
-    }
-    if !diagnostics.is_empty() {
+    let loaded = workflow::load_model(manifest)?;
+    if !loaded.diagnostics.is_empty() {
         let rendered = crate::diag::render(
-            &source,
-            &diagnostics,
+            &loaded.source,
+            &loaded.diagnostics,
             super::check::RENDER_WIDTH,
             super::check::use_color(),
         );
         eprint!("{rendered}");
     }
-    match model {
-        Some(model) => Ok((bytes, model)),
-        None => anyhow::bail!(
-            "{name} has errors (shown above); nothing was written: fix them and run again"
-        ),
-    }
+    loaded.into_model()
 }
 
-/// Compiles `manifest` against `out` with the production environment.
+/// Checks the manifest (printing its diagnostics) and compiles it against `out`.
 pub fn prepare(manifest: &Path, out: &Path) -> anyhow::Result<Prepared> {
     let (manifest_bytes, model) = load_model(manifest)?;
-    let out =
-        std::path::absolute(out).with_context(|| format!("cannot resolve {}", out.display()))?;
-    let manifest = std::path::absolute(manifest)
-        .with_context(|| format!("cannot resolve {}", manifest.display()))?;
-    let env = Env::read_dir(&out)?;
-    let artifacts = emit::emit(&model, &env)?;
-    let record = Record::load(&out)?;
-    let state_bytes = read_optional(&state_path(&out))?;
-    Ok(Prepared {
-        manifest,
-        manifest_bytes,
-        model,
-        artifacts,
-        out,
-        existing: env.existing,
-        record,
-        state_bytes,
-    })
-}
-
-/// A file's bytes, or `None` when it does not exist.
-pub fn read_optional(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-impl Prepared {
-    /// Runs setup.sql in every database with an admin user (`--live`): rolled back for a plan,
-    /// committed for an apply.
-    pub fn live(&self, mode: crate::live::Mode) -> anyhow::Result<crate::live::LiveReport> {
-        let (targets, warnings) = crate::live::targets(&self.model, &self.artifacts)?;
-        let mut report = crate::live::run(targets, mode)?;
-        report.warnings.extend(warnings);
-        Ok(report)
-    }
-
-    /// The plan, compared against the record settled by an interrupted apply's journal (only
-    /// read here: `plan` never writes).
-    pub fn plan(&self) -> Plan {
-        let settled = self.record.settle(&self.existing);
-        let mut plan = plan::compute(&self.artifacts, &self.existing, &settled);
-        plan.state_outdated |= self.record.interrupted();
-        plan
-    }
+    workflow::prepare(manifest, manifest_bytes, model, out)
 }
 
 pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
@@ -148,12 +67,6 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             "save the plan outside the output directory: {} is inside {}",
             path.display(),
             args.out.display()
-        );
-    }
-    if args.live && args.output.is_some() {
-        anyhow::bail!(
-            "a saved plan cannot hold live changes yet: drop -o, or drop --live and apply the \
-             files first"
         );
     }
     let prepared = prepare(&args.manifest, &args.out)?;
@@ -181,14 +94,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("some databases could not be read (shown above): the plan is incomplete");
     }
     if let Some(path) = &args.output {
-        let saved = PlanFile::new(
-            &plan,
-            prepared.manifest.clone(),
-            &prepared.manifest_bytes,
-            prepared.out.clone(),
-            &prepared.existing,
-            prepared.state_bytes.as_deref(),
-        );
+        let saved = prepared.saved_with_live(&plan, live.as_ref());
         crate::apply::write_atomic(path, &saved.to_bytes(), 0o600)?;
         eprintln!(
             "Saved the plan to {} (mode 0600: it holds new private keys). Apply exactly this plan \

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use super::plan::read_optional;
 use crate::emit::env::read_tree;
 use crate::plan::planfile::PlanFile;
 use crate::plan::state::state_path;
 use crate::plan::{self, State};
+use crate::workflow::read_optional;
 
 /// Arguments of `dbward show`.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,9 +49,25 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let shown = saved.to_plan(&existing, &state)?;
     let manifest_bytes = read_optional(&saved.manifest)?;
     let stale = saved.staleness(manifest_bytes.as_deref(), &existing, state_bytes.as_deref());
+    // The database part of a live plan: the statements apply will require each name to run.
+    let live = saved.live.as_ref().map(|names| crate::live::LiveReport {
+        changes: names
+            .iter()
+            .map(|name| crate::live::LiveChanges {
+                database: name.database.clone(),
+                db_name: name.db_name.clone(),
+                statements: name.statements.clone(),
+            })
+            .collect(),
+        ..Default::default()
+    });
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        let json = plan::json::to_json(&shown);
+        let mut json = plan::json::to_json(&shown);
+        if let Some(live) = &live {
+            json.has_changes |= live.count() > 0;
+            json.live = Some(plan::json::live_json(live));
+        }
         writeln!(stdout, "{}", serde_json::to_string_pretty(&json)?)?;
     } else {
         writeln!(
@@ -62,6 +78,9 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             saved.manifest.display()
         )?;
         stdout.write_all(plan::render::render(&shown).as_bytes())?;
+        if let Some(live) = &live {
+            stdout.write_all(crate::live::render(live, crate::live::Mode::Plan).as_bytes())?;
+        }
     }
     if stale.is_empty() {
         eprintln!(

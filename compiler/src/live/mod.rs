@@ -4,12 +4,15 @@
 //! `admin-user` and every database name it serves, this module runs that database's setup.sql
 //! (the one the emitters made, see `emit/sql/change.rs`) as the admin user in one transaction,
 //! collects its `dbward change: ` notices, and rolls back ([`Mode::Plan`]) or commits
-//! ([`Mode::Apply`]). What a plan shows is therefore exactly what an apply executes.
+//! ([`Mode::Apply`]). What a plan shows is therefore exactly what an apply executes. Applying a
+//! saved plan ([`Target::expect`]), the transaction commits only when it executed exactly the
+//! statements the plan showed; it is rolled back and the name refused otherwise.
 //!
 //! Databases are reached the way the relay reaches them: self-hosted ones over mutual TLS with
 //! the relay's client certificate (which `pg_ident.conf` maps to the admin user), verifying the
 //! server against the CA the compiler issued, for the frozen config's `tls.server_name`. Cloud admin users (tokens) come later; such
-//! databases are skipped with a warning. Databases run in parallel, at most [`PARALLEL`] at once.
+//! databases are skipped with a warning. Databases run in parallel, at most [`PARALLEL`] at once,
+//! and so do the database names of each (an apply converges the first name alone first).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -51,6 +54,31 @@ pub struct Target {
     pub db_names: Option<BTreeSet<String>>,
     pub setup_sql: String,
     tls: NamedTls,
+    /// Applying a saved plan: the statements the plan showed for each database name it read
+    /// (see [`Target::expect`]); `None` applying a manifest or planning.
+    expected: Option<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+impl Target {
+    /// Makes an apply of this target refuse, naming it, every database name where setup.sql
+    /// would now execute other statements than `expected` (what a saved plan showed for it,
+    /// server-wide statements only under the first name, as [`deduplicated`] gives them), and
+    /// every name that is not in `expected` or no longer exists. The check runs inside each
+    /// name's own transaction, which is rolled back on a mismatch: no window between check and
+    /// change.
+    pub fn expect(&mut self, expected: std::collections::BTreeMap<String, Vec<String>>) {
+        self.expected = Some(expected);
+    }
+}
+
+/// The fingerprint a saved plan records for one database name: the SHA-256 of the statements
+/// setup.sql executes there, in order.
+pub fn fingerprint(statements: &[String]) -> String {
+    crate::plan::sha256(
+        serde_json::to_string(statements)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
 }
 
 /// The TLS connector, verifying the server's certificate against the frozen config's
@@ -190,6 +218,7 @@ pub fn targets(
                 inner: tls,
                 server_name: frozen_db.tls.server_name.clone(),
             },
+            expected: None,
         });
     }
     Ok((targets, warnings))
@@ -242,7 +271,7 @@ pub fn run(targets: Vec<Target>, mode: Mode) -> Result<LiveReport, LiveError> {
             let limit = limit.clone();
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                database(&target, mode).await
+                database(Arc::new(target), mode).await
             });
         }
         let mut report = LiveReport::default();
@@ -333,10 +362,13 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Every database name of one target, one after the other.
-async fn database(target: &Target, mode: Mode) -> LiveReport {
+/// Every database name of one target. Planning, all at once ([`PARALLEL`] at a time: each name
+/// has its own connection and transaction). Applying, the first name alone first: it runs the
+/// server-wide statements (roles, memberships), where the plan shows them and a saved plan
+/// expects them; then the others at once, which then find them done.
+async fn database(target: Arc<Target>, mode: Mode) -> LiveReport {
     let mut report = LiveReport::default();
-    let names = match names(target, &mut report.warnings).await {
+    let mut names = match names(&target, &mut report.warnings).await {
         Ok(names) => names,
         Err(message) => {
             report.failures.push(LiveFailure {
@@ -347,8 +379,64 @@ async fn database(target: &Target, mode: Mode) -> LiveReport {
             return report;
         }
     };
-    for db_name in names {
-        match converge(target, &db_name, mode, &mut report.warnings).await {
+    // The order of the report and of a saved plan, whose server-wide statements are under the
+    // first name.
+    names.sort();
+    if let (Mode::Apply, Some(expected)) = (mode, &target.expected) {
+        for gone in expected.keys().filter(|n| !names.contains(n)) {
+            report.failures.push(LiveFailure {
+                database: target.database.clone(),
+                db_name: Some(gone.clone()),
+                message: "the saved plan has changes for this database name, which no longer \
+                          exists (or no longer allows connections): make a new plan with \
+                          `dbward plan --live -o PLANFILE`"
+                    .into(),
+            });
+        }
+        names.retain(|name| {
+            let known = expected.contains_key(name);
+            if !known {
+                report.failures.push(LiveFailure {
+                    database: target.database.clone(),
+                    db_name: Some(name.clone()),
+                    message: "this database name appeared since the saved plan was made, so \
+                              the plan has nothing reviewed for it; nothing was changed in it: \
+                              make a new plan with `dbward plan --live -o PLANFILE`"
+                        .into(),
+                });
+            }
+            known
+        });
+    }
+    let mut pending = names.into_iter();
+    let mut done = Vec::new();
+    if mode == Mode::Apply
+        && let Some(first) = pending.next()
+    {
+        done.push(one_name(target.clone(), first, mode).await);
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    for db_name in pending {
+        let (target, limit) = (target.clone(), limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            one_name(target, db_name, mode).await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(one) => done.push(one),
+            Err(e) => report.failures.push(LiveFailure {
+                database: target.database.clone(),
+                db_name: None,
+                message: format!("a live task failed: {e}"),
+            }),
+        }
+    }
+    for (db_name, result, warnings) in done {
+        report.warnings.extend(warnings);
+        match result {
             Ok(statements) => report.changes.push(LiveChanges {
                 database: target.database.clone(),
                 db_name,
@@ -362,6 +450,16 @@ async fn database(target: &Target, mode: Mode) -> LiveReport {
         }
     }
     report
+}
+
+/// One database name converged (or planned): its name, the statements or the failure, and
+/// the server's warnings.
+type NameDone = (String, Result<Vec<String>, String>, Vec<String>);
+
+async fn one_name(target: Arc<Target>, db_name: String, mode: Mode) -> NameDone {
+    let mut warnings = Vec::new();
+    let result = converge(&target, &db_name, mode, &mut warnings).await;
+    (db_name, result, warnings)
 }
 
 /// The database names setup.sql runs in: the listed ones that exist (a warning for each that
@@ -431,24 +529,18 @@ async fn converge(
     loop {
         attempt += 1;
         let mut session = connect(target, db_name).await?;
-        let end = match mode {
-            Mode::Plan => "ROLLBACK",
-            Mode::Apply => "COMMIT",
-        };
-        let ran = async {
-            session
-                .client
-                .batch_execute(&format!(
-                    "{}BEGIN;\nSET LOCAL lock_timeout = '10s';\nSET LOCAL statement_timeout = '60s';\n\
-                     SET LOCAL client_min_messages = notice;\n\
-                     SELECT pg_advisory_xact_lock({lock}, 0);\n{}{end};\n",
-                    script.0,
-                    script.1,
-                    lock = crate::emit::sql::provision::ACL_LOCK,
-                ))
-                .await
-        }
-        .await;
+        // The transaction is left open: how it ends depends on what it executed.
+        let ran = session
+            .client
+            .batch_execute(&format!(
+                "{}BEGIN;\nSET LOCAL lock_timeout = '10s';\nSET LOCAL statement_timeout = '60s';\n\
+                 SET LOCAL client_min_messages = notice;\n\
+                 SELECT pg_advisory_xact_lock({lock}, 0);\n{}",
+                script.0,
+                script.1,
+                lock = crate::emit::sql::provision::ACL_LOCK,
+            ))
+            .await;
         match ran {
             Ok(()) => {
                 let mut statements = Vec::new();
@@ -467,7 +559,36 @@ async fn converge(
                         None => {}
                     }
                 }
-                return Ok(statements);
+                let expected = target.expected.as_ref().and_then(|e| e.get(db_name));
+                let refused = match (mode, expected) {
+                    (Mode::Apply, Some(expected)) if *expected != statements => {
+                        Some(refusal(expected, &statements))
+                    }
+                    _ => None,
+                };
+                let end = match (mode, &refused) {
+                    (Mode::Apply, None) => "COMMIT",
+                    _ => "ROLLBACK",
+                };
+                match session.client.batch_execute(end).await {
+                    Ok(()) => {}
+                    Err(e) if retryable(&e) && attempt < ATTEMPTS => {
+                        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "{end} failed in database name {db_name} on {}:{}: {}",
+                            target.host,
+                            target.port,
+                            describe(&e)
+                        ));
+                    }
+                }
+                return match refused {
+                    Some(message) => Err(message),
+                    None => Ok(statements),
+                };
             }
             Err(e) => {
                 // The transaction is aborted; close it so nothing of it stays.
@@ -487,6 +608,26 @@ async fn converge(
             }
         }
     }
+}
+
+/// Why a saved plan is refused in one database name: what setup.sql would execute there now is
+/// not what the plan showed.
+fn refusal(expected: &[String], now: &[String]) -> String {
+    let difference = match (
+        now.iter().find(|s| !expected.contains(s)),
+        expected.iter().find(|s| !now.contains(s)),
+    ) {
+        (Some(new), _) => format!("it would now also run: {new}"),
+        (None, Some(gone)) => format!("it would no longer run: {gone}"),
+        (None, None) => "the same statements, in another order".to_owned(),
+    };
+    format!(
+        "changed since the saved plan was made ({} statement(s) in the plan, {} now; {difference}); \
+         nothing was changed in this database name: make and review a new plan with \
+         `dbward plan --live -o PLANFILE`",
+        expected.len(),
+        now.len()
+    )
 }
 
 /// setup.sql split around its own `BEGIN;` and `COMMIT;`: what comes before (session
@@ -547,6 +688,20 @@ fn shown(report: &LiveReport) -> Vec<(&LiveChanges, Vec<&String>)> {
                 .filter(|s| !server_wide(s) || seen.insert((&change.database, s.as_str())))
                 .collect();
             (change, statements)
+        })
+        .collect()
+}
+
+/// Every database name's statements as shown (and as a saved plan records them): a server-wide
+/// statement only under the first name of its database that runs it, since an apply, which
+/// converges the names of a database one after the other in this order, runs it there.
+pub fn deduplicated(report: &LiveReport) -> Vec<LiveChanges> {
+    shown(report)
+        .into_iter()
+        .map(|(change, statements)| LiveChanges {
+            database: change.database.clone(),
+            db_name: change.db_name.clone(),
+            statements: statements.into_iter().cloned().collect(),
         })
         .collect()
 }

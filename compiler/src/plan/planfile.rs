@@ -1,6 +1,8 @@
 //! Saved plans (`dbward plan -o PLANFILE`, then `dbward apply PLANFILE`): the exact changes,
 //! plus hashes of the manifest and of every file the plan saw, so apply refuses a plan that
-//! no longer describes the directory and says why.
+//! no longer describes the directory and says why. A plan made with `--live` also holds the
+//! statements each database name would get ([`SavedLive`]); apply refuses a name where they
+//! differ now.
 //!
 //! **A plan file holds new private keys** (apply must write exactly what was reviewed, and
 //! keys are random), so it is written with mode 0600 and must be handled like the keys.
@@ -35,6 +37,25 @@ pub struct PlanFile {
     pub state_sha256: Option<String>,
     pub changes: Vec<SavedChange>,
     pub next_state: State,
+    /// With `plan --live -o`: what setup.sql would execute in each database name it read.
+    /// `apply PLANFILE` then converges exactly these names, and refuses one whose statements
+    /// are no longer these. Absent in a plan of files only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Vec<SavedLive>>,
+}
+
+/// One database name of a saved live plan.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SavedLive {
+    /// The manifest's name of the database.
+    pub database: String,
+    pub db_name: String,
+    /// The statements setup.sql would execute there, in order, as the plan showed them (a
+    /// server-wide statement only under the first name of its database).
+    pub statements: Vec<String>,
+    /// SHA-256 of `statements` (`live::fingerprint`), checked when the file is read.
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +159,7 @@ impl PlanFile {
             state_sha256: state_bytes.map(sha256),
             changes,
             next_state: plan.next_state.clone(),
+            live: None,
         }
     }
 
@@ -179,6 +201,18 @@ impl PlanFile {
                 path.to_path_buf(),
                 "unknown kind or state version".into(),
             ));
+        }
+        for saved in file.live.iter().flatten() {
+            if crate::live::fingerprint(&saved.statements) != saved.fingerprint {
+                return Err(PlanFileError::Invalid(
+                    path.to_path_buf(),
+                    format!(
+                        "the live changes of database {}, name {} do not match their \
+                         fingerprint (edited by hand?)",
+                        saved.database, saved.db_name
+                    ),
+                ));
+            }
         }
         Ok(file)
     }

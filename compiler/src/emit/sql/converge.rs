@@ -213,6 +213,7 @@ pub(super) fn revoke_undeclared(out: &mut String, db: &Database) {
          SELECT * FROM classified WHERE NOT wanted OR is_grantable\n      \
          ORDER BY kind, nsp, obj, fn, col, grantee_name, privilege_type\n    \
          LOOP\n      \
+         held_any := true;\n      \
          -- A declared privilege held WITH GRANT OPTION keeps the privilege, loses the option.\n      \
          what := CASE WHEN held.wanted THEN 'GRANT OPTION FOR ' ELSE '' END || held.privilege_type;\n      \
          revoke_sql := CASE held.kind\n        \
@@ -253,7 +254,9 @@ pub(super) fn revoke_undeclared(out: &mut String, db: &Database) {
          || 'then run setup.sql again',\n            \
          held.grantor_name, held.grantor_name, held.grantee_name);\n      \
          END IF;\n    \
-         END LOOP;\n  \
+         END LOOP;\n    \
+         -- Nothing held in pass 1: pass 2 would read the same catalog and find nothing.\n    \
+         EXIT WHEN NOT held_any;\n  \
          END LOOP;\n",
         managed = super::text_array(&managed),
         declared = declared_relation(&rows),
@@ -268,7 +271,7 @@ pub(super) fn revoke_undeclared(out: &mut String, db: &Database) {
     let tag = quote::dollar_tag(&body);
     let _ = write!(
         out,
-        "DO {tag}\nDECLARE\n  runner name := current_user;\n  pass integer;\n  held record;\n  what text;\n  revoke_sql text;\nBEGIN\n{body}END\n{tag};\n\n"
+        "DO {tag}\nDECLARE\n  runner name := current_user;\n  pass integer;\n  held record;\n  held_any boolean := false;\n  what text;\n  revoke_sql text;\nBEGIN\n{body}END\n{tag};\n\n"
     );
 }
 

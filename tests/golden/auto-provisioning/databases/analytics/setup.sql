@@ -179,6 +179,7 @@ DECLARE
   runner name := current_user;
   pass integer;
   held record;
+  held_any boolean := false;
   what text;
   revoke_sql text;
 BEGIN
@@ -261,6 +262,7 @@ BEGIN
       SELECT * FROM classified WHERE NOT wanted OR is_grantable
       ORDER BY kind, nsp, obj, fn, col, grantee_name, privilege_type
     LOOP
+      held_any := true;
       -- A declared privilege held WITH GRANT OPTION keeps the privilege, loses the option.
       what := CASE WHEN held.wanted THEN 'GRANT OPTION FOR ' ELSE '' END || held.privilege_type;
       revoke_sql := CASE held.kind
@@ -302,6 +304,8 @@ BEGIN
             held.grantor_name, held.grantor_name, held.grantee_name);
       END IF;
     END LOOP;
+    -- Nothing held in pass 1: pass 2 would read the same catalog and find nothing.
+    EXIT WHEN NOT held_any;
   END LOOP;
 END
 $dbward$;

@@ -8,8 +8,11 @@
 //!
 //! Databases are reached the way the relay reaches them: self-hosted ones over mutual TLS with
 //! the relay's client certificate (which `pg_ident.conf` maps to the admin user), verifying the
-//! server against the CA the compiler issued, for the frozen config's `tls.server_name`. Cloud admin users (tokens) come later; such
-//! databases are skipped with a warning. Databases run in parallel, at most [`PARALLEL`] at once.
+//! server against the CA the compiler issued, for the frozen config's `tls.server_name`; RDS and
+//! Azure ones with the admin user's cloud token as the password ([`connect`]). Databases run in
+//! parallel, at most [`PARALLEL`] at once.
+
+mod connect;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -51,6 +54,8 @@ pub struct Target {
     pub db_names: Option<BTreeSet<String>>,
     pub setup_sql: String,
     tls: NamedTls,
+    /// How the admin user logs in: the relay's certificate, or a cloud token.
+    login: connect::Login,
 }
 
 /// The TLS connector, verifying the server's certificate against the frozen config's
@@ -150,6 +155,7 @@ pub fn targets(
         return Ok((targets, warnings));
     };
     let relay = &frozen.relay;
+    let mut sources = connect::Sources::from_process();
     for (name, db) in &model.databases {
         let Some(admin) = &db.admin_user else {
             continue;
@@ -157,26 +163,30 @@ pub fn targets(
         let Some(frozen_db) = frozen.databases.get(name) else {
             continue;
         };
-        let (dbward_frozen::UpstreamAuth::Mtls, Some(identity)) =
-            (&frozen_db.auth, &relay.upstream_identity)
-        else {
-            warnings.push(format!(
-                "database {name}: live changes for cloud databases are not supported yet; \
-                 run its setup.sql as the server's administrator"
-            ));
-            continue;
+        let (login, tls) = match (&frozen_db.auth, &relay.upstream_identity) {
+            (dbward_frozen::UpstreamAuth::Mtls, Some(identity)) => {
+                let relay_file = |path: &std::path::Path| format!("relay/{}", path.display());
+                let ca = frozen_db.tls.ca.as_ref().ok_or_else(|| {
+                    LiveError::Missing(format!("the server CA of database {name}"))
+                })?;
+                let tls = tls_config(
+                    text(&relay_file(ca))?,
+                    text(&relay_file(&identity.cert))?,
+                    text(&relay_file(&identity.key))?,
+                )?;
+                (connect::Login::Certificate, tls)
+            }
+            (dbward_frozen::UpstreamAuth::Mtls, None) => {
+                return Err(LiveError::Missing("the relay's upstream identity".into()));
+            }
+            _ => match connect::cloud(model, db, frozen_db, &admin.name, &mut sources)? {
+                Ok(cloud) => cloud,
+                Err(warning) => {
+                    warnings.push(warning);
+                    continue;
+                }
+            },
         };
-        let relay_file = |path: &std::path::Path| format!("relay/{}", path.display());
-        let ca = frozen_db
-            .tls
-            .ca
-            .as_ref()
-            .ok_or_else(|| LiveError::Missing(format!("the server CA of database {name}")))?;
-        let tls = tls_config(
-            text(&relay_file(ca))?,
-            text(&relay_file(&identity.cert))?,
-            text(&relay_file(&identity.key))?,
-        )?;
         let setup = String::from_utf8_lossy(text(&format!("databases/{name}/setup.sql"))?);
         targets.push(Target {
             database: name.clone(),
@@ -190,6 +200,7 @@ pub fn targets(
                 inner: tls,
                 server_name: frozen_db.tls.server_name.clone(),
             },
+            login,
         });
     }
     Ok((targets, warnings))
@@ -288,15 +299,21 @@ async fn connect(target: &Target, db_name: &str) -> Result<Session, String> {
         .application_name("dbward")
         .ssl_mode(tokio_postgres::config::SslMode::Require)
         .connect_timeout(Duration::from_secs(10));
+    if let Some(password) = target
+        .login
+        .password(&target.admin_user, &target.host, target.port)
+        .await?
+    {
+        config.password(password.expose());
+    }
     let (client, mut connection) = config.connect(target.tls.clone()).await.map_err(|e| {
         format!(
-            "cannot connect to database name {db_name} on {}:{} as {}: {}; check that the \
-             server runs with the files of `dbward apply` (pg_hba.conf, pg_ident.conf, its \
-             certificate), that the admin user exists, and that this machine can reach it",
+            "cannot connect to database name {db_name} on {}:{} as {}: {}; {}",
             target.host,
             target.port,
             target.admin_user,
-            describe(&e)
+            describe(&e),
+            target.login.check(&target.admin_user)
         )
     })?;
     let (sender, notices) = tokio::sync::mpsc::unbounded_channel();

@@ -2,7 +2,8 @@
 //! authenticate to each cloud database, and nothing more.
 //!
 //! One file per cloud binding, `iam/<provider>/<cloud>.json`, covering every database that uses
-//! it. Output is `serde_json` pretty-printed with sorted keys and a trailing newline, so it is
+//! it; and for AWS, `iam/live/aws/<cloud>.json`: what whoever runs `dbward … --live` needs.
+//! Output is `serde_json` pretty-printed with sorted keys and a trailing newline, so it is
 //! byte-for-byte reproducible and diffs cleanly in a plan.
 
 pub mod aws;
@@ -32,6 +33,13 @@ pub fn emit(model: &Model) -> Result<Vec<(String, String)>, EmitError> {
             CloudKind::Azure { .. } => ("azure", azure::role(model, cloud, &databases)?),
         };
         files.push((format!("iam/{provider}/{name}.json"), pretty(&document)));
+        // What whoever runs `--live` needs to log in as the admin users (AWS only: Azure admin
+        // users log in as their own Entra identity, which no RBAC role grants).
+        if let CloudKind::Aws { .. } = &cloud.kind
+            && let Some(live) = aws::live_policy(cloud, &databases)?
+        {
+            files.push((format!("iam/live/aws/{name}.json"), pretty(&live)));
+        }
     }
     Ok(files)
 }

@@ -34,6 +34,9 @@
 //! - `rds`: Amazon RDS IAM authentication: SigV4 tokens from env and ECS credentials, checked by
 //!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged;
 //!   clock skew learned from the credential endpoint's `Date`; a refused token never reused.
+//! - `live_cloud`: `dbward plan --live` / `apply --live` on RDS as the admin user with its own
+//!   SigV4 token (env and ECS credentials), checked through PAM; converge then no changes; a
+//!   wrong secret, an expired token, no credentials: errors naming database, host, user, fix.
 //! - `cloudsql`: Google Cloud SQL IAM authentication: login tokens by impersonation from a
 //!   fake Google, checked by a real PostgreSQL (the role's password is the token issued); a
 //!   refused token never reused; one token fetch per db user for 300 sessions; a certificate
@@ -58,6 +61,7 @@ mod examples;
 mod golden;
 mod harness;
 mod live;
+mod live_cloud;
 mod plan_apply;
 mod provision;
 mod rds;

@@ -1,0 +1,402 @@
+//! `dbward plan --live` / `apply --live` against cloud databases, logging in as the admin user
+//! the way the relay does, with the real `dbward` binary and a real PostgreSQL that checks the
+//! token itself:
+//! - RDS / Aurora: the admin user's SigV4 token from the AWS credential chain (environment
+//!   variables, and a local ECS container-credentials endpoint: the relay's variables and
+//!   overrides), checked by `rds/verify_rds_token.py` through PAM as RDS checks it, over TLS
+//!   verified against the manifest's `ca-file`. A wrong secret, an expired token and missing
+//!   credentials each give an error naming the database, host and user and what to check,
+//!   without the token or the secret.
+//!
+//! PAM services live in /etc/pam.d, so this module needs root (as `rds` does).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use dbward_tests::{Cluster, workspace_bin};
+
+use crate::rds::{KEY_ID, PamService, REGION, SECRET, ecs_server, server_certificate};
+
+const ADMIN: &str = "dbward-admin";
+const RESOURCE_ID: &str = "db-DBWARDLIVE0001";
+
+/// An RDS stand-in: PostgreSQL over TLS whose pg_hba.conf sends every member of rds_iam (the
+/// admin user too, as on RDS) to the PAM token verifier; the admin user made by hand, as on RDS
+/// (the master user creates it and grants it rds_iam).
+struct Rds {
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+    _pam: PamService,
+}
+
+impl Rds {
+    fn start() -> Rds {
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-live-rds-")
+            .tempdir()
+            .expect("temp dir");
+        let record = dir.path().join("record");
+        fs::create_dir_all(&record).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&record, fs::Permissions::from_mode(0o777)).unwrap();
+        let verifier = dir.path().join("verify_rds_token.py");
+        fs::write(&verifier, include_str!("rds/verify_rds_token.py")).unwrap();
+        fs::set_permissions(&verifier, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let mut cluster = Cluster::init();
+        let (_ca, cert, key) = server_certificate(dir.path());
+        let endpoint = format!("127.0.0.1:{}", cluster.port);
+        let pam = PamService::install(
+            format!("dbward-live-rds-{}", cluster.port),
+            &verifier,
+            &[&endpoint, REGION, KEY_ID, SECRET, record.to_str().unwrap()],
+        );
+        cluster.install_file("server.crt", cert.as_bytes(), 0o644);
+        cluster.install_file("server.key", key.as_bytes(), 0o600);
+        cluster.append_conf(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cluster.root().join("server.crt").display(),
+            cluster.root().join("server.key").display()
+        ));
+        cluster.install_file(
+            "data/pg_hba.conf",
+            format!(
+                "local all all trust\nhostssl all +rds_iam 127.0.0.1/32 pam pamservice={}\n",
+                pam.name
+            )
+            .as_bytes(),
+            0o600,
+        );
+        if let Err(log) = cluster.try_start() {
+            panic!("PostgreSQL did not start with TLS and PAM:\n{log}");
+        }
+        cluster.sql("postgres", "CREATE ROLE rds_iam");
+        cluster.sql(
+            "postgres",
+            &format!("CREATE ROLE \"{ADMIN}\" LOGIN CREATEROLE IN ROLE rds_iam"),
+        );
+        cluster.sql(
+            "postgres",
+            &format!("CREATE DATABASE shop OWNER \"{ADMIN}\""),
+        );
+        cluster.sql(
+            "shop",
+            &format!("SET ROLE \"{ADMIN}\"; CREATE TABLE items (name text)"),
+        );
+        let rds = Rds {
+            dir,
+            cluster,
+            _pam: pam,
+        };
+        fs::write(rds.manifest(), rds.manifest_text()).unwrap();
+        rds
+    }
+
+    /// One RDS database `shop` with an admin user and db-user `app` (no provisioning: the
+    /// relay's policy does not grant the admin login; the live policy does).
+    fn manifest_text(&self) -> String {
+        format!(
+            r#"dbward version=1
+relay {{
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+}}
+cloud aws-test {{
+    aws account="123456789012" region="{REGION}"
+    relay-role "arn:aws:iam::123456789012:role/dbward-relay"
+}}
+database shop {{
+    postgres host="127.0.0.1" port={port} version=15
+    aws-rds cloud=aws-test resource-id="{RESOURCE_ID}" ca-file="{ca}"
+    admin-user "{ADMIN}" default-database=shop
+    db-role reader {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT on=all-tables schema=public
+    }}
+    db-user app {{
+        member-of reader
+    }}
+}}
+role developer {{
+    allow {{
+        databases shop
+        db-users app
+        db-names shop
+    }}
+}}
+user alice {{
+    roles developer
+}}
+"#,
+            port = self.cluster.port,
+            ca = self.dir.path().join("rds-ca.pem").display(),
+        )
+    }
+
+    fn manifest(&self) -> PathBuf {
+        self.dir.path().join("manifest.kdl")
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// The real `dbward SUBCOMMAND manifest --out out ARGS…` with exactly `env` as its AWS
+    /// environment.
+    fn dbward(&self, subcommand: &str, args: &[&str], env: &[(&str, String)]) -> Output {
+        let mut command = Command::new(workspace_bin("dbward"));
+        command
+            .arg(subcommand)
+            .arg(self.manifest())
+            .arg("--out")
+            .arg(self.out())
+            .args(args);
+        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+            command.env_remove(name);
+        }
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.output().expect("run dbward")
+    }
+
+    fn record(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.path().join("record").join(name)).unwrap_or_default()
+    }
+
+    /// Every token PostgreSQL received.
+    fn tokens(&self) -> Vec<String> {
+        self.record("tokens.txt")
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Neither a token PostgreSQL received (nor its signature) nor the secret key is in `text`.
+    fn assert_no_secret_in(&self, text: &str) {
+        for token in self.tokens() {
+            let signature = token.rsplit("X-Amz-Signature=").next().unwrap_or_default();
+            assert!(
+                !text.contains(&token) && !text.contains(signature),
+                "a token appears in dbward's output:\n{text}"
+            );
+        }
+        assert!(!text.contains(SECRET), "the secret key appears:\n{text}");
+    }
+
+    fn query(&self, sql: &str) -> String {
+        self.cluster.sql("shop", sql).trim().to_owned()
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn env_credentials(secret: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", KEY_ID.to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", secret.to_owned()),
+        // Nothing else may be asked: no instance metadata on a test machine.
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
+#[test]
+fn rds_apply_live_logs_in_with_the_admin_users_token_converges_and_then_plans_nothing() {
+    let rds = Rds::start();
+    let env = env_credentials(SECRET);
+
+    let apply = rds.dbward("apply", &["--live", "--auto-approve"], &env);
+    let applied = text(&apply);
+    assert!(
+        apply.status.success(),
+        "{applied}\nverifier: {}\n{}",
+        rds.record("verifier.log"),
+        rds.cluster.log()
+    );
+    assert!(
+        applied.contains("dbward made these changes in the databases:")
+            && applied.contains("  database shop, name shop:")
+            && applied.contains("+ CREATE ROLE \"reader\" NOLOGIN"),
+        "{applied}"
+    );
+    assert_eq!(
+        rds.query(
+            "SELECT pg_has_role('app', 'reader', 'MEMBER') AND pg_has_role('app', 'rds_iam', \
+             'MEMBER') AND has_table_privilege('app', 'items', 'SELECT')"
+        ),
+        "t"
+    );
+    // The admin user logged in with its own token, checked by PostgreSQL (PAM): one token for
+    // the whole run (the list of names, then the transaction), not one per connection.
+    let log = rds.record("verifier.log");
+    assert!(
+        log.lines().all(|l| l.starts_with("dbward-admin: accepted")),
+        "{log}"
+    );
+    let tokens = rds.tokens();
+    assert!(tokens.len() >= 2, "{tokens:?}");
+    assert!(
+        tokens.iter().all(|t| *t == tokens[0]),
+        "a token per connection instead of one per run"
+    );
+    assert!(
+        tokens[0].contains("DBUser=dbward%2Dadmin&"),
+        "{}",
+        tokens[0]
+    );
+    rds.assert_no_secret_in(&applied);
+
+    // Whoever runs --live is granted exactly the admin login, apart from the relay's policy.
+    let live: serde_json::Value = serde_json::from_slice(
+        &fs::read(rds.out().join("iam/live/aws/aws-test.json")).expect("the live policy"),
+    )
+    .unwrap();
+    assert_eq!(
+        live["Statement"][0]["Resource"],
+        serde_json::json!([format!(
+            "arn:aws:rds-db:{REGION}:123456789012:dbuser:{RESOURCE_ID}/{ADMIN}"
+        )])
+    );
+    let relay = fs::read_to_string(rds.out().join("iam/aws/aws-test.json")).unwrap();
+    assert!(!relay.contains(ADMIN), "{relay}");
+
+    // Apply, then plan: nothing to change, files and database alike.
+    let plan = rds.dbward("plan", &["--live", "--detailed-exitcode"], &env);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("Live: no changes in 1 database name(s)."),
+        "{shown}"
+    );
+
+    // Credentials from a local ECS container endpoint (the relay's variables and overrides)
+    // work the same, and a hand-made drift is shown.
+    rds.cluster.sql("shop", "GRANT DELETE ON items TO app");
+    let (port, served) = ecs_server(SECRET, "ecs-auth-token");
+    let ecs = vec![
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://127.0.0.1:{port}/creds"),
+        ),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            "ecs-auth-token".to_owned(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ];
+    let plan = rds.dbward("plan", &["--live", "--detailed-exitcode"], &ecs);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(2), "{shown}");
+    assert!(
+        shown.contains("- REVOKE DELETE ON TABLE public.items FROM app")
+            || shown.contains("- REVOKE DELETE ON TABLE \"public\".\"items\" FROM \"app\""),
+        "{shown}"
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(
+        rds.tokens()
+            .last()
+            .is_some_and(|t| t.contains("X-Amz-Security-Token=ecs-session-token")),
+        "{:?}",
+        rds.tokens()
+    );
+    rds.assert_no_secret_in(&shown);
+    assert!(!shown.contains("ecs-auth-token") && !shown.contains("ecs-session-token"));
+}
+
+/// What every refused login's message says: the database, host and user, and what to check.
+fn assert_names_what_to_check(rds: &Rds, shown: &str) {
+    for part in [
+        "Error: database shop",
+        &format!("127.0.0.1:{}", rds.cluster.port),
+        &format!("as {ADMIN}"),
+        "PAM authentication failed",
+        "rds-db:connect",
+        &format!("arn:aws:rds-db:{REGION}:123456789012:dbuser:{RESOURCE_ID}/{ADMIN}"),
+        "iam/live/aws/aws-test.json",
+        "rds_iam",
+        "clock",
+    ] {
+        assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
+    }
+    rds.assert_no_secret_in(shown);
+}
+
+#[test]
+fn rds_a_wrong_secret_an_expired_token_or_no_credentials_fail_naming_the_database_and_what_to_check()
+ {
+    let rds = Rds::start();
+    // The files first, so the live runs below change nothing but would.
+    let apply = rds.dbward("apply", &["--auto-approve"], &env_credentials(SECRET));
+    assert!(apply.status.success(), "{}", text(&apply));
+
+    // A wrong secret key: PostgreSQL (the signature check) refuses the admin user.
+    let plan = rds.dbward(
+        "plan",
+        &["--live", "--detailed-exitcode"],
+        &env_credentials("not-the-secret-key"),
+    );
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{shown}");
+    assert_names_what_to_check(&rds, &shown);
+    assert!(shown.contains("from environment variables"), "{shown}");
+    assert!(
+        rds.record("verifier.log")
+            .contains("dbward-admin: signature does not match"),
+        "{}",
+        rds.record("verifier.log")
+    );
+
+    // An expired token: "AWS's time" is 20 minutes ahead of this machine's clock.
+    fs::write(rds.dir.path().join("record/clock_offset"), "1200").unwrap();
+    let apply = rds.dbward(
+        "apply",
+        &["--live", "--auto-approve"],
+        &env_credentials(SECRET),
+    );
+    let shown = text(&apply);
+    assert_eq!(apply.status.code(), Some(1), "{shown}");
+    assert_names_what_to_check(&rds, &shown);
+    assert!(
+        rds.record("verifier.log").contains("dbward-admin: expired"),
+        "{}",
+        rds.record("verifier.log")
+    );
+    assert_eq!(
+        rds.query("SELECT count(*) FROM pg_roles WHERE rolname = 'reader'"),
+        "0",
+        "a refused apply changed the database"
+    );
+    fs::remove_file(rds.dir.path().join("record/clock_offset")).unwrap();
+
+    // No credentials at all: every source tried is named, and no connection is made.
+    let before = rds.tokens().len();
+    let plan = rds.dbward(
+        "plan",
+        &["--live"],
+        &[("AWS_EC2_METADATA_DISABLED", "true".to_owned())],
+    );
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{shown}");
+    for part in [
+        "Error: database shop",
+        &format!("admin user {ADMIN} of 127.0.0.1:{}", rds.cluster.port),
+        "no AWS credentials found",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ] {
+        assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
+    }
+    assert_eq!(rds.tokens().len(), before);
+}

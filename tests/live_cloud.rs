@@ -8,11 +8,18 @@
 //!   credentials each give an error naming the database, host and user and what to check,
 //!   without the token or the secret.
 //!
-//! PAM services live in /etc/pam.d, so this module needs root (as `rds` does).
+//! - Azure: the Entra ID token of the admin user's principal from the local fake Entra ID
+//!   (`dbward_cloud::azure::fake`, an app registration's secret in the environment), checked by
+//!   `azure/verify_entra_token.py` through PAM (the token's `oid` must be the admin user's);
+//!   setup.sql runs in `postgres` first, where a stub `pgaadauth_create_principal_with_oid`
+//!   creates the db-user's principal. A wrong secret and a refused token name the database,
+//!   host, user and what to check.
+//!
+//! PAM services live in /etc/pam.d, so this module needs root (as `rds` and `azure` do).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use dbward_tests::{Cluster, workspace_bin};
@@ -145,23 +152,8 @@ user alice {{
         self.dir.path().join("out")
     }
 
-    /// The real `dbward SUBCOMMAND manifest --out out ARGS…` with exactly `env` as its AWS
-    /// environment.
     fn dbward(&self, subcommand: &str, args: &[&str], env: &[(&str, String)]) -> Output {
-        let mut command = Command::new(workspace_bin("dbward"));
-        command
-            .arg(subcommand)
-            .arg(self.manifest())
-            .arg("--out")
-            .arg(self.out())
-            .args(args);
-        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
-            command.env_remove(name);
-        }
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        command.output().expect("run dbward")
+        dbward(self.dir.path(), subcommand, args, env)
     }
 
     fn record(&self, name: &str) -> String {
@@ -192,6 +184,27 @@ user alice {{
     fn query(&self, sql: &str) -> String {
         self.cluster.sql("shop", sql).trim().to_owned()
     }
+}
+
+/// The real `dbward SUBCOMMAND DIR/manifest.kdl --out DIR/out ARGS…` with exactly `env` as its
+/// cloud environment (none of the test process's AWS, Azure or identity variables).
+fn dbward(dir: &Path, subcommand: &str, args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut command = Command::new(workspace_bin("dbward"));
+    command
+        .arg(subcommand)
+        .arg(dir.join("manifest.kdl"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .args(args);
+    for (name, _) in std::env::vars().filter(|(k, _)| {
+        k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("IDENTITY_")
+    }) {
+        command.env_remove(name);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("run dbward")
 }
 
 fn text(output: &Output) -> String {
@@ -399,4 +412,294 @@ fn rds_a_wrong_secret_an_expired_token_or_no_credentials_fail_naming_the_databas
         assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
     }
     assert_eq!(rds.tokens().len(), before);
+}
+
+const TENANT: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+/// The admin user's principal (the cloud's relay-identity, as in examples/azure.kdl).
+const AZURE_ADMIN: (&str, &str) = (
+    "33333333-3333-4333-8333-333333333333",
+    "c3c3c3c3-3333-4333-8333-333333333333",
+);
+const REPORTING: (&str, &str) = (
+    "11111111-1111-4111-8111-111111111111",
+    "a1a1a1a1-1111-4111-8111-111111111111",
+);
+const AZURE_SECRET: &str = "admin~client~secret~value";
+
+/// Azure's function, as far as setup.sql can tell (see `azure_setup`): creates the login role
+/// and records what it was asked. The Entra administrator exists before setup.sql runs.
+const STUB: &str = r#"
+CREATE TABLE public.pgaadauth_calls (role_name text, object_id text, is_admin boolean);
+CREATE FUNCTION public.pgaadauth_create_principal_with_oid(
+    role_name text, object_id text, object_type text, is_admin boolean, is_mfa boolean)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    INSERT INTO public.pgaadauth_calls VALUES (role_name, object_id, is_admin);
+    EXECUTE format('CREATE ROLE %I LOGIN', role_name);
+    RETURN format('Created role for "%s"', role_name);
+END $$;
+CREATE ROLE dbward LOGIN CREATEROLE;
+"#;
+
+/// An Azure flexible-server stand-in: PostgreSQL over TLS whose pg_hba.conf sends the admin
+/// user to the PAM Entra token verifier, and the fake Entra ID that issues its tokens.
+struct Azure {
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+    /// Serves the fake Entra ID.
+    _rt: tokio::runtime::Runtime,
+    fake: dbward_cloud::azure::fake::FakeEntra,
+    _pam: PamService,
+}
+
+impl Azure {
+    fn start() -> Azure {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fake = rt.block_on(dbward_cloud::azure::fake::FakeEntra::start(TENANT));
+        fake.add_principal(AZURE_ADMIN.0, AZURE_ADMIN.1);
+        fake.add_secret(AZURE_ADMIN.0, AZURE_SECRET);
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-live-azure-")
+            .tempdir()
+            .unwrap();
+        let record = dir.path().join("record");
+        fs::create_dir_all(&record).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&record, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::write(record.join("oids"), format!("dbward {}\n", AZURE_ADMIN.1)).unwrap();
+        let verifier = dir.path().join("verify_entra_token.py");
+        fs::write(&verifier, include_str!("azure/verify_entra_token.py")).unwrap();
+        fs::set_permissions(&verifier, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let mut cluster = Cluster::init();
+        let pam = PamService::install(
+            format!("dbward-live-azure-{}", cluster.port),
+            &verifier,
+            &[&fake.signing_key(), TENANT, record.to_str().unwrap()],
+        );
+        let (ca, cert, key) = server_certificate(dir.path());
+        cluster.install_file("server.crt", cert.as_bytes(), 0o644);
+        cluster.install_file("server.key", key.as_bytes(), 0o600);
+        cluster.append_conf(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cluster.root().join("server.crt").display(),
+            cluster.root().join("server.key").display()
+        ));
+        cluster.install_file(
+            "data/pg_hba.conf",
+            format!(
+                "local all all trust\nhostssl all dbward 127.0.0.1/32 pam pamservice={}\n",
+                pam.name
+            )
+            .as_bytes(),
+            0o600,
+        );
+        if let Err(log) = cluster.try_start() {
+            panic!("PostgreSQL did not start with TLS and PAM:\n{log}");
+        }
+        cluster.sql("postgres", STUB);
+        cluster.sql("postgres", "CREATE DATABASE reports OWNER dbward");
+        cluster.sql("reports", "SET ROLE dbward; CREATE TABLE items (name text)");
+        fs::write(
+            dir.path().join("manifest.kdl"),
+            format!(
+                r#"dbward version=1
+relay {{
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+}}
+cloud azure-test {{
+    azure subscription="11111111-2222-3333-4444-555555555555" tenant="{TENANT}"
+    relay-identity client-id="{ac}" object-id="{ao}"
+}}
+database reports {{
+    postgres host="127.0.0.1" port={port} version=15
+    azure-postgres cloud=azure-test server="reports-flex" ca-file="{ca}"
+    // The Entra administrator: logs in as the relay-identity.
+    admin-user dbward
+    db-role reader {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT on=all-tables schema=public
+    }}
+    db-user reporting client-id="{rc}" object-id="{ro}" {{
+        member-of reader
+    }}
+}}
+role analyst {{
+    allow {{
+        databases reports
+        db-users reporting
+        db-names reports
+    }}
+}}
+user judy {{
+    roles analyst
+}}
+"#,
+                ac = AZURE_ADMIN.0,
+                ao = AZURE_ADMIN.1,
+                rc = REPORTING.0,
+                ro = REPORTING.1,
+                port = cluster.port,
+                ca = ca.display(),
+            ),
+        )
+        .unwrap();
+        Azure {
+            dir,
+            cluster,
+            _rt: rt,
+            fake,
+            _pam: pam,
+        }
+    }
+
+    /// The fake's endpoints and the admin principal's app secret (or `secret`).
+    fn env(&self, secret: &str) -> Vec<(&'static str, String)> {
+        let mut env: Vec<(&'static str, String)> = self
+            .fake
+            .env()
+            .into_iter()
+            .map(|(k, v)| {
+                let k: &'static str = match k.as_str() {
+                    "AZURE_AUTHORITY_HOST" => "AZURE_AUTHORITY_HOST",
+                    "AZURE_POD_IDENTITY_AUTHORITY_HOST" => "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                    other => panic!("unexpected variable {other}"),
+                };
+                (k, v)
+            })
+            .collect();
+        env.push(("AZURE_TENANT_ID", TENANT.to_owned()));
+        env.push(("AZURE_CLIENT_ID", AZURE_ADMIN.0.to_owned()));
+        env.push(("AZURE_CLIENT_SECRET", secret.to_owned()));
+        env
+    }
+
+    fn dbward(&self, subcommand: &str, args: &[&str], secret: &str) -> Output {
+        dbward(self.dir.path(), subcommand, args, &self.env(secret))
+    }
+
+    fn record(&self, name: &str) -> String {
+        fs::read_to_string(self.dir.path().join("record").join(name)).unwrap_or_default()
+    }
+
+    /// No token the fake issued, and not the secret, in `text`.
+    fn assert_no_secret_in(&self, text: &str) {
+        for token in self.fake.issued() {
+            assert!(!text.contains(&token), "a token appears in:\n{text}");
+        }
+        assert!(
+            !text.contains(AZURE_SECRET),
+            "the secret appears in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn azure_apply_live_logs_in_as_the_admin_principal_creates_principals_in_postgres_first() {
+    let azure = Azure::start();
+    let apply = azure.dbward("apply", &["--live", "--auto-approve"], AZURE_SECRET);
+    let applied = text(&apply);
+    assert!(
+        apply.status.success(),
+        "{applied}\nverifier: {}\n{}",
+        azure.record("verifier.log"),
+        azure.cluster.log()
+    );
+    // The principal is created in `postgres` (the only place Azure creates them), though the
+    // db-names are only `reports`; the grants land in `reports`.
+    let postgres = applied
+        .find("  database reports, name postgres:\n")
+        .expect(&applied);
+    let reports = applied
+        .find("  database reports, name reports:\n")
+        .expect(&applied);
+    let principal = applied
+        .find(&format!(
+            "    + SELECT * FROM pgaadauth_create_principal_with_oid('reporting', '{}'",
+            REPORTING.1
+        ))
+        .expect(&applied);
+    assert!(postgres < principal && principal < reports, "{applied}");
+    assert!(
+        applied[reports..]
+            .contains("+ GRANT SELECT ON ALL TABLES IN SCHEMA \"public\" TO \"reader\""),
+        "{applied}"
+    );
+    assert_eq!(
+        azure
+            .cluster
+            .sql(
+                "postgres",
+                "SELECT string_agg(role_name || ' ' || object_id, ',') FROM pgaadauth_calls"
+            )
+            .trim(),
+        format!("reporting {}", REPORTING.1)
+    );
+    assert_eq!(
+        azure
+            .cluster
+            .sql(
+                "reports",
+                "SELECT pg_has_role('reporting', 'reader', 'MEMBER') AND \
+                 has_table_privilege('reporting', 'items', 'SELECT')"
+            )
+            .trim(),
+        "t"
+    );
+    // The admin user's own token, checked by the server (its oid), fetched once for the run.
+    let log = azure.record("verifier.log");
+    assert!(
+        !log.is_empty() && log.lines().all(|l| l.starts_with("dbward: accepted")),
+        "{log}"
+    );
+    assert_eq!(azure.fake.count(AZURE_ADMIN.0), 1, "one token per run");
+    azure.assert_no_secret_in(&applied);
+
+    let plan = azure.dbward("plan", &["--live", "--detailed-exitcode"], AZURE_SECRET);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("Live: no changes in 2 database name(s)."),
+        "{shown}"
+    );
+    assert_eq!(azure.fake.count(AZURE_ADMIN.0), 2);
+
+    // A wrong secret: Entra refuses it; the error names the database, host, user and what the
+    // AADSTS code means.
+    let plan = azure.dbward("plan", &["--live"], "not-the-secret");
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{shown}");
+    for part in [
+        "Error: database reports",
+        &format!("admin user dbward of 127.0.0.1:{}", azure.cluster.port),
+        AZURE_ADMIN.0,
+    ] {
+        assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
+    }
+    azure.assert_no_secret_in(&shown);
+    assert!(!shown.contains("not-the-secret"), "{shown}");
+
+    // The database refuses the token: what to check, with the principal and its object id.
+    fs::write(azure.dir.path().join("record/reject_next"), "").unwrap();
+    let plan = azure.dbward("plan", &["--live"], AZURE_SECRET);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{shown}");
+    for part in [
+        "Error: database reports",
+        &format!("127.0.0.1:{} as dbward", azure.cluster.port),
+        "PAM authentication failed",
+        &format!("the Entra identity {} of dbward", AZURE_ADMIN.0),
+        AZURE_ADMIN.1,
+        "AZURE_CLIENT_SECRET",
+    ] {
+        assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
+    }
+    azure.assert_no_secret_in(&shown);
 }

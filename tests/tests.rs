@@ -34,9 +34,11 @@
 //! - `rds`: Amazon RDS IAM authentication: SigV4 tokens from env and ECS credentials, checked by
 //!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged;
 //!   clock skew learned from the credential endpoint's `Date`; a refused token never reused.
-//! - `live_cloud`: `dbward plan --live` / `apply --live` on RDS as the admin user with its own
-//!   SigV4 token (env and ECS credentials), checked through PAM; converge then no changes; a
-//!   wrong secret, an expired token, no credentials: errors naming database, host, user, fix.
+//! - `live_cloud`: `dbward plan --live` / `apply --live` on RDS (SigV4 token from env and ECS
+//!   credentials) and Azure (Entra token from a fake Entra ID) as the admin user, checked by a
+//!   real PostgreSQL through PAM; converge then no changes; Azure principals created in
+//!   `postgres` first; wrong secrets, an expired or refused token, no credentials: errors
+//!   naming database, host, user and what to check, never the token.
 //! - `cloudsql`: Google Cloud SQL IAM authentication: login tokens by impersonation from a
 //!   fake Google, checked by a real PostgreSQL (the role's password is the token issued); a
 //!   refused token never reused; one token fetch per db user for 300 sessions; a certificate

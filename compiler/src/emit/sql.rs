@@ -25,6 +25,11 @@ pub mod provision;
 
 pub use change::NOTICE_PREFIX;
 
+/// The psql block that ends an Azure setup.sql early in `postgres` (principals only) when
+/// people do not open `postgres`; `live` runs the script without psql and cuts it there too.
+pub const PRINCIPALS_ONLY: &str = "SELECT current_database() = 'postgres' AS dbward_principals_only \\gset\n\
+     \\if :dbward_principals_only\nCOMMIT;\n\\quit\n\\endif\n";
+
 use super::quote::{self, ident, literal};
 use super::{EmitError, Logins};
 use crate::model::{Database, DatabaseKind, EntraPrincipal, Grant, Model, ObjectKind};
@@ -95,13 +100,10 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
         // (a GRANT … ON ALL TABLES there would hand out its tables).
         out.push_str(
             "-- In `postgres` (where the principals are created) stop here: nobody opens it\n\
-             -- through the relay, so its privileges are left as they are.\n\
-             SELECT current_database() = 'postgres' AS dbward_principals_only \\gset\n\
-             \\if :dbward_principals_only\n\
-             COMMIT;\n\
-             \\quit\n\
-             \\endif\n\n",
+             -- through the relay, so its privileges are left as they are.\n",
         );
+        out.push_str(PRINCIPALS_ONLY);
+        out.push('\n');
     }
     converge::revoke_undeclared(&mut out, db);
     for role in db.db_roles.values() {

@@ -11,7 +11,8 @@
 //!   The caller needs `rds-db:connect` on the admin user: `iam/live/aws/<cloud>.json`.
 //! - **Azure**: the Entra ID token of the admin user's principal (its `client-id`, or the
 //!   cloud's `relay-identity`), from the sources in the Azure SDKs' order
-//!   ([`dbward_cloud::azure`]): this machine must hold that identity.
+//!   ([`dbward_cloud::azure`]): this machine must hold that identity. setup.sql runs in
+//!   `postgres` first (Entra principals are created there), then in the db-names.
 //!
 //! Cloud SQL admin users are not reached yet (the relay's instance lookup, ephemeral client
 //! certificates and instance-name verification are not shared with the compiler); such
@@ -244,6 +245,15 @@ impl Login {
         let secret = token.secret.clone();
         *cached = Some(token);
         Ok(Some(secret))
+    }
+
+    /// The database name setup.sql must run in before the others, whatever the db-names: on
+    /// Azure, Entra principals are created in `postgres` only.
+    pub(super) fn first_name(&self) -> Option<&'static str> {
+        match self {
+            Login::Token(login) if matches!(login.source, Source::Azure { .. }) => Some("postgres"),
+            _ => None,
+        }
     }
 
     /// What to check when connecting as `user` failed, for the error message.

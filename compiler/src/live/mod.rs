@@ -402,8 +402,8 @@ async fn names(target: &Target, warnings: &mut Vec<String>) -> Result<Vec<String
             )
         })?;
     let existing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    Ok(match &target.db_names {
-        None => existing,
+    let mut names: Vec<String> = match &target.db_names {
+        None => existing.clone(),
         Some(listed) => listed
             .iter()
             .filter(|name| {
@@ -419,7 +419,16 @@ async fn names(target: &Target, warnings: &mut Vec<String>) -> Result<Vec<String
             })
             .cloned()
             .collect(),
-    })
+    };
+    // Some servers create principals in one database name only (Azure: `postgres`); setup.sql
+    // runs there first, as its instructions to those who run it by hand say.
+    if let Some(first) = target.login.first_name()
+        && !names.iter().any(|n| n == first)
+        && existing.iter().any(|n| n == first)
+    {
+        names.insert(0, first.to_owned());
+    }
+    Ok(names)
 }
 
 /// Whether PostgreSQL asks for the transaction to be tried again (or, a unique violation, a
@@ -444,6 +453,7 @@ async fn converge(
             target.database
         )
     })?;
+    let script = (script.0, for_name(script.1, db_name));
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -519,6 +529,17 @@ fn transaction_body(setup: &str) -> Option<(&str, &str)> {
     })
 }
 
+/// The transaction body as psql runs it in `db_name`: an Azure script's principals-only block
+/// ([`crate::emit::sql::PRINCIPALS_ONLY`]) ends it in `postgres` and is a no-op elsewhere.
+fn for_name<'a>(body: &'a str, db_name: &str) -> std::borrow::Cow<'a, str> {
+    use crate::emit::sql::PRINCIPALS_ONLY;
+    match body.find(PRINCIPALS_ONLY) {
+        Some(at) if db_name == "postgres" => std::borrow::Cow::Borrowed(&body[..at]),
+        Some(_) => std::borrow::Cow::Owned(body.replacen(PRINCIPALS_ONLY, "", 1)),
+        None => std::borrow::Cow::Borrowed(body),
+    }
+}
+
 /// How a statement is shown: `+` adds (CREATE, GRANT), `-` takes away (REVOKE, DROP), `~`
 /// changes (ALTER ROLE, a replaced function).
 pub fn sign(statement: &str) -> char {
@@ -534,6 +555,7 @@ pub fn sign(statement: &str) -> char {
         || starts("CREATE TABLE")
         || starts("ALTER DEFAULT PRIVILEGES")
         || starts("SELECT pgaadauth_create_principal")
+        || starts("SELECT * FROM pgaadauth_create_principal")
     {
         '+'
     } else {
@@ -672,6 +694,13 @@ mod tests {
             '+'
         );
         assert_eq!(sign("ALTER ROLE \"app\" WITH LOGIN"), '~');
+        // What Azure setup.sql runs to create an Entra principal.
+        assert_eq!(
+            sign(
+                "SELECT * FROM pgaadauth_create_principal_with_oid('r', 'o', 'service', false, false)"
+            ),
+            '+'
+        );
     }
 
     #[test]
@@ -696,5 +725,16 @@ mod tests {
         assert_eq!(before, "SET x = 1;\n");
         assert_eq!(body, "SELECT 1;\n");
         assert_eq!(transaction_body("SELECT 1;\n"), None);
+    }
+
+    #[test]
+    fn the_principals_only_block_ends_the_script_in_postgres_only() {
+        let body = format!(
+            "SELECT 1;\n{}SELECT 2;\n",
+            crate::emit::sql::PRINCIPALS_ONLY
+        );
+        assert_eq!(for_name(&body, "postgres"), "SELECT 1;\n");
+        assert_eq!(for_name(&body, "reports"), "SELECT 1;\nSELECT 2;\n");
+        assert_eq!(for_name("SELECT 1;\n", "postgres"), "SELECT 1;\n");
     }
 }

@@ -280,7 +280,7 @@ impl Login {
                          writes), that {user} is granted rds_iam on the server, that this \
                          machine's clock is right ({}), that the server's certificate is valid \
                          for its name, and that this machine can reach it",
-                        credentials.clock().status()
+                        clock(credentials.clock().offset_ms())
                     )
                 }
                 Source::Azure {
@@ -347,5 +347,50 @@ impl TokenLogin {
                 entra.token(client_id).await.map_err(|e| e.to_string())
             }
         }
+    }
+}
+
+/// What this machine knows of its clock against AWS's, for messages (the relay's wording speaks
+/// of the relay).
+fn clock(offset_ms: Option<i64>) -> String {
+    match offset_ms {
+        Some(offset) => format!(
+            "it is {} s {} AWS's, learned from the Date of AWS's answers, and tokens are signed \
+             with AWS's time",
+            offset.unsigned_abs() / 1000,
+            if offset >= 0 { "behind" } else { "ahead of" }
+        ),
+        None => "no offset from AWS's clock was learned (credentials from environment variables \
+                 involve no AWS answer), so tokens are signed with this machine's clock, which \
+                 must be within 5 minutes of the real time"
+            .to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_missing_here_says_what_to_do() {
+        let Err(error) = server_tls("billing", Some(Path::new("/nonexistent/rds-bundle.pem")))
+        else {
+            panic!("a missing ca-file was accepted");
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("the ca-file /nonexistent/rds-bundle.pem of database billing")
+                && message.contains("copy the bundle to this machine at that path"),
+            "{message}"
+        );
+        // Without ca-file: the public roots, as the relay.
+        assert!(server_tls("billing", None).is_ok());
+    }
+
+    #[test]
+    fn the_clock_is_described_from_this_machines_side() {
+        assert!(clock(Some(600_000)).starts_with("it is 600 s behind AWS's"));
+        assert!(clock(Some(-2_000)).starts_with("it is 2 s ahead of AWS's"));
+        assert!(clock(None).contains("this machine's clock"));
     }
 }

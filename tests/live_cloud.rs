@@ -15,8 +15,15 @@
 //!   creates the db-user's principal. A wrong secret and a refused token name the database,
 //!   host, user and what to check.
 //!
+//! - Cloud SQL (with `host` and `ca-file`): the login token of the admin user's service account,
+//!   impersonated with the operator's own Google identity (the fake Google's metadata server),
+//!   checked by PostgreSQL as the role's password (the fake sets it when it issues the token);
+//!   the server certificate verified by the instance name in its CN. Impersonation refused:
+//!   the error names the database, host, user and the IAM right to check.
+//!
 //! PAM services live in /etc/pam.d, so this module needs root (as `rds` and `azure` do).
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -188,7 +195,12 @@ user alice {{
 
 /// The real `dbward SUBCOMMAND DIR/manifest.kdl --out DIR/out ARGS…` with exactly `env` as its
 /// cloud environment (none of the test process's AWS, Azure or identity variables).
-fn dbward(dir: &Path, subcommand: &str, args: &[&str], env: &[(&str, String)]) -> Output {
+fn dbward<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    dir: &Path,
+    subcommand: &str,
+    args: &[&str],
+    env: &[(K, V)],
+) -> Output {
     let mut command = Command::new(workspace_bin("dbward"));
     command
         .arg(subcommand)
@@ -197,7 +209,16 @@ fn dbward(dir: &Path, subcommand: &str, args: &[&str], env: &[(&str, String)]) -
         .arg(dir.join("out"))
         .args(args);
     for (name, _) in std::env::vars().filter(|(k, _)| {
-        k.starts_with("AWS_") || k.starts_with("AZURE_") || k.starts_with("IDENTITY_")
+        [
+            "AWS_",
+            "AZURE_",
+            "IDENTITY_",
+            "GOOGLE_",
+            "GCE_",
+            "DBWARD_GCP_",
+        ]
+        .iter()
+        .any(|prefix| k.starts_with(prefix))
     }) {
         command.env_remove(name);
     }
@@ -702,4 +723,178 @@ fn azure_apply_live_logs_in_as_the_admin_principal_creates_principals_in_postgre
         assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
     }
     azure.assert_no_secret_in(&shown);
+}
+
+const INSTANCE: &str = "acme-prod:us-central1:ledger";
+/// Whoever runs `--live`: the identity of the (fake) metadata server.
+const OPERATOR: &str = "operator@acme-prod.iam.gserviceaccount.com";
+const SQL_ADMIN: &str = "dbward-admin@acme-prod.iam";
+const SQL_READER: &str = "ledger-reader@acme-prod.iam";
+
+#[test]
+fn cloud_sql_apply_live_impersonates_the_admin_service_account_and_converges() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("dbward-live-cloudsql-")
+        .tempdir()
+        .unwrap();
+    let mut cluster = Cluster::init();
+    let pki = crate::cloudsql::Pki::new();
+    let ca = dir.path().join("server-ca.pem");
+    fs::write(&ca, pki.ca.pem()).unwrap();
+    // As Cloud SQL's: the CN names the instance, no SAN for the address.
+    let (cert, key) = pki.server("acme-prod:ledger", &[]);
+    cluster.install_file("server.crt", cert.as_bytes(), 0o644);
+    cluster.install_file("server.key", key.as_bytes(), 0o600);
+    cluster.append_conf(&format!(
+        "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+        cluster.root().join("server.crt").display(),
+        cluster.root().join("server.key").display()
+    ));
+    cluster.install_file(
+        "data/pg_hba.conf",
+        b"local all all trust\nhostssl all all 127.0.0.1/32 password\n",
+        0o600,
+    );
+    if let Err(log) = cluster.try_start() {
+        panic!("PostgreSQL did not start with TLS:\n{log}");
+    }
+    // Cloud SQL creates IAM users through its API: login roles with no password until the fake
+    // issues a token.
+    cluster.sql(
+        "postgres",
+        &format!(
+            "CREATE ROLE \"{SQL_ADMIN}\" LOGIN CREATEROLE; CREATE ROLE \"{SQL_READER}\" LOGIN"
+        ),
+    );
+    cluster.sql(
+        "postgres",
+        &format!("CREATE DATABASE ledger OWNER \"{SQL_ADMIN}\""),
+    );
+    cluster.sql(
+        "ledger",
+        &format!("SET ROLE \"{SQL_ADMIN}\"; CREATE TABLE entries (amount int)"),
+    );
+
+    let fake = rt.block_on(dbward_cloud::gcp::fake::FakeGoogle::start());
+    let admin_account = format!("{SQL_ADMIN}.gserviceaccount.com");
+    fake.add_account(OPERATOR);
+    fake.attach_to_metadata(OPERATOR);
+    fake.add_account(&admin_account);
+    fake.allow_impersonation(OPERATOR, &admin_account);
+    let issued = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = issued.clone();
+    let (socket, port) = (cluster.socket_dir(), cluster.port);
+    fake.on_issue(move |principal, token, scopes| {
+        if scopes
+            .iter()
+            .any(|s| s == dbward_cloud::gcp::SQLSERVICE_LOGIN)
+        {
+            seen.lock().unwrap().push(token.to_owned());
+            let role = principal.trim_end_matches(".gserviceaccount.com");
+            crate::cloudsql::set_password(&socket, port, role, token);
+        }
+    });
+
+    fs::write(
+        dir.path().join("manifest.kdl"),
+        format!(
+            r#"dbward version=1
+relay {{
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+}}
+cloud gcp-test {{
+    gcp project="acme-prod"
+    relay-service-account "dbward-relay@acme-prod.iam.gserviceaccount.com"
+}}
+database ledger {{
+    postgres host="127.0.0.1" port={port} version=15
+    cloud-sql cloud=gcp-test instance="{INSTANCE}" ca-file="{ca}"
+    admin-user "{SQL_ADMIN}" default-database=ledger
+    db-role reader {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT on=all-tables schema=public
+    }}
+    db-user "{SQL_READER}" {{
+        member-of reader
+    }}
+}}
+role accountant {{
+    allow {{
+        databases ledger
+        db-users "{SQL_READER}"
+        db-names ledger
+    }}
+}}
+user heidi {{
+    roles accountant
+}}
+"#,
+            ca = ca.display(),
+        ),
+    )
+    .unwrap();
+
+    let env = fake.env();
+    let apply = dbward(dir.path(), "apply", &["--live", "--auto-approve"], &env);
+    let applied = text(&apply);
+    assert!(apply.status.success(), "{applied}\n{}", cluster.log());
+    assert!(
+        applied.contains("  database ledger, name ledger:")
+            && applied.contains("+ CREATE ROLE \"reader\" NOLOGIN"),
+        "{applied}"
+    );
+    assert_eq!(
+        cluster
+            .sql(
+                "ledger",
+                &format!(
+                    "SELECT pg_has_role('{SQL_READER}', 'reader', 'MEMBER') AND \
+                     has_table_privilege('{SQL_READER}', 'entries', 'SELECT')"
+                )
+            )
+            .trim(),
+        "t"
+    );
+    // One login token for the run, the admin account's, issued to the operator's identity.
+    let tokens = issued.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 1, "one token per run");
+    let info = fake.token_info(&tokens[0]).expect("a token of the fake");
+    assert_eq!(info.principal, admin_account);
+    for token in &tokens {
+        assert!(
+            !applied.contains(token.as_str()),
+            "a token appears:\n{applied}"
+        );
+    }
+
+    let plan = dbward(dir.path(), "plan", &["--live", "--detailed-exitcode"], &env);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("Live: no changes in 1 database name(s)."),
+        "{shown}"
+    );
+
+    // The operator may no longer impersonate the admin account: the error names the database,
+    // host and user and the right to check.
+    fake.revoke_impersonation(OPERATOR, &admin_account);
+    let plan = dbward(dir.path(), "plan", &["--live"], &env);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{shown}");
+    for part in [
+        "Error: database ledger",
+        &format!("admin user {SQL_ADMIN} of 127.0.0.1:{port}"),
+        &admin_account,
+        "roles/iam.serviceAccountTokenCreator",
+    ] {
+        assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
+    }
 }

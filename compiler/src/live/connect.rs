@@ -14,9 +14,12 @@
 //!   ([`dbward_cloud::azure`]): this machine must hold that identity. setup.sql runs in
 //!   `postgres` first (Entra principals are created there), then in the db-names.
 //!
-//! Cloud SQL admin users are not reached yet (the relay's instance lookup, ephemeral client
-//! certificates and instance-name verification are not shared with the compiler); such
-//! databases are skipped with a warning.
+//! - **Cloud SQL** with `host` and `ca-file` in the manifest (the relay's fixed route): the
+//!   login token of the admin user's service account, by impersonation with this machine's
+//!   Google credentials ([`dbward_cloud::gcp`]), over TLS verified by the instance's name
+//!   ([`InstanceCertCheck`], the relay's check). Without them the relay looks the instance up and
+//!   presents an ephemeral client certificate; that route is not shared yet, and such databases
+//!   are skipped with a warning.
 //!
 //! **A token is fetched once per admin user per run** (every database name and retry reuses it
 //! while it has [`MIN_LEFT`] left) and lives only in a [`Secret`]: never printed, never in an
@@ -28,6 +31,9 @@ use std::time::{Duration, SystemTime};
 
 use dbward_cloud::aws::{AwsCredentials, AwsEnv};
 use dbward_cloud::azure::{AzureEnv, Entra};
+use dbward_cloud::gcp::{
+    Gcp, GcpEnv, InstanceCertCheck, InstanceName, SQLSERVICE_LOGIN, service_account_email,
+};
 use dbward_cloud::{Secret, Token};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -71,6 +77,13 @@ enum Source {
         object_id: Option<String>,
         env: AzureEnv,
     },
+    CloudSql {
+        /// `project:region:instance`, for messages.
+        instance: String,
+        /// The admin user's service account, impersonated for its login token.
+        account: String,
+        env: GcpEnv,
+    },
 }
 
 /// The credential sources of one run, read from this process's environment once and shared by
@@ -78,6 +91,7 @@ enum Source {
 pub(super) struct Sources {
     aws: Option<Arc<AwsCredentials>>,
     azure: Option<AzureEnv>,
+    gcp: Option<GcpEnv>,
 }
 
 impl Sources {
@@ -85,7 +99,12 @@ impl Sources {
         Sources {
             aws: None,
             azure: None,
+            gcp: None,
         }
+    }
+
+    fn gcp(&mut self) -> GcpEnv {
+        self.gcp.get_or_insert_with(GcpEnv::from_process).clone()
     }
 
     fn aws(&mut self) -> Arc<AwsCredentials> {
@@ -149,10 +168,34 @@ pub(super) fn cloud(
                 env: sources.azure(),
             }
         }
-        (DatabaseKind::CloudSql { .. }, _) => {
-            return Ok(Err(format!(
-                "database {name}: live changes for Cloud SQL databases are not supported yet; \
-                 run its setup.sql as the admin user {admin}"
+        (
+            DatabaseKind::CloudSql { .. },
+            dbward_frozen::UpstreamAuth::CloudSqlIam { instance, .. },
+        ) => {
+            // The relay's fixed route: `host` and `ca-file` in the manifest, no Cloud SQL Admin
+            // lookup and no client certificate. The lookup route is not shared yet.
+            let (Some(ca), false) = (&frozen.tls.ca, frozen.host == *instance) else {
+                return Ok(Err(format!(
+                    "database {name}: live changes reach Cloud SQL only with `host` and \
+                     `ca-file` in the manifest for now (no instance lookup); add them, or run \
+                     its setup.sql as the admin user {admin}"
+                )));
+            };
+            let parsed = InstanceName::parse(instance).map_err(|e| LiveError::Tls {
+                what: format!("the instance name of database {name}"),
+                reason: e.to_string(),
+            })?;
+            let tls = instance_tls(name, ca, parsed.certificate_name())?;
+            return Ok(Ok((
+                Login::Token(Arc::new(TokenLogin {
+                    source: Source::CloudSql {
+                        instance: instance.clone(),
+                        account: service_account_email(admin),
+                        env: sources.gcp(),
+                    },
+                    token: tokio::sync::Mutex::new(None),
+                })),
+                tls,
             )));
         }
         _ => {
@@ -177,47 +220,79 @@ fn server_tls(
     database: &str,
     ca: Option<&Path>,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, LiveError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            let what = || format!("the ca-file {} of database {database}", path.display());
-            let pem = std::fs::read(path).map_err(|e| LiveError::Tls {
-                what: what(),
-                reason: format!(
-                    "{e}; dbward verifies the server as the relay does, so copy the bundle to \
-                     this machine at that path"
-                ),
-            })?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| LiveError::Tls {
-                    what: what(),
-                    reason: e.to_string(),
-                })?;
-                roots.add(cert).map_err(|e| LiveError::Tls {
-                    what: what(),
-                    reason: e.to_string(),
-                })?;
-            }
-            if roots.is_empty() {
-                return Err(LiveError::Tls {
-                    what: what(),
-                    reason: "it holds no PEM certificate".into(),
-                });
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| LiveError::Tls {
-        what: "the TLS versions".into(),
-        reason: e.to_string(),
-    })?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let roots = match ca {
+        Some(path) => read_roots(database, path)?,
+        None => rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    };
+    let config = builder()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// A Cloud SQL instance's TLS, verified as the relay verifies it: the chain leads to `ca` and the
+/// certificate names the instance (`project:instance`), whatever the address dialled.
+fn instance_tls(
+    database: &str,
+    ca: &Path,
+    instance_cn: String,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, LiveError> {
+    let check = InstanceCertCheck::new(
+        read_roots(database, ca)?,
+        Arc::new(rustls::crypto::ring::default_provider()),
+        instance_cn,
+        None,
+    )
+    .map_err(|e| LiveError::Tls {
+        what: format!("the ca-file {} of database {database}", ca.display()),
+        reason: e.to_string(),
+    })?;
+    let config = builder()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(check))
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// A client config builder with ring and the safe protocol versions.
+fn builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, LiveError>
+{
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LiveError::Tls {
+            what: "the TLS versions".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// The certificates of the PEM bundle at `path`, which must hold at least one.
+fn read_roots(database: &str, path: &Path) -> Result<rustls::RootCertStore, LiveError> {
+    let what = || format!("the ca-file {} of database {database}", path.display());
+    let pem = std::fs::read(path).map_err(|e| LiveError::Tls {
+        what: what(),
+        reason: format!(
+            "{e}; dbward verifies the server as the relay does, so copy the bundle to this \
+             machine at that path"
+        ),
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| LiveError::Tls {
+            what: what(),
+            reason: e.to_string(),
+        })?;
+        roots.add(cert).map_err(|e| LiveError::Tls {
+            what: what(),
+            reason: e.to_string(),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(LiveError::Tls {
+            what: what(),
+            reason: "it holds no PEM certificate".into(),
+        });
+    }
+    Ok(roots)
 }
 
 impl Login {
@@ -296,6 +371,16 @@ impl Login {
                      certificate is valid for its name, and that this machine can reach it",
                     object_id.as_deref().unwrap_or("its object id")
                 ),
+                Source::CloudSql {
+                    instance, account, ..
+                } => format!(
+                    "check that the Google credentials of this machine \
+                     (GOOGLE_APPLICATION_CREDENTIALS or the metadata server) may impersonate \
+                     {account} (roles/iam.serviceAccountTokenCreator on it, see \
+                     iam/live/gcp/), that {user} is a Cloud SQL IAM user of instance \
+                     {instance}, that the server's certificate names the instance, and that \
+                     this machine can reach it"
+                ),
             },
         }
     }
@@ -306,7 +391,7 @@ impl TokenLogin {
     fn now(&self) -> SystemTime {
         match &self.source {
             Source::Rds { credentials, .. } => credentials.clock().now(),
-            Source::Azure { .. } => SystemTime::now(),
+            Source::Azure { .. } | Source::CloudSql { .. } => SystemTime::now(),
         }
     }
 
@@ -345,6 +430,13 @@ impl TokenLogin {
             } => {
                 let entra = Entra::new(env.clone(), tenant).map_err(|e| e.to_string())?;
                 entra.token(client_id).await.map_err(|e| e.to_string())
+            }
+            Source::CloudSql { account, env, .. } => {
+                let gcp = Gcp::new(env.clone(), tokio::runtime::Handle::current())
+                    .map_err(|e| e.to_string())?;
+                gcp.generate_access_token(account, &[SQLSERVICE_LOGIN])
+                    .await
+                    .map_err(|e| e.to_string())
             }
         }
     }

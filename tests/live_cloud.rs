@@ -883,6 +883,20 @@ user heidi {{
         "{shown}"
     );
 
+    // Whoever runs --live is told which right it needs, apart from the relay's bindings.
+    let live: serde_json::Value = serde_json::from_slice(
+        &fs::read(dir.path().join("out/iam/live/gcp/gcp-test.json")).expect("the live bindings"),
+    )
+    .unwrap();
+    assert_eq!(
+        live["bindings"],
+        serde_json::json!([{
+            "members": [],
+            "resource": format!("projects/acme-prod/serviceAccounts/{admin_account}"),
+            "role": "roles/iam.serviceAccountTokenCreator",
+        }])
+    );
+
     // The operator may no longer impersonate the admin account: the error names the database,
     // host and user and the right to check.
     fake.revoke_impersonation(OPERATOR, &admin_account);

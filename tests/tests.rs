@@ -35,7 +35,8 @@
 //!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged;
 //!   clock skew learned from the credential endpoint's `Date`; a refused token never reused.
 //! - `live_cloud`: `dbward plan --live` / `apply --live` on RDS (SigV4 token from env and ECS
-//!   credentials) and Azure (Entra token from a fake Entra ID) as the admin user, checked by a
+//!   credentials), Azure (Entra token from a fake Entra ID) and Cloud SQL (impersonated login
+//!   token from a fake Google, instance-name verification) as the admin user, checked by a
 //!   real PostgreSQL through PAM; converge then no changes; Azure principals created in
 //!   `postgres` first; wrong secrets, an expired or refused token, no credentials: errors
 //!   naming database, host, user and what to check, never the token.

@@ -2,7 +2,8 @@
 //! authenticate to each cloud database, and nothing more.
 //!
 //! One file per cloud binding, `iam/<provider>/<cloud>.json`, covering every database that uses
-//! it; and for AWS, `iam/live/aws/<cloud>.json`: what whoever runs `dbward … --live` needs.
+//! it; and for AWS and GCP, `iam/live/<provider>/<cloud>.json`: what whoever runs
+//! `dbward … --live` needs.
 //! Output is `serde_json` pretty-printed with sorted keys and a trailing newline, so it is
 //! byte-for-byte reproducible and diffs cleanly in a plan.
 
@@ -33,12 +34,15 @@ pub fn emit(model: &Model) -> Result<Vec<(String, String)>, EmitError> {
             CloudKind::Azure { .. } => ("azure", azure::role(model, cloud, &databases)?),
         };
         files.push((format!("iam/{provider}/{name}.json"), pretty(&document)));
-        // What whoever runs `--live` needs to log in as the admin users (AWS only: Azure admin
-        // users log in as their own Entra identity, which no RBAC role grants).
-        if let CloudKind::Aws { .. } = &cloud.kind
-            && let Some(live) = aws::live_policy(cloud, &databases)?
-        {
-            files.push((format!("iam/live/aws/{name}.json"), pretty(&live)));
+        // What whoever runs `--live` needs to log in as the admin users (not Azure: admin users
+        // log in as their own Entra identity, which no RBAC role grants).
+        let live = match &cloud.kind {
+            CloudKind::Aws { .. } => aws::live_policy(cloud, &databases)?,
+            CloudKind::Gcp { .. } => gcp::live_bindings(cloud, &databases)?,
+            CloudKind::Azure { .. } => None,
+        };
+        if let Some(live) = live {
+            files.push((format!("iam/live/{provider}/{name}.json"), pretty(&live)));
         }
     }
     Ok(files)

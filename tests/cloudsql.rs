@@ -113,12 +113,12 @@ user ivan {{
 
 /// A test CA (standing in for the instance's server CA) and server certificates naming
 /// `cn` with no SAN at all.
-struct Pki {
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+pub(crate) struct Pki {
+    pub(crate) ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -130,7 +130,7 @@ impl Pki {
         }
     }
 
-    fn server(&self, cn: &str, dns_names: &[&str]) -> (String, String) {
+    pub(crate) fn server(&self, cn: &str, dns_names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let names = dns_names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         let mut params = rcgen::CertificateParams::new(names).unwrap();
@@ -353,7 +353,7 @@ fn configure_fake(fake: FakeGoogle, cluster: &Cluster) -> (FakeGoogle, Tokens) {
     (fake, tokens)
 }
 
-fn set_password(socket: &Path, port: u16, role: &str, password: &str) {
+pub(crate) fn set_password(socket: &Path, port: u16, role: &str, password: &str) {
     let out = Command::new(psql_path())
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(socket)

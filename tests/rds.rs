@@ -35,9 +35,9 @@ use dbward_tests::{Cluster, free_port, psql_command, run_bin, wait_for, workspac
 use tokio_util::sync::CancellationToken;
 
 const PUBLIC_NAME: &str = "db.localhost";
-const REGION: &str = "eu-west-3";
-const KEY_ID: &str = "AKIADBWARDTEST000001";
-const SECRET: &str = "dbwardTestSecretKey/0123456789abcdefghijk";
+pub(crate) const REGION: &str = "eu-west-3";
+pub(crate) const KEY_ID: &str = "AKIADBWARDTEST000001";
+pub(crate) const SECRET: &str = "dbwardTestSecretKey/0123456789abcdefghijk";
 
 /// The manifest: one RDS database `shop` (really the test cluster) with IAM user `app`; with
 /// `provisioning`, also an admin user and kim, whose user the relay provisions (`keep`).
@@ -98,12 +98,12 @@ user alice {{
 }
 
 /// A PAM service in /etc/pam.d for the test's lifetime.
-struct PamService {
-    name: String,
+pub(crate) struct PamService {
+    pub(crate) name: String,
 }
 
 impl PamService {
-    fn install(name: String, verifier: &Path, args: &[&str]) -> PamService {
+    pub(crate) fn install(name: String, verifier: &Path, args: &[&str]) -> PamService {
         assert!(
             running_as_root(),
             "the RDS end-to-end test needs root to install a PAM service in /etc/pam.d \
@@ -141,7 +141,7 @@ fn running_as_root() -> bool {
 }
 
 /// A server certificate for 127.0.0.1 from a test CA (standing in for Amazon's RDS CA).
-fn server_certificate(dir: &Path) -> (PathBuf, String, String) {
+pub(crate) fn server_certificate(dir: &Path) -> (PathBuf, String, String) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -562,7 +562,10 @@ fn env_credentials_sign_a_token_postgres_accepts_and_a_wrong_secret_is_refused()
 
 /// A local ECS container-credentials endpoint: answers GET /creds carrying the expected
 /// Authorization header with temporary credentials; counts the requests it served.
-fn ecs_server(secret: &'static str, authorization: &'static str) -> (u16, Arc<AtomicUsize>) {
+pub(crate) fn ecs_server(
+    secret: &'static str,
+    authorization: &'static str,
+) -> (u16, Arc<AtomicUsize>) {
     ecs_server_at(secret, authorization, 0)
 }
 

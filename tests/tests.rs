@@ -34,6 +34,12 @@
 //! - `rds`: Amazon RDS IAM authentication: SigV4 tokens from env and ECS credentials, checked by
 //!   a real PostgreSQL through PAM the way RDS checks them; wrong secrets refused; never logged;
 //!   clock skew learned from the credential endpoint's `Date`; a refused token never reused.
+//! - `live_cloud`: `dbward plan --live` / `apply --live` on RDS (SigV4 token from env and ECS
+//!   credentials), Azure (Entra token from a fake Entra ID) and Cloud SQL (impersonated login
+//!   token from a fake Google, instance-name verification) as the admin user, checked by a
+//!   real PostgreSQL through PAM; converge then no changes; Azure principals created in
+//!   `postgres` first; wrong secrets, an expired or refused token, no credentials: errors
+//!   naming database, host, user and what to check, never the token.
 //! - `cloudsql`: Google Cloud SQL IAM authentication: login tokens by impersonation from a
 //!   fake Google, checked by a real PostgreSQL (the role's password is the token issued); a
 //!   refused token never reused; one token fetch per db user for 300 sessions; a certificate
@@ -68,6 +74,7 @@ mod harness;
 mod install_sh;
 mod kubernetes;
 mod live;
+mod live_cloud;
 mod plan_apply;
 mod provision;
 mod rds;

@@ -25,6 +25,11 @@ pub mod provision;
 
 pub use change::NOTICE_PREFIX;
 
+/// The psql block that ends an Azure setup.sql early in `postgres` (principals only) when
+/// people do not open `postgres`; `live` runs the script without psql and cuts it there too.
+pub const PRINCIPALS_ONLY: &str = "SELECT current_database() = 'postgres' AS dbward_principals_only \\gset\n\
+     \\if :dbward_principals_only\nCOMMIT;\n\\quit\n\\endif\n";
+
 use super::quote::{self, ident, literal};
 use super::{EmitError, Logins};
 use crate::model::{Database, DatabaseKind, EntraPrincipal, Grant, Model, ObjectKind};
@@ -55,8 +60,13 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
          -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one\n\
          -- transaction: running it again changes nothing, a failure changes nothing. Each change\n\
          -- it makes is reported as a NOTICE \"dbward change: ...\". `dbward plan --live` shows\n\
-         -- what it would change, `dbward apply --live` runs it (self-hosted, as the admin user).\n{first}",
+         -- what it would change, {live}.\n{first}",
         name = db.name,
+        live = match db.kind {
+            DatabaseKind::CloudSql { .. } =>
+                "`dbward apply --live` will run it (not yet on Cloud SQL)",
+            _ => "`dbward apply --live` runs it as the admin user",
+        },
         first = match db.kind {
             DatabaseKind::AzurePostgres { .. } => {
                 "-- Run it in the `postgres` database first: Entra principals can be created only there.\n"
@@ -95,13 +105,10 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
         // (a GRANT … ON ALL TABLES there would hand out its tables).
         out.push_str(
             "-- In `postgres` (where the principals are created) stop here: nobody opens it\n\
-             -- through the relay, so its privileges are left as they are.\n\
-             SELECT current_database() = 'postgres' AS dbward_principals_only \\gset\n\
-             \\if :dbward_principals_only\n\
-             COMMIT;\n\
-             \\quit\n\
-             \\endif\n\n",
+             -- through the relay, so its privileges are left as they are.\n",
         );
+        out.push_str(PRINCIPALS_ONLY);
+        out.push('\n');
     }
     converge::revoke_undeclared(&mut out, db);
     for role in db.db_roles.values() {

@@ -10,9 +10,12 @@
 //!
 //! Databases are reached the way the relay reaches them: self-hosted ones over mutual TLS with
 //! the relay's client certificate (which `pg_ident.conf` maps to the admin user), verifying the
-//! server against the CA the compiler issued, for the frozen config's `tls.server_name`. Cloud admin users (tokens) come later; such
-//! databases are skipped with a warning. Databases run in parallel, at most [`PARALLEL`] at once,
-//! and so do the database names of each (an apply converges the first name alone first).
+//! server against the CA the compiler issued, for the frozen config's `tls.server_name`; RDS,
+//! Azure and Cloud SQL ones with the admin user's cloud token as the password ([`connect`]).
+//! Databases run in parallel, at most [`PARALLEL`] at once, and so do the database names of
+//! each (an apply converges the first name alone first).
+
+mod connect;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -57,6 +60,8 @@ pub struct Target {
     /// Applying a saved plan: the statements the plan showed for each database name it read
     /// (see [`Target::expect`]); `None` applying a manifest or planning.
     expected: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// How the admin user logs in: the relay's certificate, or a cloud token.
+    login: connect::Login,
 }
 
 impl Target {
@@ -178,6 +183,7 @@ pub fn targets(
         return Ok((targets, warnings));
     };
     let relay = &frozen.relay;
+    let mut sources = connect::Sources::from_process();
     for (name, db) in &model.databases {
         let Some(admin) = &db.admin_user else {
             continue;
@@ -185,26 +191,30 @@ pub fn targets(
         let Some(frozen_db) = frozen.databases.get(name) else {
             continue;
         };
-        let (dbward_frozen::UpstreamAuth::Mtls, Some(identity)) =
-            (&frozen_db.auth, &relay.upstream_identity)
-        else {
-            warnings.push(format!(
-                "database {name}: live changes for cloud databases are not supported yet; \
-                 run its setup.sql as the server's administrator"
-            ));
-            continue;
+        let (login, tls) = match (&frozen_db.auth, &relay.upstream_identity) {
+            (dbward_frozen::UpstreamAuth::Mtls, Some(identity)) => {
+                let relay_file = |path: &std::path::Path| format!("relay/{}", path.display());
+                let ca = frozen_db.tls.ca.as_ref().ok_or_else(|| {
+                    LiveError::Missing(format!("the server CA of database {name}"))
+                })?;
+                let tls = tls_config(
+                    text(&relay_file(ca))?,
+                    text(&relay_file(&identity.cert))?,
+                    text(&relay_file(&identity.key))?,
+                )?;
+                (connect::Login::Certificate, tls)
+            }
+            (dbward_frozen::UpstreamAuth::Mtls, None) => {
+                return Err(LiveError::Missing("the relay's upstream identity".into()));
+            }
+            _ => match connect::cloud(model, db, frozen_db, &admin.name, &mut sources)? {
+                Ok(cloud) => cloud,
+                Err(warning) => {
+                    warnings.push(warning);
+                    continue;
+                }
+            },
         };
-        let relay_file = |path: &std::path::Path| format!("relay/{}", path.display());
-        let ca = frozen_db
-            .tls
-            .ca
-            .as_ref()
-            .ok_or_else(|| LiveError::Missing(format!("the server CA of database {name}")))?;
-        let tls = tls_config(
-            text(&relay_file(ca))?,
-            text(&relay_file(&identity.cert))?,
-            text(&relay_file(&identity.key))?,
-        )?;
         let setup = String::from_utf8_lossy(text(&format!("databases/{name}/setup.sql"))?);
         targets.push(Target {
             database: name.clone(),
@@ -219,6 +229,7 @@ pub fn targets(
                 server_name: frozen_db.tls.server_name.clone(),
             },
             expected: None,
+            login,
         });
     }
     Ok((targets, warnings))
@@ -317,15 +328,21 @@ async fn connect(target: &Target, db_name: &str) -> Result<Session, String> {
         .application_name("dbward")
         .ssl_mode(tokio_postgres::config::SslMode::Require)
         .connect_timeout(Duration::from_secs(10));
+    if let Some(password) = target
+        .login
+        .password(&target.admin_user, &target.host, target.port)
+        .await?
+    {
+        config.password(password.expose());
+    }
     let (client, mut connection) = config.connect(target.tls.clone()).await.map_err(|e| {
         format!(
-            "cannot connect to database name {db_name} on {}:{} as {}: {}; check that the \
-             server runs with the files of `dbward apply` (pg_hba.conf, pg_ident.conf, its \
-             certificate), that the admin user exists, and that this machine can reach it",
+            "cannot connect to database name {db_name} on {}:{} as {}: {}; {}",
             target.host,
             target.port,
             target.admin_user,
-            describe(&e)
+            describe(&e),
+            target.login.check(&target.admin_user)
         )
     })?;
     let (sender, notices) = tokio::sync::mpsc::unbounded_channel();
@@ -483,8 +500,8 @@ async fn names(target: &Target, warnings: &mut Vec<String>) -> Result<Vec<String
             )
         })?;
     let existing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    Ok(match &target.db_names {
-        None => existing,
+    let mut names: Vec<String> = match &target.db_names {
+        None => existing.clone(),
         Some(listed) => listed
             .iter()
             .filter(|name| {
@@ -500,7 +517,16 @@ async fn names(target: &Target, warnings: &mut Vec<String>) -> Result<Vec<String
             })
             .cloned()
             .collect(),
-    })
+    };
+    // Some servers create principals in one database name only (Azure: `postgres`); setup.sql
+    // runs there first, as its instructions to those who run it by hand say.
+    if let Some(first) = target.login.first_name()
+        && !names.iter().any(|n| n == first)
+        && existing.iter().any(|n| n == first)
+    {
+        names.insert(0, first.to_owned());
+    }
+    Ok(names)
 }
 
 /// Whether PostgreSQL asks for the transaction to be tried again (or, a unique violation, a
@@ -525,6 +551,7 @@ async fn converge(
             target.database
         )
     })?;
+    let script = (script.0, for_name(script.1, db_name));
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -643,6 +670,17 @@ fn transaction_body(setup: &str) -> Option<(&str, &str)> {
     })
 }
 
+/// The transaction body as psql runs it in `db_name`: an Azure script's principals-only block
+/// ([`crate::emit::sql::PRINCIPALS_ONLY`]) ends it in `postgres` and is a no-op elsewhere.
+fn for_name<'a>(body: &'a str, db_name: &str) -> std::borrow::Cow<'a, str> {
+    use crate::emit::sql::PRINCIPALS_ONLY;
+    match body.find(PRINCIPALS_ONLY) {
+        Some(at) if db_name == "postgres" => std::borrow::Cow::Borrowed(&body[..at]),
+        Some(_) => std::borrow::Cow::Owned(body.replacen(PRINCIPALS_ONLY, "", 1)),
+        None => std::borrow::Cow::Borrowed(body),
+    }
+}
+
 /// How a statement is shown: `+` adds (CREATE, GRANT), `-` takes away (REVOKE, DROP), `~`
 /// changes (ALTER ROLE, a replaced function).
 pub fn sign(statement: &str) -> char {
@@ -658,6 +696,7 @@ pub fn sign(statement: &str) -> char {
         || starts("CREATE TABLE")
         || starts("ALTER DEFAULT PRIVILEGES")
         || starts("SELECT pgaadauth_create_principal")
+        || starts("SELECT * FROM pgaadauth_create_principal")
     {
         '+'
     } else {
@@ -810,6 +849,13 @@ mod tests {
             '+'
         );
         assert_eq!(sign("ALTER ROLE \"app\" WITH LOGIN"), '~');
+        // What Azure setup.sql runs to create an Entra principal.
+        assert_eq!(
+            sign(
+                "SELECT * FROM pgaadauth_create_principal_with_oid('r', 'o', 'service', false, false)"
+            ),
+            '+'
+        );
     }
 
     #[test]
@@ -834,5 +880,16 @@ mod tests {
         assert_eq!(before, "SET x = 1;\n");
         assert_eq!(body, "SELECT 1;\n");
         assert_eq!(transaction_body("SELECT 1;\n"), None);
+    }
+
+    #[test]
+    fn the_principals_only_block_ends_the_script_in_postgres_only() {
+        let body = format!(
+            "SELECT 1;\n{}SELECT 2;\n",
+            crate::emit::sql::PRINCIPALS_ONLY
+        );
+        assert_eq!(for_name(&body, "postgres"), "SELECT 1;\n");
+        assert_eq!(for_name(&body, "reports"), "SELECT 1;\nSELECT 2;\n");
+        assert_eq!(for_name("SELECT 1;\n", "postgres"), "SELECT 1;\n");
     }
 }

@@ -1,5 +1,5 @@
-//! Ambient cloud credentials turned into database login tokens, for the relay's sessions (and,
-//! next, `dbward plan --live`).
+//! Ambient cloud credentials turned into database login tokens, for the relay's sessions and
+//! `dbward plan --live` / `apply --live` (the compiler's `live/connect.rs`).
 //!
 //! The layers, bottom up:
 //! - [`secret`]: [`Secret`], the redacting newtype every token, key and assertion lives in, so

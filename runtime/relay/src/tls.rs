@@ -449,15 +449,10 @@ pub fn cloudsql_upstream(
     dns_name: Option<String>,
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<UpstreamTls, TlsError> {
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots.clone()), provider())
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let verifier = Arc::new(CloudSqlCertCheck {
-        roots,
-        inner,
-        instance_cn,
-        dns_name,
-    });
+    let verifier = Arc::new(
+        dbward_cloud::gcp::InstanceCertCheck::new(roots, provider(), instance_cn, dns_name)
+            .map_err(|e| TlsError::Config(e.to_string()))?,
+    );
     UpstreamTls::new(|provider| {
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -488,115 +483,6 @@ pub fn roots_from_pem(pem: &str, what: &str) -> Result<RootCertStore, TlsError> 
         return Err(TlsError::Config(format!("{what} holds no certificate")));
     }
     Ok(roots)
-}
-
-/// See [`cloudsql_upstream`].
-#[derive(Debug)]
-struct CloudSqlCertCheck {
-    roots: RootCertStore,
-    /// For the handshake signatures.
-    inner: Arc<WebPkiServerVerifier>,
-    instance_cn: String,
-    dns_name: Option<String>,
-}
-
-impl CloudSqlCertCheck {
-    /// Whether `end_entity` names the instance.
-    fn names_instance(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        let refuse = |found: String| {
-            rustls::Error::General(format!(
-                "the server certificate does not name Cloud SQL instance {}; it names {found} \
-                 (check `instance` and `host` in the manifest: the address may be another \
-                 instance's)",
-                self.dns_name.as_deref().unwrap_or(&self.instance_cn)
-            ))
-        };
-        let (_, cert) = x509_parser::parse_x509_certificate(end_entity.as_ref())
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        match &self.dns_name {
-            Some(dns) => {
-                let sans: Vec<String> = cert
-                    .subject_alternative_name()
-                    .ok()
-                    .flatten()
-                    .map(|ext| {
-                        ext.value
-                            .general_names
-                            .iter()
-                            .filter_map(|n| match n {
-                                x509_parser::extensions::GeneralName::DNSName(d) => {
-                                    Some(d.trim_end_matches('.').to_ascii_lowercase())
-                                }
-                                _ => None,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if sans.iter().any(|s| s.eq_ignore_ascii_case(dns)) {
-                    Ok(())
-                } else {
-                    Err(refuse(format!("the DNS names {sans:?}")))
-                }
-            }
-            None => {
-                let cn = cert
-                    .subject()
-                    .iter_common_name()
-                    .next()
-                    .and_then(|cn| cn.as_str().ok())
-                    .unwrap_or_default();
-                if cn == self.instance_cn {
-                    Ok(())
-                } else {
-                    Err(refuse(format!("CN {cn:?}")))
-                }
-            }
-        }
-    }
-}
-
-impl ServerCertVerifier for CloudSqlCertCheck {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            provider().signature_verification_algorithms.all,
-        )?;
-        self.names_instance(end_entity)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 /// rustls' WebPKI verification of upstream servers (`verify-full`), remembering chains it

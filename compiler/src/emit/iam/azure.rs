@@ -17,6 +17,7 @@ use crate::model::{Cloud, CloudKind, Database, DatabaseKind, Model};
 const NOTES: &[&str] = &[
     "Assign every identity under `identities` to the host the relay runs on (a user-assigned managed identity: `az vm identity assign --identities RESOURCE_ID`, `az containerapp identity assign --user-assigned RESOURCE_ID`, or the pod's workload identity); an app registration instead needs its secret or certificate in the relay's environment. The relay asks Entra for a token by each identity's client id.",
     "Database logins are not granted by Azure RBAC: setup.sql creates each database user with pgaadauth_create_principal_with_oid and the identity's object id, so the database accepts a token whose oid is that object id for that user only.",
+    "`dbward plan --live` and `dbward apply --live` log in as each server's admin user, with the token of the identity that `logsInAs` it: run them where that identity is available (assigned to the host, or an app registration's secret or certificate in AZURE_CLIENT_ID with AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH).",
 ];
 
 /// The role definition, its assignment and the identities: `{ roleDefinition, assignment,

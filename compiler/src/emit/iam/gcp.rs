@@ -2,6 +2,9 @@
 //! account may connect (Cloud SQL Client) and mint tokens for each database service account
 //! (Service Account Token Creator on that account only); each database service account may
 //! log in (Cloud SQL Instance User).
+//!
+//! [`live_bindings`] is for whoever runs `dbward plan --live` / `apply --live`: Token Creator
+//! on each admin user's service account, which dbward impersonates to log in as it.
 
 use std::collections::BTreeSet;
 
@@ -78,4 +81,39 @@ pub fn bindings(cloud: &Cloud, databases: &[&Database]) -> Result<Value, EmitErr
         "instances": instances,
         "bindings": bindings,
     }))
+}
+
+/// The bindings whoever runs `dbward … --live` needs (`iam/live/gcp/<cloud>.json`): Service
+/// Account Token Creator on the service account of every Cloud SQL database's admin user. The
+/// members are left empty (dbward cannot know who runs it); the notes say whom to add. `None`
+/// when no database of this cloud has an admin user.
+pub fn live_bindings(cloud: &Cloud, databases: &[&Database]) -> Result<Option<Value>, EmitError> {
+    let CloudKind::Gcp { project, .. } = &cloud.kind else {
+        return Err(super::wrong_cloud(cloud, databases.first().copied(), "gcp"));
+    };
+    let admins: BTreeSet<String> = databases
+        .iter()
+        .filter_map(|db| db.admin_user.as_ref())
+        .map(|admin| service_account(&admin.name))
+        .collect();
+    if admins.is_empty() {
+        return Ok(None);
+    }
+    let bindings: Vec<Value> = admins
+        .iter()
+        .map(|account| {
+            json!({
+                "resource": format!("projects/{project}/serviceAccounts/{account}"),
+                "role": "roles/iam.serviceAccountTokenCreator",
+                "members": [],
+            })
+        })
+        .collect();
+    Ok(Some(json!({
+        "project": project,
+        "notes": [
+            "Add whoever runs `dbward plan --live` / `dbward apply --live` (`user:you@example.com`, or the CI job's `serviceAccount:…`) to `members`: dbward logs in as each Cloud SQL database's admin user with a login token it gets by impersonating the admin user's service account, with the Google credentials of the machine it runs on (GOOGLE_APPLICATION_CREDENTIALS or the metadata server)."
+        ],
+        "bindings": bindings,
+    })))
 }

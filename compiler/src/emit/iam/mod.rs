@@ -2,7 +2,9 @@
 //! authenticate to each cloud database, and nothing more.
 //!
 //! One file per cloud binding, `iam/<provider>/<cloud>.json`, covering every database that uses
-//! it. Output is `serde_json` pretty-printed with sorted keys and a trailing newline, so it is
+//! it; and for AWS and GCP, `iam/live/<provider>/<cloud>.json`: what whoever runs
+//! `dbward … --live` needs.
+//! Output is `serde_json` pretty-printed with sorted keys and a trailing newline, so it is
 //! byte-for-byte reproducible and diffs cleanly in a plan.
 
 pub mod aws;
@@ -32,6 +34,16 @@ pub fn emit(model: &Model) -> Result<Vec<(String, String)>, EmitError> {
             CloudKind::Azure { .. } => ("azure", azure::role(model, cloud, &databases)?),
         };
         files.push((format!("iam/{provider}/{name}.json"), pretty(&document)));
+        // What whoever runs `--live` needs to log in as the admin users (not Azure: admin users
+        // log in as their own Entra identity, which no RBAC role grants).
+        let live = match &cloud.kind {
+            CloudKind::Aws { .. } => aws::live_policy(cloud, &databases)?,
+            CloudKind::Gcp { .. } => gcp::live_bindings(cloud, &databases)?,
+            CloudKind::Azure { .. } => None,
+        };
+        if let Some(live) = live {
+            files.push((format!("iam/live/{provider}/{name}.json"), pretty(&live)));
+        }
     }
     Ok(files)
 }

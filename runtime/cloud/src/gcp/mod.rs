@@ -9,6 +9,7 @@
 //!   `sqlservice.login` scope, the token a Cloud SQL IAM user sends as its password.
 //! - [`sqladmin`]: `connectSettings` (addresses, server CA, DNS name) and
 //!   `generateEphemeralCert`.
+//! - [`verify`]: [`InstanceCertCheck`], the server certificate checked by the instance's name.
 //!
 //! Every endpoint can be moved, so tests (and air-gapped setups) use other servers:
 //!
@@ -27,6 +28,7 @@ pub mod ambient;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod sqladmin;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,6 +45,7 @@ use crate::secret::Secret;
 
 pub use ambient::Ambient;
 pub use sqladmin::{ClientKey, ConnectSettings, EphemeralCert, InstanceName, IpType};
+pub use verify::InstanceCertCheck;
 
 /// The scope of a Cloud SQL IAM login token.
 pub const SQLSERVICE_LOGIN: &str = "https://www.googleapis.com/auth/sqlservice.login";

@@ -45,6 +45,10 @@
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
+//! - `deploy`: the files of deploy/: systemd's notify protocol against a local NOTIFY_SOCKET,
+//!   the shipped unit verified by `systemd-analyze` and psql through the relay under its
+//!   sandbox (`systemd-run` where systemd is PID 1, else namespaces and `setpriv`), the
+//!   container image's command line.
 //! - `walkthrough`: the README's walkthrough from the build to `select 1`, run exactly as
 //!   written (apply, install.sh, relay, cert issue, psql) on a Debian cluster in namespaces of
 //!   its own; every output line the README shows must appear.
@@ -57,6 +61,7 @@ mod cert;
 mod cloudsql;
 mod commands;
 mod convergence;
+mod deploy;
 mod examples;
 mod golden;
 mod harness;

@@ -131,7 +131,12 @@ mod tests {
 
     #[test]
     fn addresses_are_paths_or_abstract_names() {
-        assert!(address(b"/run/systemd/notify").unwrap().as_pathname().is_some());
+        assert!(
+            address(b"/run/systemd/notify")
+                .unwrap()
+                .as_pathname()
+                .is_some()
+        );
         #[cfg(target_os = "linux")]
         {
             use std::os::linux::net::SocketAddrExt as _;

@@ -106,10 +106,12 @@ impl NotifySocket {
     /// The next message, as `KEY=value` lines.
     fn next(&self, log: impl Fn() -> String) -> BTreeMap<String, String> {
         let mut buf = vec![0; 4096];
-        let n = self
-            .socket
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no notification from the relay ({e}):\n{}", log()));
+        let n = self.socket.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification from the relay within 20 s ({e}):\n{}",
+                log()
+            )
+        });
         let text = String::from_utf8(buf[..n].to_vec()).unwrap();
         assert!(text.ends_with('\n'), "{text:?}");
         text.lines()
@@ -739,8 +741,7 @@ impl Sandbox {
         let options = |point: &str| {
             mounts
                 .lines()
-                .filter(|l| l.split_whitespace().nth(4) == Some(point))
-                .next_back()
+                .rfind(|l| l.split_whitespace().nth(4) == Some(point))
                 .and_then(|l| l.split_whitespace().nth(5))
                 .unwrap_or_else(|| panic!("{point} not mounted:\n{mounts}"))
                 .to_string()

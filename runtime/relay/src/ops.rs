@@ -207,9 +207,9 @@ pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeErro
         tokio::select! {
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
+                notifier.reloading();
                 // Reading files and building TLS configs blocks; keep it off the workers that
                 // run sessions.
-                notifier.reloading();
                 let (reloaded, path) = (Arc::clone(&shared), config_path.clone());
                 let installed = tokio::task::spawn_blocking(move || reload(&reloaded, &path))
                     .await

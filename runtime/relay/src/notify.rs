@@ -7,7 +7,7 @@
 //! no-op. Only [`crate::ops::serve`] calls this, at startup, reload and drain: never a session.
 //!
 //! Why not the `sd-notify` crate: its 0.5 connects to `$NOTIFY_SOCKET` as a file path, so an
-//! abstract socket (`@…`, which systemd hands to services in containers and user managers) fails;
+//! abstract socket (`@…`, which sd_notify(3) defines and some service managers hand out) fails;
 //! the whole protocol is one `send` on a Unix datagram socket, done here with std in a few lines
 //! and without `unsafe` (`CLOCK_MONOTONIC` comes from rustix).
 
@@ -48,11 +48,6 @@ impl Notifier {
                 Notifier { target: None }
             }
         }
-    }
-
-    /// Whether state changes go anywhere.
-    pub fn is_enabled(&self) -> bool {
-        self.target.is_some()
     }
 
     /// `READY=1`, with the relay's pid (so the manager follows the right process) and a status.

@@ -1,7 +1,8 @@
 //! No document or generated file names a command that is not there: every `dbward <sub> --flag`
-//! and `dbward-relay --flag` written in the README, ARCHITECTURE.md, schemas/*.md, examples/ and
-//! the golden trees is checked against the real command lines — `dbward`'s clap command tree,
-//! walked in-process, and the flags `dbward-relay --help` lists.
+//! and `dbward-relay --flag` written in the README, ARCHITECTURE.md, schemas/*.md, examples/,
+//! deploy/ (the systemd unit's `ExecStart`, deploy/README.md) and the golden trees is checked
+//! against the real command lines — `dbward`'s clap command tree, walked in-process, and the
+//! flags `dbward-relay --help` lists.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -248,6 +249,7 @@ fn documents() -> Vec<PathBuf> {
         }
     }
     files_under(&root.join("examples"), &mut files);
+    files_under(&root.join("deploy"), &mut files);
     files_under(&root.join("tests/golden"), &mut files);
     files.sort();
     files

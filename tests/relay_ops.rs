@@ -20,15 +20,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A relay output directory written by `dbward apply` (no PostgreSQL behind it: these tests
 /// never reach an upstream), with the frozen config it holds.
-struct Fixture {
-    dir: tempfile::TempDir,
-    config: Config,
-    port: u16,
-    metrics_port: u16,
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: Config,
+    pub(crate) port: u16,
+    pub(crate) metrics_port: u16,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         Fixture::with_audit(None)
     }
 
@@ -103,7 +103,7 @@ user alice {{
         self.dir.path().join("out").join(name)
     }
 
-    fn config_path(&self) -> PathBuf {
+    pub(crate) fn config_path(&self) -> PathBuf {
         self.path("relay/frozen.json")
     }
 
@@ -216,7 +216,7 @@ impl Drop for Running {
     }
 }
 
-fn connects(port: u16) -> bool {
+pub(crate) fn connects(port: u16) -> bool {
     TcpStream::connect_timeout(
         &SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(200),

@@ -56,6 +56,10 @@
 //! - `kubernetes`: the Kubernetes manifests of `relay { kubernetes … }` pass a schema validator
 //!   (kubernetes-validate), hold no key, and the relay runs as the Deployment says, in an
 //!   emulated pod (its args, uid 65532, the Secret mounted root-owned 0440, probes, SIGTERM).
+//! - `deploy`: the files of deploy/: systemd's notify protocol against a local NOTIFY_SOCKET,
+//!   the shipped unit verified by `systemd-analyze` and psql through the relay under its
+//!   sandbox (`systemd-run` where systemd is PID 1, else namespaces and `setpriv`), the
+//!   container image's command line.
 //! - `walkthrough`: the README's walkthrough from the build to `select 1`, run exactly as
 //!   written (apply, install.sh, relay, cert issue, psql) on a Debian cluster in namespaces of
 //!   its own; every output line the README shows must appear.
@@ -68,6 +72,7 @@ mod cert;
 mod cloudsql;
 mod commands;
 mod convergence;
+mod deploy;
 mod examples;
 mod golden;
 mod harness;

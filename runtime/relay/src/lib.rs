@@ -28,8 +28,8 @@
 //!   [`state::Loaded::with_aws_credentials`], at AWS's time as learned from AWS's answers).
 //! - [`cancel`]: relay-issued cancel keys and forwarding CancelRequests.
 //! - [`audit`], [`metrics`], [`http`]: what the relay reports (audit log, Prometheus, probes).
-//! - [`config`], [`ops`], [`logging`]: loading and verifying the config, signals and drain,
-//!   log output — what the `dbward-relay` binary runs.
+//! - [`config`], [`ops`], [`logging`], [`notify`]: loading and verifying the config, signals and
+//!   drain, systemd readiness notifications, log output — what the `dbward-relay` binary runs.
 
 pub mod audit;
 pub mod cancel;
@@ -38,6 +38,7 @@ pub mod http;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod ops;
 pub mod protocol;
 pub mod provision;

@@ -10,6 +10,9 @@
 //! - **SIGTERM** (or SIGINT) drains: `/readyz` turns 503, the listener closes, running sessions
 //!   may finish until `limits.drain_timeout_ms`, then the process exits 0. A second SIGTERM
 //!   exits at once with status 1.
+//!
+//! Under systemd ([`Notifier`]), each of these is told to the service manager: `READY=1` once
+//! listening, `RELOADING=1` then `READY=1` around a reload, `STOPPING=1` when the drain starts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use crate::audit::{AuditSink, OpenError};
 use crate::config::{self, ConfigError};
 use crate::listener::{FdBudget, Workers};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::state::Shared;
 
 /// Process-level health, read by `/readyz`.
@@ -197,16 +201,33 @@ pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeErro
         shutdown.clone(),
         workers,
     ));
+    // The listening socket is bound, so connections queue from here on: the unit is started.
+    let notifier = Notifier::from_env();
+    notifier.ready(&format!(
+        "serving config {}",
+        shared.current().config.checksum
+    ));
 
     // Serve, reloading on SIGHUP, until the first SIGTERM/SIGINT (or the relay fails).
     loop {
         tokio::select! {
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
+                notifier.reloading();
                 // Reading files and building TLS configs blocks; keep it off the workers that
                 // run sessions.
-                let (shared, path) = (Arc::clone(&shared), config_path.clone());
-                let _ = tokio::task::spawn_blocking(move || reload(&shared, &path)).await;
+                let (reloaded, path) = (Arc::clone(&shared), config_path.clone());
+                let installed = tokio::task::spawn_blocking(move || reload(&reloaded, &path))
+                    .await
+                    .unwrap_or(false);
+                let checksum = shared.current().config.checksum.clone();
+                notifier.ready(&if installed {
+                    format!("serving config {checksum} (reloaded)")
+                } else {
+                    format!(
+                        "reload refused, see the log; still serving config {checksum}"
+                    )
+                });
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -222,6 +243,7 @@ pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeErro
     }
 
     // Drain: not ready, stop accepting, let sessions finish within the drain timeout.
+    notifier.stopping("draining: waiting for sessions to end");
     health.start_draining();
     shutdown.cancel();
     let drain = Duration::from_millis(shared.current().config.relay.limits.drain_timeout_ms);

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::model::access::matches;
+use crate::model::access::RoleReach;
 use crate::model::{Access, Grant, Model, NameSet, ObjectKind, Provision};
 
 /// Restricts an explanation to one person and/or one database.
@@ -184,44 +184,42 @@ pub fn explain(model: &Model, filter: &Filter) -> Result<Explanation, ExplainErr
             hint: hint(name, model.databases.keys(), "databases"),
         });
     }
-    let wanted_user = |u: &str| filter.user.as_deref().is_none_or(|w| w == u);
-    let wanted_db = |d: &str| filter.database.as_deref().is_none_or(|w| w == d);
-
+    // Each person is visited only on the databases their roles' allow blocks select (as the
+    // access table itself is computed): testing every selector of every role against every
+    // database made an unfiltered explain of 1,000 databases and 5,000 people cost 4.5 checks.
+    let reach = RoleReach::new(model);
+    let only_db = match &filter.database {
+        Some(name) => Some(reach.position(name)),
+        None => None,
+    };
     let mut access = Vec::new();
     let mut blocked = Vec::new();
     let mut without = Vec::new();
-    for (user_name, user) in model.users.iter().filter(|(u, _)| wanted_user(u)) {
+    let users = model
+        .users
+        .iter()
+        .filter(|(u, _)| filter.user.as_deref().is_none_or(|w| w == u.as_str()));
+    for (user_name, user) in users {
         let mut reaches_any = false;
-        for (db_name, db) in model.databases.iter().filter(|(d, _)| wanted_db(d)) {
-            // Roles whose allow / deny selects this database, in the order the person holds them.
-            let selecting = |deny: bool| -> Vec<String> {
-                user.roles
-                    .iter()
-                    .filter(|r| {
-                        model.roles.get(*r).is_some_and(|role| {
-                            let rules = if deny { &role.deny } else { &role.allow };
-                            rules.iter().any(|rule| matches(&rule.databases, db))
-                        })
-                    })
-                    .cloned()
-                    .collect()
+        let mut candidates = reach.candidates(user);
+        if let Some(only) = only_db {
+            candidates.retain(|&p| Some(p) == only);
+        }
+        for position in candidates {
+            let Some(db_name) = reach.name(position) else {
+                continue;
             };
             match model.access.get(user_name, db_name) {
                 Some(entry) => {
                     reaches_any = true;
-                    access.push(describe(entry, selecting(false)));
+                    access.push(describe(entry, reach.selecting(user, position, false)));
                 }
-                None => {
-                    let allowed_by = selecting(false);
-                    if !allowed_by.is_empty() {
-                        blocked.push(Blocked {
-                            user: user_name.clone(),
-                            database: db_name.clone(),
-                            allowed_by,
-                            denied_by: selecting(true),
-                        });
-                    }
-                }
+                None => blocked.push(Blocked {
+                    user: user_name.clone(),
+                    database: db_name.to_string(),
+                    allowed_by: reach.selecting(user, position, false),
+                    denied_by: reach.selecting(user, position, true),
+                }),
             }
         }
         if !reaches_any {

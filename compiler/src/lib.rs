@@ -28,6 +28,7 @@
 pub mod apply;
 pub mod cli;
 pub mod diag;
+pub mod diff;
 pub mod emit;
 pub mod explain;
 pub mod fmt;

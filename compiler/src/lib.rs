@@ -23,7 +23,9 @@
 //!
 //! Beside the pipeline: [`diag`] holds the diagnostics and their rendering ([`diag::render`] for
 //! people, [`diag::to_json`] for CI); [`fmt`] rewrites a manifest in canonical form;
-//! [`explain`] prints the access table; [`cli`] holds the subcommands of the `dbward` binary.
+//! [`explain`] prints the access table; [`diff`] compares two access tables (who gains and
+//! who loses access, for `plan` and `dbward diff`); [`cli`] holds the subcommands of the
+//! `dbward` binary.
 
 pub mod apply;
 pub mod cli;

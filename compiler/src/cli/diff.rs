@@ -79,16 +79,18 @@ fn load(path: &Path, color: bool) -> Result<Model, String> {
 
 /// Compares two manifests as `dbward diff` does and returns what it would print.
 pub fn diff_files(args: &DiffArgs, color_stderr: bool, color_stdout: bool) -> Outcome {
-    // The two manifests are checked at once: a diff then costs about one check, not two.
+    // The two manifests are checked (and their models dropped) at once, each on its own
+    // thread: on two cores a diff then takes about as long as one check.
+    let table = |path: &Path| load(path, color_stderr).map(|model| Table::of_model(&model));
     let (old, new) = std::thread::scope(|scope| {
-        let old = scope.spawn(|| load(&args.old, color_stderr));
-        let new = load(&args.new, color_stderr);
+        let old = scope.spawn(|| table(&args.old));
+        let new = table(&args.new);
         let old = old
             .join()
             .unwrap_or_else(|_| Err("error: checking the old manifest failed\n".into()));
         (old, new)
     });
-    let (old, new) = match (old, new) {
+    let (old_table, new_table) = match (old, new) {
         (Ok(old), Ok(new)) => (old, new),
         (old, new) => {
             let mut stderr = String::new();
@@ -104,11 +106,6 @@ pub fn diff_files(args: &DiffArgs, color_stderr: bool, color_stdout: bool) -> Ou
             };
         }
     };
-    let (old_table, new_table) = std::thread::scope(|scope| {
-        let old_table = scope.spawn(|| Table::of_model(&old));
-        let new_table = Table::of_model(&new);
-        (old_table.join().unwrap_or_default(), new_table)
-    });
     let changes: AccessDiff = crate::diff::diff(&old_table, &new_table);
     let (old_name, new_name) = (args.old.display(), args.new.display());
     let stdout = match args.format {

@@ -128,6 +128,13 @@ impl Prepared {
         Ok(report)
     }
 
+    /// Who gains and who loses access: the new access table against the one in the
+    /// frozen.json deployed under `--out`.
+    pub fn access_changes(&self) -> crate::diff::AccessDiff {
+        let deployed = self.existing.get(crate::emit::layout::FROZEN);
+        crate::diff::deployed(&self.model, deployed.map(|f| f.bytes.as_slice()))
+    }
+
     /// The plan, compared against the record settled by an interrupted apply's journal (only
     /// read here: `plan` never writes).
     pub fn plan(&self) -> Plan {
@@ -158,9 +165,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     }
     let prepared = prepare(&args.manifest, &args.out)?;
     let plan = prepared.plan();
-    // Who gains and who loses access: the new table against the deployed frozen.json.
-    let deployed = prepared.existing.get(crate::emit::layout::FROZEN);
-    let access = crate::diff::deployed(&prepared.model, deployed.map(|f| f.bytes.as_slice()));
+    let access = prepared.access_changes();
     let live = if args.live {
         Some(prepared.live(crate::live::Mode::Plan)?)
     } else {

@@ -352,7 +352,7 @@ fn the_github_workflow_runs_as_written() {
     // The branch's bob has no roles: a warning, annotated on his line.
     let bob_line = after()
         .lines()
-        .position(|l| l == "user bob {")
+        .position(|l| l == "user bob {}")
         .expect("bob")
         + 1;
     assert!(

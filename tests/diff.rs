@@ -29,7 +29,7 @@ pub fn before() -> String {
 /// provisioned user is granted `writer` too, and dave joins as an analyst.
 pub fn after() -> String {
     before()
-        .replace("user bob {\n    roles developer\n}", "user bob {\n}")
+        .replace("user bob {\n    roles developer\n}", "user bob {}")
         .replace(
             "db-names shop\n    }\n}\n\nuser alice",
             "db-names shop reports\n    }\n}\n\nuser alice",

@@ -188,10 +188,7 @@ pub fn explain(model: &Model, filter: &Filter) -> Result<Explanation, ExplainErr
     // access table itself is computed): testing every selector of every role against every
     // database made an unfiltered explain of 1,000 databases and 5,000 people cost 4.5 checks.
     let reach = RoleReach::new(model);
-    let only_db = match &filter.database {
-        Some(name) => Some(reach.position(name)),
-        None => None,
-    };
+    let only_db = filter.database.as_ref().map(|name| reach.position(name));
     let mut access = Vec::new();
     let mut blocked = Vec::new();
     let mut without = Vec::new();

@@ -908,7 +908,9 @@ fn tokens_and_client_certificates_are_refreshed_before_they_expire_and_no_sessio
         impersonations(&fake, READER)
     );
     assert!(certificates(&fake) >= 3, "{}", certificates(&fake));
-    assert!(sessions > 50, "only {sessions} sessions");
+    // Sessions all along the 27 s (one every 200 ms when the machine is idle; far fewer when
+    // it is loaded, which must not fail the test: what matters is that none failed).
+    assert!(sessions > 20, "only {sessions} sessions");
     // Each token was fetched while its predecessor still had more than min_remaining (1 s)
     // of its 12 s: by the background refresher, never on a session's path (a session fetches
     // only when no usable token is left).

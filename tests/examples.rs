@@ -15,6 +15,7 @@ const EXPECTED: &[&str] = &[
     "azure.kdl",
     "cloud-sql.kdl",
     "full.kdl",
+    "kubernetes.kdl",
     "quickstart.kdl",
     "rds.kdl",
     "self-hosted.kdl",

@@ -220,7 +220,7 @@ fn removed_databases_are_destroyed_and_json_never_holds_a_secret() {
         "frozen.json diff expected: {stdout}"
     );
     assert!(
-        stdout.ends_with("Plan: 0 to add, 3 to change, 7 to destroy.\n"),
+        stdout.ends_with("Plan: 0 to add, 3 to change, 8 to destroy.\n"),
         "{stdout}"
     );
 
@@ -228,7 +228,7 @@ fn removed_databases_are_destroyed_and_json_never_holds_a_secret() {
     assert!(!json_text.contains("PRIVATE KEY"));
     let json: serde_json::Value = serde_json::from_str(&json_text).expect("plan json");
     assert_eq!(json["format_version"], 1);
-    assert_eq!(json["summary"]["destroy"], 7);
+    assert_eq!(json["summary"]["destroy"], 8);
     for change in json["changes"].as_array().unwrap() {
         if change["sensitive"] == true {
             assert!(
@@ -343,7 +343,7 @@ fn hex_encode(bytes: &[u8]) -> String {
 /// A real write failure halfway through an apply: the file-size limit (RLIMIT_FSIZE, which
 /// binds root too) makes writing a file larger than 1 KiB fail with EFBIG, as a full disk
 /// would, after smaller files were already staged (the new database's client-ca.crt, in a
-/// directory this apply created, before its larger pg_hba.conf). Every previous file must be intact, and
+/// directory this apply created, before its larger pg_hba.conf or install.sh). Every previous file must be intact, and
 /// no temp file or new directory left behind.
 #[test]
 fn a_write_failure_leaves_every_previous_file_intact_and_no_temp_files() {
@@ -366,7 +366,8 @@ fn a_write_failure_leaves_every_previous_file_intact_and_no_temp_files() {
     assert_eq!(failed.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("File too large")
-            && stderr.contains("databases/inventory/pg_hba.conf")
+            && (stderr.contains("databases/inventory/pg_hba.conf")
+                || stderr.contains("databases/inventory/install.sh"))
             && stderr.contains("nothing was changed"),
         "{stderr}"
     );
@@ -473,4 +474,50 @@ fn on_a_terminal_apply_asks_and_only_yes_writes() {
     let yes = apply_on_a_terminal(&ws, "yes");
     assert!(yes.contains("Apply complete: "), "{yes}");
     assert_eq!(ws.ok(&["plan", "m.kdl", "--out", "out"]), "No changes.\n");
+}
+
+#[test]
+fn show_prints_a_saved_plan_and_whether_apply_would_take_it() {
+    let ws = Workspace::new(&quickstart());
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    ws.set_manifest(&quickstart_grown());
+    let planned = ws.ok(&["plan", "m.kdl", "--out", "out", "-o", "tfplan"]);
+    let shown = ws.run(&["show", "tfplan"]);
+    let (stdout, stderr) = text(&shown);
+    assert_eq!(shown.status.code(), Some(0), "{stderr}");
+    // The same plan text as `plan` printed, after a line naming what it is for.
+    assert!(stdout.starts_with("Saved plan tfplan for "), "{stdout}");
+    assert!(
+        stdout.ends_with(&planned),
+        "show:\n{stdout}\nplan:\n{planned}"
+    );
+    assert!(stderr.contains("The plan is current"), "{stderr}");
+    // Keys are never shown, in text or JSON.
+    let json = ws.ok(&["show", "tfplan", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("show --json is JSON");
+    assert_eq!(doc["format_version"], plan_json(&ws)["format_version"]);
+    assert!(!json.contains("BEGIN PRIVATE KEY") && !stdout.contains("PRIVATE KEY"));
+
+    // Once the directory moved on, show says apply would refuse it, and why; it writes nothing.
+    ws.ok(&["apply", "m.kdl", "--out", "out", "--auto-approve"]);
+    let before = snapshot(&ws.out());
+    let stale = ws.run(&["show", "tfplan"]);
+    let (_, stderr) = text(&stale);
+    assert!(
+        stderr.contains("stale") && stderr.contains("changed since the plan was made"),
+        "{stderr}"
+    );
+    assert_same(&before, &snapshot(&ws.out()), "show changed the directory");
+    // A manifest is not a plan file.
+    let wrong = ws.run(&["show", "m.kdl"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        text(&wrong).1.contains("not a plan file"),
+        "{}",
+        text(&wrong).1
+    );
+}
+
+fn plan_json(ws: &Workspace) -> serde_json::Value {
+    serde_json::from_str(&ws.ok(&["plan", "m.kdl", "--out", "out", "--json"])).unwrap()
 }

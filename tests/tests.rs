@@ -49,6 +49,14 @@
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
+//! - `install_sh`: a self-hosted database's install.sh on a plain (non-Debian) cluster: files,
+//!   include once, restart with pg_ctl, names created, setup.sql; then only reloads.
+//! - `kubernetes`: the Kubernetes manifests of `relay { kubernetes … }` pass a schema validator
+//!   (kubernetes-validate), hold no key, and the relay runs as the Deployment says, in an
+//!   emulated pod (its args, uid 65532, the Secret mounted root-owned 0440, probes, SIGTERM).
+//! - `walkthrough`: the README's walkthrough from the build to `select 1`, run exactly as
+//!   written (apply, install.sh, relay, cert issue, psql) on a Debian cluster in namespaces of
+//!   its own; every output line the README shows must appear.
 
 mod apply_killed;
 mod artifacts;
@@ -63,6 +71,8 @@ mod diff;
 mod examples;
 mod golden;
 mod harness;
+mod install_sh;
+mod kubernetes;
 mod live;
 mod plan_apply;
 mod provision;
@@ -71,3 +81,4 @@ mod relay;
 mod relay_ops;
 mod relay_provision;
 mod schema;
+mod walkthrough;

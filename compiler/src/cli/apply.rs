@@ -67,7 +67,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     print!("{}", render(&plan));
     if !args.live {
-        return apply_files(&args, &prepared, &plan, false);
+        return apply_files(&args, out, &prepared, &plan, false);
     }
     let mut confirmed = args.auto_approve;
     if !args.auto_approve {
@@ -87,7 +87,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             confirmed = true;
         }
     }
-    let files = apply_files(&args, &prepared, &plan, confirmed)?;
+    let files = apply_files(&args, out, &prepared, &plan, confirmed)?;
     let report = prepared.live(Mode::Apply)?;
     print!("{}", crate::live::render(&report, Mode::Apply));
     if report.failures.is_empty() {
@@ -106,6 +106,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
 /// checked again under the lock, and written.
 fn apply_files(
     args: &ApplyArgs,
+    shown: &Path,
     prepared: &super::plan::Prepared,
     plan: &Plan,
     confirmed: bool,
@@ -142,7 +143,7 @@ fn apply_files(
     }
     let _lock = apply::Lock::acquire(&prepared.out)?;
     fresh(&seen, "the plan shown above")?;
-    finish(&prepared.out, plan, args.force)
+    finish(&prepared.out, shown, plan, args.force, args.live)
 }
 
 /// The files under `--out` and the state record's bytes, as read under the lock.
@@ -170,13 +171,33 @@ fn fresh(seen: &PlanFile, what: &str) -> anyhow::Result<Fresh> {
     Ok((existing, state_bytes))
 }
 
-fn finish(out: &Path, plan: &Plan, force: bool) -> anyhow::Result<ExitCode> {
+/// Writes the plan, then says what the hosts must do about it. `shown` is the output
+/// directory as the user wrote it (for the commands in the next steps), `live` whether
+/// setup.sql runs as part of this apply.
+fn finish(
+    out: &Path,
+    shown: &Path,
+    plan: &Plan,
+    force: bool,
+    live: bool,
+) -> anyhow::Result<ExitCode> {
     let applied = apply::apply(out, plan, force)?;
     println!(
         "Apply complete: {} written, {} removed, in {}.",
         applied.written,
         applied.removed,
         out.display()
+    );
+    let self_hosted = std::fs::read_dir(out.join("databases"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().join(crate::emit::install::INSTALL).is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    print!(
+        "{}",
+        crate::plan::hints::after_apply(plan, &shown.display().to_string(), &self_hosted, live)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -229,5 +250,5 @@ fn apply_planfile(args: &ApplyArgs, bytes: &[u8]) -> anyhow::Result<ExitCode> {
     let mut plan = saved.to_plan(&existing, &record.settle(&existing))?;
     plan.state_outdated |= record.interrupted();
     print!("{}", render(&plan));
-    finish(&saved.out, &plan, args.force)
+    finish(&saved.out, &saved.out, &plan, args.force, false)
 }

@@ -165,6 +165,10 @@ pub fn service_file(model: &Model, user: &str, dest: &Path) -> (String, Option<S
         .rsplit_once(':')
         .map(|(_, port)| port)
         .unwrap_or("5432");
+    // A `*.localhost` name is the loopback by definition (RFC 6761), but not every resolver
+    // knows it (a fresh Debian does not): libpq connects to `hostaddr` and still checks the
+    // certificate and sends SNI for `host`, so the service works without DNS.
+    let local_address = local_relay_address(model);
     let mut text = format!(
         "# Written by `dbward cert issue` for {user}. One service per database they may reach\n\
          # through the relay; use with PGSERVICEFILE=<this file> psql \"service=<database>\".\n"
@@ -196,6 +200,9 @@ pub fn service_file(model: &Model, user: &str, dest: &Path) -> (String, Option<S
             logins.join(", "),
             public = model.relay.public_name
         );
+        if let Some(address) = &local_address {
+            let _ = writeln!(text, "hostaddr={address}");
+        }
         if let Some(dbname) = dbname {
             let _ = writeln!(text, "dbname={dbname}");
         }
@@ -210,6 +217,25 @@ pub fn service_file(model: &Model, user: &str, dest: &Path) -> (String, Option<S
         );
     }
     (text, first)
+}
+
+/// The address to connect to when the relay's public name is `localhost` or under it: the
+/// address it listens on (the loopback of its family when it listens on every address).
+fn local_relay_address(model: &Model) -> Option<std::net::IpAddr> {
+    let public = model
+        .relay
+        .public_name
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if public != "localhost" && !public.ends_with(".localhost") {
+        return None;
+    }
+    let listen: std::net::SocketAddr = model.relay.listen.parse().ok()?;
+    Some(match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    })
 }
 
 fn human(d: Duration) -> String {
@@ -257,5 +283,43 @@ mod tests {
         assert!(file.contains("sslkey=/home/bob/.dbward/postgresql.key\n"));
         let (nobody, none) = service_file(&model, "nobody", Path::new("/x"));
         assert!(none.is_none() && !nobody.contains('['));
+    }
+
+    #[test]
+    fn a_localhost_public_name_connects_to_the_listen_address() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart.kdl");
+        let text = std::fs::read_to_string(path).unwrap();
+        let model = crate::check(&Source::new("quickstart.kdl", text.clone()))
+            .model
+            .unwrap();
+        let (file, _) = service_file(&model, "alice", Path::new("/d"));
+        assert!(
+            file.contains(
+                "host=shop.db.localhost
+port=6432
+hostaddr=127.0.0.1
+"
+            ),
+            "{file}"
+        );
+        let everywhere = text.replace("\"127.0.0.1:6432\"", "\"[::]:6432\"");
+        let model = crate::check(&Source::new("q.kdl", everywhere))
+            .model
+            .unwrap();
+        let (file, _) = service_file(&model, "alice", Path::new("/d"));
+        assert!(file.contains("hostaddr=::1\n"), "{file}");
+        // A real DNS name is left to the resolver.
+        let full = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/full.kdl");
+        let model = crate::check(&Source::new(
+            "full.kdl",
+            std::fs::read_to_string(full).unwrap(),
+        ))
+        .model
+        .unwrap();
+        assert!(
+            !service_file(&model, "bob", Path::new("/d"))
+                .0
+                .contains("hostaddr")
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod explain;
 pub mod fmt;
 pub mod plan;
+pub mod show;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,8 @@ pub enum Command {
     Apply(apply::ApplyArgs),
     /// Issue certificates for people.
     Cert(cert::CertArgs),
+    /// Print a plan saved with `dbward plan -o`, and whether it can still be applied.
+    Show(show::ShowArgs),
 }
 
 /// Runs one parsed command line; errors are printed here, as `error: …`, and exit 1.
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Diff(args) => diff::run(args),
         Command::Apply(args) => apply::run(args),
         Command::Cert(args) => cert::run(args),
+        Command::Show(args) => show::run(args),
     };
     match result {
         Ok(code) => code,

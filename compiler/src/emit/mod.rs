@@ -8,6 +8,10 @@
 //! [`pki::emit`] (certificates and keys). The text emitters, one module each:
 //!
 //! - [`postgres`] — a self-hosted server's `postgresql.conf` snippet, `pg_hba.conf`, `pg_ident.conf`;
+//! - [`kubernetes`] — with `relay { kubernetes … }`, a kustomization (the Secret built from the
+//!   relay's files), Deployment, Service and PodDisruptionBudget under `relay/`;
+//! - [`install`] — a self-hosted server's `install.sh`: those files put in place, the server
+//!   reloaded or restarted, setup.sql run;
 //! - [`sql`] — every database's idempotent `setup.sql` (roles, memberships, GRANTs, cloud logins);
 //! - [`iam`] — the AWS policy, GCP bindings and Azure role of each cloud binding;
 //! - [`frozen`] — the relay's `frozen.json`;
@@ -29,7 +33,10 @@
 //! relay/server-ca.crt            what the relay trusts for upstream server certificates
 //! relay/upstream-client.crt|key  what the relay presents to self-hosted upstreams
 //! databases/<db>/…               postgresql.conf, pg_hba.conf, pg_ident.conf, server.crt|key,
-//!                                client-ca.crt (self-hosted only) and setup.sql (every kind)
+//!                                client-ca.crt, install.sh (self-hosted only) and setup.sql
+//!                                (every kind)
+//! relay/kustomization.yaml        with `relay { kubernetes … }`: `kubectl apply -k OUT/relay`
+//! relay/kubernetes/*.yaml        its Deployment, Service and PodDisruptionBudget
 //! iam/{aws,gcp,azure}/<cloud>.json
 //! ```
 
@@ -40,6 +47,8 @@ use crate::model::{DatabaseKind, Model, NameSet, Provision};
 pub mod env;
 pub mod frozen;
 pub mod iam;
+pub mod install;
+pub mod kubernetes;
 pub mod pki;
 pub mod postgres;
 pub mod quote;
@@ -89,6 +98,11 @@ pub enum EmitError {
 pub fn emit(model: &Model, env: &Env) -> Result<Artifacts, EmitError> {
     let mut out = emit_text(model)?;
     pki::emit(model, env, &mut out)?;
+    if let Some(k8s) = &model.relay.kubernetes {
+        // After the certificates: the Secret it describes holds them.
+        let drain = dbward_frozen::Limits::default().drain_timeout_ms;
+        kubernetes::emit(&model.relay, k8s, drain, &mut out);
+    }
     Ok(out)
 }
 
@@ -162,6 +176,10 @@ pub fn emit_text(model: &Model) -> Result<Artifacts, EmitError> {
             out.insert(
                 file(postgres::IDENT),
                 Artifact::text(postgres::ident(db, &logins)?),
+            );
+            out.insert(
+                file(install::INSTALL),
+                Artifact::text(install::script(db, config_dir, &logins)),
             );
         }
         out.insert(

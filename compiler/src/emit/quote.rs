@@ -1,6 +1,6 @@
 //! Quoting of names and values for every language the emitters write: SQL identifiers and
 //! literals, PL/pgSQL dollar quotes, `postgresql.conf` strings and `pg_hba.conf`/`pg_ident.conf`
-//! tokens.
+//! tokens, and POSIX shell words.
 //!
 //! The front end already rejects the worst names (control characters, `"`), but the emitters
 //! never rely on that alone: everything that reaches a generated file goes through one of these
@@ -67,6 +67,12 @@ pub fn hba_token(name: &str) -> Option<String> {
     } else {
         Some(format!("\"{name}\""))
     }
+}
+
+/// A POSIX shell word, single-quoted with `'` written as `'\''`: `o'brien` -> `'o'\''brien'`.
+/// Inside single quotes nothing is special to the shell, so a name is always one literal word.
+pub fn shell(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]

@@ -115,6 +115,16 @@ fn relay(node: &Node) -> Relay {
                 .unwrap_or(false),
         }),
         metrics: child_str(node, "metrics"),
+        kubernetes: node.child("kubernetes").map(|k| Kubernetes {
+            image: k.prop_str("image").unwrap_or_default().to_owned(),
+            replicas: k
+                .prop("replicas")
+                .and_then(|p| p.value.as_int())
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(2),
+            namespace: k.prop_str("namespace").map(str::to_owned),
+            service_type: k.prop_str("service-type").unwrap_or("ClusterIP").to_owned(),
+        }),
     }
 }
 

@@ -85,6 +85,17 @@ pub struct Relay {
     pub audit: Option<Audit>,
     /// `metrics "host:port"`.
     pub metrics: Option<String>,
+    /// `kubernetes image=… [replicas=…] [namespace=…] [service-type=…]`.
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// `relay { kubernetes … }`: write a Deployment, Service and PodDisruptionBudget for the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kubernetes {
+    pub image: String,
+    pub replicas: u32,
+    pub namespace: Option<String>,
+    pub service_type: String,
 }
 
 /// `audit PATH queries=BOOL`.

@@ -17,6 +17,7 @@
 //! [journal](journal) says which files it wrote, and [`journal::Record::settle`] counts them
 //! as dbward's.
 
+pub mod hints;
 pub mod journal;
 pub mod json;
 pub mod planfile;

@@ -110,6 +110,8 @@ pub const OBJECT_KINDS: &[&str] = &[
 /// The addresses of a Cloud SQL instance `cloud-sql ip-type` picks from (the first is the
 /// default, as in Google's connectors).
 pub const CLOUD_SQL_IP_TYPES: &[&str] = &["public", "private", "psc"];
+/// The Kubernetes Service types the relay's Service may have.
+pub const SERVICE_TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer"];
 
 /// The provisioning modes of `provision`.
 pub const PROVISION_MODES: &[&str] = &["off", "keep", "best-effort-drop"];
@@ -224,6 +226,19 @@ static VOCABULARY: &[NodeSpec] = &[
         ..node(
             "relay/metrics",
             "address of the /metrics, /livez and /readyz endpoint",
+        )
+    },
+    NodeSpec {
+        props: &[
+            prop("image", S, true),
+            prop("replicas", ValueKind::Integer, false),
+            prop("namespace", S, false),
+            prop("service-type", ValueKind::OneOf(SERVICE_TYPES), false),
+        ],
+        ..node(
+            "relay/kubernetes",
+            "also write Kubernetes manifests for the relay under relay/ (kubectl apply -k): \
+             image, replicas (default 2), namespace, service-type (default ClusterIP)",
         )
     },
     NodeSpec {

@@ -22,6 +22,7 @@ pub(crate) fn model(databases: &[&str]) -> Model {
             idle_in_transaction_timeout: None,
             audit: None,
             metrics: None,
+            kubernetes: None,
         },
         clouds: BTreeMap::new(),
         databases: databases

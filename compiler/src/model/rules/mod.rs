@@ -19,6 +19,7 @@ pub mod durations;
 pub mod entra_principals;
 pub mod host_in_server_names;
 pub mod invisible_characters;
+pub mod kubernetes;
 pub mod mixed_script_names;
 pub mod privileges;
 pub mod provision_name_conflict;
@@ -55,6 +56,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     mixed_script_names::check(manifest, diags);
     durations::check(manifest, diags);
     addresses::check(manifest, diags);
+    kubernetes::check(manifest, diags);
     host_in_server_names::check(manifest, diags);
     privileges::check(manifest, diags);
     access_blocks::check(manifest, diags);

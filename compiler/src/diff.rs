@@ -95,6 +95,33 @@ pub fn deployed(model: &Model, frozen_json: Option<&[u8]>) -> AccessDiff {
     diff
 }
 
+/// The access changes of a plan: its change to `relay/frozen.json`, if any. With the model
+/// the plan was made from (`dbward show` of a plan whose manifest has not moved), the lines
+/// say "via" as `dbward plan` printed them; without it they cannot.
+pub fn of_plan(plan: &crate::plan::Plan, model: Option<&Model>) -> AccessDiff {
+    let Some(change) = plan
+        .changes
+        .iter()
+        .find(|c| c.path == crate::emit::layout::FROZEN)
+    else {
+        return AccessDiff::default();
+    };
+    let before = change.before.as_ref().map(|v| v.bytes.as_slice());
+    if let Some(model) = model {
+        return deployed(model, before);
+    }
+    let read = |bytes: Option<&[u8]>| {
+        bytes
+            .and_then(|b| serde_json::from_slice::<frozen::Config>(b).ok())
+            .map(|config| Table::of_frozen(&config))
+            .unwrap_or_default()
+    };
+    diff(
+        &read(before),
+        &read(change.after.as_ref().map(|v| v.bytes.as_slice())),
+    )
+}
+
 /// What changed in one (person, database) entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessChange {

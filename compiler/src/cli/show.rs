@@ -49,9 +49,24 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let shown = saved.to_plan(&existing, &state)?;
     let manifest_bytes = read_optional(&saved.manifest)?;
     let stale = saved.staleness(manifest_bytes.as_deref(), &existing, state_bytes.as_deref());
+    // Access changes: with "via" when the manifest is still the one planned (it is checked
+    // again for that, silently), as `plan` printed them.
+    let model = manifest_bytes
+        .as_ref()
+        .filter(|_| stale.is_empty())
+        .and_then(|bytes| {
+            let name = saved.manifest.display().to_string();
+            let (source, diagnostics) = crate::syntax::decode(name, bytes.clone());
+            diagnostics
+                .is_empty()
+                .then(|| crate::check(&source).model)
+                .flatten()
+        });
+    let access = crate::diff::of_plan(&shown, model.as_ref());
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        let json = plan::json::to_json(&shown);
+        let mut json = plan::json::to_json(&shown);
+        json.access = Some(access.to_json());
         writeln!(stdout, "{}", serde_json::to_string_pretty(&json)?)?;
     } else {
         writeln!(
@@ -61,6 +76,10 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             saved.out.display(),
             saved.manifest.display()
         )?;
+        if !shown.is_empty() {
+            let access = access.render(super::check::use_color_stdout());
+            writeln!(stdout, "{access}")?;
+        }
         stdout.write_all(plan::render::render(&shown).as_bytes())?;
     }
     if stale.is_empty() {

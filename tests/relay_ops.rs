@@ -758,6 +758,12 @@ impl Deployment {
 
     /// Writes the manifest with alice allowed `db_users`, and runs `dbward apply` on it.
     fn apply(&self, db_users: &str) {
+        self.apply_with(db_users, &self.relay_extra, "");
+    }
+
+    /// Like [`Deployment::apply`], with `relay_extra` in the `relay` block (instead of the
+    /// deployment's) and `user_extra` in alice's `user` block.
+    fn apply_with(&self, db_users: &str, relay_extra: &str, user_extra: &str) {
         let manifest = format!(
             r#"dbward version=1
 relay {{
@@ -797,6 +803,7 @@ role developer {{
 }}
 user alice {{
     roles developer
+    {user_extra}
 }}
 "#,
             port = self.port,
@@ -804,7 +811,6 @@ user alice {{
             audit = self.audit().display(),
             pg = self.cluster.port,
             config_dir = self.cluster.config_dir().display(),
-            relay_extra = self.relay_extra,
         );
         fs::write(self.path("manifest.kdl"), manifest).unwrap();
         self.dbward(&[
@@ -887,6 +893,21 @@ user alice {{
         ),
         tokio_postgres::Error,
     > {
+        self.connect_with_cert(user, "alice")
+    }
+
+    /// Like [`Deployment::connect_watched`], with the certificate files in `dir`.
+    fn connect_with_cert(
+        &self,
+        user: &str,
+        dir: &str,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+        ),
+        tokio_postgres::Error,
+    > {
         let mut config = tokio_postgres::Config::new();
         config
             .host("shop.db.localhost")
@@ -897,14 +918,19 @@ user alice {{
             .ssl_mode(tokio_postgres::config::SslMode::Require)
             .connect_timeout(Duration::from_secs(10));
         self.rt.block_on(async {
-            let (client, connection) = config.connect(self.alice_tls()).await?;
+            let (client, connection) = config.connect(self.tls_from(dir)).await?;
             Ok((client, tokio::spawn(connection)))
         })
     }
 
     /// The TLS config alice's tokio-postgres sessions use (also for cancel requests).
     fn alice_tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
-        let alice = self.path("alice");
+        self.tls_from("alice")
+    }
+
+    /// The TLS config of the `dbward cert issue` files in `dir` (under the temp dir).
+    fn tls_from(&self, dir: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
+        let alice = self.path(dir);
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(alice.join("root.crt")).unwrap() {
             roots.add(cert.unwrap()).unwrap();
@@ -943,8 +969,9 @@ fn sighup_with_a_changed_manifest_changes_new_sessions_only() {
     let relay = deployment.relay();
     assert_eq!(deployment.psql("app", "select 1"), Ok("1".into()));
 
-    // A session in flight as `app`, then a manifest that no longer allows `app`.
-    let in_flight = deployment.connect("app");
+    // A session in flight as `readonly`, then a manifest that no longer allows `app` (sessions
+    // as `app` would be ended: see sighup_ends_revoked_sessions_after_the_grace_…).
+    let in_flight = deployment.connect("readonly");
     assert_eq!(deployment.select(&in_flight, 7).unwrap(), 7);
     deployment.apply("readonly");
     relay.signal("HUP");
@@ -996,7 +1023,6 @@ fn sighup_with_a_changed_manifest_changes_new_sessions_only() {
         .unwrap();
     assert_eq!(start["identity"], "alice", "{start}");
     assert_eq!(start["database"], "shop", "{start}");
-    assert_eq!(start["db_user"], "app", "{start}");
     assert_eq!(start["db_name"], "shop", "{start}");
     time_is_rfc3339(&start["time"]);
     let query = events
@@ -1604,4 +1630,296 @@ fn logs_written_to_a_file_have_no_colour_codes() {
         "NO_COLOR on a terminal: {:?}",
         String::from_utf8_lossy(&plain)
     );
+}
+
+/// The `session.end` events of the audit log, once there are at least `count`.
+fn session_ends(deployment: &Deployment, count: usize) -> Vec<serde_json::Value> {
+    let audit = deployment.audit();
+    wait_for(Duration::from_secs(10), || {
+        let ends: Vec<_> = audit_lines(&audit)
+            .into_iter()
+            .filter(|e| e["event"] == "session.end")
+            .collect();
+        (ends.len() >= count).then_some(ends)
+    })
+    .unwrap_or_else(|| panic!("fewer than {count} session.end: {:?}", audit_lines(&audit)))
+}
+
+/// Backends of `user` that PostgreSQL still runs.
+fn backends_of(deployment: &Deployment, user: &str) -> String {
+    dbward_tests::superuser_query(
+        &deployment.cluster,
+        "postgres",
+        &format!("select count(*) from pg_stat_activity where usename = '{user}';"),
+    )
+}
+
+#[test]
+fn sighup_ends_revoked_sessions_after_the_grace_and_leaves_others_running() {
+    let deployment = Deployment::with_relay("app readonly", "revoke-grace \"2s\"");
+    let relay = deployment.relay();
+
+    // Real psql as `app`, idle after its first query; a tokio-postgres session as `app` and one
+    // as `readonly`, which the new manifest keeps.
+    let mut psql = Command::new(psql_path())
+        .args(["-X", "-A", "-t"])
+        .arg(deployment.conninfo("app"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = psql.stdin.take().unwrap();
+    writeln!(stdin, "select 'before';").unwrap();
+    let (app, app_connection) = deployment.connect_watched("app").unwrap();
+    let readonly = deployment.connect("readonly");
+    assert_eq!(deployment.select(&app, 1).unwrap(), 1);
+    assert_eq!(deployment.select(&readonly, 1).unwrap(), 1);
+    let wait_psql = wait_for(Duration::from_secs(10), || {
+        (backends_of(&deployment, "app") == "2").then_some(())
+    });
+    assert!(wait_psql.is_some(), "psql's session did not start");
+
+    deployment.apply_with("readonly", "revoke-grace \"2s\"", "");
+    let reloaded_at = Instant::now();
+    relay.signal("HUP");
+    relay.wait_log("revokes sessions in flight");
+
+    // Within the grace the session still works...
+    assert_eq!(deployment.select(&app, 2).unwrap(), 2);
+    // ...then it is ended with a FATAL saying why, its backend is gone, and `readonly` goes on.
+    assert_eq!(
+        ended_with(&deployment, app_connection),
+        "57P01 terminating connection: alice's access to shop as app was revoked by a \
+         configuration reload (user \"app\" is no longer allowed)"
+    );
+    let took = reloaded_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(6),
+        "ended {took:?} after the reload, expected about 2 s"
+    );
+    let gone = wait_for(Duration::from_secs(10), || {
+        (backends_of(&deployment, "app") == "0").then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the upstream sessions of app were not closed"
+    );
+    assert_eq!(deployment.select(&readonly, 3).unwrap(), 3);
+
+    writeln!(stdin, "select 'after';").unwrap();
+    drop(stdin);
+    let out = psql.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("before") && !stdout.contains("after"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(
+            "FATAL:  terminating connection: alice's access to shop as app was revoked by a \
+             configuration reload"
+        ),
+        "psql said: {stderr}"
+    );
+    assert!(stderr.contains("ask for a role"), "no hint: {stderr}");
+
+    // Audited and counted with the reason; the other session was not touched.
+    let ends = session_ends(&deployment, 2);
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    for end in &ends {
+        assert_eq!(end["reason"], "access_revoked", "{end}");
+        assert_eq!(end["db_user"], "app", "{end}");
+    }
+    assert_eq!(
+        relay.metric("dbward_sessions_ended_total{reason=\"access_revoked\"}"),
+        2.0
+    );
+    assert_eq!(relay.metric("dbward_sessions_active"), 1.0);
+    assert_eq!(deployment.select(&readonly, 4).unwrap(), 4);
+}
+
+#[test]
+fn a_reload_that_gives_the_access_back_within_the_grace_ends_nothing() {
+    let deployment = Deployment::with_relay("app readonly", "revoke-grace \"3s\"");
+    let relay = deployment.relay();
+    let (app, _connection) = deployment.connect_watched("app").unwrap();
+    deployment.apply("readonly");
+    relay.signal("HUP");
+    relay.wait_log("revokes sessions in flight");
+    deployment.apply("app readonly");
+    relay.signal("HUP");
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        (relay.metric("dbward_config_reloads_total{result=\"ok\"}") == 2.0).then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", relay.log());
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(deployment.select(&app, 5).unwrap(), 5);
+    assert_eq!(
+        relay.metric("dbward_sessions_ended_total{reason=\"access_revoked\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn sessions_end_when_the_client_certificate_expires_unless_turned_off() {
+    // Sessions started while `disconnect-expired-cert #false` is in force outlive their
+    // certificate; those started after a reload that turns it back on (the default) do not.
+    let deployment = Deployment::with_relay("app", "disconnect-expired-cert #false");
+    let relay = deployment.relay();
+    let issued = Instant::now();
+    deployment.dbward(&[
+        "cert",
+        "issue",
+        deployment.path("manifest.kdl").to_str().unwrap(),
+        "--out",
+        deployment.out().to_str().unwrap(),
+        "--user",
+        "alice",
+        "--ttl",
+        "8s",
+        "--dest",
+        deployment.path("short").to_str().unwrap(),
+    ]);
+    let (kept, _kept_connection) = deployment.connect_with_cert("app", "short").unwrap();
+    deployment.apply_with("app", "", "");
+    relay.signal("HUP");
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        (relay.metric("dbward_config_reloads_total{result=\"ok\"}") == 1.0).then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", relay.log());
+    let (ended, connection) = deployment.connect_with_cert("app", "short").unwrap();
+    assert_eq!(deployment.select(&ended, 1).unwrap(), 1);
+
+    let message = ended_with_within(&deployment, connection, Duration::from_secs(15));
+    let took = issued.elapsed();
+    assert!(
+        message.starts_with("57P01 terminating connection: the client certificate expired at "),
+        "{message}"
+    );
+    assert!(
+        took >= Duration::from_secs(7) && took < Duration::from_secs(12),
+        "ended {took:?} after the certificate was issued for 8 s"
+    );
+    assert_eq!(deployment.select(&kept, 2).unwrap(), 2);
+    let ends = session_ends(&deployment, 1);
+    assert_eq!(ends[0]["reason"], "certificate_expired", "{ends:?}");
+    assert_eq!(
+        relay.metric("dbward_sessions_ended_total{reason=\"certificate_expired\"}"),
+        1.0
+    );
+    // The expired certificate opens nothing any more.
+    let refused = deployment.connect_with_cert("app", "short").unwrap_err();
+    let refused = refused.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|m| m.contains("certificate has expired")),
+        "{refused:?}"
+    );
+}
+
+/// Like [`ended_with`], waiting up to `timeout`.
+fn ended_with_within(
+    deployment: &Deployment,
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    timeout: Duration,
+) -> String {
+    let ended = deployment
+        .rt
+        .block_on(async { tokio::time::timeout(timeout, connection).await })
+        .unwrap_or_else(|_| panic!("the session was not ended within {timeout:?}"))
+        .unwrap();
+    let error = ended.expect_err("the session ended without an error");
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("no server error: {error:?}"));
+    assert_eq!(db.severity(), "FATAL", "{db:?}");
+    format!("{} {}", db.code().code(), db.message())
+}
+
+#[test]
+fn a_locked_out_certificate_is_refused_and_its_open_sessions_end() {
+    let deployment = Deployment::with_relay("app", "revoke-grace \"0s\"");
+    let relay = deployment.relay();
+    let (open, connection) = deployment.connect_watched("app").unwrap();
+    assert_eq!(deployment.select(&open, 1).unwrap(), 1);
+
+    // alice's laptop is stolen: certificates issued before now are locked out, alice stays.
+    std::thread::sleep(Duration::from_millis(1100));
+    let cutoff = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    deployment.apply_with(
+        "app",
+        "revoke-grace \"0s\"",
+        &format!("certificates-issued-after \"{cutoff}\""),
+    );
+    relay.signal("HUP");
+    let message = ended_with(&deployment, connection);
+    assert!(
+        message.starts_with(
+            "57P01 terminating connection: the client certificate of alice was issued at "
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "before the certificates-issued-after cutoff {cutoff}"
+        )),
+        "{message}"
+    );
+
+    // The old certificate is refused with the same words, by real psql.
+    let refused = deployment.psql("app", "select 1").unwrap_err();
+    assert!(
+        refused.contains("FATAL:  the client certificate of alice was issued at")
+            && refused.contains("locked out"),
+        "{refused}"
+    );
+    assert!(refused.contains("dbward cert issue"), "no hint: {refused}");
+
+    // A certificate issued after the cutoff works.
+    std::thread::sleep(Duration::from_millis(1100));
+    deployment.dbward(&[
+        "cert",
+        "issue",
+        deployment.path("manifest.kdl").to_str().unwrap(),
+        "--out",
+        deployment.out().to_str().unwrap(),
+        "--user",
+        "alice",
+        "--dest",
+        deployment.path("alice").to_str().unwrap(),
+    ]);
+    assert_eq!(deployment.psql("app", "select 7"), Ok("7".into()));
+
+    let events = audit_lines(&deployment.audit());
+    let end = events
+        .iter()
+        .find(|e| e["event"] == "session.end")
+        .unwrap_or_else(|| panic!("no session.end: {events:?}"));
+    assert_eq!(end["reason"], "certificate_locked_out", "{end}");
+    let denied = events
+        .iter()
+        .find(|e| e["event"] == "session.denied")
+        .unwrap_or_else(|| panic!("no session.denied: {events:?}"));
+    assert_eq!(denied["reason"], "certificate_locked_out", "{denied}");
+    assert_eq!(
+        relay.metric("dbward_sessions_denied_total{reason=\"certificate_locked_out\"}"),
+        1.0
+    );
+
+    // A cutoff in the future would refuse even new certificates: the relay says so when it
+    // loads one (`dbward check` cannot: it does not read the clock).
+    deployment.apply_with(
+        "app",
+        "revoke-grace \"0s\"",
+        "certificates-issued-after \"2999-01-01T00:00:00Z\"",
+    );
+    relay.signal("HUP");
+    relay.wait_log("certificates-issued-after is in the future");
 }

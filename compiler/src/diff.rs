@@ -50,7 +50,11 @@ impl Table {
 
     /// A frozen config's access table (roles unknown).
     pub fn of_frozen(config: &frozen::Config) -> Table {
-        let mut entries = config.access.clone();
+        Table::of_entries(config.access.clone())
+    }
+
+    /// Access entries (roles unknown), sorted here.
+    pub fn of_entries(mut entries: Vec<frozen::Access>) -> Table {
         entries.sort_by(|a, b| (&a.identity, &a.database).cmp(&(&b.identity, &b.database)));
         entries.dedup_by(|a, b| a.identity == b.identity && a.database == b.database);
         let via = vec![None; entries.len()];
@@ -71,9 +75,9 @@ pub fn deployed(model: &Model, frozen_json: Option<&[u8]>) -> AccessDiff {
             let text = String::from_utf8_lossy(bytes);
             match frozen::Config::from_json(path, &text) {
                 Ok(config) => (Table::of_frozen(&config), None),
-                Err(err) => match serde_json::from_str::<frozen::Config>(&text) {
-                    Ok(config) => (
-                        Table::of_frozen(&config),
+                Err(err) => match serde_json::from_str::<AccessOnly>(&text) {
+                    Ok(only) => (
+                        Table::of_entries(only.access),
                         Some(format!(
                             "the deployed access table was compared as it reads, but the relay \
                              would refuse it: {err}"
@@ -95,6 +99,13 @@ pub fn deployed(model: &Model, frozen_json: Option<&[u8]>) -> AccessDiff {
     diff
 }
 
+/// Only the access table of a frozen.json: what is compared, also when the rest of the file is
+/// another format version or was edited by hand.
+#[derive(serde::Deserialize)]
+struct AccessOnly {
+    access: Vec<frozen::Access>,
+}
+
 /// The access changes of a plan: its change to `relay/frozen.json`, if any. With the model
 /// the plan was made from (`dbward show` of a plan whose manifest has not moved), the lines
 /// say "via" as `dbward plan` printed them; without it they cannot.
@@ -112,8 +123,8 @@ pub fn of_plan(plan: &crate::plan::Plan, model: Option<&Model>) -> AccessDiff {
     }
     let read = |bytes: Option<&[u8]>| {
         bytes
-            .and_then(|b| serde_json::from_slice::<frozen::Config>(b).ok())
-            .map(|config| Table::of_frozen(&config))
+            .and_then(|b| serde_json::from_slice::<AccessOnly>(b).ok())
+            .map(|only| Table::of_entries(only.access))
             .unwrap_or_default()
     };
     diff(
@@ -479,6 +490,23 @@ fn aspects(a: &frozen::Access, b: &frozen::Access) -> Vec<(&'static str, String,
     if a.grants != b.grants {
         out.push(("permissions", grants(&a.grants), grants(&b.grants)));
     }
+    if a.certificates_issued_after != b.certificates_issued_after {
+        let when = |t: Option<i64>| match t {
+            None => "any".to_string(),
+            Some(t) => time::OffsetDateTime::from_unix_timestamp(t)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_else(|| t.to_string()),
+        };
+        out.push((
+            "certificates-issued-after",
+            when(a.certificates_issued_after),
+            when(b.certificates_issued_after),
+        ));
+    }
     out
 }
 
@@ -590,7 +618,7 @@ pub struct AccessChangeJson {
     /// removal the old one's); absent when that side is a deployed frozen config.
     pub via: Option<Vec<String>>,
     /// For `change`: which aspects differ, among `db-users`, `db-names`, `provision`,
-    /// `db-roles` and `permissions`.
+    /// `db-roles`, `permissions` and `certificates-issued-after`.
     pub changed: Vec<String>,
     /// The entry before (absent for `add`) and after (absent for `remove`).
     pub before: Option<EntryJson>,
@@ -612,6 +640,9 @@ pub struct EntryJson {
     /// Privileges granted to the provisioned user, for people
     /// (`SELECT on every table in schema public`).
     pub permissions: Vec<String>,
+    /// The person's certificates issued before this instant (seconds since the Unix epoch)
+    /// are refused; absent when any is accepted.
+    pub certificates_issued_after: Option<i64>,
 }
 
 /// `"*"` or a list of names.
@@ -635,6 +666,7 @@ impl EntryJson {
             provision: crate::explain::provision_mode(entry.provision).to_string(),
             db_roles: entry.db_roles.clone(),
             permissions: entry.grants.iter().map(grant).collect(),
+            certificates_issued_after: entry.certificates_issued_after,
         }
     }
 }
@@ -728,6 +760,24 @@ mod tests {
                 .is_some_and(|n| n.contains("cannot be read"))
         );
         assert_eq!(d.counts().0, m.access.len());
+    }
+
+    #[test]
+    fn a_certificate_cutoff_is_a_change_with_its_own_line() {
+        let m = model(&full());
+        let old = Table::of_model(&m);
+        let mut new = old.clone();
+        new.entries[0].certificates_issued_after = Some(1_796_083_200);
+        let d = diff(&old, &new);
+        assert_eq!(d.counts(), (0, 1, 0));
+        let lines = d.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0]
+                .1
+                .ends_with(": certificates-issued-after any → 2026-12-01T00:00:00Z"),
+            "{lines:?}"
+        );
     }
 
     #[test]

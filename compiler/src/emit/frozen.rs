@@ -45,6 +45,11 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
                 idle_in_transaction_timeout_ms: millis(relay.idle_in_transaction_timeout),
                 ..frozen::Limits::default()
             },
+            revocation: frozen::Revocation {
+                grace_ms: u64::try_from(relay.revoke_grace.as_millis()).unwrap_or(u64::MAX),
+                disconnect_expired_cert: relay.disconnect_expired_cert,
+                certificates_issued_after: relay.certificates_issued_after,
+            },
         },
         databases,
         access,
@@ -69,6 +74,10 @@ pub fn access_entries(model: &Model) -> Vec<frozen::Access> {
                 provision: rights.provision,
                 db_roles: rights.db_roles.iter().cloned().collect(),
                 grants: rights.permissions.iter().map(frozen_grant).collect(),
+                certificates_issued_after: model
+                    .users
+                    .get(entry.user)
+                    .and_then(|user| user.certificates_issued_after),
             }
         })
         .collect()
@@ -314,6 +323,58 @@ mod tests {
         assert!(
             matches!(err, EmitError::HostNotInServerNames { ref host, .. } if host == "pg.internal"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn revocation_settings_and_cutoffs_reach_the_relay() {
+        let defaults = build(&model("localhost")).unwrap().relay.revocation;
+        assert_eq!(defaults, frozen::Revocation::default());
+        assert_eq!(defaults.grace_ms, 10_000);
+        assert!(defaults.disconnect_expired_cert);
+
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/quickstart.kdl"
+        ))
+        .unwrap()
+        .replace(
+            "    public-name",
+            "    revoke-grace \"0s\"\n    disconnect-expired-cert #false\n    \
+             certificates-issued-after \"2026-01-01T00:00:00Z\"\n    public-name",
+        )
+        .replace(
+            "user alice {",
+            "user alice {\n    certificates-issued-after \"2026-11-30T13:00:00+01:00\"",
+        );
+        let checked = crate::check(&crate::source::Source::new("q.kdl", text));
+        let model = checked
+            .model
+            .unwrap_or_else(|| panic!("{:?}", checked.diagnostics));
+        let config = build(&model).unwrap();
+        assert_eq!(
+            config.relay.revocation,
+            frozen::Revocation {
+                grace_ms: 0,
+                disconnect_expired_cert: false,
+                certificates_issued_after: Some(1_767_225_600),
+            }
+        );
+        let alice: Vec<_> = config
+            .access
+            .iter()
+            .filter(|a| a.identity == "alice")
+            .collect();
+        assert!(!alice.is_empty());
+        for access in alice {
+            assert_eq!(access.certificates_issued_after, Some(1_796_040_000));
+        }
+        assert!(
+            config
+                .access
+                .iter()
+                .filter(|a| a.identity != "alice")
+                .all(|a| a.certificates_issued_after.is_none())
         );
     }
 

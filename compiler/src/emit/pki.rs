@@ -34,7 +34,9 @@ pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Certificates start this long before "now", so a server whose clock is a little behind
 /// accepts them.
-const BACKDATE: Duration = Duration::from_secs(3600);
+/// The relay adds the same back to a person's `notBefore` to tell when it was issued
+/// (`certificates-issued-after`), so the constant is shared through `dbward-frozen`.
+const BACKDATE: Duration = Duration::from_secs(dbward_frozen::CERTIFICATE_BACKDATE_SECS);
 
 /// Subject CNs of the three CAs.
 pub const USERS_CA_CN: &str = "dbward users CA";

@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::rules::durations::{parse_duration, parse_timeout};
+use super::rules::certificate_cutoffs::parse_cutoff;
+use super::rules::durations::{parse_duration, parse_grace, parse_timeout};
 use super::types::*;
 use crate::syntax::ast::{Manifest, Node};
 
@@ -20,6 +21,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration =
 /// `idle-in-transaction-timeout` when the manifest does not say.
 pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration =
     Duration::from_millis(dbward_frozen::DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS);
+/// `revoke-grace` when the manifest does not say.
+pub const DEFAULT_REVOKE_GRACE: Duration =
+    Duration::from_millis(dbward_frozen::DEFAULT_REVOKE_GRACE_MS);
 /// `postgres port=` when the manifest does not say.
 pub const DEFAULT_PORT: u16 = 5432;
 /// `admin-user default-database=` when the manifest does not say.
@@ -125,7 +129,21 @@ fn relay(node: &Node) -> Relay {
             namespace: k.prop_str("namespace").map(str::to_owned),
             service_type: k.prop_str("service-type").unwrap_or("ClusterIP").to_owned(),
         }),
+        revoke_grace: child_str(node, "revoke-grace")
+            .and_then(|s| parse_grace(&s).ok())
+            .unwrap_or(DEFAULT_REVOKE_GRACE),
+        disconnect_expired_cert: node
+            .child("disconnect-expired-cert")
+            .and_then(|c| c.args.first())
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true),
+        certificates_issued_after: cutoff(node),
     }
+}
+
+/// The `certificates-issued-after` child of a `relay` or `user` node, in seconds since the epoch.
+fn cutoff(node: &Node) -> Option<i64> {
+    child_str(node, "certificates-issued-after").and_then(|s| parse_cutoff(&s).ok())
 }
 
 /// A timeout child: its duration, `None` for `"off"`, `default` when absent.
@@ -390,5 +408,6 @@ fn user(node: &Node) -> Option<User> {
     Some(User {
         name: node.first_str()?.to_string(),
         roles: child_strs(node, "roles"),
+        certificates_issued_after: cutoff(node),
     })
 }

@@ -87,6 +87,13 @@ pub struct Relay {
     pub metrics: Option<String>,
     /// `kubernetes image=… [replicas=…] [namespace=…] [service-type=…]`.
     pub kubernetes: Option<Kubernetes>,
+    /// `revoke-grace`: how long after a reload a session whose access it removed is ended.
+    pub revoke_grace: Duration,
+    /// `disconnect-expired-cert`: end sessions when their client certificate expires.
+    pub disconnect_expired_cert: bool,
+    /// `certificates-issued-after` (seconds since the Unix epoch): everyone's older client
+    /// certificates are refused.
+    pub certificates_issued_after: Option<i64>,
 }
 
 /// `relay { kubernetes … }`: write a Deployment, Service and PodDisruptionBudget for the relay.
@@ -368,6 +375,9 @@ pub enum Selector {
 pub struct User {
     pub name: String,
     pub roles: Vec<String>,
+    /// `certificates-issued-after` (seconds since the Unix epoch): this person's older client
+    /// certificates are refused.
+    pub certificates_issued_after: Option<i64>,
 }
 
 /// What one person may do on one database, after combining all their roles and applying deny.

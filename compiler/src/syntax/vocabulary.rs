@@ -214,6 +214,34 @@ static VOCABULARY: &[NodeSpec] = &[
         )
     },
     NodeSpec {
+        args: args(S, 1, Some(1), "a duration such as \"10s\", or \"0s\""),
+        ..node(
+            "relay/revoke-grace",
+            "after a reload, end sessions whose access it removed this long later (default \
+             \"10s\"; \"0s\" ends them at once)",
+        )
+    },
+    NodeSpec {
+        args: args(ValueKind::Bool, 1, Some(1), "#true or #false"),
+        ..node(
+            "relay/disconnect-expired-cert",
+            "end a session when its client certificate expires (default #true)",
+        )
+    },
+    NodeSpec {
+        args: args(
+            S,
+            1,
+            Some(1),
+            "an RFC 3339 time such as \"2026-11-30T12:00:00Z\"",
+        ),
+        ..node(
+            "relay/certificates-issued-after",
+            "refuse everyone's client certificates issued before this time, and end the \
+             sessions using them",
+        )
+    },
+    NodeSpec {
         args: args(S, 1, Some(1), "a file path"),
         props: &[prop("queries", ValueKind::Bool, false)],
         ..node(
@@ -526,6 +554,19 @@ static VOCABULARY: &[NodeSpec] = &[
     NodeSpec {
         args: args(NAME, 1, None, "a role name"),
         ..node("user/roles", "the access roles this person holds")
+    },
+    NodeSpec {
+        args: args(
+            S,
+            1,
+            Some(1),
+            "an RFC 3339 time such as \"2026-11-30T12:00:00Z\"",
+        ),
+        ..node(
+            "user/certificates-issued-after",
+            "refuse this person's client certificates issued before this time (a lost or \
+             stolen one), and end the sessions using them",
+        )
     },
 ];
 

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The format version this build writes and reads. A relay refuses any other.
-/// Version 2 added the idle limits to [`Limits`] and made [`Access::grants`] structured.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 2 added the idle limits to [`Limits`] and made [`Access::grants`] structured;
+/// version 3 added [`Revocation`] and [`Access::certificates_issued_after`].
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The whole frozen configuration, as written to `relay/frozen.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -57,6 +58,58 @@ pub struct Relay {
     /// Address of the `/metrics`, `/livez`, `/readyz` HTTP endpoint, when enabled.
     pub metrics: Option<String>,
     pub limits: Limits,
+    /// What happens to sessions in flight when their access goes away.
+    pub revocation: Revocation,
+}
+
+/// `revoke-grace` when the manifest does not say: 10 seconds, long enough for a statement in
+/// flight to finish, short enough that a removed person is gone before anyone asks.
+pub const DEFAULT_REVOKE_GRACE_MS: u64 = 10_000;
+
+/// How long `dbward cert issue` backdates a person's certificate (`notBefore` is this long
+/// before the moment it signs it, so a relay whose clock is a little behind accepts it). The
+/// relay adds it back to `notBefore` to know when a certificate was issued.
+pub const CERTIFICATE_BACKDATE_SECS: u64 = 3600;
+
+/// Revocation that takes effect on sessions already open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// After a reload, a session whose person, database user or database name the new config
+    /// no longer allows (or whose certificate it locks out) is ended this long later, unless a
+    /// reload in between allowed it again. `0` ends it at once.
+    pub grace_ms: u64,
+    /// End a session when its client certificate expires (its chain's earliest `notAfter`), as
+    /// Teleport's `disconnect_expired_cert` does.
+    pub disconnect_expired_cert: bool,
+    /// Every person's certificates issued before this instant (seconds since the Unix epoch)
+    /// are refused, and the sessions using them ended: see [`Access::certificates_issued_after`].
+    pub certificates_issued_after: Option<i64>,
+}
+
+impl Default for Revocation {
+    fn default() -> Self {
+        Revocation {
+            grace_ms: DEFAULT_REVOKE_GRACE_MS,
+            disconnect_expired_cert: true,
+            certificates_issued_after: None,
+        }
+    }
+}
+
+impl Revocation {
+    /// Whether a certificate whose `notBefore` is `not_before` (seconds since the epoch) is
+    /// locked out for a person whose own cutoff is `person`: it was issued
+    /// ([`CERTIFICATE_BACKDATE_SECS`] after `notBefore`) before the later of the two cutoffs.
+    /// Returns that cutoff when it is.
+    pub fn locks_out(&self, person: Option<i64>, not_before: i64) -> Option<i64> {
+        let cutoff = match (self.certificates_issued_after, person) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b)?,
+        };
+        let issued = not_before.saturating_add(CERTIFICATE_BACKDATE_SECS as i64);
+        (issued < cutoff).then_some(cutoff)
+    }
 }
 
 /// Server-side TLS material for client connections.
@@ -244,6 +297,10 @@ pub struct Access {
     /// Privileges granted to a provisioned user. Structured, never SQL text: the relay passes
     /// them as JSON to the database's `dbward.activate`, which quotes every name itself.
     pub grants: Vec<Grant>,
+    /// The person's certificates issued before this instant (seconds since the Unix epoch;
+    /// the manifest's `user … { certificates-issued-after … }`) are refused, and sessions using
+    /// them ended. The same on every entry of the person.
+    pub certificates_issued_after: Option<i64>,
 }
 
 /// One privilege grant to a provisioned user, as `dbward.activate` reads it (its JSON form is
@@ -486,6 +543,7 @@ mod tests {
                 audit: None,
                 metrics: None,
                 limits: Limits::default(),
+                revocation: Revocation::default(),
             },
             databases: BTreeMap::new(),
             access: vec![],
@@ -510,7 +568,28 @@ mod tests {
             provision: Provision::Off,
             db_roles: vec![],
             grants: vec![],
+            certificates_issued_after: None,
         }
+    }
+
+    #[test]
+    fn a_certificate_is_locked_out_when_issued_before_the_later_cutoff() {
+        let backdate = CERTIFICATE_BACKDATE_SECS as i64;
+        let mut revocation = Revocation::default();
+        // Issued (notBefore + the backdate) at 1000.
+        let not_before = 1000 - backdate;
+        assert_eq!(revocation.locks_out(None, not_before), None);
+        assert_eq!(
+            revocation.locks_out(Some(1000), not_before),
+            None,
+            "at the cutoff"
+        );
+        assert_eq!(revocation.locks_out(Some(1001), not_before), Some(1001));
+        revocation.certificates_issued_after = Some(2000);
+        assert_eq!(revocation.locks_out(None, not_before), Some(2000));
+        assert_eq!(revocation.locks_out(Some(500), not_before), Some(2000));
+        assert_eq!(revocation.locks_out(Some(3000), not_before), Some(3000));
+        assert_eq!(revocation.locks_out(Some(900), 2000), None);
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             problems: Problems(problems),
         });
     }
+    crate::revoke::warn_future_cutoffs(&config);
     Loaded::build(path, config).map_err(|source| ConfigError::Tls {
         config: path.to_owned(),
         source,

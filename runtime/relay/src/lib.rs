@@ -42,6 +42,7 @@ pub mod ops;
 pub mod protocol;
 pub mod provision;
 pub mod readahead;
+pub mod revoke;
 pub mod session;
 pub mod state;
 pub mod tls;

@@ -38,11 +38,13 @@ pub enum DenyReason {
     /// The person's database user could not be provisioned: a same-named role dbward does not
     /// manage, other sessions with other rights, or a failed admin connection.
     Provision,
+    /// The client certificate was issued before a `certificates-issued-after` cutoff.
+    CertificateLockedOut,
 }
 
 impl DenyReason {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [DenyReason; 11] = [
+    pub const ALL: [DenyReason; 12] = [
         DenyReason::TlsRequired,
         DenyReason::Certificate,
         DenyReason::Protocol,
@@ -54,6 +56,7 @@ impl DenyReason {
         DenyReason::AuditUnavailable,
         DenyReason::Upstream,
         DenyReason::Provision,
+        DenyReason::CertificateLockedOut,
     ];
 
     /// The stable snake_case name used as a metric label and in audit events.
@@ -70,6 +73,7 @@ impl DenyReason {
             DenyReason::AuditUnavailable => "audit_unavailable",
             DenyReason::Upstream => "upstream",
             DenyReason::Provision => "provision",
+            DenyReason::CertificateLockedOut => "certificate_locked_out",
         }
     }
 
@@ -95,17 +99,26 @@ pub enum EndReason {
     IdleTimeout,
     /// Idle inside a transaction for `limits.idle_in_transaction_timeout_ms` (FATAL 25P03).
     IdleInTransactionTimeout,
+    /// A reload removed the session's access, and the grace passed (FATAL 57P01).
+    AccessRevoked,
+    /// The client certificate expired, with `disconnect_expired_cert` on (FATAL 57P01).
+    CertificateExpired,
+    /// A reload locked out the session's certificate (`certificates-issued-after`; FATAL 57P01).
+    CertificateLockedOut,
 }
 
 impl EndReason {
     /// Every reason, in the order they are rendered.
-    pub const ALL: [EndReason; 6] = [
+    pub const ALL: [EndReason; 9] = [
         EndReason::ClientClosed,
         EndReason::UpstreamClosed,
         EndReason::ClientError,
         EndReason::UpstreamError,
         EndReason::IdleTimeout,
         EndReason::IdleInTransactionTimeout,
+        EndReason::AccessRevoked,
+        EndReason::CertificateExpired,
+        EndReason::CertificateLockedOut,
     ];
 
     /// The stable snake_case name used as a metric label and in audit events.
@@ -117,6 +130,9 @@ impl EndReason {
             EndReason::UpstreamError => "upstream_error",
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::IdleInTransactionTimeout => "idle_in_transaction_timeout",
+            EndReason::AccessRevoked => "access_revoked",
+            EndReason::CertificateExpired => "certificate_expired",
+            EndReason::CertificateLockedOut => "certificate_locked_out",
         }
     }
 

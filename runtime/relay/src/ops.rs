@@ -4,7 +4,9 @@
 //! writer, bind the relay and metrics listeners, run the accept loop, and react to signals:
 //!
 //! - **SIGHUP** reloads the config with [`reload`]: sessions in flight keep the snapshot they
-//!   started with; new sessions use the new one; a bad file keeps the old config and logs why.
+//!   started with, except that those the new config no longer allows are ended after its
+//!   `revoke-grace` ([`crate::revoke`]); new sessions use the new one; a bad file keeps the old
+//!   config and logs why.
 //! - **SIGTERM** (or SIGINT) drains: `/readyz` turns 503, the listener closes, running sessions
 //!   may finish until `limits.drain_timeout_ms`, then the process exits 0. A second SIGTERM
 //!   exits at once with status 1.
@@ -99,10 +101,11 @@ pub fn check(config_path: &Path) -> Result<CheckSummary, ConfigError> {
     })
 }
 
-/// SIGHUP: loads `config_path` again and, if it verifies, makes it the config of new sessions.
+/// SIGHUP: loads `config_path` again and, if it verifies, makes it the config of new sessions
+/// and ends, after its grace, the sessions in flight it no longer allows.
 /// A config that fails keeps the old one in force; the reason is logged at error level.
 /// Returns whether the new config was installed.
-pub fn reload(shared: &Shared, config_path: &Path) -> bool {
+pub fn reload(shared: &Arc<Shared>, config_path: &Path) -> bool {
     let started = Instant::now();
     match config::load(config_path) {
         Ok(loaded) => {
@@ -123,10 +126,13 @@ pub fn reload(shared: &Shared, config_path: &Path) -> bool {
             shared
                 .metrics
                 .set_connection_limit(shared.connection_limit());
+            let revoked = crate::revoke::after_reload(shared);
             tracing::info!(
                 %checksum,
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "config reloaded; new sessions use it, sessions in flight keep theirs"
+                revoked,
+                "config reloaded; new sessions use it, sessions in flight keep theirs unless \
+                 it revoked them"
             );
             true
         }

@@ -5,8 +5,9 @@
 //! - Nothing is dialled upstream before the access check has passed.
 //! - Every refusal is a PostgreSQL ErrorResponse that says what was refused and why, a
 //!   `session.denied` audit event and a metric; nothing else leaves the relay for it.
-//! - The session uses one config snapshot from accept to end, so a reload never changes the
-//!   rules under a running session.
+//! - The session uses one config snapshot from accept to end; a reload changes nothing under a
+//!   running session but whether it may go on: one the new config no longer allows is ended
+//!   after the grace ([`crate::revoke`]), as is one whose client certificate expires.
 //! - After startup the bytes are relayed as they are; only frame headers (and the SQL text of
 //!   Query/Parse messages, when audit asks for it) are looked at.
 
@@ -38,8 +39,9 @@ use crate::protocol::startup::PROTOCOL_3_0;
 use crate::protocol::{ClientKey, Startup, StartupError, StartupMessage};
 use crate::provision::{self, ProvisionError, Provisioning};
 use crate::readahead::ReadAhead;
+use crate::revoke::{self, LiveSession, Stop};
 use crate::state::{Loaded, Shared};
-use crate::tls::ALPN_POSTGRESQL;
+use crate::tls::{ALPN_POSTGRESQL, ClientCert};
 use crate::upstream::{self, Target, Upstream, UpstreamError};
 
 /// The client's TLS stream.
@@ -187,7 +189,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admis
         };
         return refuse(tls, &shared, &info, denial).await;
     }
-    let (target, decided) = match authorize(&loaded, &tls, &startup, &mut info) {
+    let (target, decided, cert) = match authorize(&loaded, &tls, &startup, &mut info) {
         Ok(decided) => decided,
         Err(denial) => return refuse(tls, &shared, &info, denial).await,
     };
@@ -203,7 +205,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admis
         };
         return refuse(tls, &shared, &info, denial).await;
     }
-    session(tls, decided, leftover, target, &loaded, &shared, info).await;
+    session(tls, decided, cert, leftover, target, &loaded, &shared, info).await;
 }
 
 /// Reads the first packet(s), answers SSLRequest/GSSENCRequest, runs the TLS handshake and
@@ -406,17 +408,42 @@ fn authorize(
     tls: &ClientTls,
     startup: &StartupMessage,
     info: &mut SessionInfo,
-) -> Result<(Arc<Target>, Decided), Denial> {
+) -> Result<(Arc<Target>, Decided, ClientCert), Denial> {
     let conn = tls.get_ref().1;
     // Who: the certificate, checked before anything else is looked at.
-    let identity = loaded
+    let cert = loaded
         .server_tls
         .check
         .check(conn.peer_certificates())
         .map_err(|refusal| Denial::access(DenyReason::Certificate, refusal.to_string(), None))?;
-    let decided = decide(&loaded.config, &identity, conn.server_name(), startup, info)?;
+    let decided = decide(
+        &loaded.config,
+        &cert.identity,
+        conn.server_name(),
+        startup,
+        info,
+    )?;
+    // A certificate issued before the person's (or everyone's) cutoff is locked out.
+    let cutoff = loaded
+        .config
+        .access_for(&cert.identity, &decided.database)
+        .and_then(|access| {
+            loaded
+                .config
+                .relay
+                .revocation
+                .locks_out(access.certificates_issued_after, cert.not_before)
+        });
+    if let Some(cutoff) = cutoff {
+        let refusal = revoke::locked_out(&cert.identity, cert.not_before, cutoff, false);
+        return Err(Denial::access(
+            DenyReason::CertificateLockedOut,
+            refusal.message,
+            Some(refusal.hint),
+        ));
+    }
     match loaded.upstreams.get(&decided.database) {
-        Some(Upstream::Ready(target)) => Ok((target.clone(), decided)),
+        Some(Upstream::Ready(target)) => Ok((target.clone(), decided, cert)),
         Some(Upstream::Unsupported(reason)) => Err(Denial {
             reason: DenyReason::Upstream,
             code: CONNECTION_FAILURE,
@@ -676,9 +703,11 @@ async fn refuse<S: AsyncWrite + Unpin>(
 
 /// Runs the session, then retires the person's provisioned user (if any) once it has ended,
 /// whichever way it ended.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     tls: Box<ClientTls>,
     decided: Decided,
+    cert: ClientCert,
     leftover: Vec<u8>,
     target: Arc<Target>,
     loaded: &Loaded,
@@ -687,8 +716,17 @@ async fn session(
 ) {
     let provisioning = decided.provisioning.clone();
     let audit_info = info.clone();
-    let Some(ended) =
-        open_and_relay(tls, decided, leftover, target.clone(), loaded, shared, info).await
+    let Some(ended) = open_and_relay(
+        tls,
+        decided,
+        cert,
+        leftover,
+        target.clone(),
+        loaded,
+        shared,
+        info,
+    )
+    .await
     else {
         // Refused before (or by) the activation: nothing was provisioned.
         return;
@@ -774,9 +812,11 @@ fn provision_denial(plan: &Provisioning, error: ProvisionError) -> Denial {
 /// Opens the upstream session, completes the client's startup, and relays until either side
 /// ends. Returns `None` when the session was refused before its user could have been
 /// activated (nothing to retire), else `Some` with the upstream backend's pid, if known.
+#[allow(clippy::too_many_arguments)]
 async fn open_and_relay(
     tls: Box<ClientTls>,
     decided: Decided,
+    cert: ClientCert,
     leftover: Vec<u8>,
     target: Arc<Target>,
     loaded: &Loaded,
@@ -904,6 +944,34 @@ async fn open_and_relay(
     drop(reply);
     upstream.greeting = Vec::new();
 
+    // Listed for reloads from here on. A reload since this session's snapshot was taken found
+    // it unlisted, so it is checked against the config in force now, at once.
+    let listed = shared.live.list(
+        info.id,
+        LiveSession {
+            identity: cert.identity.clone(),
+            database: database.clone(),
+            db_user: info.db_user.clone().unwrap_or_default(),
+            db_name: info.db_name.clone().unwrap_or_default(),
+            provisioned: decided.provisioning.is_some(),
+            not_before: cert.not_before,
+            stop: Stop::default(),
+        },
+    );
+    let current = shared.current();
+    if !std::ptr::eq(&*current, loaded)
+        && let Some(revoked) = listed.session.revoked_by(&current.config)
+    {
+        listed.session.stop.trigger(revoked);
+    }
+    drop(current);
+    let expires = loaded
+        .config
+        .relay
+        .revocation
+        .disconnect_expired_cert
+        .then(|| expiry_deadline(cert.not_after));
+
     let info = Arc::new(info);
     let started = Instant::now();
     shared.audit.session_start(&info);
@@ -939,8 +1007,13 @@ async fn open_and_relay(
         audit_queries.then_some(&mut on_query),
         Some(&shared.metrics),
         IdleLimits::from_limits(limits),
+        Ends {
+            stop: Some(&listed.session.stop),
+            expires,
+        },
     )
     .await;
+    drop(listed);
     drop(registration);
 
     shared.audit.session_end(
@@ -960,6 +1033,30 @@ async fn open_and_relay(
         "session ended"
     );
     Some(backend_pid)
+}
+
+/// The instant on the runtime's clock at which a certificate valid until `not_after` (seconds
+/// since the epoch) expires, with that time for the FATAL. A certificate is valid through its
+/// `notAfter` second (RFC 5280; webpki refuses it only once the time is past it), so the
+/// session ends at the start of the next second, when a new session with it would be refused.
+fn expiry_deadline(not_after: i64) -> (tokio::time::Instant, i64) {
+    let end = u64::try_from(not_after.saturating_add(1)).unwrap_or(0);
+    let end = std::time::UNIX_EPOCH + Duration::from_secs(end);
+    let left = end
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    // A year bounds the timer however far away the certificate's end is.
+    let left = left.min(Duration::from_secs(366 * 24 * 3600));
+    (tokio::time::Instant::now() + left, not_after)
+}
+
+/// What else, besides its two sides and the idle limits, may end a session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ends<'a> {
+    /// Set from outside (a reload that revoked the session).
+    pub stop: Option<&'a Stop>,
+    /// The client certificate's expiry: when, on the runtime's clock, and its `notAfter`.
+    pub expires: Option<(tokio::time::Instant, i64)>,
 }
 
 /// NegotiateProtocolVersion: the relay's newest minor version (0) and the options it ignored.
@@ -1033,9 +1130,14 @@ fn expects_ready(tag: u8) -> bool {
 /// Watches a session for idleness at the cost of one clock read per wake-up that moved bytes
 /// (no timer is touched per read): one sleep is armed for the shortest limit, and when it fires
 /// it checks what happened since and either ends the session or re-arms for the remainder.
+///
+/// The same timer carries the client certificate's expiry, when sessions end with it.
 struct IdleWatch {
     limits: IdleLimits,
-    shortest: Duration,
+    /// The shorter limit; `None` when only the certificate's expiry is watched.
+    shortest: Option<Duration>,
+    /// When the client certificate expires.
+    expires: Option<tokio::time::Instant>,
     /// Boxed once per session: a timer entry is large, and a session is pinned to nothing.
     sleep: Pin<Box<tokio::time::Sleep>>,
     /// When bytes last moved either way.
@@ -1051,13 +1153,20 @@ struct IdleWatch {
 }
 
 impl IdleWatch {
-    fn new(limits: IdleLimits) -> Option<IdleWatch> {
-        let shortest = limits.shortest()?;
+    fn new(limits: IdleLimits, expires: Option<tokio::time::Instant>) -> Option<IdleWatch> {
+        let shortest = limits.shortest();
         let now = tokio::time::Instant::now();
+        let first = match (shortest, expires) {
+            (Some(shortest), Some(expires)) => expires.min(now + shortest),
+            (Some(shortest), None) => now + shortest,
+            (None, Some(expires)) => expires,
+            (None, None) => return None,
+        };
         Some(IdleWatch {
             limits,
             shortest,
-            sleep: Box::pin(tokio::time::sleep_until(now + shortest)),
+            expires,
+            sleep: Box::pin(tokio::time::sleep_until(first)),
             last_activity: now,
             requests: FrameWalker::default(),
             requested: 0,
@@ -1092,6 +1201,9 @@ impl IdleWatch {
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<EndReason> {
         while self.sleep.as_mut().poll(cx).is_ready() {
             let now = tokio::time::Instant::now();
+            if self.expires.is_some_and(|expires| now >= expires) {
+                return Poll::Ready(EndReason::CertificateExpired);
+            }
             // A request is outstanding (a query running, a COPY in progress): not idle.
             let waiting = self.requested <= self.answered;
             let (limit, reason) = if self.status == b'I' {
@@ -1111,12 +1223,21 @@ impl IdleWatch {
             // Check again when the limit in force would pass, and no later than one shortest
             // limit after the last activity (or from now): activity since may have moved the
             // session into a state with a shorter limit.
-            let mut next = self.last_activity + self.shortest;
-            if next <= now {
-                next = now + self.shortest;
-            }
-            if let Some(limit) = limit {
-                next = next.min(self.last_activity + limit);
+            let mut next = match self.shortest {
+                Some(shortest) => {
+                    let mut next = self.last_activity + shortest;
+                    if next <= now {
+                        next = now + shortest;
+                    }
+                    if let Some(limit) = limit {
+                        next = next.min(self.last_activity + limit);
+                    }
+                    next
+                }
+                None => now + Duration::from_secs(24 * 3600),
+            };
+            if let Some(expires) = self.expires {
+                next = next.min(expires);
             }
             self.sleep.as_mut().reset(next);
         }
@@ -1137,7 +1258,9 @@ impl IdleWatch {
 /// as possible, while a lone message still leaves at once.
 ///
 /// A session idle past `idle` gets the FATAL ErrorResponse PostgreSQL would send (57P05 or
-/// 25P03), and its upstream a Terminate, before both are closed.
+/// 25P03), and its upstream a Terminate, before both are closed; so does a session stopped
+/// through `ends` (a revocation) or whose certificate expired (57P01, saying why). Watching
+/// `ends.stop` costs one atomic load per wake-up; the expiry shares the idle limits' timer.
 pub async fn relay<C, U>(
     mut client: C,
     mut upstream: U,
@@ -1145,13 +1268,16 @@ pub async fn relay<C, U>(
     on_query: Option<&mut OnQuery<'_>>,
     metrics: Option<&Metrics>,
     idle: IdleLimits,
+    ends: Ends<'_>,
 ) -> Relayed
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let mut scanner = on_query.map(|callback| (QueryScanner::default(), callback));
-    let mut watch = IdleWatch::new(idle);
+    let mut watch = IdleWatch::new(idle, ends.expires.map(|(at, _)| at));
+    // The waker `ends.stop` holds, so it is replaced only when the task's changes.
+    let mut registered = None;
     let mut from_client = Pump::new();
     let mut to_client = Pump::new();
     if !pending.is_empty() {
@@ -1212,6 +1338,15 @@ where
             }
         }
         if ended.is_pending()
+            && let Some(stop) = ends.stop
+            && stop.poll_stopped(cx, &mut registered)
+        {
+            return Poll::Ready(
+                stop.revoked()
+                    .map_or(EndReason::AccessRevoked, |r| r.reason),
+            );
+        }
+        if ended.is_pending()
             && let Some(watch) = watch.as_mut()
         {
             return watch.poll_expired(cx);
@@ -1238,6 +1373,13 @@ where
                 idle.in_transaction,
             )),
         )),
+        EndReason::CertificateExpired => ends
+            .expires
+            .map(|(_, not_after)| revoke::expired(not_after).fatal()),
+        EndReason::AccessRevoked | EndReason::CertificateLockedOut => ends
+            .stop
+            .and_then(Stop::revoked)
+            .map(|revoked| revoked.fatal()),
         _ => None,
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -1421,6 +1563,7 @@ mod tests {
             provision,
             db_roles: vec![],
             grants: vec![],
+            certificates_issued_after: None,
         };
         Config {
             format_version: FORMAT_VERSION,
@@ -1437,6 +1580,7 @@ mod tests {
                 audit: None,
                 metrics: None,
                 limits: Limits::default(),
+                revocation: Default::default(),
             },
             databases: BTreeMap::from([
                 ("shop".into(), database(5432, Some("dbward-admin"))),
@@ -1662,7 +1806,8 @@ mod tests {
                     Vec::new(),
                     Some(&mut on_query),
                     None,
-                    IdleLimits::default()
+                    IdleLimits::default(),
+                    Ends::default()
                 ),
                 driver
             )
@@ -1678,6 +1823,73 @@ mod tests {
             }
         );
         assert_eq!(seen, vec![(QueryKind::Query, "select 1".to_owned())]);
+    }
+
+    /// A stop from outside (a reload's revocation) and the certificate's expiry end an idle
+    /// session over in-memory pipes: the client reads the FATAL with the reason's words, the
+    /// upstream a Terminate, and the end carries the reason.
+    #[tokio::test]
+    async fn a_revoked_or_expired_session_is_ended_with_its_reason() {
+        for expire in [false, true] {
+            let (mut client, client_side) = tokio::io::duplex(1024);
+            let (upstream_side, mut server) = tokio::io::duplex(1024);
+            let stop = Stop::default();
+            let ends = Ends {
+                stop: Some(&stop),
+                expires: expire.then(|| {
+                    (
+                        tokio::time::Instant::now() + Duration::from_millis(300),
+                        1_796_040_000,
+                    )
+                }),
+            };
+            let driver = async {
+                if !expire {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    stop.trigger(revoke::Revoked {
+                        reason: EndReason::AccessRevoked,
+                        message: "terminating connection: revoked".into(),
+                        hint: "ask".into(),
+                    });
+                }
+                let mut reply = Vec::new();
+                client.read_to_end(&mut reply).await.unwrap();
+                let mut terminate = Vec::new();
+                server.read_to_end(&mut terminate).await.unwrap();
+                (reply, terminate)
+            };
+            let (relayed, (reply, terminate)) =
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    tokio::join!(
+                        relay(
+                            client_side,
+                            upstream_side,
+                            Vec::new(),
+                            None,
+                            None,
+                            IdleLimits::default(),
+                            ends
+                        ),
+                        driver
+                    )
+                })
+                .await
+                .expect("the session is ended");
+            let fields = backend::error_fields(&reply[5..]);
+            assert!(fields.contains(&(b'C', "57P01".to_owned())), "{fields:?}");
+            let (reason, message) = if expire {
+                (
+                    EndReason::CertificateExpired,
+                    "terminating connection: the client certificate expired at \
+                     2026-11-30T12:00:00Z",
+                )
+            } else {
+                (EndReason::AccessRevoked, "terminating connection: revoked")
+            };
+            assert_eq!(relayed.end, reason);
+            assert!(fields.contains(&(b'M', message.to_owned())), "{fields:?}");
+            assert_eq!(terminate, TERMINATE);
+        }
     }
 
     /// The idle limits over in-memory pipes: which limit ends a session follows the last
@@ -1713,7 +1925,15 @@ mod tests {
                 (reply, terminate)
             };
             let (relayed, (reply, terminate)) = tokio::join!(
-                relay(client_side, upstream_side, Vec::new(), None, None, limits),
+                relay(
+                    client_side,
+                    upstream_side,
+                    Vec::new(),
+                    None,
+                    None,
+                    limits,
+                    Ends::default()
+                ),
                 driver
             );
             let took = started.elapsed();
@@ -1743,7 +1963,15 @@ mod tests {
             drop(client);
         };
         let (relayed, ()) = tokio::join!(
-            relay(client_side, upstream_side, Vec::new(), None, None, limits),
+            relay(
+                client_side,
+                upstream_side,
+                Vec::new(),
+                None,
+                None,
+                limits,
+                Ends::default()
+            ),
             driver
         );
         assert_eq!(relayed.end, EndReason::ClientClosed);

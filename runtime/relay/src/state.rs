@@ -1,8 +1,9 @@
 //! The relay's runtime state, shared by the listener, every session and the operations code.
 //!
 //! [`Shared`] lives for the whole process. Its [`Loaded`] config is swapped as a whole on reload
-//! (SIGHUP): a session takes one snapshot when it starts and keeps it to its end, so sessions in
-//! flight are never affected by a reload, and new ones use the new config.
+//! (SIGHUP): a session takes one snapshot when it starts and keeps it to its end, and new ones
+//! use the new config; a reload affects a session in flight only by ending it when the new config
+//! no longer allows it ([`crate::revoke`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -105,6 +106,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Warm admin connections of provisioning databases.
     pub admin_pool: crate::provision::AdminPool,
+    /// The sessions relaying now, checked again on every reload ([`crate::revoke`]).
+    pub live: crate::revoke::LiveSessions,
     /// Source of session ids.
     next_session_id: AtomicU64,
     /// Connections the open-file limit leaves room for ([`crate::listener::FdBudget`]);
@@ -120,6 +123,7 @@ impl Shared {
             audit,
             metrics,
             admin_pool: crate::provision::AdminPool::default(),
+            live: crate::revoke::LiveSessions::default(),
             next_session_id: AtomicU64::new(1),
             descriptor_cap: AtomicUsize::new(usize::MAX),
         }

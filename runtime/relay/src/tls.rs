@@ -178,8 +178,20 @@ impl ServerTls {
 #[derive(Debug)]
 pub struct ClientCertCheck {
     inner: Arc<dyn ClientCertVerifier>,
-    /// Chains verified before, with the identity they carry (see [`crate::verified`]).
-    verified: VerifiedChains<String>,
+    /// Chains verified before, with what they carry (see [`crate::verified`]).
+    verified: VerifiedChains<ClientCert>,
+}
+
+/// What a verified client certificate says: who, and when it is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject common name of the end-entity certificate: the person.
+    pub identity: String,
+    /// The end-entity certificate's `notBefore`, seconds since the epoch (what
+    /// `certificates-issued-after` is compared with).
+    pub not_before: i64,
+    /// The earliest `notAfter` of the chain, seconds since the epoch: when it stops working.
+    pub not_after: i64,
 }
 
 /// Why a client certificate was refused, in words a person can act on.
@@ -206,9 +218,9 @@ pub enum CertRefusal {
 }
 
 impl ClientCertCheck {
-    /// Verifies the peer's chain against the users' CA now and returns the identity: the
-    /// subject common name of the end-entity certificate.
-    pub fn check(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<String, CertRefusal> {
+    /// Verifies the peer's chain against the users' CA now and returns the identity (the
+    /// subject common name of the end-entity certificate) and the chain's validity.
+    pub fn check(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<ClientCert, CertRefusal> {
         let Some((end_entity, intermediates)) = chain.and_then(|c| c.split_first()) else {
             return Err(CertRefusal::Missing);
         };
@@ -218,7 +230,18 @@ impl ClientCertCheck {
                 self.inner
                     .verify_client_cert(end_entity, intermediates, now)
                     .map_err(refusal)?;
-                common_name(end_entity).ok_or(CertRefusal::NoCommonName)
+                let identity = common_name(end_entity).ok_or(CertRefusal::NoCommonName)?;
+                let not_before = x509_parser::parse_x509_certificate(end_entity.as_ref())
+                    .map(|(_, cert)| cert.validity().not_before.timestamp())
+                    .map_err(|e| CertRefusal::Invalid(e.to_string()))?;
+                let not_after = crate::verified::chain_not_after(end_entity, intermediates)
+                    .and_then(|t| i64::try_from(t).ok())
+                    .ok_or_else(|| CertRefusal::Invalid("unreadable validity".into()))?;
+                Ok(ClientCert {
+                    identity,
+                    not_before,
+                    not_after,
+                })
             })
     }
 }

@@ -23,6 +23,9 @@ pub(crate) fn model(databases: &[&str]) -> Model {
             audit: None,
             metrics: None,
             kubernetes: None,
+            revoke_grace: Duration::from_secs(10),
+            disconnect_expired_cert: true,
+            certificates_issued_after: None,
         },
         clouds: BTreeMap::new(),
         databases: databases

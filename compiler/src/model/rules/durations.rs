@@ -12,7 +12,8 @@
 //!
 //! **How to fix:** write a positive number followed by `s`, `m`, `h` or `d` (`"90s"`, `"30m"`,
 //! `"12h"`, `"7d"`), or several of them (`"1h30m"`). The two idle timeouts also take `"off"`
-//! (or `"0"`, as pgbouncer and PostgreSQL spell it) to turn them off.
+//! (or `"0"`, as pgbouncer and PostgreSQL spell it) to turn them off; `revoke-grace` takes
+//! `"0s"` to end revoked sessions at once.
 
 use std::time::Duration;
 
@@ -65,6 +66,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The nodes whose value is a timeout that may be turned off.
 pub const TIMEOUTS: [&str; 2] = ["relay/idle-timeout", "relay/idle-in-transaction-timeout"];
 
+/// The nodes whose value is a grace that may be zero (`"0s"`: at once).
+pub const GRACES: [&str; 1] = ["relay/revoke-grace"];
+
+/// Parses a grace: a duration, or `"0s"` / `"0"` for none.
+pub fn parse_grace(text: &str) -> Result<Duration, String> {
+    match text {
+        "0s" | "0" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 /// Parses a timeout: a duration, or `"off"` / `"0"` for none.
 pub fn parse_timeout(text: &str) -> Result<Option<Duration>, String> {
     match text {
@@ -76,7 +88,8 @@ pub fn parse_timeout(text: &str) -> Result<Option<Duration>, String> {
 pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     walk_known(manifest, |node, spec| {
         let timeout = TIMEOUTS.contains(&spec.path);
-        if spec.path != "relay/client-cert-ttl" && !timeout {
+        let grace = GRACES.contains(&spec.path);
+        if spec.path != "relay/client-cert-ttl" && !timeout && !grace {
             return;
         }
         let Some(value) = node.args.first() else {
@@ -85,6 +98,8 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
         let Some(text) = value.as_str() else { return };
         let parsed = if timeout {
             parse_timeout(text).map(|_| ())
+        } else if grace {
+            parse_grace(text).map(|_| ())
         } else {
             parse_duration(text).map(|_| ())
         };
@@ -92,6 +107,9 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
             let help = if timeout {
                 "write a number and a unit: \"90s\", \"30m\", \"12h\" or \"7d\" (up to a year), \
                  or \"off\" to turn the timeout off"
+            } else if grace {
+                "write a number and a unit: \"90s\", \"30m\", \"12h\" or \"7d\" (up to a year), \
+                 or \"0s\" to end revoked sessions at once"
             } else {
                 "write a number and a unit: \"90s\", \"30m\", \"12h\" or \"7d\" (up to a year)"
             };
@@ -136,6 +154,14 @@ mod tests {
         assert_eq!(parse_timeout("30m"), Ok(Some(Duration::from_secs(1_800))));
         assert!(parse_timeout("0s").is_err());
         assert!(parse_timeout("never").is_err());
+    }
+
+    #[test]
+    fn graces_also_take_zero() {
+        assert_eq!(parse_grace("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("10s"), Ok(Duration::from_secs(10)));
+        assert!(parse_grace("off").is_err());
+        assert!(parse_grace("10").is_err());
     }
 
     #[test]

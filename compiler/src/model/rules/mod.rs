@@ -8,6 +8,7 @@
 pub mod access_blocks;
 pub mod addresses;
 pub mod allow_emptied_by_deny;
+pub mod certificate_cutoffs;
 pub mod cloud_ids;
 pub mod cloud_kind;
 pub mod cloud_sql_user_name;
@@ -55,6 +56,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     confusable_names::check(manifest, diags);
     mixed_script_names::check(manifest, diags);
     durations::check(manifest, diags);
+    certificate_cutoffs::check(manifest, diags);
     addresses::check(manifest, diags);
     kubernetes::check(manifest, diags);
     host_in_server_names::check(manifest, diags);

@@ -19,6 +19,8 @@ pub const PROVISION_FAILED: &str = "08004";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// SQLSTATE `57P05` idle_session_timeout.
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// `admin_shutdown`: what `pg_terminate_backend` sends; the relay ends revoked sessions with it.
+pub const ADMIN_SHUTDOWN: &str = "57P01";
 /// SQLSTATE `25P03` idle_in_transaction_session_timeout.
 pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: &str = "25P03";
 

@@ -48,6 +48,10 @@
 //!   a fake Entra ID (env secret, certificate, workload identity, App Service, IMDS), checked by
 //!   a real PostgreSQL through PAM (the token's `oid` must be the role's); the other identity's
 //!   token refused; refresh with no failed session; every error's message; never logged.
+//! - `diff`: who gains and who loses access: `dbward plan` against the deployed frozen.json,
+//!   `dbward diff OLD NEW` in text, JSON and Markdown, exit codes, invalid manifests.
+//! - `ci`: examples/ci/dbward.yml's `run:` steps, as written, on a git repository with a base
+//!   and a pull-request branch: annotations, fmt, the access comment, plan.
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
@@ -69,10 +73,12 @@ mod artifacts;
 mod azure;
 mod azure_setup;
 mod cert;
+mod ci;
 mod cloudsql;
 mod commands;
 mod convergence;
 mod deploy;
+mod diff;
 mod examples;
 mod golden;
 mod harness;

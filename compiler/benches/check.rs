@@ -6,7 +6,7 @@
 //! Run with `cargo bench -p dbward --bench check` (optimized build). The README's table
 //! "Speed of `dbward check`" comes from this program's output. `DBWARD_BENCH_SIZES=10,100`
 //! picks other sizes; `DBWARD_BENCH_DUMP=DIR` also writes the generated manifests there (to
-//! profile `dbward check` on them).
+//! profile `dbward check` on them); with `DBWARD_BENCH_DUMP_ONLY=1` it only writes them.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -162,6 +162,11 @@ fn main() {
             let path = std::path::Path::new(&dir).join(format!("generated-{databases}.kdl"));
             if let Err(err) = std::fs::write(&path, &text) {
                 eprintln!("cannot write {}: {err}", path.display());
+            }
+            // `DBWARD_BENCH_DUMP_ONLY=1`: only write the manifests (to time the binaries on
+            // them, as the README's "Speed of explain and diff" does).
+            if std::env::var_os("DBWARD_BENCH_DUMP_ONLY").is_some() {
+                continue;
             }
         }
         let min_runs = if databases >= 5_000 { 1 } else { 3 };

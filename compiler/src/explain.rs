@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::model::access::matches;
+use crate::model::access::RoleReach;
 use crate::model::{Access, Grant, Model, NameSet, ObjectKind, Provision};
 
 /// Restricts an explanation to one person and/or one database.
@@ -184,44 +184,42 @@ pub fn explain(model: &Model, filter: &Filter) -> Result<Explanation, ExplainErr
             hint: hint(name, model.databases.keys(), "databases"),
         });
     }
-    let wanted_user = |u: &str| filter.user.as_deref().is_none_or(|w| w == u);
-    let wanted_db = |d: &str| filter.database.as_deref().is_none_or(|w| w == d);
-
+    // Each person is visited only on the databases their roles' allow blocks select (as the
+    // access table itself is computed): testing every selector of every role against every
+    // database made an unfiltered explain of 1,000 databases and 5,000 people cost 4.5 checks.
+    let reach = RoleReach::new(model);
+    let only_db = filter.database.as_ref().map(|name| reach.position(name));
     let mut access = Vec::new();
     let mut blocked = Vec::new();
     let mut without = Vec::new();
-    for (user_name, user) in model.users.iter().filter(|(u, _)| wanted_user(u)) {
+    let users = model
+        .users
+        .iter()
+        .filter(|(u, _)| filter.user.as_deref().is_none_or(|w| w == u.as_str()));
+    for (user_name, user) in users {
         let mut reaches_any = false;
-        for (db_name, db) in model.databases.iter().filter(|(d, _)| wanted_db(d)) {
-            // Roles whose allow / deny selects this database, in the order the person holds them.
-            let selecting = |deny: bool| -> Vec<String> {
-                user.roles
-                    .iter()
-                    .filter(|r| {
-                        model.roles.get(*r).is_some_and(|role| {
-                            let rules = if deny { &role.deny } else { &role.allow };
-                            rules.iter().any(|rule| matches(&rule.databases, db))
-                        })
-                    })
-                    .cloned()
-                    .collect()
+        let mut candidates = reach.candidates(user);
+        if let Some(only) = only_db {
+            candidates.retain(|&p| Some(p) == only);
+        }
+        // The person's entries are sorted by database, as the candidates are: walk both.
+        let mut entries = model.access.of_user(user_name).peekable();
+        for position in candidates {
+            let Some(db_name) = reach.name(position) else {
+                continue;
             };
-            match model.access.get(user_name, db_name) {
+            while entries.next_if(|e| e.database < db_name).is_some() {}
+            match entries.next_if(|e| e.database == db_name) {
                 Some(entry) => {
                     reaches_any = true;
-                    access.push(describe(entry, selecting(false)));
+                    access.push(describe(entry, reach.selecting(user, position, false)));
                 }
-                None => {
-                    let allowed_by = selecting(false);
-                    if !allowed_by.is_empty() {
-                        blocked.push(Blocked {
-                            user: user_name.clone(),
-                            database: db_name.clone(),
-                            allowed_by,
-                            denied_by: selecting(true),
-                        });
-                    }
-                }
+                None => blocked.push(Blocked {
+                    user: user_name.clone(),
+                    database: db_name.to_string(),
+                    allowed_by: reach.selecting(user, position, false),
+                    denied_by: reach.selecting(user, position, true),
+                }),
             }
         }
         if !reaches_any {
@@ -283,47 +281,72 @@ fn hint<'a>(name: &str, known: impl Iterator<Item = &'a String>, what: &str) -> 
 impl Explanation {
     /// The explanation as a table for people, one row per (person, database, login).
     pub fn render(&self) -> String {
-        let mut rows: Vec<[String; 6]> = vec![[
-            "USER".into(),
-            "DATABASE".into(),
-            "LOG IN AS".into(),
-            "DB NAMES".into(),
-            "VIA".into(),
-            "PROVISIONED USER GETS".into(),
-        ]];
-        for entry in &self.access {
-            let names = entry.db_names.display();
-            let via = entry.via.join(", ");
-            let mut logins: Vec<(String, String)> = entry
-                .db_users
-                .iter()
-                .map(|u| (u.clone(), "-".to_string()))
-                .collect();
-            if let Some(user) = &entry.provisioned_user {
-                let mut grants: Vec<String> = Vec::new();
-                if !entry.db_roles.is_empty() {
-                    grants.push(format!("db-roles {}", entry.db_roles.join(", ")));
-                }
-                grants.extend(entry.permissions.iter().map(Permission::display));
-                if grants.is_empty() {
-                    grants.push("no privileges".into());
-                }
-                logins.push((
-                    format!("{user} (provisioned, {})", provision_mode(entry.provision)),
-                    grants.join("; "),
-                ));
-            }
-            for (login, grants) in logins {
-                rows.push([
-                    entry.user.clone(),
-                    entry.database.clone(),
-                    login,
-                    names.clone(),
-                    via.clone(),
-                    grants,
-                ]);
-            }
+        /// What an entry's rows share, computed once per entry (not per row).
+        struct Shared {
+            names: String,
+            via: String,
+            /// The provisioned user's login and what it is granted, when provisioning is on.
+            provisioned: Option<(String, String)>,
         }
+        const HEADER: [&str; 6] = [
+            "USER",
+            "DATABASE",
+            "LOG IN AS",
+            "DB NAMES",
+            "VIA",
+            "PROVISIONED USER GETS",
+        ];
+        let shared: Vec<Shared> = self
+            .access
+            .iter()
+            .map(|entry| Shared {
+                names: entry.db_names.display(),
+                via: entry.via.join(", "),
+                provisioned: entry.provisioned_user.as_ref().map(|user| {
+                    let mut grants: Vec<String> = Vec::new();
+                    if !entry.db_roles.is_empty() {
+                        grants.push(format!("db-roles {}", entry.db_roles.join(", ")));
+                    }
+                    grants.extend(entry.permissions.iter().map(Permission::display));
+                    if grants.is_empty() {
+                        grants.push("no privileges".into());
+                    }
+                    (
+                        format!("{user} (provisioned, {})", provision_mode(entry.provision)),
+                        grants.join("; "),
+                    )
+                }),
+            })
+            .collect();
+        // Every row of the table, as borrowed cells: first to size the columns, then to
+        // write them (a table of 250,000 rows is not worth a copy of each cell).
+        let rows = || {
+            std::iter::once(HEADER).chain(self.access.iter().zip(&shared).flat_map(
+                |(entry, shared)| {
+                    let plain = entry.db_users.iter().map(move |login| {
+                        [
+                            entry.user.as_str(),
+                            entry.database.as_str(),
+                            login.as_str(),
+                            shared.names.as_str(),
+                            shared.via.as_str(),
+                            "-",
+                        ]
+                    });
+                    let provisioned = shared.provisioned.iter().map(move |(login, grants)| {
+                        [
+                            entry.user.as_str(),
+                            entry.database.as_str(),
+                            login.as_str(),
+                            shared.names.as_str(),
+                            shared.via.as_str(),
+                            grants.as_str(),
+                        ]
+                    });
+                    plain.chain(provisioned)
+                },
+            ))
+        };
         let mut out = String::new();
         if self.access.is_empty() {
             out.push_str("nobody can reach anything");
@@ -335,7 +358,7 @@ impl Explanation {
             }
             out.push('\n');
         } else {
-            out.push_str(&table(&rows));
+            out.push_str(&table(rows));
         }
         if !self.blocked.is_empty() {
             out.push_str("\nselected by an allow, but nothing is left:\n");
@@ -376,25 +399,32 @@ impl Explanation {
     }
 }
 
-/// Left-aligned columns, two spaces apart, without trailing spaces.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
+/// Left-aligned columns, two spaces apart, without trailing spaces. `rows` is called twice:
+/// once to size the columns, once to write them.
+fn table<'a, const N: usize, I>(rows: impl Fn() -> I) -> String
+where
+    I: Iterator<Item = [&'a str; N]>,
+{
     let mut widths = [0usize; N];
-    for row in rows {
+    let mut bytes = 0;
+    for row in rows() {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
+            bytes += cell.len() + 2;
         }
     }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
+    let mut out = String::with_capacity(bytes);
+    for row in rows() {
+        let start = out.len();
         for (i, cell) in row.iter().enumerate() {
-            line.push_str(cell);
+            out.push_str(cell);
             if i + 1 < N {
                 let pad = widths[i] - cell.chars().count() + 2;
-                line.extend(std::iter::repeat_n(' ', pad));
+                out.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        out.push_str(line.trim_end());
+        let kept = out[start..].trim_end().len();
+        out.truncate(start + kept);
         out.push('\n');
     }
     out
@@ -541,6 +571,65 @@ mod tests {
             json,
             explain(&reference(), &Filter::default()).unwrap().to_json()
         );
+    }
+
+    /// The explanation as it was computed before `RoleReach`: every selector of every role
+    /// tested against every database, for every person.
+    fn brute_force(m: &Model) -> (Vec<Entry>, Vec<Blocked>, Vec<String>) {
+        use crate::model::access::matches;
+        let (mut access, mut blocked, mut without) = (Vec::new(), Vec::new(), Vec::new());
+        for (user_name, user) in &m.users {
+            let mut any = false;
+            for (db_name, db) in &m.databases {
+                let selecting = |deny: bool| -> Vec<String> {
+                    user.roles
+                        .iter()
+                        .filter(|r| {
+                            m.roles.get(*r).is_some_and(|role| {
+                                let rules = if deny { &role.deny } else { &role.allow };
+                                rules.iter().any(|rule| matches(&rule.databases, db))
+                            })
+                        })
+                        .cloned()
+                        .collect()
+                };
+                match m.access.get(user_name, db_name) {
+                    Some(entry) => {
+                        any = true;
+                        access.push(describe(entry, selecting(false)));
+                    }
+                    None if !selecting(false).is_empty() => blocked.push(Blocked {
+                        user: user_name.clone(),
+                        database: db_name.clone(),
+                        allowed_by: selecting(false),
+                        denied_by: selecting(true),
+                    }),
+                    None => {}
+                }
+            }
+            if !any {
+                without.push(user_name.clone());
+            }
+        }
+        (access, blocked, without)
+    }
+
+    #[test]
+    fn same_answer_as_testing_every_selector_on_every_database() {
+        let examples = [
+            include_str!("../../examples/full.kdl"),
+            include_str!("../../examples/self-hosted.kdl"),
+            include_str!("../../examples/auto-provisioning.kdl"),
+            include_str!("../../examples/quickstart.kdl"),
+        ];
+        for text in examples {
+            let m = model(text);
+            let e = explain(&m, &Filter::default()).unwrap();
+            let (access, blocked, without) = brute_force(&m);
+            assert_eq!(e.access, access);
+            assert_eq!(e.blocked, blocked);
+            assert_eq!(e.users_without_access, without);
+        }
     }
 
     #[test]

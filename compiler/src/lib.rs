@@ -28,12 +28,15 @@
 //!
 //! Beside the pipeline: [`diag`] holds the diagnostics and their rendering ([`diag::render`] for
 //! people, [`diag::to_json`] for CI); [`fmt`] rewrites a manifest in canonical form;
-//! [`explain`] prints the access table; [`cli`] holds the subcommands of the `dbward` binary (they parse arguments,
-//! ask and print; nothing in the library imports from `cli`).
+//! [`explain`] prints the access table; [`diff`] compares two access tables (who gains and
+//! who loses access, for `plan` and `dbward diff`); [`cli`] holds the subcommands of the
+//! `dbward` binary (they parse arguments, ask and print; nothing in the library imports from
+//! `cli`).
 
 pub mod apply;
 pub mod cli;
 pub mod diag;
+pub mod diff;
 pub mod emit;
 pub mod explain;
 pub mod fmt;

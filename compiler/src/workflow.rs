@@ -130,6 +130,13 @@ impl Prepared {
         Ok(report)
     }
 
+    /// Who gains and who loses access: the new access table against the one in the
+    /// frozen.json deployed under `--out`.
+    pub fn access_changes(&self) -> crate::diff::AccessDiff {
+        let deployed = self.existing.get(crate::emit::layout::FROZEN);
+        crate::diff::deployed(&self.model, deployed.map(|f| f.bytes.as_slice()))
+    }
+
     /// The plan, compared against the record settled by an interrupted apply's journal (only
     /// read here: `plan` never writes).
     pub fn plan(&self) -> Plan {

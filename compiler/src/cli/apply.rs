@@ -53,6 +53,10 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     };
     let prepared = prepare(&args.target, out)?;
     let plan = prepared.plan();
+    if !plan.is_empty() {
+        let access = prepared.access_changes();
+        println!("{}", access.render(super::check::use_color_stdout()));
+    }
     print!("{}", render(&plan));
     if !args.live {
         return apply_files(&args, out, &prepared, &plan, false);

@@ -134,6 +134,14 @@ pub fn use_color() -> bool {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// Whether stdout should be coloured (plans and access changes): the same rules as
+/// [`use_color`], for stdout.
+pub fn use_color_stdout() -> bool {
+    !NO_COLOR_FLAG.load(std::sync::atomic::Ordering::Relaxed)
+        && std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// The largest manifest read: far beyond any real one (a 5,000-database manifest is about
 /// 4 MB), and a bound on the memory a wrong file can make `check` use.
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;

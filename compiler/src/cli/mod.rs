@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod cert;
 pub mod check;
+pub mod diff;
 pub mod explain;
 pub mod fmt;
 pub mod plan;
@@ -39,6 +40,8 @@ pub enum Command {
     Fmt(fmt::FmtArgs),
     /// Show what `apply` would change, as a diff.
     Plan(plan::PlanArgs),
+    /// Show who gains and who loses access between two manifests (for CI: base against branch).
+    Diff(diff::DiffArgs),
     /// Write the artifacts (and, with a plan file, exactly that plan).
     Apply(apply::ApplyArgs),
     /// Issue certificates for people.
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Fmt(args) => fmt::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Apply(args) => apply::run(args),
         Command::Cert(args) => cert::run(args),
         Command::Show(args) => show::run(args),

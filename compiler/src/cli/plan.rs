@@ -71,6 +71,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     }
     let prepared = prepare(&args.manifest, &args.out)?;
     let plan = prepared.plan();
+    let access = prepared.access_changes();
     let live = if args.live {
         Some(prepared.live(crate::live::Mode::Plan)?)
     } else {
@@ -79,12 +80,17 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let mut json = plan::json::to_json(&plan);
+        json.access = Some(access.to_json());
         if let Some(live) = &live {
             json.has_changes |= live.count() > 0;
             json.live = Some(plan::json::live_json(live));
         }
         writeln!(stdout, "{}", serde_json::to_string_pretty(&json)?)?;
     } else {
+        if !plan.is_empty() {
+            let access = access.render(super::check::use_color_stdout());
+            writeln!(stdout, "{access}")?;
+        }
         stdout.write_all(plan::render::render(&plan).as_bytes())?;
         if let Some(live) = &live {
             stdout.write_all(crate::live::render(live, crate::live::Mode::Plan).as_bytes())?;

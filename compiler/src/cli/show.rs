@@ -61,9 +61,24 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         ..Default::default()
     });
+    // Access changes: with "via" when the manifest is still the one planned (it is checked
+    // again for that, silently), as `plan` printed them.
+    let model = manifest_bytes
+        .as_ref()
+        .filter(|_| stale.is_empty())
+        .and_then(|bytes| {
+            let name = saved.manifest.display().to_string();
+            let (source, diagnostics) = crate::syntax::decode(name, bytes.clone());
+            diagnostics
+                .is_empty()
+                .then(|| crate::check(&source).model)
+                .flatten()
+        });
+    let access = crate::diff::of_plan(&shown, model.as_ref());
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let mut json = plan::json::to_json(&shown);
+        json.access = Some(access.to_json());
         if let Some(live) = &live {
             json.has_changes |= live.count() > 0;
             json.live = Some(plan::json::live_json(live));
@@ -77,6 +92,10 @@ pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
             saved.out.display(),
             saved.manifest.display()
         )?;
+        if !shown.is_empty() {
+            let access = access.render(super::check::use_color_stdout());
+            writeln!(stdout, "{access}")?;
+        }
         stdout.write_all(plan::render::render(&shown).as_bytes())?;
         if let Some(live) = &live {
             stdout.write_all(crate::live::render(live, crate::live::Mode::Plan).as_bytes())?;

@@ -18,24 +18,7 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
     for (name, db) in &model.databases {
         databases.insert(name.clone(), database(model, db)?);
     }
-    let mut access = Vec::new();
-    for entry in model.access.iter() {
-        let rights = entry.rights;
-        let grants = rights.permissions.iter().map(frozen_grant).collect();
-        access.push(frozen::Access {
-            identity: entry.user.to_string(),
-            database: entry.database.to_string(),
-            db_users: rights.db_users.iter().cloned().collect(),
-            db_names: rights.db_names.clone(),
-            provision: rights.provision,
-            db_roles: rights.db_roles.iter().cloned().collect(),
-            grants,
-            certificates_issued_after: model
-                .users
-                .get(entry.user)
-                .and_then(|user| user.certificates_issued_after),
-        });
-    }
+    let access = access_entries(model);
     let relay = &model.relay;
     let mut config = frozen::Config {
         format_version: frozen::FORMAT_VERSION,
@@ -73,6 +56,31 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
     };
     config.seal();
     Ok(config)
+}
+
+/// The model's access table as the relay reads it (sorted by person, then database): what
+/// `build` seals, and what `dbward plan` and `dbward diff` compare.
+pub fn access_entries(model: &Model) -> Vec<frozen::Access> {
+    model
+        .access
+        .iter()
+        .map(|entry| {
+            let rights = entry.rights;
+            frozen::Access {
+                identity: entry.user.to_string(),
+                database: entry.database.to_string(),
+                db_users: rights.db_users.iter().cloned().collect(),
+                db_names: rights.db_names.clone(),
+                provision: rights.provision,
+                db_roles: rights.db_roles.iter().cloned().collect(),
+                grants: rights.permissions.iter().map(frozen_grant).collect(),
+                certificates_issued_after: model
+                    .users
+                    .get(entry.user)
+                    .and_then(|user| user.certificates_issued_after),
+            }
+        })
+        .collect()
 }
 
 /// A manifest permission as the relay hands it to `dbward.activate`: names as data, never SQL.

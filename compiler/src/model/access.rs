@@ -275,6 +275,75 @@ impl<'m> Selection<'m> {
     }
 }
 
+/// Which databases each role's `allow` and `deny` blocks select, indexed once per model, so
+/// "which of this person's roles select this database" is a lookup rather than a test of every
+/// selector against every database (`explain` and `diff` ask it for every access entry).
+pub struct RoleReach<'m> {
+    /// Database names, sorted (positions index `Model::databases` in order).
+    databases: Vec<&'m str>,
+    by_role: HashMap<&'m str, Reach>,
+}
+
+impl<'m> RoleReach<'m> {
+    pub fn new(model: &'m Model) -> RoleReach<'m> {
+        let databases: Vec<&Database> = model.databases.values().collect();
+        let selection = Selection::new(&databases);
+        let by_role = model
+            .roles
+            .values()
+            .map(|role| {
+                let reach = Reach {
+                    allow: selection.select_any(role.allow.iter().map(|a| &a.databases)),
+                    deny: selection.select_any(role.deny.iter().map(|d| &d.databases)),
+                };
+                (role.name.as_str(), reach)
+            })
+            .collect();
+        RoleReach {
+            databases: databases.iter().map(|db| db.name.as_str()).collect(),
+            by_role,
+        }
+    }
+
+    /// The position of a database, by name.
+    pub fn position(&self, database: &str) -> Option<usize> {
+        self.databases.binary_search(&database).ok()
+    }
+
+    /// The name of the database at `position`.
+    pub fn name(&self, position: usize) -> Option<&'m str> {
+        self.databases.get(position).copied()
+    }
+
+    /// The databases (positions, ascending) some `allow` of the person's roles selects.
+    pub fn candidates(&self, user: &User) -> Vec<usize> {
+        let mut all: Vec<usize> = user
+            .roles
+            .iter()
+            .filter_map(|r| self.by_role.get(r.as_str()))
+            .flat_map(|reach| reach.allow.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// The person's roles, in the order they hold them, whose `allow` (or, with `deny`, whose
+    /// `deny`) selects the database at `position`.
+    pub fn selecting(&self, user: &User, position: usize, deny: bool) -> Vec<String> {
+        user.roles
+            .iter()
+            .filter(|r| {
+                self.by_role.get(r.as_str()).is_some_and(|reach| {
+                    let list = if deny { &reach.deny } else { &reach.allow };
+                    list.binary_search(&position).is_ok()
+                })
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 /// The databases (positions, ascending) one role's blocks reach.
 struct Reach {
     allow: Vec<usize>,

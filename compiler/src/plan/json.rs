@@ -18,6 +18,10 @@ pub struct PlanJson {
     pub has_changes: bool,
     pub summary: Summary,
     pub changes: Vec<ChangeJson>,
+    /// Who gains, loses or changes access: the new access table against the one in the
+    /// frozen config deployed under `--out` (always present in `dbward plan --json`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub access: Option<crate::diff::AccessChangesJson>,
     /// With `--live`: what the databases need changed (absent without `--live`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub live: Option<LiveJson>,
@@ -211,6 +215,7 @@ pub fn to_json(plan: &Plan) -> PlanJson {
             drifted: plan.drifted().count(),
         },
         changes,
+        access: None,
         live: None,
     }
 }

@@ -473,6 +473,8 @@ fn the_container_image_runs_the_relay_alone_as_a_non_root_user() {
 /// installs `/etc/dbward-relay`, bound read-only over `/media` (an empty directory that every
 /// Debian has), since the test must not create directories in the host's `/etc`.
 const SANDBOX_CONFIG: &str = "/media/relay/frozen.json";
+/// Where the sandboxed relay's binary is: `out` is mounted read-only at /media.
+const SANDBOX_BIN: &str = "/media/dbward-relay";
 
 #[test]
 fn psql_works_through_the_relay_under_the_units_sandbox() {
@@ -519,6 +521,12 @@ fn psql_works_through_the_relay_under_the_units_sandbox() {
         .unwrap();
     assert!(status.success());
 
+    // The relay binary, installed beside the config: PrivateTmp= hides the build tree when it
+    // lives under /tmp, as a fresh clone in CI does (the unit's own path is /usr/local/bin).
+    let installed = out.join("dbward-relay");
+    fs::copy(workspace_bin("dbward-relay"), &installed).unwrap();
+    fs::set_permissions(&installed, fs::Permissions::from_mode(0o755)).unwrap();
+
     let logs = d.dir.path().join("var-log");
     fs::create_dir_all(logs.join(&logs_name)).unwrap();
     let status = Command::new("chown")
@@ -535,7 +543,7 @@ fn psql_works_through_the_relay_under_the_units_sandbox() {
             if a == SHIPPED_CONFIG {
                 SANDBOX_CONFIG.to_string()
             } else if a == "/usr/local/bin/dbward-relay" {
-                workspace_bin("dbward-relay").display().to_string()
+                SANDBOX_BIN.to_string()
             } else {
                 a.to_string()
             }

@@ -400,7 +400,11 @@ struct Relay {
 
 impl Relay {
     fn start(server: &Server, env: Vec<(String, String)>, policy: Policy) -> Relay {
-        let audit = AuditSink::start(Some(server.dir.path().join("audit.jsonl"))).unwrap();
+        let audit = AuditSink::start(
+            Some(server.dir.path().join("audit.jsonl")),
+            dbward_relay::replica::ReplicaId::parse("test").unwrap(),
+        )
+        .unwrap();
         let shared = Arc::new(Shared::new(
             load(server, env, policy),
             audit,

@@ -411,7 +411,11 @@ impl Relay {
         let loaded = dbward_relay::config::load(&instance.out().join("relay/frozen.json"))
             .unwrap_or_else(|e| panic!("the relay refused the generated config: {e}"))
             .with_gcp_env(env);
-        let audit = AuditSink::start(Some(instance.dir.path().join("audit.jsonl"))).unwrap();
+        let audit = AuditSink::start(
+            Some(instance.dir.path().join("audit.jsonl")),
+            dbward_relay::replica::ReplicaId::parse("test").unwrap(),
+        )
+        .unwrap();
         let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()));
         let shutdown = CancellationToken::new();
         let listener = rt

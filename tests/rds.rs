@@ -400,7 +400,11 @@ impl InProcess {
         let loaded = dbward_relay::config::load(&rds.frozen())
             .unwrap_or_else(|e| panic!("the relay refused the generated config: {e}"))
             .with_aws_credentials(Arc::new(AwsCredentials::new(env)));
-        let audit = AuditSink::start(Some(rds.dir.path().join("audit.jsonl"))).unwrap();
+        let audit = AuditSink::start(
+            Some(rds.dir.path().join("audit.jsonl")),
+            dbward_relay::replica::ReplicaId::parse("test").unwrap(),
+        )
+        .unwrap();
         let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()));
         let shutdown = CancellationToken::new();
         let listener = rt

@@ -166,7 +166,11 @@ impl Deployment {
         let frozen = deployment_paths.1.join("relay/frozen.json");
         let loaded = dbward_relay::config::load(&frozen)
             .unwrap_or_else(|e| panic!("the relay refused the generated config: {e}"));
-        let audit_sink = AuditSink::start(Some(audit)).expect("open audit log");
+        let audit_sink = AuditSink::start(
+            Some(audit),
+            dbward_relay::replica::ReplicaId::parse("test").unwrap(),
+        )
+        .expect("open audit log");
         let shared = Arc::new(Shared::new(loaded, audit_sink, Metrics::new()));
         let shutdown = CancellationToken::new();
         let listener = rt

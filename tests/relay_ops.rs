@@ -6,17 +6,18 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use dbward_frozen::{Config, FORMAT_VERSION};
-use dbward_tests::{Cluster, free_port, psql_path, wait_for, workspace_bin};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+pub(crate) use dbward_tests::connects;
+use dbward_tests::{
+    Cluster, RelayProcess as Running, audit_lines, free_port, psql_path, spawn_relay, wait_for,
+    workspace_bin,
+};
 
 /// A relay output directory written by `dbward apply` (no PostgreSQL behind it: these tests
 /// never reach an upstream), with the frozen config it holds.
@@ -128,131 +129,14 @@ user alice {{
 
     /// Starts the relay and waits until both of its ports accept connections.
     fn start(&self, extra: &[&str]) -> Running {
-        let log = self.dir.path().join("relay.log");
-        let child = Command::new(workspace_bin("dbward-relay"))
-            .arg("--config")
-            .arg(self.config_path())
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut running = Running {
-            child,
-            log,
-            port: self.port,
-            metrics_port: self.metrics_port,
-        };
-        let up = wait_for(Duration::from_secs(20), || {
-            if let Ok(Some(status)) = running.child.try_wait() {
-                panic!("the relay exited with {status}:\n{}", running.log());
-            }
-            (connects(running.port) && connects(running.metrics_port)).then_some(())
-        });
-        assert!(up.is_some(), "the relay did not listen:\n{}", running.log());
-        running
+        spawn_relay(
+            &self.config_path(),
+            self.dir.path().join("relay.log"),
+            self.port,
+            self.metrics_port,
+            extra,
+        )
     }
-}
-
-/// A relay child process; killed on drop.
-struct Running {
-    child: Child,
-    log: PathBuf,
-    port: u16,
-    metrics_port: u16,
-}
-
-impl Running {
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// `GET path` on the metrics endpoint: (status code, content type, body).
-    fn get(&self, path: &str) -> (u16, String, String) {
-        http_get(self.metrics_port, path)
-    }
-
-    /// The value of one sample line of `/metrics`, e.g. `dbward_sessions_active`.
-    fn metric(&self, sample: &str) -> f64 {
-        let (_, _, body) = self.get("/metrics");
-        body.lines()
-            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
-            .parse()
-            .unwrap()
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_for(timeout, || self.child.try_wait().ok().flatten())
-    }
-
-    fn wait_log(&self, needle: &str) {
-        let found = wait_for(Duration::from_secs(10), || {
-            self.log().contains(needle).then_some(())
-        });
-        assert!(
-            found.is_some(),
-            "the relay never logged {needle:?}:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub(crate) fn connects(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
-}
-
-/// A minimal HTTP/1.1 GET (the endpoint needs nothing more), returning status, content type
-/// and body.
-fn http_get(port: u16, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
 }
 
 /// Sends a plaintext StartupMessage (no TLS) and returns what the relay answers.
@@ -276,17 +160,6 @@ fn plaintext_startup(port: u16) -> Vec<u8> {
     let mut reply = Vec::new();
     let _ = stream.read_to_end(&mut reply);
     reply
-}
-
-/// Every line of the audit log, parsed; panics on a line that is not JSON.
-fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("audit line {line:?}: {e}"))
-        })
-        .collect()
 }
 
 #[test]
@@ -626,41 +499,6 @@ fn sigterm_drains_then_exits_and_a_second_one_exits_at_once() {
     assert_eq!(status.code(), Some(1), "{}", relay.log());
 }
 
-/// Starts `dbward-relay --config config` with its log in `log`, and waits until both of its
-/// ports accept connections.
-fn spawn_relay(
-    config: &Path,
-    log: PathBuf,
-    port: u16,
-    metrics_port: u16,
-    extra: &[&str],
-) -> Running {
-    let child = Command::new(workspace_bin("dbward-relay"))
-        .arg("--config")
-        .arg(config)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut running = Running {
-        child,
-        log,
-        port,
-        metrics_port,
-    };
-    let up = wait_for(Duration::from_secs(20), || {
-        if let Ok(Some(status)) = running.child.try_wait() {
-            panic!("the relay exited with {status}:\n{}", running.log());
-        }
-        (connects(running.port) && connects(running.metrics_port)).then_some(())
-    });
-    assert!(up.is_some(), "the relay did not listen:\n{}", running.log());
-    running
-}
-
 /// A whole deployment made by the real CLI: `dbward apply` output installed into a real
 /// PostgreSQL (setup.sql run), and alice's certificate from `dbward cert issue`.
 struct Deployment {
@@ -930,25 +768,7 @@ user alice {{
 
     /// The TLS config of the `dbward cert issue` files in `dir` (under the temp dir).
     fn tls_from(&self, dir: &str) -> tokio_postgres_rustls::MakeRustlsConnect {
-        let alice = self.path(dir);
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(alice.join("root.crt")).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let chain = CertificateDer::pem_file_iter(alice.join("postgresql.crt"))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(alice.join("postgresql.key")).unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-        tokio_postgres_rustls::MakeRustlsConnect::new(tls)
+        dbward_tests::person_tls(&self.path(dir))
     }
 
     /// Runs `select <n>` on a held session and returns the number.
@@ -1275,22 +1095,12 @@ fn sessions_spread_over_the_session_threads_and_each_is_served() {
     assert_eq!(deployment.psql("app", "select 41 + 1"), Ok("42".to_owned()));
 }
 
-/// The SQLSTATE of the error a session's connection task ended with.
+/// The SQLSTATE and message of the FATAL a session's connection task ended with.
 fn ended_with(
     deployment: &Deployment,
     connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
 ) -> String {
-    let ended = deployment
-        .rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(10), connection).await })
-        .expect("the session was not ended within 10 s")
-        .unwrap();
-    let error = ended.expect_err("the session ended without an error");
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("no server error: {error:?}"));
-    assert_eq!(db.severity(), "FATAL", "{db:?}");
-    format!("{} {}", db.code().code(), db.message())
+    dbward_tests::session_ended_with(&deployment.rt, connection, Duration::from_secs(10))
 }
 
 #[test]
@@ -1826,17 +1636,7 @@ fn ended_with_within(
     connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
     timeout: Duration,
 ) -> String {
-    let ended = deployment
-        .rt
-        .block_on(async { tokio::time::timeout(timeout, connection).await })
-        .unwrap_or_else(|_| panic!("the session was not ended within {timeout:?}"))
-        .unwrap();
-    let error = ended.expect_err("the session ended without an error");
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("no server error: {error:?}"));
-    assert_eq!(db.severity(), "FATAL", "{db:?}");
-    format!("{} {}", db.code().code(), db.message())
+    dbward_tests::session_ended_with(&deployment.rt, connection, timeout)
 }
 
 #[test]

@@ -519,7 +519,11 @@ impl Replica {
         let audit = d.dir.path().join("audit-replica.jsonl");
         let loaded = dbward_relay::config::load(&d.out().join("relay/frozen.json"))
             .expect("load the config");
-        let sink = AuditSink::start(Some(audit.clone())).expect("open audit log");
+        let sink = AuditSink::start(
+            Some(audit.clone()),
+            dbward_relay::replica::ReplicaId::parse("test").unwrap(),
+        )
+        .expect("open audit log");
         let shared = Arc::new(Shared::new(loaded, sink, Metrics::new()));
         let listener =
             d.rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))

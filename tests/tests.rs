@@ -64,6 +64,11 @@
 //!   the shipped unit verified by `systemd-analyze` and psql through the relay under its
 //!   sandbox (`systemd-run` where systemd is PID 1, else namespaces and `setpriv`), the
 //!   container image's command line.
+//! - `fleet`: three relays behind a real HAProxy (TCP, round robin, health-checked on
+//!   `/readyz`): pgbench `-C` through it reaches every replica and each audit event names its
+//!   replica; a replica killed mid-run fails only its own sessions; SIGHUP everywhere ends a
+//!   removed person's sessions on every replica; expiring and locked-out certificates end
+//!   theirs; locked-out ones are refused by each replica.
 //! - `walkthrough`: the README's walkthrough from the build to `select 1`, run exactly as
 //!   written (apply, install.sh, relay, cert issue, psql) on a Debian cluster in namespaces of
 //!   its own; every output line the README shows must appear.
@@ -80,6 +85,7 @@ mod convergence;
 mod deploy;
 mod diff;
 mod examples;
+mod fleet;
 mod golden;
 mod harness;
 mod install_sh;

@@ -14,7 +14,7 @@ use std::io;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// How to install what the end-to-end tests need, shown whenever something is missing.
@@ -600,4 +600,219 @@ pub fn change_notices(stderr: &str) -> Vec<String> {
         .filter_map(|line| line.split_once("NOTICE:  dbward change: "))
         .map(|(_, statement)| statement.to_owned())
         .collect()
+}
+
+/// A `dbward-relay` child process started by [`spawn_relay`]; killed on drop.
+pub struct RelayProcess {
+    pub child: Child,
+    /// Its stderr (the relay's log).
+    pub log: PathBuf,
+    /// Where it listens for clients.
+    pub port: u16,
+    /// Its `/metrics`, `/livez`, `/readyz` endpoint.
+    pub metrics_port: u16,
+}
+
+impl RelayProcess {
+    /// The relay's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `KILL`) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// `GET path` on the metrics endpoint: (status code, content type, body).
+    pub fn get(&self, path: &str) -> (u16, String, String) {
+        http_get(self.metrics_port, path)
+    }
+
+    /// The value of one sample line of `/metrics`, e.g. `dbward_sessions_active`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (_, _, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
+            .parse()
+            .expect("a number")
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().ok().flatten())
+    }
+
+    /// Waits up to 10 s until the log contains `needle`; panics with the log otherwise.
+    pub fn wait_log(&self, needle: &str) {
+        let found = wait_for(Duration::from_secs(10), || {
+            self.log().contains(needle).then_some(())
+        });
+        assert!(
+            found.is_some(),
+            "the relay never logged {needle:?}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `dbward-relay --config config extra…` with its log in `log` (`RUST_LOG=info`), and
+/// waits until `port` and `metrics_port` accept connections; panics with the log if it exits.
+pub fn spawn_relay(
+    config: &Path,
+    log: PathBuf,
+    port: u16,
+    metrics_port: u16,
+    extra: &[&str],
+) -> RelayProcess {
+    spawn_relay_env(config, log, port, metrics_port, extra, &[])
+}
+
+/// Like [`spawn_relay`], with `env` added to the relay's environment.
+pub fn spawn_relay_env(
+    config: &Path,
+    log: PathBuf,
+    port: u16,
+    metrics_port: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> RelayProcess {
+    let child = Command::new(workspace_bin("dbward-relay"))
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("create the relay log"))
+        .spawn()
+        .expect("start dbward-relay");
+    let mut running = RelayProcess {
+        child,
+        log,
+        port,
+        metrics_port,
+    };
+    let up = wait_for(Duration::from_secs(20), || {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            panic!("the relay exited with {status}:\n{}", running.log());
+        }
+        (connects(running.port) && connects(running.metrics_port)).then_some(())
+    });
+    assert!(up.is_some(), "the relay did not listen:\n{}", running.log());
+    running
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+pub fn connects(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// A minimal HTTP/1.1 GET on 127.0.0.1:`port` (the relay's endpoint needs nothing more),
+/// returning status, content type and body.
+pub fn http_get(port: u16, path: &str) -> (u16, String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// Every line of an audit log, parsed; panics on a line that is not JSON. A missing file has
+/// no lines.
+pub fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("audit line {line:?}: {e}"))
+        })
+        .collect()
+}
+
+/// tokio-postgres's TLS for a person's `dbward cert issue --dest dir` files: trusts
+/// `root.crt`, presents `postgresql.crt` with `postgresql.key`.
+pub fn person_tls(dir: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(dir.join("root.crt")).expect("root.crt") {
+        roots.add(cert.expect("root.crt PEM")).expect("add root");
+    }
+    let chain = CertificateDer::pem_file_iter(dir.join("postgresql.crt"))
+        .expect("postgresql.crt")
+        .map(|c| c.expect("postgresql.crt PEM"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("postgresql.key")).expect("postgresql.key");
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client certificate");
+    tokio_postgres_rustls::MakeRustlsConnect::new(tls)
+}
+
+/// The SQLSTATE and message (`57P01 terminating connection: …`) of the FATAL a tokio-postgres
+/// session's connection task ended with, waiting up to `timeout` for it: a FATAL that ends a
+/// session arrives there, not at a query. Panics when it does not end, or ends without one.
+pub fn session_ended_with(
+    rt: &tokio::runtime::Runtime,
+    connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    timeout: Duration,
+) -> String {
+    let ended = rt
+        .block_on(async { tokio::time::timeout(timeout, connection).await })
+        .unwrap_or_else(|_| panic!("the session was not ended within {timeout:?}"))
+        .expect("the connection task panicked");
+    let error = ended.expect_err("the session ended without an error");
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("no server error: {error:?}"));
+    assert_eq!(db.severity(), "FATAL", "{db:?}");
+    format!("{} {}", db.code().code(), db.message())
 }

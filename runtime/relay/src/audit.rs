@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::metrics::{DenyReason, EndReason, counter, gauge};
 use crate::provision::{ProvisionError, Provisioning};
+use crate::replica::ReplicaId;
 
 /// Events queued between sessions and the writer. Beyond this, events are dropped and counted
 /// (`dbward_audit_events_dropped_total`) rather than making a session wait.
@@ -135,6 +136,8 @@ enum Command {
 struct Line<'a> {
     time: String,
     event: &'static str,
+    /// The relay process that wrote the event (`--replica-id`, else the host name).
+    replica: &'a str,
     session: String,
     #[serde(flatten)]
     info: &'a SessionInfo,
@@ -210,7 +213,8 @@ pub struct AuditSink {
 impl AuditSink {
     /// Starts the writer thread. `path` is the resolved audit log, or `None` when the config
     /// has no `audit`; the file must already be openable (config verification checks it).
-    pub fn start(path: Option<PathBuf>) -> Result<AuditSink, OpenError> {
+    /// Every event names `replica`, the relay process that wrote it.
+    pub fn start(path: Option<PathBuf>, replica: ReplicaId) -> Result<AuditSink, OpenError> {
         let file = path.as_deref().map(open_log).transpose()?;
         let (queue, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
         let stats = Arc::new(Stats {
@@ -226,6 +230,7 @@ impl AuditSink {
         let writer = Writer {
             path,
             file,
+            replica,
             run: format!("{:x}{:x}", started.as_secs(), std::process::id()),
             pending: Vec::new(),
             pending_events: 0,
@@ -245,7 +250,7 @@ impl AuditSink {
     pub fn disabled() -> AuditSink {
         // Starting without a path opens no file, so this cannot fail; if the thread cannot be
         // spawned either, a sink whose queue is closed drops events the same way.
-        AuditSink::start(None).unwrap_or_else(|_| {
+        AuditSink::start(None, ReplicaId::literal("disabled")).unwrap_or_else(|_| {
             let (queue, _) = mpsc::sync_channel(1);
             AuditSink {
                 queue,
@@ -470,6 +475,8 @@ impl AuditSink {
 struct Writer {
     path: Option<PathBuf>,
     file: Option<File>,
+    /// Names this relay process in every event.
+    replica: ReplicaId,
     /// Names this process run in session ids (`<run>-<id>`).
     run: String,
     /// Serialized lines not yet written (a batch, or what a failing log could not take).
@@ -532,6 +539,7 @@ impl Writer {
         let mut line = Line {
             time: rfc3339(event.time),
             event: "",
+            replica: self.replica.as_str(),
             session: format!("{}-{}", self.run, event.session.id),
             info: &event.session,
             duration_ms: None,
@@ -693,7 +701,8 @@ mod tests {
     fn writes_one_json_line_per_event() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let sink = AuditSink::start(Some(path.clone())).unwrap();
+        let sink =
+            AuditSink::start(Some(path.clone()), ReplicaId::parse("relay-a").unwrap()).unwrap();
         let session = info();
         sink.session_start(&session);
         sink.session_query(&session, QueryMessage::Query, b"select 1");
@@ -731,6 +740,10 @@ mod tests {
             ]
         );
         let start = &events[0];
+        assert!(
+            events.iter().all(|e| e["replica"] == "relay-a"),
+            "{events:?}"
+        );
         assert_eq!(start["identity"], "alice");
         assert_eq!(start["database"], "orders");
         assert_eq!(start["db_user"], "app");
@@ -761,7 +774,8 @@ mod tests {
     fn fails_closed_while_the_log_cannot_be_written_and_recovers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let sink = AuditSink::start(Some(path.clone())).unwrap();
+        let sink =
+            AuditSink::start(Some(path.clone()), ReplicaId::parse("relay-a").unwrap()).unwrap();
         let session = info();
         // Point the sink at a directory that does not exist: writes fail.
         let missing = dir.path().join("gone").join("audit.jsonl");

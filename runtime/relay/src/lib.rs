@@ -29,7 +29,8 @@
 //! - [`cancel`]: relay-issued cancel keys and forwarding CancelRequests.
 //! - [`audit`], [`metrics`], [`http`]: what the relay reports (audit log, Prometheus, probes).
 //! - [`config`], [`ops`], [`logging`], [`notify`]: loading and verifying the config, signals and
-//!   drain, systemd readiness notifications, log output — what the `dbward-relay` binary runs.
+//!   drain, systemd readiness notifications, log output — what the `dbward-relay` binary runs;
+//!   [`replica`]: which process of a fleet this is, named in every audit event.
 
 pub mod audit;
 pub mod cancel;
@@ -43,6 +44,7 @@ pub mod ops;
 pub mod protocol;
 pub mod provision;
 pub mod readahead;
+pub mod replica;
 pub mod revoke;
 pub mod session;
 pub mod state;

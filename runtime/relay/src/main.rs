@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use dbward_relay::logging::{self, LogFormat};
-use dbward_relay::ops;
+use dbward_relay::ops::{self, ServeOptions};
+use dbward_relay::replica::ReplicaId;
 
 /// The dbward PostgreSQL relay: executes the frozen config that `dbward apply` wrote.
 #[derive(Debug, Parser)]
@@ -40,6 +41,19 @@ struct Args {
     /// Benchmarks); raise this on a host that runs nothing but the relay.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
+    /// This relay's name among replicas serving the same config: written as `"replica"` into
+    /// every audit event and the startup log line, so merged audit files say which relay wrote
+    /// each event. 1 to 253 visible ASCII characters. Default: the host name (on Kubernetes,
+    /// the pod's name).
+    #[arg(long, value_name = "ID", env = "DBWARD_RELAY_REPLICA_ID")]
+    replica_id: Option<ReplicaId>,
+    /// Listen for clients on ADDR (IP:port) instead of the config's `listen`, e.g. to run
+    /// several replicas of one config on one host.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Serve /metrics, /livez and /readyz on ADDR (IP:port) instead of the config's `metrics`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +75,13 @@ fn main() -> ExitCode {
             }
         };
     }
+    let replica = match ReplicaId::given_or_host(args.replica_id) {
+        Ok(replica) => replica,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Err(error) = logging::init(args.log_format) {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
@@ -85,7 +106,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ops::serve(args.config, threads)) {
+    let options = ServeOptions {
+        listen: args.listen,
+        metrics: args.metrics,
+        ..ServeOptions::new(threads, replica)
+    };
+    match runtime.block_on(ops::serve(args.config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "dbward-relay stopped");

@@ -28,6 +28,7 @@ use crate::config::{self, ConfigError};
 use crate::listener::{FdBudget, Workers};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
+use crate::replica::ReplicaId;
 use crate::state::Shared;
 
 /// Process-level health, read by `/readyz`.
@@ -87,6 +88,31 @@ pub enum ServeError {
     Threads(std::io::Error),
     #[error("the relay stopped: {0}")]
     Run(String),
+}
+
+/// How this process serves, beyond what the config says: the command line's choices.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Threads relaying sessions (see [`Workers`]).
+    pub threads: usize,
+    /// Which replica this is: named in every audit event and the startup log line.
+    pub replica: ReplicaId,
+    /// Listen here instead of the config's `relay.listen` (several replicas on one host).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Serve `/metrics`, `/livez`, `/readyz` here instead of the config's `relay.metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl ServeOptions {
+    /// `threads` session threads, the host name as the replica id, the config's addresses.
+    pub fn new(threads: usize, replica: ReplicaId) -> ServeOptions {
+        ServeOptions {
+            threads,
+            replica,
+            listen: None,
+            metrics: None,
+        }
+    }
 }
 
 /// What `--check` found valid, for its one-line summary.
@@ -151,16 +177,26 @@ pub fn reload(shared: &Arc<Shared>, config_path: &Path) -> bool {
     }
 }
 
-/// Runs the relay until SIGTERM/SIGINT and the drain that follows, with sessions on `threads`
-/// worker threads (see [`Workers`]; the first also runs the accept loop). The caller's runtime
-/// (one thread is enough) handles signals and reloads and serves the metrics endpoint.
-pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeError> {
+/// Runs the relay until SIGTERM/SIGINT and the drain that follows, with sessions on
+/// `options.threads` worker threads (see [`Workers`]; the first also runs the accept loop). The
+/// caller's runtime (one thread is enough) handles signals and reloads and serves the metrics
+/// endpoint.
+pub async fn serve(config_path: PathBuf, options: ServeOptions) -> Result<(), ServeError> {
     let started = Instant::now();
+    let ServeOptions {
+        threads,
+        replica,
+        listen,
+        metrics,
+    } = options;
     let loaded = config::load(&config_path)?;
-    let audit = AuditSink::start(config::audit_path(&loaded))?;
-    let listen = loaded.config.relay.listen.clone();
-    let metrics_addr = loaded.config.relay.metrics.clone();
+    let audit = AuditSink::start(config::audit_path(&loaded), replica.clone())?;
+    let listen = listen.map_or_else(|| loaded.config.relay.listen.clone(), |a| a.to_string());
+    let metrics_addr = metrics
+        .map(|a| a.to_string())
+        .or_else(|| loaded.config.relay.metrics.clone());
     tracing::info!(
+        %replica,
         config = %config_path.display(),
         checksum = %loaded.config.checksum,
         databases = loaded.config.databases.len(),
@@ -188,6 +224,7 @@ pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeErro
     let listener = bind(&listen, "listen").await?;
     tracing::info!(
         addr = %local(&listener),
+        %replica,
         startup_ms = started.elapsed().as_millis() as u64,
         "dbward-relay listening"
     );

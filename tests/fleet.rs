@@ -1,0 +1,946 @@
+//! Three real `dbward-relay` processes behind a real load balancer (HAProxy from Debian, TCP
+//! mode, round robin, health-checked on each relay's `/readyz`), one real PostgreSQL, clients
+//! with the certificates `dbward cert issue` wrote: what a team runs in production.
+//!
+//! The replicas serve byte-identical copies of one frozen config (each has its own copy of
+//! `OUT/relay/`, as each host or pod mounts its own), so the manifest's relative
+//! `audit "audit.jsonl"` is one audit file per replica. They differ only in `--replica-id` (one
+//! through `DBWARD_RELAY_REPLICA_ID`) and in `--listen`/`--metrics`, since they share a host.
+//!
+//! **A machine without HAProxy fails these tests with how to install it; they never skip.**
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dbward_tests::{
+    Cluster, RelayProcess, audit_lines, connects, free_port, person_tls, session_ended_with,
+    spawn_relay_env, wait_for, workspace_bin,
+};
+
+/// How to get HAProxy, shown when it is missing.
+const HAPROXY_HINT: &str = "the fleet tests run a real HAProxy in front of three relays: on \
+    Debian/Ubuntu run `apt-get install -y haproxy` (.ci/run does), or put `haproxy` on PATH";
+
+/// The replicas' ids; the last one is given through `DBWARD_RELAY_REPLICA_ID`, the others with
+/// `--replica-id`.
+const REPLICAS: [&str; 3] = ["relay-a", "relay-b", "relay-c"];
+
+/// One relay of the fleet.
+pub(crate) struct Replica {
+    pub(crate) id: &'static str,
+    /// Its copy of `OUT/relay/` (frozen.json, certificates, keys) and its `audit.jsonl`.
+    pub(crate) dir: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) metrics_port: u16,
+    /// `None` once killed.
+    pub(crate) process: Option<RelayProcess>,
+}
+
+/// A held client session and the replica it landed on.
+pub(crate) struct Held {
+    pub(crate) client: tokio_postgres::Client,
+    pub(crate) connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    pub(crate) replica: usize,
+}
+
+/// The HAProxy in front of the fleet.
+struct Balancer {
+    child: Child,
+    port: u16,
+    /// Its admin socket (`show stat`).
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A PostgreSQL, a manifest applied with the real `dbward`, three relays and HAProxy.
+/// People: `alice` and `bob`, each with a certificate in the directory of their name; both may
+/// log in to database `shop` as `app`.
+pub(crate) struct Fleet {
+    pub(crate) replicas: Vec<Replica>,
+    balancer: Balancer,
+    pub(crate) rt: tokio::runtime::Runtime,
+    /// Lines of the manifest's `relay` block.
+    relay_extra: String,
+    dir: tempfile::TempDir,
+    pub(crate) cluster: Cluster,
+}
+
+impl Fleet {
+    /// Starts everything; `relay_extra` goes into the manifest's `relay` block.
+    pub(crate) fn start(relay_extra: &str) -> Fleet {
+        let haproxy = haproxy_path();
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-fleet-")
+            .tempdir()
+            .unwrap();
+        let replicas = REPLICAS
+            .iter()
+            .map(|id| Replica {
+                id,
+                dir: dir.path().join(id),
+                port: free_port(),
+                metrics_port: free_port(),
+                process: None,
+            })
+            .collect();
+        let mut fleet = Fleet {
+            replicas,
+            balancer: Balancer {
+                child: Command::new("true").spawn().unwrap(),
+                port: free_port(),
+                socket: dir.path().join("haproxy.sock"),
+                log: dir.path().join("haproxy.log"),
+            },
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+            relay_extra: relay_extra.to_owned(),
+            dir,
+            cluster: Cluster::init(),
+        };
+        fleet.apply(&["alice", "bob"], "");
+        let out = fleet.out();
+        fleet.cluster.install_dbward(&out, "shop");
+        if let Err(log) = fleet.cluster.try_start() {
+            panic!("PostgreSQL did not start with the generated configuration:\n{log}");
+        }
+        dbward_tests::superuser_sql(&fleet.cluster, "postgres", "create database shop;");
+        fleet
+            .cluster
+            .peer_sql_file("postgres", &out.join("databases/shop/setup.sql"))
+            .unwrap_or_else(|e| panic!("setup.sql failed: {e}"));
+        fleet.issue("alice", "alice", None);
+        fleet.issue("bob", "bob", None);
+        for index in 0..fleet.replicas.len() {
+            fleet.start_replica(index);
+        }
+        fleet.start_balancer(&haproxy);
+        fleet
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn out(&self) -> PathBuf {
+        self.path("out")
+    }
+
+    /// Runs the `dbward` CLI and asserts it succeeded.
+    fn dbward(&self, args: &[&str]) {
+        let out = Command::new(workspace_bin("dbward"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dbward {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Writes the manifest with `people` (each with role developer; `alice_extra` in alice's
+    /// block), runs `dbward apply`, and copies the relay's files to every replica (what an
+    /// operator's deployment does before SIGHUP).
+    pub(crate) fn apply(&self, people: &[&str], alice_extra: &str) {
+        let users: String = people
+            .iter()
+            .map(|person| {
+                let extra = if *person == "alice" { alice_extra } else { "" };
+                format!("user {person} {{\n    roles developer\n    {extra}\n}}\n")
+            })
+            .collect();
+        let manifest = format!(
+            r#"dbward version=1
+relay {{
+    listen "127.0.0.1:{port}"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+    audit "audit.jsonl"
+    metrics "127.0.0.1:{metrics}"
+    {relay_extra}
+}}
+database shop {{
+    postgres host="127.0.0.1" port={pg} version=15
+    labels env=dev
+    self-hosted {{
+        server-names "localhost" "127.0.0.1"
+        config-dir "{config_dir}"
+    }}
+    admin-user "dbward-admin" default-database=postgres
+    db-role reader {{
+        grant CONNECT on=database
+    }}
+    db-user app {{
+        member-of reader
+    }}
+}}
+role developer {{
+    allow {{
+        databases env=dev
+        db-users app
+        db-names shop
+    }}
+}}
+{users}"#,
+            // The config's own addresses; every replica overrides them.
+            port = free_port(),
+            metrics = free_port(),
+            relay_extra = self.relay_extra,
+            pg = self.cluster.port,
+            config_dir = self.cluster.config_dir().display(),
+        );
+        fs::write(self.path("manifest.kdl"), manifest).unwrap();
+        self.dbward(&[
+            "apply",
+            self.path("manifest.kdl").to_str().unwrap(),
+            "--out",
+            self.out().to_str().unwrap(),
+            "--auto-approve",
+        ]);
+        for replica in &self.replicas {
+            copy_dir(&self.out().join("relay"), &replica.dir);
+        }
+    }
+
+    /// `dbward cert issue` for `person` into the directory `dest` (a name under the temp dir).
+    pub(crate) fn issue(&self, person: &str, dest: &str, ttl: Option<&str>) {
+        let manifest = self.path("manifest.kdl");
+        let out = self.out();
+        let dest = self.path(dest);
+        let mut args = vec![
+            "cert",
+            "issue",
+            manifest.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--user",
+            person,
+            "--dest",
+            dest.to_str().unwrap(),
+        ];
+        if let Some(ttl) = ttl {
+            args.extend(["--ttl", ttl]);
+        }
+        self.dbward(&args);
+    }
+
+    /// Starts (or restarts) replica `index` and waits until it listens.
+    pub(crate) fn start_replica(&mut self, index: usize) {
+        let replica = &mut self.replicas[index];
+        let listen = format!("127.0.0.1:{}", replica.port);
+        let metrics = format!("127.0.0.1:{}", replica.metrics_port);
+        let mut extra = vec!["--listen", &listen, "--metrics", &metrics];
+        if index + 1 < REPLICAS.len() {
+            extra.extend(["--replica-id", replica.id]);
+        }
+        // The last replica names itself through the environment, as a pod may.
+        let env: &[(&str, &str)] = if index + 1 < REPLICAS.len() {
+            &[]
+        } else {
+            &[("DBWARD_RELAY_REPLICA_ID", replica.id)]
+        };
+        let process = spawn_relay_env(
+            &replica.dir.join("frozen.json"),
+            replica.dir.join("relay.log"),
+            replica.port,
+            replica.metrics_port,
+            &extra,
+            env,
+        );
+        replica.process = Some(process);
+    }
+
+    /// The running relay of replica `index`.
+    pub(crate) fn relay(&self, index: usize) -> &RelayProcess {
+        self.replicas[index]
+            .process
+            .as_ref()
+            .unwrap_or_else(|| panic!("replica {} is not running", self.replicas[index].id))
+    }
+
+    /// `kill -9` replica `index`, and waits until it is gone (its sockets closed).
+    pub(crate) fn kill(&mut self, index: usize) {
+        let mut process = self.replicas[index]
+            .process
+            .take()
+            .expect("the replica runs");
+        process.child.kill().unwrap();
+        process.child.wait().unwrap();
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`) to every running replica.
+    pub(crate) fn signal_all(&self, name: &str) {
+        for replica in &self.replicas {
+            if let Some(process) = &replica.process {
+                process.signal(name);
+            }
+        }
+    }
+
+    /// The audit events replica `index` wrote.
+    pub(crate) fn audit(&self, index: usize) -> Vec<serde_json::Value> {
+        audit_lines(&self.replicas[index].dir.join("audit.jsonl"))
+    }
+
+    /// A sample of replica `index`'s `/metrics`.
+    pub(crate) fn metric(&self, index: usize, sample: &str) -> f64 {
+        self.relay(index).metric(sample)
+    }
+
+    /// `dbward_sessions_active` of each replica (killed ones count none).
+    fn active(&self) -> Vec<f64> {
+        (0..self.replicas.len())
+            .map(|i| match &self.replicas[i].process {
+                Some(process) => process.metric("dbward_sessions_active"),
+                None => 0.0,
+            })
+            .collect()
+    }
+
+    /// The balancer's client port.
+    pub(crate) fn port(&self) -> u16 {
+        self.balancer.port
+    }
+
+    /// libpq's connection string through the balancer with the certificate in `cert`.
+    pub(crate) fn conninfo(&self, cert: &str, user: &str) -> String {
+        let dir = self.path(cert);
+        format!(
+            "host=shop.db.localhost hostaddr=127.0.0.1 port={} sslmode=verify-full \
+             sslrootcert={} sslcert={} sslkey={} user={user} dbname=shop connect_timeout=10",
+            self.port(),
+            dir.join("root.crt").display(),
+            dir.join("postgresql.crt").display(),
+            dir.join("postgresql.key").display(),
+        )
+    }
+
+    /// Real psql through the balancer: Ok(stdout) or Err(stderr).
+    pub(crate) fn psql(&self, cert: &str, user: &str, sql: &str) -> Result<String, String> {
+        let out = dbward_tests::psql_command(&self.conninfo(cert, user), sql, self.dir.path())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn client_config(&self, user: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("shop.db.localhost")
+            .hostaddr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .port(self.port())
+            .user(user)
+            .dbname("shop")
+            .ssl_mode(tokio_postgres::config::SslMode::Require)
+            .connect_timeout(Duration::from_secs(10));
+        config
+    }
+
+    /// A tokio-postgres session through the balancer with the certificate in `cert`.
+    pub(crate) fn connect(
+        &self,
+        cert: &str,
+        user: &str,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+        ),
+        tokio_postgres::Error,
+    > {
+        let config = self.client_config(user);
+        let tls = person_tls(&self.path(cert));
+        self.rt.block_on(async {
+            let (client, connection) = config.connect(tls).await?;
+            Ok((client, tokio::spawn(connection)))
+        })
+    }
+
+    /// A session through the balancer, held open, and the replica it landed on (the one
+    /// whose `dbward_sessions_active` rose). Open held sessions one at a time.
+    pub(crate) fn hold(&self, cert: &str, user: &str) -> Held {
+        let before = self.active();
+        let (client, connection) = self
+            .connect(cert, user)
+            .unwrap_or_else(|e| panic!("{cert} as {user} through the balancer: {e}"));
+        let replica = wait_for(Duration::from_secs(5), || {
+            let now = self.active();
+            (0..now.len()).find(|&i| now[i] > before[i])
+        })
+        .unwrap_or_else(|| panic!("no replica counts the new session: {:?}", self.active()));
+        Held {
+            client,
+            connection,
+            replica,
+        }
+    }
+
+    /// One held session on each replica (round robin spreads consecutive sessions), ordered
+    /// by replica.
+    pub(crate) fn hold_on_each(&self, cert: &str, user: &str) -> Vec<Held> {
+        let mut held: Vec<Held> = (0..self.replicas.len())
+            .map(|_| self.hold(cert, user))
+            .collect();
+        held.sort_by_key(|h| h.replica);
+        let on: Vec<usize> = held.iter().map(|h| h.replica).collect();
+        assert_eq!(on, [0, 1, 2], "round robin did not spread the sessions");
+        held
+    }
+
+    /// `select n` on a held session.
+    pub(crate) fn select(&self, held: &Held, n: i32) -> Result<i32, tokio_postgres::Error> {
+        self.rt
+            .block_on(held.client.query_one("select $1::int4", &[&n]))
+            .map(|row| row.get(0))
+    }
+
+    /// The FATAL a held session was ended with (`57P01 …`), waiting up to `timeout`.
+    pub(crate) fn ended_with(&self, held: Held, timeout: Duration) -> String {
+        session_ended_with(&self.rt, held.connection, timeout)
+    }
+
+    /// Writes haproxy.cfg, starts HAProxy and waits until it reports every replica up.
+    fn start_balancer(&mut self, haproxy: &Path) {
+        let servers: String = self
+            .replicas
+            .iter()
+            .map(|r| {
+                format!(
+                    "    server {} 127.0.0.1:{} check port {}\n",
+                    r.id, r.port, r.metrics_port
+                )
+            })
+            .collect();
+        let config = format!(
+            "global
+    log stderr format raw local0 info
+    stats socket {socket} mode 600 level admin
+    maxconn 2000
+
+defaults
+    mode tcp
+    log global
+    option tcplog
+    timeout connect 2s
+    timeout client 5m
+    timeout server 5m
+    timeout check 1s
+    # A connection refused by a dead relay is retried on another one at once.
+    retries 3
+    option redispatch 1
+
+frontend postgres
+    bind 127.0.0.1:{port}
+    default_backend relays
+
+backend relays
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 200ms fastinter 100ms downinter 500ms fall 2 rise 2
+{servers}",
+            socket = self.balancer.socket.display(),
+            port = self.balancer.port,
+        );
+        let path = self.path("haproxy.cfg");
+        fs::write(&path, config).unwrap();
+        let check = Command::new(haproxy)
+            .arg("-c")
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "haproxy -c refused the config:\n{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let child = Command::new(haproxy)
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&self.balancer.log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}; {HAPROXY_HINT}", haproxy.display()));
+        let mut old = std::mem::replace(&mut self.balancer.child, child);
+        let _ = old.wait();
+        let up = wait_for(Duration::from_secs(10), || {
+            if let Ok(Some(status)) = self.balancer.child.try_wait() {
+                panic!("haproxy exited with {status}:\n{}", self.balancer_log());
+            }
+            (connects(self.balancer.port)
+                && self.balancer_status().iter().all(|s| s.starts_with("UP")))
+            .then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "haproxy did not report every relay up: {:?}\n{}",
+            self.balancer_status(),
+            self.balancer_log()
+        );
+    }
+
+    fn balancer_log(&self) -> String {
+        fs::read_to_string(&self.balancer.log).unwrap_or_default()
+    }
+
+    /// What HAProxy's health checks say of each replica (`UP`, `DOWN`, `UP 1/2`, …), by
+    /// replica; empty while its admin socket is not there yet.
+    pub(crate) fn balancer_status(&self) -> Vec<String> {
+        let Ok(mut socket) = UnixStream::connect(&self.balancer.socket) else {
+            return Vec::new();
+        };
+        socket.write_all(b"show stat\n").unwrap();
+        let mut csv = String::new();
+        socket.read_to_string(&mut csv).unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let column = |name: &str| header.iter().position(|h| *h == name);
+        let (Some(proxy), Some(server), Some(status)) =
+            (column("pxname"), column("svname"), column("status"))
+        else {
+            return Vec::new();
+        };
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        self.replicas
+            .iter()
+            .map(|replica| {
+                rows.iter()
+                    .find(|row| {
+                        row.get(proxy) == Some(&"relays") && row.get(server) == Some(&replica.id)
+                    })
+                    .and_then(|row| row.get(status))
+                    .map_or_else(String::new, |s| (*s).to_owned())
+            })
+            .collect()
+    }
+}
+
+/// Copies the files of `from` into `to` (created), keeping their modes.
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        if path.is_dir() {
+            continue;
+        }
+        let dest = to.join(entry.file_name());
+        let mode = entry.metadata().unwrap().permissions().mode();
+        // Write a new file and rename it over the old, as a deployment would.
+        let temp = to.join(format!(".{}.new", entry.file_name().to_string_lossy()));
+        fs::copy(&path, &temp).unwrap();
+        fs::set_permissions(&temp, fs::Permissions::from_mode(mode)).unwrap();
+        fs::rename(&temp, &dest).unwrap();
+    }
+}
+
+/// `haproxy` on PATH or in /usr/sbin; panics with [`HAPROXY_HINT`] when there is none.
+fn haproxy_path() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join("haproxy"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("haproxy not found; {HAPROXY_HINT}"))
+}
+
+/// Every event of replica `index`'s audit log names it; returns the events.
+fn events_name_their_replica(fleet: &Fleet, index: usize) -> Vec<serde_json::Value> {
+    let events = fleet.audit(index);
+    for event in &events {
+        assert_eq!(event["replica"], REPLICAS[index], "{event}");
+    }
+    events
+}
+
+#[test]
+fn pgbench_through_the_balancer_reaches_every_replica_and_each_event_names_its_replica() {
+    let fleet = Fleet::start("");
+    let script = fleet.path("select.sql");
+    fs::write(&script, "select 1;\n").unwrap();
+    let alice = fleet.path("alice");
+    let out = Command::new(dbward_tests::pg_bin_dir().join("pgbench"))
+        .args(["-n", "-C", "-c", "4", "-j", "2", "-t", "25", "-f"])
+        .arg(&script)
+        .env("HOME", fleet.path("."))
+        .env("PGHOST", "shop.db.localhost")
+        .env("PGHOSTADDR", "127.0.0.1")
+        .env("PGPORT", fleet.port().to_string())
+        .env("PGUSER", "app")
+        .env("PGDATABASE", "shop")
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", alice.join("root.crt"))
+        .env("PGSSLCERT", alice.join("postgresql.crt"))
+        .env("PGSSLKEY", alice.join("postgresql.key"))
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGSERVICEFILE")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("number of transactions actually processed: 100/100"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0 "),
+        "{stdout}\n{stderr}"
+    );
+
+    // Every replica served sessions; each wrote its own audit file, and every event in it
+    // names that replica.
+    let mut total = 0;
+    for index in 0..REPLICAS.len() {
+        let ended = wait_for(Duration::from_secs(10), || {
+            let events = fleet.audit(index);
+            let ends = events
+                .iter()
+                .filter(|e| e["event"] == "session.end")
+                .count();
+            let starts = events
+                .iter()
+                .filter(|e| e["event"] == "session.start")
+                .count();
+            (starts > 0 && starts == ends).then_some(starts)
+        })
+        .unwrap_or_else(|| panic!("{}: {:?}", REPLICAS[index], fleet.audit(index)));
+        let events = events_name_their_replica(&fleet, index);
+        assert!(
+            events
+                .iter()
+                .filter(|e| e["event"] == "session.start")
+                .all(|e| e["identity"] == "alice" && e["db_user"] == "app"),
+            "{events:?}"
+        );
+        // Round robin: about a third each (pgbench's 100 sessions, and nothing else).
+        assert!(
+            (25..=42).contains(&ended),
+            "{}: {ended} sessions",
+            REPLICAS[index]
+        );
+        total += ended;
+        // The replica id is in the startup log line too.
+        assert!(
+            fleet
+                .relay(index)
+                .log()
+                .contains(&format!("replica={}", REPLICAS[index])),
+            "{}",
+            fleet.relay(index).log()
+        );
+    }
+    assert_eq!(total, 100);
+}
+
+#[test]
+fn a_replica_killed_mid_run_fails_only_its_own_sessions() {
+    let mut fleet = Fleet::start("");
+    // One idle session held on each replica.
+    let held = fleet.hold_on_each("alice", "app");
+
+    // Four clients each open 30 sessions in a row (connect, select, close) through the
+    // balancer; replica b is killed once 24 have succeeded.
+    const CLIENTS: usize = 4;
+    const EACH: usize = 30;
+    let succeeded = Arc::new(AtomicUsize::new(0));
+    let config = fleet.client_config("app");
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let config = config.clone();
+        let tls = person_tls(&fleet.path("alice"));
+        let succeeded = Arc::clone(&succeeded);
+        clients.push(fleet.rt.spawn(async move {
+            let mut failures = Vec::new();
+            for _ in 0..EACH {
+                let started = Instant::now();
+                let result = async {
+                    let (client, connection) = config.connect(tls.clone()).await?;
+                    let connection = tokio::spawn(connection);
+                    let row = client.query_one("select 1::int4", &[]).await?;
+                    drop(client);
+                    let _ = connection.await;
+                    Ok::<i32, tokio_postgres::Error>(row.get(0))
+                }
+                .await;
+                match result {
+                    Ok(1) => {
+                        succeeded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failures.push((started, format!("{other:?}"))),
+                }
+            }
+            failures
+        }));
+    }
+    let reached = wait_for(Duration::from_secs(60), || {
+        (succeeded.load(Ordering::Relaxed) >= 24).then_some(())
+    });
+    assert!(reached.is_some(), "the clients did not get going");
+    fleet.kill(1);
+    let killed = Instant::now();
+    let failures: Vec<(Instant, String)> = clients
+        .into_iter()
+        .flat_map(|client| fleet.rt.block_on(client).unwrap())
+        .collect();
+
+    // Only sessions that were on the killed replica when it died failed: at most one per
+    // client, each started before the kill. Every session started after it worked.
+    assert!(failures.len() <= CLIENTS, "{failures:?}");
+    for (started, error) in &failures {
+        assert!(
+            *started < killed,
+            "a session started after the kill failed: {error}"
+        );
+    }
+    assert_eq!(
+        succeeded.load(Ordering::Relaxed) + failures.len(),
+        CLIENTS * EACH
+    );
+
+    // The sessions held on the other replicas are untouched; the one on b is gone.
+    let mut held = held.into_iter();
+    let (a, b, c) = (
+        held.next().unwrap(),
+        held.next().unwrap(),
+        held.next().unwrap(),
+    );
+    assert_eq!(fleet.select(&a, 11).unwrap(), 11);
+    assert_eq!(fleet.select(&c, 13).unwrap(), 13);
+    assert!(
+        fleet.select(&b, 12).is_err(),
+        "the killed replica's session answered"
+    );
+
+    // HAProxy's health check marks b down; new connections keep working, through a and c.
+    let down = wait_for(Duration::from_secs(5), || {
+        let status = fleet.balancer_status();
+        (status.len() == 3 && status[1].starts_with("DOWN")).then_some(())
+    });
+    assert!(
+        down.is_some(),
+        "{:?}\n{}",
+        fleet.balancer_status(),
+        fleet.balancer_log()
+    );
+    for n in 0..4 {
+        assert_eq!(
+            fleet.psql("alice", "app", &format!("select {n}")),
+            Ok(n.to_string())
+        );
+    }
+
+    // Restarted, b is checked up again and takes sessions.
+    fleet.start_replica(1);
+    let up = wait_for(Duration::from_secs(5), || {
+        fleet.balancer_status()[1].starts_with("UP").then_some(())
+    });
+    assert!(up.is_some(), "{:?}", fleet.balancer_status());
+    let landed: Vec<usize> = (0..3).map(|_| fleet.hold("alice", "app").replica).collect();
+    assert!(landed.contains(&1), "{landed:?}");
+    events_name_their_replica(&fleet, 1);
+    assert_eq!(fleet.select(&a, 21).unwrap(), 21);
+}
+
+#[test]
+fn sighup_on_every_replica_ends_a_removed_persons_sessions_wherever_they_run() {
+    let fleet = Fleet::start("revoke-grace \"1s\"");
+    let bob = fleet.hold_on_each("bob", "app");
+    let alice = fleet.hold_on_each("alice", "app");
+    for held in bob.iter().chain(&alice) {
+        assert_eq!(fleet.select(held, 1).unwrap(), 1);
+    }
+
+    // bob leaves the team: the manifest without him, applied and copied to every replica,
+    // then SIGHUP everywhere.
+    fleet.apply(&["alice"], "");
+    let reloaded = Instant::now();
+    fleet.signal_all("HUP");
+    for held in bob {
+        let replica = held.replica;
+        let message = fleet.ended_with(held, Duration::from_secs(10));
+        assert!(
+            message.starts_with(
+                "57P01 terminating connection: bob's access to shop as app was revoked by a \
+                 configuration reload"
+            ),
+            "{}: {message}",
+            REPLICAS[replica]
+        );
+    }
+    let took = reloaded.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+        "ended {took:?} after the reload, expected about the 1 s grace"
+    );
+    for held in &alice {
+        assert_eq!(fleet.select(held, 2).unwrap(), 2);
+    }
+    // Each replica audited its own revocation, naming itself.
+    for index in 0..REPLICAS.len() {
+        let ended = wait_for(Duration::from_secs(5), || {
+            fleet
+                .audit(index)
+                .into_iter()
+                .find(|e| e["event"] == "session.end")
+        })
+        .unwrap_or_else(|| panic!("{}: no session.end", REPLICAS[index]));
+        assert_eq!(ended["reason"], "access_revoked", "{ended}");
+        assert_eq!(ended["identity"], "bob", "{ended}");
+        assert_eq!(ended["replica"], REPLICAS[index], "{ended}");
+        events_name_their_replica(&fleet, index);
+    }
+    // bob cannot come back through any replica.
+    for _ in 0..REPLICAS.len() {
+        let refused = fleet.psql("bob", "app", "select 1").unwrap_err();
+        assert!(refused.contains("FATAL"), "{refused}");
+    }
+}
+
+#[test]
+fn an_expiring_certificate_ends_its_sessions_on_every_replica() {
+    let fleet = Fleet::start("");
+    let issued = Instant::now();
+    fleet.issue("alice", "short", Some("6s"));
+    let short = fleet.hold_on_each("short", "app");
+    let long = fleet.hold_on_each("alice", "app");
+    for held in short {
+        let replica = held.replica;
+        let message = fleet.ended_with(held, Duration::from_secs(15));
+        assert!(
+            message.starts_with("57P01 terminating connection: the client certificate expired at "),
+            "{}: {message}",
+            REPLICAS[replica]
+        );
+    }
+    let took = issued.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(11),
+        "ended {took:?} after a certificate was issued for 6 s"
+    );
+    for held in &long {
+        assert_eq!(fleet.select(held, 3).unwrap(), 3);
+    }
+    for index in 0..REPLICAS.len() {
+        let ended = wait_for(Duration::from_secs(5), || {
+            fleet
+                .audit(index)
+                .into_iter()
+                .find(|e| e["event"] == "session.end")
+        })
+        .unwrap_or_else(|| panic!("{}: no session.end", REPLICAS[index]));
+        assert_eq!(ended["reason"], "certificate_expired", "{ended}");
+        assert_eq!(ended["replica"], REPLICAS[index], "{ended}");
+    }
+    let refused = fleet.psql("short", "app", "select 1").unwrap_err();
+    assert!(refused.contains("certificate has expired"), "{refused}");
+}
+
+#[test]
+fn a_locked_out_certificate_is_refused_by_every_replica_and_its_sessions_end() {
+    let fleet = Fleet::start("revoke-grace \"0s\"");
+    let stolen = fleet.hold_on_each("alice", "app");
+    let bob = fleet.hold_on_each("bob", "app");
+
+    // alice's laptop is stolen: her certificates issued before now are locked out.
+    std::thread::sleep(Duration::from_millis(1100));
+    let cutoff = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    fleet.apply(
+        &["alice", "bob"],
+        &format!("certificates-issued-after \"{cutoff}\""),
+    );
+    fleet.signal_all("HUP");
+    for held in stolen {
+        let replica = held.replica;
+        let message = fleet.ended_with(held, Duration::from_secs(10));
+        assert!(
+            message.starts_with(
+                "57P01 terminating connection: the client certificate of alice was issued at "
+            ) && message.contains(&format!(
+                "before the certificates-issued-after cutoff {cutoff}"
+            )),
+            "{}: {message}",
+            REPLICAS[replica]
+        );
+    }
+    for held in &bob {
+        assert_eq!(fleet.select(held, 4).unwrap(), 4);
+    }
+
+    // The old certificate is refused through the balancer, by each replica in turn.
+    for _ in 0..REPLICAS.len() {
+        let refused = fleet.psql("alice", "app", "select 1").unwrap_err();
+        assert!(
+            refused.contains("FATAL:  the client certificate of alice was issued at")
+                && refused.contains("locked out"),
+            "{refused}"
+        );
+    }
+    for index in 0..REPLICAS.len() {
+        assert_eq!(
+            fleet.metric(
+                index,
+                "dbward_sessions_denied_total{reason=\"certificate_locked_out\"}"
+            ),
+            1.0,
+            "{}",
+            REPLICAS[index]
+        );
+        let denied = wait_for(Duration::from_secs(5), || {
+            fleet
+                .audit(index)
+                .into_iter()
+                .find(|e| e["event"] == "session.denied")
+        })
+        .unwrap_or_else(|| panic!("{}: no session.denied", REPLICAS[index]));
+        assert_eq!(denied["reason"], "certificate_locked_out", "{denied}");
+        assert_eq!(denied["replica"], REPLICAS[index], "{denied}");
+    }
+
+    // A certificate issued after the cutoff works again.
+    std::thread::sleep(Duration::from_millis(1100));
+    fleet.issue("alice", "alice", None);
+    assert_eq!(fleet.psql("alice", "app", "select 7"), Ok("7".into()));
+}

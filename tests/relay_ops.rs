@@ -367,6 +367,54 @@ fn endpoints_answer_and_a_denial_is_audited() {
     }
 }
 
+#[test]
+fn the_replica_id_defaults_to_the_host_name_and_a_bad_one_is_refused() {
+    let fixture = Fixture::new();
+    // A bad id (flag or environment) stops the relay before it listens, saying what to write.
+    for (flag, env) in [(Some("relay a"), None), (None, Some("\u{1b}[31m"))] {
+        let mut command = Command::new(workspace_bin("dbward-relay"));
+        command.arg("--config").arg(fixture.config_path());
+        if let Some(id) = flag {
+            command.args(["--replica-id", id]);
+        }
+        if let Some(id) = env {
+            command.env("DBWARD_RELAY_REPLICA_ID", id);
+        }
+        let out = command.stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with("error: the replica id ")
+                && stderr.contains("use letters, digits and punctuation only"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "a raw escape reached the terminal: {stderr:?}"
+        );
+        assert!(!connects(fixture.port));
+    }
+
+    // Without one, the host name names every event and the startup line.
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    let relay = fixture.start(&[]);
+    assert!(
+        relay.log().contains(&format!("replica={host}")),
+        "{}",
+        relay.log()
+    );
+    plaintext_startup(fixture.port);
+    let audit = fixture.dir.path().join("audit.jsonl");
+    let denied = wait_for(Duration::from_secs(5), || {
+        audit_lines(&audit)
+            .into_iter()
+            .find(|e| e["event"] == "session.denied")
+    })
+    .unwrap_or_else(|| panic!("no session.denied audit event:\n{}", relay.log()));
+    assert_eq!(denied["replica"], host, "{denied}");
+}
+
 fn time_is_rfc3339(value: &serde_json::Value) {
     let text = value.as_str().unwrap_or_default();
     // 2026-11-21T11:30:03.123456Z

@@ -45,15 +45,23 @@ struct Args {
     /// every audit event and the startup log line, so merged audit files say which relay wrote
     /// each event. 1 to 253 visible ASCII characters. Default: the host name (on Kubernetes,
     /// the pod's name).
+    // Validated in `main`, not by clap, whose error would echo a control character raw.
     #[arg(long, value_name = "ID", env = "DBWARD_RELAY_REPLICA_ID")]
-    replica_id: Option<ReplicaId>,
+    replica_id: Option<String>,
     /// Listen for clients on ADDR (IP:port) instead of the config's `listen`, e.g. to run
     /// several replicas of one config on one host.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = socket_addr)]
     listen: Option<std::net::SocketAddr>,
     /// Serve /metrics, /livez and /readyz on ADDR (IP:port) instead of the config's `metrics`.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = socket_addr)]
     metrics: Option<std::net::SocketAddr>,
+}
+
+/// `--listen`/`--metrics`: an IP address and port.
+fn socket_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse().map_err(|_| {
+        "not an IP address and port; write it like 127.0.0.1:6433 or [::1]:6433".into()
+    })
 }
 
 fn main() -> ExitCode {
@@ -75,7 +83,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let replica = match ReplicaId::given_or_host(args.replica_id) {
+    let given = args.replica_id.as_deref().map(ReplicaId::parse).transpose();
+    let replica = match given.and_then(ReplicaId::given_or_host) {
         Ok(replica) => replica,
         Err(error) => {
             eprintln!("error: {error}");

@@ -53,7 +53,8 @@ pub(crate) struct Held {
 
 /// The HAProxy in front of the fleet.
 struct Balancer {
-    child: Child,
+    /// `None` until [`Fleet::start_balancer`].
+    child: Option<Child>,
     port: u16,
     /// Its admin socket (`show stat`).
     socket: PathBuf,
@@ -62,8 +63,10 @@ struct Balancer {
 
 impl Drop for Balancer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -102,7 +105,7 @@ impl Fleet {
         let mut fleet = Fleet {
             replicas,
             balancer: Balancer {
-                child: Command::new("true").spawn().unwrap(),
+                child: None,
                 port: 0,
                 socket: dir.path().join("haproxy.sock"),
                 log: dir.path().join("haproxy.log"),
@@ -507,22 +510,30 @@ backend relays
             .stderr(fs::File::create(&self.balancer.log).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}; {HAPROXY_HINT}", haproxy.display()));
-        let mut old = std::mem::replace(&mut self.balancer.child, child);
-        let _ = old.wait();
-        let up = wait_for(Duration::from_secs(10), || {
-            if let Ok(Some(status)) = self.balancer.child.try_wait() {
+        self.balancer.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let exited = self
+                .balancer
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
                 panic!("haproxy exited with {status}:\n{}", self.balancer_log());
             }
-            (connects(self.balancer.port)
-                && self.balancer_status().iter().all(|s| s.starts_with("UP")))
-            .then_some(())
-        });
-        assert!(
-            up.is_some(),
-            "haproxy did not report every relay up: {:?}\n{}",
-            self.balancer_status(),
-            self.balancer_log()
-        );
+            let status = self.balancer_status();
+            let all_up =
+                status.len() == self.replicas.len() && status.iter().all(|s| s.starts_with("UP"));
+            if connects(self.balancer.port) && all_up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not report every relay up: {status:?}\n{}",
+                self.balancer_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn balancer_log(&self) -> String {
@@ -661,7 +672,7 @@ fn pgbench_through_the_balancer_reaches_every_replica_and_each_event_names_its_r
         "{:?}",
         (0..REPLICAS.len()).map(ends).collect::<Vec<_>>()
     );
-    for index in 0..REPLICAS.len() {
+    for (index, &id) in REPLICAS.iter().enumerate() {
         let events = events_name_their_replica(&fleet, index);
         let starts: Vec<_> = events
             .iter()
@@ -677,7 +688,7 @@ fn pgbench_through_the_balancer_reaches_every_replica_and_each_event_names_its_r
         assert!(
             (25..=42).contains(&starts.len()),
             "{}: {} sessions",
-            REPLICAS[index],
+            id,
             starts.len()
         );
         assert_eq!(starts.len(), ends(index));
@@ -686,7 +697,7 @@ fn pgbench_through_the_balancer_reaches_every_replica_and_each_event_names_its_r
             fleet
                 .relay(index)
                 .log()
-                .contains(&format!("replica={}", REPLICAS[index])),
+                .contains(&format!("replica={}", id)),
             "{}",
             fleet.relay(index).log()
         );
@@ -837,17 +848,17 @@ fn sighup_on_every_replica_ends_a_removed_persons_sessions_wherever_they_run() {
         assert_eq!(fleet.select(held, 2).unwrap(), 2);
     }
     // Each replica audited its own revocation, naming itself.
-    for index in 0..REPLICAS.len() {
+    for (index, &id) in REPLICAS.iter().enumerate() {
         let ended = wait_for(Duration::from_secs(5), || {
             fleet
                 .audit(index)
                 .into_iter()
                 .find(|e| e["event"] == "session.end" && e["reason"] != "client_closed")
         })
-        .unwrap_or_else(|| panic!("{}: no session.end", REPLICAS[index]));
+        .unwrap_or_else(|| panic!("{}: no session.end", id));
         assert_eq!(ended["reason"], "access_revoked", "{ended}");
         assert_eq!(ended["identity"], "bob", "{ended}");
-        assert_eq!(ended["replica"], REPLICAS[index], "{ended}");
+        assert_eq!(ended["replica"], id, "{ended}");
         events_name_their_replica(&fleet, index);
     }
     // bob cannot come back through any replica.
@@ -881,16 +892,16 @@ fn an_expiring_certificate_ends_its_sessions_on_every_replica() {
     for held in &long {
         assert_eq!(fleet.select(held, 3).unwrap(), 3);
     }
-    for index in 0..REPLICAS.len() {
+    for (index, &id) in REPLICAS.iter().enumerate() {
         let ended = wait_for(Duration::from_secs(5), || {
             fleet
                 .audit(index)
                 .into_iter()
                 .find(|e| e["event"] == "session.end" && e["reason"] != "client_closed")
         })
-        .unwrap_or_else(|| panic!("{}: no session.end", REPLICAS[index]));
+        .unwrap_or_else(|| panic!("{}: no session.end", id));
         assert_eq!(ended["reason"], "certificate_expired", "{ended}");
-        assert_eq!(ended["replica"], REPLICAS[index], "{ended}");
+        assert_eq!(ended["replica"], id, "{ended}");
     }
     let refused = fleet.psql("short", "app", "select 1").unwrap_err();
     assert!(refused.contains("certificate has expired"), "{refused}");
@@ -949,17 +960,17 @@ fn a_locked_out_certificate_is_refused_by_every_replica_and_its_sessions_end() {
             break;
         }
     }
-    for index in 0..REPLICAS.len() {
-        assert!(denied(index) >= 1.0, "{} refused nothing", REPLICAS[index]);
+    for (index, &id) in REPLICAS.iter().enumerate() {
+        assert!(denied(index) >= 1.0, "{} refused nothing", id);
         let denied = wait_for(Duration::from_secs(5), || {
             fleet
                 .audit(index)
                 .into_iter()
                 .find(|e| e["event"] == "session.denied")
         })
-        .unwrap_or_else(|| panic!("{}: no session.denied", REPLICAS[index]));
+        .unwrap_or_else(|| panic!("{}: no session.denied", id));
         assert_eq!(denied["reason"], "certificate_locked_out", "{denied}");
-        assert_eq!(denied["replica"], REPLICAS[index], "{denied}");
+        assert_eq!(denied["replica"], id, "{denied}");
     }
 
     // A certificate issued after the cutoff works again.

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dbward_tests::{
-    Cluster, RelayProcess, audit_lines, connects, free_port, person_tls, session_ended_with,
-    spawn_relay_env, wait_for, workspace_bin,
+    Cluster, RelayProcess, audit_lines, connects, person_tls, session_ended_with, spawn_relay_env,
+    wait_for, workspace_bin,
 };
 
 /// How to get HAProxy, shown when it is missing.
@@ -81,32 +81,41 @@ pub(crate) struct Fleet {
     relay_extra: String,
     dir: tempfile::TempDir,
     pub(crate) cluster: Cluster,
+    /// Held for the fleet's life: the ports its listeners use ([`reserve_port`]).
+    _ports: Vec<fs::File>,
 }
 
 impl Fleet {
     /// Starts everything; `relay_extra` goes into the manifest's `relay` block.
     pub(crate) fn start(relay_extra: &str) -> Fleet {
+        Fleet::start_with(|_| relay_extra.to_owned())
+    }
+
+    /// Like [`Fleet::start`], with the `relay` block's extra lines made from the replicas
+    /// (ids, ports), which are known before the manifest is written: e.g. a list of peers.
+    pub(crate) fn start_with(relay_extra: impl FnOnce(&[Replica]) -> String) -> Fleet {
         let haproxy = haproxy_path();
         let dir = tempfile::Builder::new()
             .prefix("dbward-fleet-")
             .tempdir()
             .unwrap();
-        let replicas = REPLICAS
+        let mut ports = Vec::new();
+        let replicas: Vec<Replica> = REPLICAS
             .iter()
             .map(|id| Replica {
                 id,
                 dir: dir.path().join(id),
-                // Picked when it first starts (see `start_replica`).
-                port: 0,
-                metrics_port: 0,
+                port: reserve_port(&mut ports),
+                metrics_port: reserve_port(&mut ports),
                 process: None,
             })
             .collect();
+        let relay_extra = relay_extra(&replicas);
         let mut fleet = Fleet {
             replicas,
             balancer: Balancer {
                 child: None,
-                port: 0,
+                port: reserve_port(&mut ports),
                 socket: dir.path().join("haproxy.sock"),
                 log: dir.path().join("haproxy.log"),
             },
@@ -115,9 +124,10 @@ impl Fleet {
                 .enable_all()
                 .build()
                 .unwrap(),
-            relay_extra: relay_extra.to_owned(),
+            relay_extra,
             dir,
             cluster: Cluster::init(),
+            _ports: ports,
         };
         fleet.apply(&["alice", "bob"], "");
         let out = fleet.out();
@@ -206,9 +216,9 @@ role developer {{
     }}
 }}
 {users}"#,
-            // The config's own addresses; every replica overrides them.
-            port = free_port(),
-            metrics = free_port(),
+            // The config's own addresses: the first replica's (each passes its own anyway).
+            port = self.replicas[0].port,
+            metrics = self.replicas[0].metrics_port,
             relay_extra = self.relay_extra,
             pg = self.cluster.port,
             config_dir = self.cluster.config_dir().display(),
@@ -251,12 +261,6 @@ role developer {{
     /// Starts (or restarts, on the same ports) replica `index` and waits until it listens.
     pub(crate) fn start_replica(&mut self, index: usize) {
         let replica = &mut self.replicas[index];
-        // Ports are picked right before the first start: a port picked long before can be
-        // taken meanwhile as the local port of some client's connection.
-        if replica.port == 0 {
-            replica.port = free_port();
-            replica.metrics_port = free_port();
-        }
         let listen = format!("127.0.0.1:{}", replica.port);
         let metrics = format!("127.0.0.1:{}", replica.metrics_port);
         let mut extra = vec!["--listen", &listen, "--metrics", &metrics];
@@ -298,11 +302,16 @@ role developer {{
         process.child.wait().unwrap();
     }
 
-    /// Sends signal `name` (`HUP`, `TERM`) to every running replica.
+    /// Sends signal `name` (`HUP`, `TERM`, `STOP`) to replica `index`.
+    pub(crate) fn signal(&self, index: usize, name: &str) {
+        self.relay(index).signal(name);
+    }
+
+    /// Sends signal `name` to every running replica.
     pub(crate) fn signal_all(&self, name: &str) {
-        for replica in &self.replicas {
-            if let Some(process) = &replica.process {
-                process.signal(name);
+        for (index, replica) in self.replicas.iter().enumerate() {
+            if replica.process.is_some() {
+                self.signal(index, name);
             }
         }
     }
@@ -445,7 +454,6 @@ role developer {{
 
     /// Writes haproxy.cfg, starts HAProxy and waits until it reports every replica up.
     fn start_balancer(&mut self, haproxy: &Path) {
-        self.balancer.port = free_port();
         let servers: String = self
             .replicas
             .iter()
@@ -575,6 +583,41 @@ backend relays
             })
             .collect()
     }
+}
+
+/// A port for one of the fleet's listeners, reserved until `locks` is dropped. It comes from
+/// below the kernel's ephemeral range (32768-60999 by default), so no client connection can
+/// take it as its local port between now and the listener's bind (the fleet's clients make
+/// hundreds), and it is locked (`flock` on a file named after it), so two fleets starting at
+/// once in other test processes never pick the same one.
+fn reserve_port(locks: &mut Vec<fs::File>) -> u16 {
+    use std::hash::BuildHasher as _;
+    let dir = std::env::temp_dir().join("dbward-fleet-ports");
+    fs::create_dir_all(&dir).unwrap();
+    let mut seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    for _ in 0..1000 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let port = 20_000 + u16::try_from((seed >> 33) % 12_000).unwrap();
+        let Ok(file) = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        locks.push(file);
+        return port;
+    }
+    panic!("no free port between 20000 and 32000 on 127.0.0.1");
 }
 
 /// Copies the files of `from` into `to` (created), keeping their modes.

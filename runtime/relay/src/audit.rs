@@ -6,8 +6,9 @@
 //! (nobody is waiting on the queue to be woken) and leave together in the next write, so a busy
 //! relay writes the log a few dozen times a second instead of twice per session (and once per
 //! query with `queries=#true`). An event reaches the file at most that much later. Events carry only
-//! who, where and what (identity, database, db user, db name, client address, SQL text) — never
-//! key material and never the values of bound parameters.
+//! who, where and what (identity, database, db user, db name, client address, SQL text), and
+//! which relay of a fleet wrote them (`replica`, [`crate::replica`]) — never key material and
+//! never the values of bound parameters.
 //!
 //! **Fail closed**: when the log cannot be written, the sink reports itself unavailable and the
 //! relay refuses *new* sessions (reason `audit_unavailable`) until a write succeeds again; the

@@ -104,7 +104,7 @@ pub struct ServeOptions {
 }
 
 impl ServeOptions {
-    /// `threads` session threads, the host name as the replica id, the config's addresses.
+    /// `threads` session threads, named `replica`, on the config's addresses.
     pub fn new(threads: usize, replica: ReplicaId) -> ServeOptions {
         ServeOptions {
             threads,

@@ -138,6 +138,21 @@ fn relay(node: &Node) -> Relay {
             .and_then(|v| v.as_bool())
             .unwrap_or(true),
         certificates_issued_after: cutoff(node),
+        peers: node.child("peers").map(|p| {
+            let mut members: Vec<(u16, String)> = p
+                .children_named("peer")
+                .filter_map(|peer| {
+                    let id = peer.args.first()?.as_int()?;
+                    Some((
+                        u16::try_from(id).ok()?,
+                        peer.prop_str("address")?.to_owned(),
+                    ))
+                })
+                .collect();
+            members.sort();
+            members.dedup_by_key(|(id, _)| *id);
+            Peers { members }
+        }),
     }
 }
 

@@ -94,6 +94,15 @@ pub struct Relay {
     /// `certificates-issued-after` (seconds since the Unix epoch): everyone's older client
     /// certificates are refused.
     pub certificates_issued_after: Option<i64>,
+    /// `peers { peer ID address=… }`: the relay's replicas.
+    pub peers: Option<Peers>,
+}
+
+/// `relay { peers … }`: every replica of the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    /// (id, `host:port`), sorted by id.
+    pub members: Vec<(u16, String)>,
 }
 
 /// `relay { kubernetes … }`: write a Deployment, Service and PodDisruptionBudget for the relay.

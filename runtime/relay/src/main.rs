@@ -40,6 +40,13 @@ struct Args {
     /// Benchmarks); raise this on a host that runs nothing but the relay.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
+    /// This replica's id among the relay's peers (`relay { peers … }` in the manifest): it is
+    /// encoded in the cancel keys this replica issues, so the others forward its cancels here.
+    /// Default: the number at the end of the host name (`relay-2` is 2, as a Kubernetes
+    /// StatefulSet names its pods). Ignored without peers.
+    #[arg(long, value_name = "ID", env = "DBWARD_RELAY_PEER_ID",
+          value_parser = clap::value_parser!(u16).range(0..=4095))]
+    peer_id: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -85,7 +92,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ops::serve(args.config, threads)) {
+    match runtime.block_on(ops::serve(args.config, threads, args.peer_id)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "dbward-relay stopped");

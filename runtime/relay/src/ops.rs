@@ -85,6 +85,8 @@ pub enum ServeError {
     Descriptors { open_files: u64, needed: u64 },
     #[error("cannot start the session threads: {0}")]
     Threads(std::io::Error),
+    #[error("{0}")]
+    PeerId(String),
     #[error("the relay stopped: {0}")]
     Run(String),
 }
@@ -116,11 +118,35 @@ pub fn reload(shared: &Arc<Shared>, config_path: &Path) -> bool {
             let old = shared.current();
             if loaded.config.relay.listen != old.config.relay.listen
                 || loaded.config.relay.metrics != old.config.relay.metrics
+                || shared
+                    .peering
+                    .own()
+                    .and_then(|id| {
+                        let address = |l: &crate::state::Loaded| {
+                            l.peers.as_ref().and_then(|p| p.listen_address(id))
+                        };
+                        (address(&loaded) != address(&old)).then_some(())
+                    })
+                    .is_some()
             {
                 tracing::warn!(
-                    "the new config changes `listen` or `metrics`; addresses change only on \
-                     restart, the rest of the config is in force now"
+                    "the new config changes `listen`, `metrics` or this replica's peer address; \
+                     addresses change only on restart, the rest of the config is in force now"
                 );
+            }
+            if let Some(peers) = &loaded.peers {
+                match shared.peering.own() {
+                    Some(id) if !peers.contains(id) => tracing::warn!(
+                        peer_id = id,
+                        "the new config does not list this replica's peer id; the others \
+                         cannot forward cancels to it"
+                    ),
+                    None => tracing::warn!(
+                        "the new config lists peers; this relay started without them, so it \
+                         forwards no cancels until it is restarted"
+                    ),
+                    _ => {}
+                }
             }
             // Reopen even when the path is unchanged, so `logrotate` + SIGHUP works.
             shared.audit.reopen(config::audit_path(&loaded));
@@ -154,9 +180,33 @@ pub fn reload(shared: &Arc<Shared>, config_path: &Path) -> bool {
 /// Runs the relay until SIGTERM/SIGINT and the drain that follows, with sessions on `threads`
 /// worker threads (see [`Workers`]; the first also runs the accept loop). The caller's runtime
 /// (one thread is enough) handles signals and reloads and serves the metrics endpoint.
-pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeError> {
+///
+/// `peer_id` is `--peer-id`: this replica's id when the config lists peers (else the ordinal
+/// at the end of the host name).
+pub async fn serve(
+    config_path: PathBuf,
+    threads: usize,
+    peer_id: Option<u16>,
+) -> Result<(), ServeError> {
     let started = Instant::now();
     let loaded = config::load(&config_path)?;
+    let own_peer_id = match &loaded.config.relay.peers {
+        Some(peers) => {
+            let members: Vec<u16> = peers.members.iter().map(|p| p.id).collect();
+            Some(crate::peer::own_id(peer_id, &members).map_err(ServeError::PeerId)?)
+        }
+        None => {
+            if let Some(id) = peer_id {
+                tracing::warn!(
+                    peer_id = id,
+                    "--peer-id is ignored: the config lists no peers (relay {{ peers }})"
+                );
+            }
+            None
+        }
+    };
+    let peer_listen =
+        own_peer_id.and_then(|id| loaded.peers.as_ref().and_then(|p| p.listen_address(id)));
     let audit = AuditSink::start(config::audit_path(&loaded))?;
     let listen = loaded.config.relay.listen.clone();
     let metrics_addr = loaded.config.relay.metrics.clone();
@@ -166,10 +216,13 @@ pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeErro
         databases = loaded.config.databases.len(),
         "config loaded"
     );
-    let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()));
+    let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()).with_peer_id(own_peer_id));
     let health = Arc::new(Health::default());
     limit_connections(&shared, threads)?;
 
+    // The peer listener stays open while sessions drain: their cancels may still arrive
+    // through another replica.
+    let peers_shutdown = CancellationToken::new();
     // Install signal handlers before listening, so a SIGTERM right after "listening" drains
     // rather than killing the process with the default action.
     let mut hangup = install(SignalKind::hangup(), "SIGHUP")?;
@@ -191,6 +244,20 @@ pub async fn serve(config_path: PathBuf, threads: usize) -> Result<(), ServeErro
         startup_ms = started.elapsed().as_millis() as u64,
         "dbward-relay listening"
     );
+
+    if let Some(addr) = &peer_listen {
+        let listener = bind(addr, "peers").await?;
+        tracing::info!(
+            addr = %local(&listener),
+            peer_id = own_peer_id,
+            "accepting cancels forwarded by the other replicas"
+        );
+        tokio::spawn(crate::listener::run_peers(
+            listener,
+            Arc::clone(&shared),
+            peers_shutdown.clone(),
+        ));
+    }
 
     let workers = Workers::start(threads).map_err(ServeError::Threads)?;
     shared.metrics.watch_workers(workers.connections());

@@ -55,6 +55,9 @@
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
+//! - `peers`: three replicas of one relay (`relay { peers … }`): a CancelRequest sent to any of
+//!   them cancels the query where the session is; forged, replayed, stale and second-hop
+//!   forwards are refused and audited; unknown keys are dropped silently.
 //! - `install_sh`: a self-hosted database's install.sh on a plain (non-Debian) cluster: files,
 //!   include once, restart with pg_ctl, names created, setup.sql; then only reloads.
 //! - `kubernetes`: the Kubernetes manifests of `relay { kubernetes … }` pass a schema validator
@@ -86,6 +89,7 @@ mod install_sh;
 mod kubernetes;
 mod live;
 mod live_cloud;
+mod peers;
 mod plan_apply;
 mod provision;
 mod rds;

@@ -191,7 +191,7 @@ pub const FORWARD_OUTCOMES: [&str; 3] = ["forwarded", "failed", "rate_limited"];
 /// ([`crate::peer::Refusal::reason`]).
 pub const PEER_OUTCOMES: [&str; 8] = [
     "served",
-    "peer_certificate",
+    "handshake",
     "malformed",
     "unknown_peer",
     "not_ours",

@@ -273,7 +273,7 @@ impl Refusal {
     /// The audit and metrics label.
     pub fn reason(&self) -> &'static str {
         match self {
-            Refusal::Handshake(_) => "peer_certificate",
+            Refusal::Handshake(_) => "handshake",
             Refusal::Malformed(_) => "malformed",
             Refusal::UnknownOrigin(_) => "unknown_peer",
             Refusal::NotOurs { .. } => "not_ours",

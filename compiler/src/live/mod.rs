@@ -319,26 +319,36 @@ struct Session {
 
 /// Connects to `db_name` as the admin user.
 async fn connect(target: &Target, db_name: &str) -> Result<Session, String> {
+    let credentials = target
+        .login
+        .credentials(&target.admin_user, &target.host, target.port)
+        .await?;
+    // A looked-up Cloud SQL instance is dialled at the address found, verified by its name.
+    let (host, tls) = match credentials.route {
+        Some(route) => (
+            route.host.clone(),
+            NamedTls {
+                inner: route.tls,
+                server_name: route.host,
+            },
+        ),
+        None => (target.host.clone(), target.tls.clone()),
+    };
     let mut config = tokio_postgres::Config::new();
     config
-        .host(&target.host)
+        .host(&host)
         .port(target.port)
         .user(&target.admin_user)
         .dbname(db_name)
         .application_name("dbward")
         .ssl_mode(tokio_postgres::config::SslMode::Require)
         .connect_timeout(Duration::from_secs(10));
-    if let Some(password) = target
-        .login
-        .password(&target.admin_user, &target.host, target.port)
-        .await?
-    {
+    if let Some(password) = &credentials.password {
         config.password(password.expose());
     }
-    let (client, mut connection) = config.connect(target.tls.clone()).await.map_err(|e| {
+    let (client, mut connection) = config.connect(tls).await.map_err(|e| {
         format!(
-            "cannot connect to database name {db_name} on {}:{} as {}: {}; {}",
-            target.host,
+            "cannot connect to database name {db_name} on {host}:{} as {}: {}; {}",
             target.port,
             target.admin_user,
             describe(&e),

@@ -20,6 +20,12 @@
 //!   checked by PostgreSQL as the role's password (the fake sets it when it issues the token);
 //!   the server certificate verified by the instance name in its CN. Impersonation refused:
 //!   the error names the database, host, user and the IAM right to check.
+//! - Cloud SQL without `host` and `ca-file`: the instance looked up through the fake Cloud SQL
+//!   Admin (the address of the manifest's `ip-type`, the server CA), an ephemeral client
+//!   certificate the server requires, the token checked by `cloudsql/verify_cloudsql_token.py`
+//!   through PAM; once per run. A certificate naming another instance is refused; a refused
+//!   lookup (403) fails that database alone, naming the instance, the user and the rights to
+//!   grant, while another database is applied.
 //!
 //! PAM services live in /etc/pam.d, so this module needs root (as `rds` and `azure` do).
 

@@ -234,6 +234,58 @@ fn dbward<K: AsRef<OsStr>, V: AsRef<OsStr>>(
     command.output().expect("run dbward")
 }
 
+/// `dbward apply DIR/manifest.kdl --out DIR/out ARGS…` on a real pseudo-terminal (util-linux
+/// `script`), with exactly `env` as its cloud environment, answering its question with
+/// `answer`; what the terminal showed.
+fn dbward_on_a_terminal<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    dir: &Path,
+    args: &[&str],
+    env: &[(K, V)],
+    answer: &str,
+) -> String {
+    let mut command = Command::new("script");
+    command
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{} apply {} --out {} {}",
+            workspace_bin("dbward").display(),
+            dir.join("manifest.kdl").display(),
+            dir.join("out").display(),
+            args.join(" ")
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (name, _) in std::env::vars().filter(|(k, _)| {
+        ["AWS_", "AZURE_", "IDENTITY_", "GOOGLE_", "GCE_", "DBWARD_GCP_"]
+            .iter()
+            .any(|prefix| k.starts_with(prefix))
+    }) {
+        command.env_remove(name);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
+        .spawn()
+        .expect("`script` (util-linux, package bsdutils on Debian) runs commands on a terminal");
+    // The terminal keeps the line until dbward reads it; stdin stays open until dbward ends
+    // (at its end `script` would send the terminal an end of file).
+    let mut stdin = child.stdin.take().expect("stdin");
+    {
+        use std::io::Write;
+        let _ = writeln!(stdin, "{answer}");
+    }
+    let out = child.wait_with_output().expect("script");
+    drop(stdin);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -1220,6 +1272,34 @@ fn cloud_sql_without_host_and_ca_file_is_looked_up_and_converged_with_a_client_c
     );
     assert_eq!(sql.count("connectSettings"), 2);
     sql.assert_no_secret_in(&shown);
+
+    // A drift by hand, applied on a terminal: the live plan shown, "yes", then the apply. The
+    // apply reuses the preview's token, lookup and certificate: once per run, not twice.
+    sql.cluster.sql(
+        "ledger",
+        &format!("GRANT DELETE ON entries TO \"{SQL_READER}\""),
+    );
+    let tokens = sql.tokens().len();
+    let applied = dbward_on_a_terminal(sql.dir.path(), &["--live"], &sql.fake.env(), "yes");
+    assert!(
+        applied.contains("dbward will make these changes in the databases:")
+            && applied.contains("dbward made these changes in the databases:")
+            && applied.contains("- REVOKE DELETE ON TABLE"),
+        "{applied}"
+    );
+    assert_eq!(
+        sql.cluster
+            .sql(
+                "ledger",
+                &format!("SELECT has_table_privilege('{SQL_READER}', 'entries', 'DELETE')")
+            )
+            .trim(),
+        "f"
+    );
+    assert_eq!(sql.tokens().len(), tokens + 1, "one token for plan and apply");
+    assert_eq!(sql.count("connectSettings"), 3, "one lookup for plan and apply");
+    assert_eq!(sql.count("generateEphemeralCert"), 3);
+    sql.assert_no_secret_in(&applied);
 
     // The server now presents a certificate of the same CA for another instance: refused,
     // naming the instance it should have been.

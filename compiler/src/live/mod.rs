@@ -64,6 +64,18 @@ pub struct Target {
     login: connect::Login,
 }
 
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No token, key or SQL: where and as whom.
+        f.debug_struct("Target")
+            .field("database", &self.database)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("admin_user", &self.admin_user)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Target {
     /// Makes an apply of this target refuse, naming it, every database name where setup.sql
     /// would now execute other statements than `expected` (what a saved plan showed for it,

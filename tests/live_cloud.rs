@@ -258,9 +258,16 @@ fn dbward_on_a_terminal<K: AsRef<OsStr>, V: AsRef<OsStr>>(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     for (name, _) in std::env::vars().filter(|(k, _)| {
-        ["AWS_", "AZURE_", "IDENTITY_", "GOOGLE_", "GCE_", "DBWARD_GCP_"]
-            .iter()
-            .any(|prefix| k.starts_with(prefix))
+        [
+            "AWS_",
+            "AZURE_",
+            "IDENTITY_",
+            "GOOGLE_",
+            "GCE_",
+            "DBWARD_GCP_",
+        ]
+        .iter()
+        .any(|prefix| k.starts_with(prefix))
     }) {
         command.env_remove(name);
     }
@@ -1006,11 +1013,7 @@ impl CloudSqlLookup {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let fake = rt.block_on(dbward_cloud::gcp::fake::FakeGoogle::start());
         let verifier = dir.path().join("verify_cloudsql_token.py");
-        fs::write(
-            &verifier,
-            include_str!("cloudsql/verify_cloudsql_token.py"),
-        )
-        .unwrap();
+        fs::write(&verifier, include_str!("cloudsql/verify_cloudsql_token.py")).unwrap();
         fs::set_permissions(&verifier, fs::Permissions::from_mode(0o755)).unwrap();
 
         let mut cluster = Cluster::init();
@@ -1237,7 +1240,11 @@ fn cloud_sql_without_host_and_ca_file_is_looked_up_and_converged_with_a_client_c
     // token, one lookup, one client certificate.
     assert_eq!(sql.tokens().len(), 1, "one token per run");
     assert_eq!(sql.count("connectSettings"), 1, "one lookup per run");
-    assert_eq!(sql.count("generateEphemeralCert"), 1, "one certificate per run");
+    assert_eq!(
+        sql.count("generateEphemeralCert"),
+        1,
+        "one certificate per run"
+    );
     sql.assert_no_secret_in(&applied);
 
     // Whoever runs --live is told it needs Cloud SQL Client for the lookup, beside Token
@@ -1296,8 +1303,16 @@ fn cloud_sql_without_host_and_ca_file_is_looked_up_and_converged_with_a_client_c
             .trim(),
         "f"
     );
-    assert_eq!(sql.tokens().len(), tokens + 1, "one token for plan and apply");
-    assert_eq!(sql.count("connectSettings"), 3, "one lookup for plan and apply");
+    assert_eq!(
+        sql.tokens().len(),
+        tokens + 1,
+        "one token for plan and apply"
+    );
+    assert_eq!(
+        sql.count("connectSettings"),
+        3,
+        "one lookup for plan and apply"
+    );
     assert_eq!(sql.count("generateEphemeralCert"), 3);
     sql.assert_no_secret_in(&applied);
 
@@ -1306,7 +1321,8 @@ fn cloud_sql_without_host_and_ca_file_is_looked_up_and_converged_with_a_client_c
     let (cert, key) = sql.pki.server("acme-prod:payroll", &[]);
     sql.cluster
         .install_file("server.crt", cert.as_bytes(), 0o644);
-    sql.cluster.install_file("server.key", key.as_bytes(), 0o600);
+    sql.cluster
+        .install_file("server.key", key.as_bytes(), 0o600);
     sql.cluster.reload();
     let plan = sql.dbward("plan", &["--live", "--detailed-exitcode"]);
     let shown = text(&plan);

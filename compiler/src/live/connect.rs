@@ -237,10 +237,7 @@ pub(super) fn cloud(
             );
             let (login, tls) = match (&host, &frozen.tls.ca) {
                 // The relay's fixed route: no Cloud SQL Admin lookup, no client certificate.
-                (Some(_), Some(ca)) => (
-                    None,
-                    instance_tls(name, ca, parsed.certificate_name())?,
-                ),
+                (Some(_), Some(ca)) => (None, instance_tls(name, ca, parsed.certificate_name())?),
                 // Looked up when connecting; this TLS is never used.
                 (_, ca) => (
                     Some(Lookup {
@@ -393,7 +390,7 @@ impl Login {
             && token.valid_for(MIN_LEFT, now)
             && route
                 .as_ref()
-                .is_none_or(|r| r.expires_at > now + MIN_LEFT)
+                .is_none_or(|r| now.checked_add(MIN_LEFT).is_some_and(|t| t < r.expires_at))
         {
             return Ok(Credentials {
                 password: Some(token.secret.clone()),
@@ -412,7 +409,9 @@ impl Login {
                     None => format!("its {} address, looked up", lookup.ip_type.name()),
                 }
             ),
-            _ => format!("cannot get a login token for the admin user {user} of {host}:{port}: {e}"),
+            _ => {
+                format!("cannot get a login token for the admin user {user} of {host}:{port}: {e}")
+            }
         })?;
         let credentials = Credentials {
             password: Some(token.secret.clone()),
@@ -492,8 +491,11 @@ impl Login {
                         None => String::new(),
                     },
                     match lookup {
-                        Some(Lookup { host: None, ip_type, .. }) =>
-                            format!("the instance's {} address", ip_type.name()),
+                        Some(Lookup {
+                            host: None,
+                            ip_type,
+                            ..
+                        }) => format!("the instance's {} address", ip_type.name()),
                         _ => "it".to_owned(),
                     }
                 ),
@@ -699,6 +701,38 @@ mod tests {
         );
         // Without ca-file: the public roots, as the relay.
         assert!(server_tls("billing", None).is_ok());
+    }
+
+    #[test]
+    fn google_errors_speak_of_whoever_runs_live_and_what_to_grant() {
+        let denied = google(
+            GcpError::InstanceDenied {
+                instance: "p:r:i".into(),
+                detail: "PERMISSION_DENIED".into(),
+            },
+            "iam/live/gcp/g.json",
+        );
+        for part in [
+            "may not use Cloud SQL instance p:r:i",
+            "cloudsql.instances.get",
+            "cloudsql.instances.connect",
+            "roles/cloudsql.client",
+            "iam/live/gcp/g.json",
+            "403",
+        ] {
+            assert!(denied.contains(part), "{part:?} missing from {denied}");
+        }
+        let impersonation = google(
+            GcpError::ImpersonationDenied {
+                account: "a@p.iam.gserviceaccount.com".into(),
+                detail: "x".into(),
+            },
+            "iam/live/gcp/g.json",
+        );
+        for message in [&denied, &impersonation] {
+            assert!(!message.contains("relay"), "{message}");
+        }
+        assert!(impersonation.contains("roles/iam.serviceAccountTokenCreator"));
     }
 
     #[test]

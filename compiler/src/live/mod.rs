@@ -11,7 +11,9 @@
 //! Databases are reached the way the relay reaches them: self-hosted ones over mutual TLS with
 //! the relay's client certificate (which `pg_ident.conf` maps to the admin user), verifying the
 //! server against the CA the compiler issued, for the frozen config's `tls.server_name`; RDS,
-//! Azure and Cloud SQL ones with the admin user's cloud token as the password ([`connect`]).
+//! Azure and Cloud SQL ones with the admin user's cloud token as the password ([`connect`]; a
+//! Cloud SQL instance without `host` or `ca-file` is looked up and presented an ephemeral client
+//! certificate, as the relay does, once per instance and admin user per run).
 //! Databases run in parallel, at most [`PARALLEL`] at once, and so do the database names of
 //! each (an apply converges the first name alone first).
 

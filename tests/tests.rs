@@ -36,7 +36,8 @@
 //!   clock skew learned from the credential endpoint's `Date`; a refused token never reused.
 //! - `live_cloud`: `dbward plan --live` / `apply --live` on RDS (SigV4 token from env and ECS
 //!   credentials), Azure (Entra token from a fake Entra ID) and Cloud SQL (impersonated login
-//!   token from a fake Google, instance-name verification) as the admin user, checked by a
+//!   token from a fake Google, instance-name verification; without `host`/`ca-file`, the
+//!   instance looked up and an ephemeral client certificate presented) as the admin user, checked by a
 //!   real PostgreSQL through PAM; converge then no changes; Azure principals created in
 //!   `postgres` first; wrong secrets, an expired or refused token, no credentials: errors
 //!   naming database, host, user and what to check, never the token.

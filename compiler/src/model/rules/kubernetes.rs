@@ -31,6 +31,21 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
         let Some(kubernetes) = relay.child("kubernetes") else {
             continue;
         };
+        if let Some(peers) = relay.child("peers") {
+            diags.push(
+                Diagnostic::error(
+                    "dbward::invalid_kubernetes",
+                    "`peers` cannot be written for Kubernetes yet: the Deployment's pods have no \
+                     stable address for the other replicas to forward cancels to",
+                )
+                .label(peers.head_span(), "peers")
+                .label(kubernetes.span, "deployed on Kubernetes here")
+                .help(
+                    "remove `peers` (a CancelRequest that reaches another pod than its session's \
+                     is then lost), or run the replicas outside Kubernetes with `peers`",
+                ),
+            );
+        }
         reachable(relay, kubernetes, "listen", diags);
         reachable(relay, kubernetes, "metrics", diags);
         if let Some(replicas) = kubernetes.prop("replicas")
@@ -192,6 +207,14 @@ mod tests {
         absent(
             &with("image=\"r/x:1\" replicas=3 namespace=\"dbward\" service-type=\"LoadBalancer\""),
             "dbward::invalid_kubernetes",
+        );
+        expect(
+            &relay(&format!(
+                "{base}    kubernetes image=\"r/x:1\"\n    peers {{\n        peer 0 address=\"a:1\"\n        \
+                 peer 1 address=\"b:1\"\n    }}\n"
+            )),
+            "dbward::invalid_kubernetes",
+            "`peers` cannot be written for Kubernetes yet",
         );
     }
 }

@@ -62,8 +62,9 @@
 //! - `install_sh`: a self-hosted database's install.sh on a plain (non-Debian) cluster: files,
 //!   include once, restart with pg_ctl, names created, setup.sql; then only reloads.
 //! - `kubernetes`: the Kubernetes manifests of `relay { kubernetes … }` pass a schema validator
-//!   (kubernetes-validate), hold no key, and the relay runs as the Deployment says, in an
-//!   emulated pod (its args, uid 65532, the Secret mounted root-owned 0440, probes, SIGTERM).
+//!   (kubernetes-validate), hold no key, and the relay runs as the StatefulSet says, in an
+//!   emulated pod (its args, peer id from its host name, uid 65532, the Secret mounted
+//!   root-owned 0440, probes, SIGTERM).
 //! - `deploy`: the files of deploy/: systemd's notify protocol against a local NOTIFY_SOCKET,
 //!   the shipped unit verified by `systemd-analyze` and psql through the relay under its
 //!   sandbox (`systemd-run` where systemd is PID 1, else namespaces and `setpriv`), the

@@ -38,7 +38,8 @@
 //!                                client-ca.crt, install.sh (self-hosted only) and setup.sql
 //!                                (every kind)
 //! relay/kustomization.yaml        with `relay { kubernetes … }`: `kubectl apply -k OUT/relay`
-//! relay/kubernetes/*.yaml        its Deployment, Service and PodDisruptionBudget
+//! relay/kubernetes/*.yaml        its Deployment (a StatefulSet and a headless Service with
+//!                                `peers`), Service and PodDisruptionBudget
 //! iam/{aws,gcp,azure}/<cloud>.json
 //! ```
 

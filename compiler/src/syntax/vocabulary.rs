@@ -270,11 +270,11 @@ static VOCABULARY: &[NodeSpec] = &[
         )
     },
     NodeSpec {
-        block: Block::Required,
+        block: Block::Optional,
         ..node(
             "relay/peers",
             "the relay's replicas behind one load balancer, which forward each other's \
-             CancelRequests",
+             CancelRequests (with kubernetes: empty, one per pod of the StatefulSet)",
         )
     },
     NodeSpec {

@@ -246,7 +246,12 @@ pub async fn serve(
     );
 
     if let Some(addr) = &peer_listen {
-        let listener = bind(addr, "peers").await?;
+        let listener = match (bind(addr, "peers").await, addr.strip_prefix("[::]:")) {
+            (Ok(listener), _) => listener,
+            // Every address on a host without IPv6: every IPv4 address.
+            (Err(_), Some(port)) => bind(&format!("0.0.0.0:{port}"), "peers").await?,
+            (Err(error), None) => return Err(error),
+        };
         tracing::info!(
             addr = %local(&listener),
             peer_id = own_peer_id,

@@ -38,7 +38,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
         };
         let mut ids: BTreeMap<i128, Span> = BTreeMap::new();
         let mut addresses: BTreeMap<&str, Span> = BTreeMap::new();
-        let mut count = 0;
+        let mut count: i128 = 0;
         for peer in peers.children_named("peer") {
             count += 1;
             if let Some(id) = peer.args.first()
@@ -97,6 +97,13 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
                     );
                 }
             }
+        }
+        if let Some(kubernetes) = relay.child("kubernetes") {
+            // One peer per pod: as many as the replicas.
+            count = kubernetes
+                .prop("replicas")
+                .and_then(|p| p.value.as_int())
+                .unwrap_or(2);
         }
         if count < 2 {
             diags.push(

@@ -37,6 +37,16 @@ PostgreSQL with `password` authentication, where the fakes (runtime/cloud/exampl
 token as the role's password when they issue it. Tokens are fetched before the runs, as in
 steady state (refreshed in the background, never on the session path).
 
+Peers (`--peers`, scenarios A, C and "I cancel"): path `relay-peers` is a relay whose config lists
+peers (`relay { peers }`, ids 1 and 2: the same manifest plus `peers`, applied to a copy of the
+output so every certificate is the same), started with `--peer-id 1`, against `relay` without
+peers, in the same rounds: relay CPU per query and per session, to show peers cost nothing on
+the session path. A second peers replica (id 2) takes the cancels that scenario "I cancel"
+forwards: a session on replica 1 runs `select pg_sleep(10)`, and a plaintext CancelRequest (as
+psql sends on Ctrl+C) goes to replica 1 itself (`local`) or to replica 2 (`forwarded`, which
+forwards it to replica 1 over mutual TLS); the figure is the time from sending the
+CancelRequest to the session's ErrorResponse, median and p90 over `--cancels` tries each.
+
 Paths: `direct` is pgbench -> PostgreSQL (TLS, client certificate); `relay` is pgbench ->
 dbward-relay (mTLS) -> PostgreSQL (mTLS); `pgbouncer` is pgbench -> pgbouncer (TLS, client
 certificate) -> PostgreSQL (mTLS). In the `-c 1` and fixed-rate latency scenarios, `hop` is
@@ -311,6 +321,9 @@ class Bench:
         self.user_dir = self.work / "user"
         self.hop_port = free_port()
         self.relay_b_port = free_port()
+        self.peer_ports = {1: free_port(), 2: free_port()}
+        self.peers_relay_ports = {1: free_port(), 2: free_port()}
+        self.relay_peers_pid = None
         self.relay_pid = None
         self.relay_b_pid = None
         self.hop_pid = None
@@ -524,6 +537,90 @@ class Bench:
         self.relay_b_pid = p.pid
         self.wait_port(self.relay_b_port, "the --compare relay", self.work / "relay-b.log")
 
+    def start_peers(self):
+        """Two replicas with `relay { peers }`: the bench manifest plus a peers block, applied to a
+        copy of the output (the certificates stay those PostgreSQL trusts), each started with
+        its --peer-id and its own --listen."""
+        self.out_peers = self.work / "out-peers"
+        shutil.copytree(self.out, self.out_peers)
+        peers = "".join(f'        peer {i} address="127.0.0.1:{port}"\n' for i, port in self.peer_ports.items())
+        text = self.manifest.read_text().replace(
+            "relay {\n", "relay {\n    peers {\n" + peers + "    }\n", 1
+        ).replace(f"{self.work}/audit.jsonl", f"{self.work}/audit-peers.jsonl")
+        manifest = self.work / "bench-peers.kdl"
+        manifest.write_text(text)
+        run([str(self.dbward), "apply", str(manifest), "--out", str(self.out_peers), "--auto-approve"], stdout=subprocess.DEVNULL)
+        for i, port in self.peers_relay_ports.items():
+            log(f"start the peers relay {i} on 127.0.0.1:{port}")
+            p = subprocess.Popen(
+                [str(self.relay_bin), "--config", str(self.out_peers / "relay/frozen.json"), "--peer-id", str(i),
+                 "--listen", f"127.0.0.1:{port}", *self.args.relay_args.split()],
+                stdout=subprocess.DEVNULL, stderr=open(self.work / f"relay-peers-{i}.log", "w"), env={**os.environ, "RUST_LOG": "warn"},
+            )
+            self.procs.append(p)
+            if i == 1:
+                self.relay_peers_pid = p.pid
+            self.wait_port(port, f"the peers relay {i}", self.work / f"relay-peers-{i}.log")
+            self.wait_port(self.peer_ports[i], f"the peer listener of relay {i}", self.work / f"relay-peers-{i}.log")
+
+    async def cancel_once(self, ctx, session_port, cancel_port):
+        """One session on `session_port` running pg_sleep; returns the seconds from sending a
+        plaintext CancelRequest to `cancel_port` until the session's ErrorResponse."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", session_port)
+        writer.write(struct.pack("!ii", 8, 80877103))
+        await writer.drain()
+        if await reader.readexactly(1) != b"S":
+            raise RuntimeError("relay refused TLS")
+        await writer.start_tls(ctx, server_hostname="bench.db.localhost")
+        params = b"user\0bench\0database\0bench\0\0"
+        writer.write(struct.pack("!ii", 8 + len(params), 196608) + params)
+        await writer.drain()
+
+        async def message():
+            kind = await reader.readexactly(1)
+            (length,) = struct.unpack("!i", await reader.readexactly(4))
+            return kind, await reader.readexactly(length - 4)
+
+        key = None
+        while True:
+            kind, body = await message()
+            if kind == b"K":
+                key = body[:8]
+            if kind == b"E":
+                raise RuntimeError(body.decode(errors="replace"))
+            if kind == b"Z":
+                break
+        query = b"select pg_sleep(10)\0"
+        writer.write(b"Q" + struct.pack("!i", 4 + len(query)) + query)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        _, cancel = await asyncio.open_connection("127.0.0.1", cancel_port)
+        cancel.write(struct.pack("!ii", 16, 80877102) + key)
+        await cancel.drain()
+        while True:
+            kind, body = await message()
+            if kind == b"E":
+                elapsed = time.perf_counter() - t0
+                break
+        cancel.close()
+        writer.close()
+        if b"57014" not in body:
+            raise RuntimeError("not cancelled: " + body.decode(errors="replace"))
+        return elapsed
+
+    def scenario_cancel(self, path):
+        env = self.env_for("relay")
+        ctx = ssl.create_default_context(cafile=env["PGSSLROOTCERT"])
+        ctx.load_cert_chain(env["PGSSLCERT"], env["PGSSLKEY"])
+        session = self.peers_relay_ports[1]
+        target = session if path == "local" else self.peers_relay_ports[2]
+        times = sorted(asyncio.run(self.cancel_many(ctx, session, target)))
+        return {"cancel_ms_p50": statistics.median(times) * 1e3, "cancel_ms_p90": times[int(len(times) * 0.9)] * 1e3}
+
+    async def cancel_many(self, ctx, session, target):
+        return [await self.cancel_once(ctx, session, target) for _ in range(self.args.cancels)]
+
     def start_hop(self):
         """socat forwarding bytes to PostgreSQL: one more process and two more wake-ups per
         round trip, and nothing else (no TLS of its own, no protocol)."""
@@ -625,7 +722,7 @@ log_disconnections = 0
         else:
             env.update(
                 PGHOST="bench.db.localhost", PGHOSTADDR="127.0.0.1",
-                PGPORT=str({"relay": self.relay_port, "relay-b": self.relay_b_port, "pgbouncer": self.bouncer_port}[path]),
+                PGPORT=str({"relay": self.relay_port, "relay-b": self.relay_b_port, "relay-peers": self.peers_relay_ports[1], "pgbouncer": self.bouncer_port}[path]),
                 PGSSLROOTCERT=str(self.user_dir / "root.crt"),
                 PGSSLCERT=str(self.user_dir / "postgresql.crt"),
                 PGSSLKEY=str(self.user_dir / "postgresql.key"),
@@ -635,7 +732,7 @@ log_disconnections = 0
     def middle_pid(self, path):
         if path in PROVISION_PEOPLE or path in CLOUD_LOGINS:
             return self.relay_pid
-        return {"relay": self.relay_pid, "relay-b": self.relay_b_pid, "hop": self.hop_pid, "pgbouncer": self.bouncer_pid}.get(path)
+        return {"relay": self.relay_pid, "relay-b": self.relay_b_pid, "relay-peers": self.relay_peers_pid, "hop": self.hop_pid, "pgbouncer": self.bouncer_pid}.get(path)
 
     def middle_cpu(self, path):
         pid = self.middle_pid(path)
@@ -842,9 +939,11 @@ log_disconnections = 0
             ("G provision c4", lambda p: self.scenario_provision(p, 4, 2)),
             ("H cloud sessions", self.scenario_cloud_sessions),
         ]
+        if self.args.peers:
+            scenarios.append(("I cancel", self.scenario_cancel))
         if self.args.scenarios:
             scenarios = [(n, f) for n, f in scenarios if any(w.lower() in n.lower() for w in self.args.scenarios)]
-        paths = PATHS + (["relay-b"] if self.args.compare else [])
+        paths = PATHS + (["relay-b"] if self.args.compare else []) + (["relay-peers"] if self.args.peers else [])
         for r in range(self.args.rounds):
             log(f"round {r + 1}/{self.args.rounds}")
             for name, fn in scenarios:
@@ -853,6 +952,8 @@ log_disconnections = 0
                     these = PROVISION_PATHS
                 if name.startswith("H cloud"):
                     these = CLOUD_PATHS
+                if name.startswith("I cancel"):
+                    these = ["local", "forwarded"]
                 order = these[r % len(these):] + these[: r % len(these)]
                 for path in order:
                     # CPU time the hypervisor gave to other guests during this run: on a shared
@@ -914,7 +1015,7 @@ def summarize(results):
         for path, values in by_path.items():
             entry[path] = statistics.median(v for _, v in values)
         if metric != "steal_pct":
-            for a, b in (("relay", "direct"), ("relay", "pgbouncer"), ("relay-b", "relay"), ("relay-keep", "relay"), ("relay-drop", "relay"), ("relay-cloudsql", "relay"), ("relay-azure", "relay")):
+            for a, b in (("relay", "direct"), ("relay", "pgbouncer"), ("relay-b", "relay"), ("relay-peers", "relay"), ("forwarded", "local"), ("relay-keep", "relay"), ("relay-drop", "relay"), ("relay-cloudsql", "relay"), ("relay-azure", "relay")):
                 ratio = same_round(by_path, a, b, lambda x, y: x / y)
                 if ratio is not None:
                     entry[f"{a}/{b}"] = ratio
@@ -932,8 +1033,8 @@ def summarize(results):
 
 
 def print_table(summary):
-    order = ["direct", "hop", "relay", "relay-b", "relay-keep", "relay-drop", "relay-cloudsql", "relay-azure", "pgbouncer", "relay/direct", "relay/pgbouncer",
-             "relay-b/relay", "relay-keep/relay", "relay-drop/relay", "relay-cloudsql/relay", "relay-azure/relay",
+    order = ["direct", "hop", "relay", "relay-b", "relay-peers", "local", "forwarded", "relay-keep", "relay-drop", "relay-cloudsql", "relay-azure", "pgbouncer", "relay/direct", "relay/pgbouncer",
+             "relay-b/relay", "relay-peers/relay", "forwarded/local", "relay-keep/relay", "relay-drop/relay", "relay-cloudsql/relay", "relay-azure/relay",
              "relay-direct_us", "hop-direct_us", "relay-hop_us", "pgbouncer-direct_us"]
     cols = [c for c in order if any(c in e for e in summary)]
     print(f"{'scenario':22} {'metric':26} " + " ".join(f"{c:>15}" for c in cols))
@@ -960,6 +1061,8 @@ def main():
     ap.add_argument("--perf", metavar="DIR", help="record a perf profile (and, with inferno installed, a flame graph) of the relay during each of its runs into DIR (needs an unstripped build)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build; use target/release as it is")
     ap.add_argument("--compare", metavar="BIN", help="also run this dbward-relay binary as path relay-b, in the same rounds (an A/B; ratio relay-b/relay)")
+    ap.add_argument("--peers", action="store_true", help="also run path relay-peers (a relay with peers configured) in scenarios A and C, and the cancel-forward scenario I")
+    ap.add_argument("--cancels", type=int, default=30, help="CancelRequests per path and round in scenario I")
     ap.add_argument("--no-hop", action="store_true", help="skip the hop path (socat) in the latency scenarios")
     args = ap.parse_args()
     if args.quick:
@@ -981,6 +1084,8 @@ def main():
             bench.warm_cloud_tokens()
         if args.compare:
             bench.start_relay_b()
+        if args.peers:
+            bench.start_peers()
         if not args.no_hop:
             bench.start_hop()
         bench.start_pgbouncer()

@@ -898,7 +898,12 @@ fn every_examples_setup_sql_runs_on_a_real_postgres() {
                     .sql_file(&database, &file)
                     .expect_err("Cloud SQL setup must stop while the IAM users are missing");
                 assert!(err.contains("gcloud sql users create"), "{err}");
-                for user in db.db_users.keys() {
+                // The admin user too: on Cloud SQL it is an IAM user like the others.
+                for user in db
+                    .db_users
+                    .keys()
+                    .chain(db.admin_user.iter().map(|a| &a.name))
+                {
                     cluster.sql(
                         "postgres",
                         &format!(

@@ -1,6 +1,7 @@
 //! `relay { kubernetes … }`: the Kubernetes manifests `dbward apply` writes are valid for a
 //! real schema validator, the Secret kustomize builds holds every file the relay needs and no
-//! YAML holds a key, and the relay runs as the Deployment says: its arguments, as uid 65532,
+//! YAML holds a key, and the relay runs as the StatefulSet says (the example lists `peers`):
+//! its peer id from its host name, the peer listener open, its arguments, as uid 65532,
 //! from the Secret mounted as Kubernetes mounts one (root-owned, mode 0440, `..data`
 //! symlinks), with its audit directory an emptyDir, answering the probes, draining on SIGTERM.
 //!
@@ -46,8 +47,13 @@ fn secret_files(kustomization: &str) -> Vec<String> {
 fn the_manifests_pass_a_kubernetes_schema_validator_and_hold_no_key() {
     let dir = example_applied();
     let relay = dir.path().join("out/relay");
-    let yaml = ["deployment.yaml", "service.yaml", "pdb.yaml"]
-        .map(|f| relay.join("kubernetes").join(f).display().to_string());
+    let yaml = [
+        "statefulset.yaml",
+        "service.yaml",
+        "peers-service.yaml",
+        "pdb.yaml",
+    ]
+    .map(|f| relay.join("kubernetes").join(f).display().to_string());
     // 1.30: the first release where the preStop `sleep` action is on by default.
     for version in ["1.30.0", "1.37.0"] {
         let validated = Command::new("kubernetes-validate")
@@ -100,7 +106,19 @@ fn the_manifests_pass_a_kubernetes_schema_validator_and_hold_no_key() {
 fn the_relay_runs_in_the_pod_the_deployment_describes() {
     let dir = example_applied();
     let relay = dir.path().join("out/relay");
-    let deployment = std::fs::read_to_string(relay.join("kubernetes/deployment.yaml")).unwrap();
+    // The example lists `peers`: a StatefulSet, whose pod dbward-relay-N is peer N.
+    let deployment = std::fs::read_to_string(relay.join("kubernetes/statefulset.yaml")).unwrap();
+    assert!(deployment.contains("kind: StatefulSet"), "{deployment}");
+    let frozen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(relay.join("frozen.json")).unwrap()).unwrap();
+    assert_eq!(
+        frozen["relay"]["peers"]["members"],
+        serde_json::json!([
+            {"id": 0, "address": "dbward-relay-0.dbward-relay-peers.dbward.svc:6433"},
+            {"id": 1, "address": "dbward-relay-1.dbward-relay-peers.dbward.svc:6433"},
+            {"id": 2, "address": "dbward-relay-2.dbward-relay-peers.dbward.svc:6433"},
+        ])
+    );
     let args: Vec<String> = deployment
         .lines()
         .find_map(|line| line.trim().strip_prefix("args: "))
@@ -156,6 +174,8 @@ fn the_relay_runs_in_the_pod_the_deployment_describes() {
     let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
     let script = format!(
         r#"set -eu
+# The pod's host name is its name: the relay takes its peer id (1) from it.
+hostname dbward-relay-1
 ip link set lo up
 # The mount points, made only if missing and removed again: nothing is left on the machine.
 created=
@@ -181,6 +201,7 @@ echo "readyz: $ready"
 echo "livez: $(curl -fsS http://127.0.0.1:9187/livez)"
 echo "owner: $(ps -o uid= -p $pid | tr -d ' ')"
 (exec 3<>/dev/tcp/127.0.0.1/6432) && echo "postgres port: open"
+(exec 3<>/dev/tcp/127.0.0.1/6433) && echo "peers port: open"
 kill -TERM $pid
 status=0
 wait $pid || status=$?
@@ -192,7 +213,15 @@ echo "exit after SIGTERM: $status"
         log = dir.path().join("relay.log").display(),
     );
     let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--net", "bash", "-c"])
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--net",
+            "--uts",
+            "bash",
+            "-c",
+        ])
         .arg(&script)
         .output()
         .expect("run unshare (the test emulates a pod in namespaces of its own, as root)");
@@ -206,6 +235,12 @@ echo "exit after SIGTERM: $status"
     assert!(stdout.contains("livez: ok"), "{context}");
     assert!(stdout.contains(&format!("owner: {uid}")), "{context}");
     assert!(stdout.contains("postgres port: open"), "{context}");
+    assert!(stdout.contains("peers port: open"), "{context}");
+    assert!(
+        log.contains("accepting cancels forwarded by the other replicas")
+            && log.contains("\"peer_id\":1"),
+        "{context}"
+    );
     assert!(stdout.contains("exit after SIGTERM: 0"), "{context}");
     // --log-format json, as the Deployment asks: one JSON object per line.
     let first = log.lines().next().unwrap_or_default();

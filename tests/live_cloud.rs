@@ -20,6 +20,12 @@
 //!   checked by PostgreSQL as the role's password (the fake sets it when it issues the token);
 //!   the server certificate verified by the instance name in its CN. Impersonation refused:
 //!   the error names the database, host, user and the IAM right to check.
+//! - Cloud SQL without `host` and `ca-file`: the instance looked up through the fake Cloud SQL
+//!   Admin (the address of the manifest's `ip-type`, the server CA), an ephemeral client
+//!   certificate the server requires, the token checked by `cloudsql/verify_cloudsql_token.py`
+//!   through PAM; once per run. A certificate naming another instance is refused; a refused
+//!   lookup (403) fails that database alone, naming the instance, the user and the rights to
+//!   grant, while another database is applied.
 //!
 //! PAM services live in /etc/pam.d, so this module needs root (as `rds` and `azure` do).
 
@@ -226,6 +232,65 @@ fn dbward<K: AsRef<OsStr>, V: AsRef<OsStr>>(
         command.env(name, value);
     }
     command.output().expect("run dbward")
+}
+
+/// `dbward apply DIR/manifest.kdl --out DIR/out ARGS…` on a real pseudo-terminal (util-linux
+/// `script`), with exactly `env` as its cloud environment, answering its question with
+/// `answer`; what the terminal showed.
+fn dbward_on_a_terminal<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    dir: &Path,
+    args: &[&str],
+    env: &[(K, V)],
+    answer: &str,
+) -> String {
+    let mut command = Command::new("script");
+    command
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{} apply {} --out {} {}",
+            workspace_bin("dbward").display(),
+            dir.join("manifest.kdl").display(),
+            dir.join("out").display(),
+            args.join(" ")
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (name, _) in std::env::vars().filter(|(k, _)| {
+        [
+            "AWS_",
+            "AZURE_",
+            "IDENTITY_",
+            "GOOGLE_",
+            "GCE_",
+            "DBWARD_GCP_",
+        ]
+        .iter()
+        .any(|prefix| k.starts_with(prefix))
+    }) {
+        command.env_remove(name);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
+        .spawn()
+        .expect("`script` (util-linux, package bsdutils on Debian) runs commands on a terminal");
+    // The terminal keeps the line until dbward reads it; stdin stays open until dbward ends
+    // (at its end `script` would send the terminal an end of file).
+    let mut stdin = child.stdin.take().expect("stdin");
+    {
+        use std::io::Write;
+        let _ = writeln!(stdin, "{answer}");
+    }
+    let out = child.wait_with_output().expect("script");
+    drop(stdin);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn text(output: &Output) -> String {
@@ -911,4 +976,418 @@ user heidi {{
     ] {
         assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
     }
+}
+
+/// The db-user of the second database of [`CloudSqlLookup`]'s two-database manifest.
+const SQL_ARCHIVIST: &str = "ledger-archivist@acme-prod.iam";
+
+/// A Cloud SQL stand-in reached without `host` and `ca-file`: dbward looks the instance up
+/// through the fake Cloud SQL Admin (its private address, its server CA) and presents an
+/// ephemeral client certificate, which the server requires (`clientcert=verify-ca` against the
+/// fake's client CA). PostgreSQL checks login tokens through PAM against the fake's
+/// `/tokeninfo` (`cloudsql/verify_cloudsql_token.py`): every unexpired token of the account is
+/// accepted, as on Cloud SQL, so two databases logging in as the same admin user do not race.
+struct CloudSqlLookup {
+    dir: tempfile::TempDir,
+    cluster: Cluster,
+    pki: crate::cloudsql::Pki,
+    fake: dbward_cloud::gcp::fake::FakeGoogle,
+    /// Every login token the fake issued.
+    issued: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _pam: PamService,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl CloudSqlLookup {
+    /// `client_cert`: the server requires a client certificate from the fake's client CA.
+    fn start(client_cert: bool) -> CloudSqlLookup {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-live-cloudsql-lookup-")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let fake = rt.block_on(dbward_cloud::gcp::fake::FakeGoogle::start());
+        let verifier = dir.path().join("verify_cloudsql_token.py");
+        fs::write(&verifier, include_str!("cloudsql/verify_cloudsql_token.py")).unwrap();
+        fs::set_permissions(&verifier, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let mut cluster = Cluster::init();
+        let pam = PamService::install(
+            format!("dbward-live-cloudsql-{}", cluster.port),
+            &verifier,
+            &[fake.url()],
+        );
+        let pki = crate::cloudsql::Pki::new();
+        fs::write(dir.path().join("server-ca.pem"), pki.ca.pem()).unwrap();
+        // As Cloud SQL's: the CN names the instance, no SAN for the address.
+        let (cert, key) = pki.server("acme-prod:ledger", &[]);
+        cluster.install_file("server.crt", cert.as_bytes(), 0o644);
+        cluster.install_file("server.key", key.as_bytes(), 0o600);
+        cluster.append_conf(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cluster.root().join("server.crt").display(),
+            cluster.root().join("server.key").display()
+        ));
+        let mut method = format!("pam pamservice={}", pam.name);
+        if client_cert {
+            let path =
+                cluster.install_file("client-ca.pem", fake.client_ca_pem().as_bytes(), 0o644);
+            cluster.append_conf(&format!("ssl_ca_file = '{}'\n", path.display()));
+            method.push_str(" clientcert=verify-ca");
+        }
+        cluster.install_file(
+            "data/pg_hba.conf",
+            format!("local all all trust\nhostssl all all 127.0.0.1/32 {method}\n").as_bytes(),
+            0o600,
+        );
+        if let Err(log) = cluster.try_start() {
+            panic!("PostgreSQL did not start with TLS and PAM:\n{log}");
+        }
+        // Cloud SQL creates IAM users through its API: login roles without a password.
+        cluster.sql(
+            "postgres",
+            &format!(
+                "CREATE ROLE \"{SQL_ADMIN}\" LOGIN CREATEROLE; CREATE ROLE \"{SQL_READER}\" \
+                 LOGIN; CREATE ROLE \"{SQL_ARCHIVIST}\" LOGIN"
+            ),
+        );
+        for name in ["ledger", "archive"] {
+            cluster.sql(
+                "postgres",
+                &format!("CREATE DATABASE {name} OWNER \"{SQL_ADMIN}\""),
+            );
+            cluster.sql(
+                name,
+                &format!("SET ROLE \"{SQL_ADMIN}\"; CREATE TABLE entries (amount int)"),
+            );
+        }
+
+        let admin_account = format!("{SQL_ADMIN}.gserviceaccount.com");
+        fake.add_account(OPERATOR);
+        fake.attach_to_metadata(OPERATOR);
+        fake.add_account(&admin_account);
+        fake.allow_impersonation(OPERATOR, &admin_account);
+        // connectSettings: the public address is another loopback address where nothing
+        // listens, so dialling it instead of the private one (the manifest's ip-type) fails.
+        fake.add_instance(
+            &dbward_cloud::gcp::InstanceName::parse(INSTANCE).unwrap(),
+            serde_json::json!({
+                "kind": "sql#connectSettings",
+                "serverCaCert": { "kind": "sql#sslCert", "cert": pki.ca.pem() },
+                "ipAddresses": [
+                    { "type": "PRIMARY", "ipAddress": "127.0.0.2" },
+                    { "type": "PRIVATE", "ipAddress": "127.0.0.1" },
+                ],
+                "region": "us-central1",
+                "databaseVersion": "POSTGRES_15",
+                "backendType": "SECOND_GEN",
+                "pscEnabled": false,
+            }),
+        );
+        let issued = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = issued.clone();
+        fake.on_issue(move |_, token, scopes| {
+            if scopes
+                .iter()
+                .any(|s| s == dbward_cloud::gcp::SQLSERVICE_LOGIN)
+            {
+                seen.lock().unwrap().push(token.to_owned());
+            }
+        });
+        CloudSqlLookup {
+            dir,
+            cluster,
+            pki,
+            fake,
+            issued,
+            _pam: pam,
+            _rt: rt,
+        }
+    }
+
+    /// The manifest: `ledger` without `host` and `ca-file` (`ip-type=private`), and with
+    /// `archive`, a second database on the same instance with `host` and `ca-file` (the fixed
+    /// route, which makes no Cloud SQL Admin call).
+    fn write_manifest(&self, archive: bool) {
+        let port = self.cluster.port;
+        let archive = if archive {
+            format!(
+                r#"database archive {{
+    postgres host="127.0.0.1" port={port} version=15
+    cloud-sql cloud=gcp-test instance="{INSTANCE}" ca-file="{ca}"
+    admin-user "{SQL_ADMIN}" default-database=archive
+    db-role archivist {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT on=all-tables schema=public
+    }}
+    db-user "{SQL_ARCHIVIST}" {{
+        member-of archivist
+    }}
+}}
+role archivists {{
+    allow {{
+        databases archive
+        db-users "{SQL_ARCHIVIST}"
+        db-names archive
+    }}
+}}
+user ines {{
+    roles archivists
+}}
+"#,
+                ca = self.dir.path().join("server-ca.pem").display(),
+            )
+        } else {
+            String::new()
+        };
+        fs::write(
+            self.dir.path().join("manifest.kdl"),
+            format!(
+                r#"dbward version=1
+relay {{
+    listen "127.0.0.1:6432"
+    public-name "db.localhost"
+    client-cert-ttl "1h"
+}}
+cloud gcp-test {{
+    gcp project="acme-prod"
+    relay-service-account "dbward-relay@acme-prod.iam.gserviceaccount.com"
+}}
+database ledger {{
+    postgres port={port} version=15
+    cloud-sql cloud=gcp-test instance="{INSTANCE}" ip-type=private
+    admin-user "{SQL_ADMIN}" default-database=ledger
+    db-role reader {{
+        grant CONNECT on=database
+        grant USAGE on=schema schema=public
+        grant SELECT on=all-tables schema=public
+    }}
+    db-user "{SQL_READER}" {{
+        member-of reader
+    }}
+}}
+role accountant {{
+    allow {{
+        databases ledger
+        db-users "{SQL_READER}"
+        db-names ledger
+    }}
+}}
+user heidi {{
+    roles accountant
+}}
+{archive}"#
+            ),
+        )
+        .unwrap();
+    }
+
+    fn dbward(&self, subcommand: &str, args: &[&str]) -> Output {
+        dbward(self.dir.path(), subcommand, args, &self.fake.env())
+    }
+
+    fn tokens(&self) -> Vec<String> {
+        self.issued.lock().unwrap().clone()
+    }
+
+    /// No login token the fake issued, and no private key, in `text`.
+    fn assert_no_secret_in(&self, text: &str) {
+        for token in self.tokens() {
+            assert!(!text.contains(&token), "a token appears in:\n{text}");
+        }
+        assert!(!text.contains("PRIVATE KEY"), "a key appears in:\n{text}");
+    }
+
+    fn count(&self, call: &str) -> u32 {
+        self.fake.count(&format!("{call}:acme-prod:ledger"))
+    }
+}
+
+#[test]
+fn cloud_sql_without_host_and_ca_file_is_looked_up_and_converged_with_a_client_certificate() {
+    let sql = CloudSqlLookup::start(true);
+    sql.fake.allow_sql_client(OPERATOR);
+    sql.write_manifest(false);
+
+    let apply = sql.dbward("apply", &["--live", "--auto-approve"]);
+    let applied = text(&apply);
+    assert!(apply.status.success(), "{applied}\n{}", sql.cluster.log());
+    assert!(
+        applied.contains("  database ledger, name ledger:")
+            && applied.contains("+ CREATE ROLE \"reader\" NOLOGIN"),
+        "{applied}"
+    );
+    assert!(!applied.contains("Warning"), "{applied}");
+    assert_eq!(
+        sql.cluster
+            .sql(
+                "ledger",
+                &format!(
+                    "SELECT pg_has_role('{SQL_READER}', 'reader', 'MEMBER') AND \
+                     has_table_privilege('{SQL_READER}', 'entries', 'SELECT')"
+                )
+            )
+            .trim(),
+        "t"
+    );
+    // Once per run (the list of names, then the transaction: two connections): one login
+    // token, one lookup, one client certificate.
+    assert_eq!(sql.tokens().len(), 1, "one token per run");
+    assert_eq!(sql.count("connectSettings"), 1, "one lookup per run");
+    assert_eq!(
+        sql.count("generateEphemeralCert"),
+        1,
+        "one certificate per run"
+    );
+    sql.assert_no_secret_in(&applied);
+
+    // Whoever runs --live is told it needs Cloud SQL Client for the lookup, beside Token
+    // Creator on the admin account.
+    let live: serde_json::Value = serde_json::from_slice(
+        &fs::read(sql.dir.path().join("out/iam/live/gcp/gcp-test.json"))
+            .expect("the live bindings"),
+    )
+    .unwrap();
+    assert_eq!(
+        live["bindings"],
+        serde_json::json!([
+            {
+                "members": [],
+                "resource": "projects/acme-prod",
+                "role": "roles/cloudsql.client",
+            },
+            {
+                "members": [],
+                "resource": format!("projects/acme-prod/serviceAccounts/{SQL_ADMIN}.gserviceaccount.com"),
+                "role": "roles/iam.serviceAccountTokenCreator",
+            }
+        ])
+    );
+
+    let plan = sql.dbward("plan", &["--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("Live: no changes in 1 database name(s)."),
+        "{shown}"
+    );
+    assert_eq!(sql.count("connectSettings"), 2);
+    sql.assert_no_secret_in(&shown);
+
+    // A drift by hand, applied on a terminal: the live plan shown, "yes", then the apply. The
+    // apply reuses the preview's token, lookup and certificate: once per run, not twice.
+    sql.cluster.sql(
+        "ledger",
+        &format!("GRANT DELETE ON entries TO \"{SQL_READER}\""),
+    );
+    let tokens = sql.tokens().len();
+    let applied = dbward_on_a_terminal(sql.dir.path(), &["--live"], &sql.fake.env(), "yes");
+    assert!(
+        applied.contains("dbward will make these changes in the databases:")
+            && applied.contains("dbward made these changes in the databases:")
+            && applied.contains("- REVOKE DELETE ON TABLE"),
+        "{applied}"
+    );
+    assert_eq!(
+        sql.cluster
+            .sql(
+                "ledger",
+                &format!("SELECT has_table_privilege('{SQL_READER}', 'entries', 'DELETE')")
+            )
+            .trim(),
+        "f"
+    );
+    assert_eq!(
+        sql.tokens().len(),
+        tokens + 1,
+        "one token for plan and apply"
+    );
+    assert_eq!(
+        sql.count("connectSettings"),
+        3,
+        "one lookup for plan and apply"
+    );
+    assert_eq!(sql.count("generateEphemeralCert"), 3);
+    sql.assert_no_secret_in(&applied);
+
+    // The server now presents a certificate of the same CA for another instance: refused,
+    // naming the instance it should have been.
+    let (cert, key) = sql.pki.server("acme-prod:payroll", &[]);
+    sql.cluster
+        .install_file("server.crt", cert.as_bytes(), 0o644);
+    sql.cluster
+        .install_file("server.key", key.as_bytes(), 0o600);
+    sql.cluster.reload();
+    let plan = sql.dbward("plan", &["--live", "--detailed-exitcode"]);
+    let shown = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{shown}");
+    for part in [
+        "Error: database ledger",
+        &format!("127.0.0.1:{}", sql.cluster.port),
+        &format!("as {SQL_ADMIN}"),
+        "does not name Cloud SQL instance acme-prod:ledger",
+        "CN \"acme-prod:payroll\"",
+    ] {
+        assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
+    }
+    sql.assert_no_secret_in(&shown);
+}
+
+#[test]
+fn cloud_sql_lookup_refused_fails_that_database_alone_naming_what_to_grant() {
+    let sql = CloudSqlLookup::start(false);
+    // The operator may impersonate the admin account but not use Cloud SQL Admin.
+    sql.write_manifest(true);
+
+    let apply = sql.dbward("apply", &["--live", "--auto-approve"]);
+    let shown = text(&apply);
+    assert_eq!(apply.status.code(), Some(1), "{shown}");
+    for part in [
+        "Error: database ledger:",
+        INSTANCE,
+        "its private address, looked up",
+        &format!("as the admin user {SQL_ADMIN}"),
+        "cloudsql.instances.get",
+        "cloudsql.instances.connect",
+        "roles/cloudsql.client",
+        "iam/live/gcp/gcp-test.json",
+        "403",
+    ] {
+        assert!(shown.contains(part), "{part:?} missing from:\n{shown}");
+    }
+    assert!(
+        !shown.contains("Error: database archive"),
+        "the other database failed too:\n{shown}"
+    );
+    // The other database (host and ca-file: no lookup) was applied; ledger was not touched.
+    assert!(
+        shown.contains("  database archive, name archive:")
+            && shown.contains("+ CREATE ROLE \"archivist\" NOLOGIN"),
+        "{shown}"
+    );
+    assert_eq!(
+        sql.cluster
+            .sql(
+                "archive",
+                &format!("SELECT pg_has_role('{SQL_ARCHIVIST}', 'archivist', 'MEMBER')")
+            )
+            .trim(),
+        "t"
+    );
+    assert_eq!(
+        sql.cluster
+            .sql(
+                "postgres",
+                "SELECT count(*) FROM pg_roles WHERE rolname = 'reader'"
+            )
+            .trim(),
+        "0"
+    );
+    sql.assert_no_secret_in(&shown);
 }

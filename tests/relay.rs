@@ -29,7 +29,13 @@ pub(crate) const PUBLIC_NAME: &str = "db.localhost";
 /// The test manifest. `shop` is the real database; `vault` exists only in the manifest (no
 /// server listens on its port, so a session allowed there fails to connect upstream).
 /// `{extra}` is appended as is.
-fn manifest(cluster: &Cluster, relay_port: u16, audit: &Path, extra: &str) -> String {
+fn manifest(
+    cluster: &Cluster,
+    relay_port: u16,
+    audit: &Path,
+    relay_extra: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"dbward version=1
 relay {{
@@ -37,6 +43,7 @@ relay {{
     public-name "{PUBLIC_NAME}"
     client-cert-ttl "1h"
     audit "{audit}" queries=#true
+{relay_extra}
 }}
 database shop {{
     postgres host="127.0.0.1" port={pg_port} version=15
@@ -133,6 +140,16 @@ impl Deployment {
 
     /// The same deployment, with `extra` appended to the manifest.
     pub(crate) fn start_extra(extra: &str, tune: impl FnOnce(&mut Cluster)) -> Deployment {
+        Deployment::start_full("", extra, tune)
+    }
+
+    /// The same deployment, with `relay_extra` in the manifest's `relay` block and `extra`
+    /// appended to it.
+    pub(crate) fn start_full(
+        relay_extra: &str,
+        extra: &str,
+        tune: impl FnOnce(&mut Cluster),
+    ) -> Deployment {
         let dir = tempfile::Builder::new()
             .prefix("dbward-relay-e2e-")
             .tempdir()
@@ -143,7 +160,7 @@ impl Deployment {
         let audit = dir.path().join("audit.jsonl");
         fs::write(
             &deployment_paths.0,
-            manifest(&cluster, relay_port, &audit, extra),
+            manifest(&cluster, relay_port, &audit, relay_extra, extra),
         )
         .expect("write manifest");
         apply(&deployment_paths.0, &deployment_paths.1);
@@ -372,7 +389,7 @@ pub(crate) fn apply(manifest: &Path, out: &Path) {
 }
 
 /// rustls client config for tokio-postgres: trust the server CA, present the person's cert.
-fn client_tls(out: &Path, certs: &Path) -> rustls::ClientConfig {
+pub(crate) fn client_tls(out: &Path, certs: &Path) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(out.join("ca/server-ca.crt")).expect("root CA") {
         roots.add(cert.expect("root CA PEM")).expect("add root");

@@ -36,7 +36,8 @@
 //!   clock skew learned from the credential endpoint's `Date`; a refused token never reused.
 //! - `live_cloud`: `dbward plan --live` / `apply --live` on RDS (SigV4 token from env and ECS
 //!   credentials), Azure (Entra token from a fake Entra ID) and Cloud SQL (impersonated login
-//!   token from a fake Google, instance-name verification) as the admin user, checked by a
+//!   token from a fake Google, instance-name verification; without `host`/`ca-file`, the
+//!   instance looked up and an ephemeral client certificate presented) as the admin user, checked by a
 //!   real PostgreSQL through PAM; converge then no changes; Azure principals created in
 //!   `postgres` first; wrong secrets, an expired or refused token, no credentials: errors
 //!   naming database, host, user and what to check, never the token.
@@ -55,11 +56,15 @@
 //! - `commands`: every `dbward <sub> --flag` and `dbward-relay --flag` that a document, an example
 //!   or a golden file names exists in the real command line.
 //! - `relay_ops`: operating `dbward-relay`: `--check`, endpoints, audit, SIGHUP reload, SIGTERM drain.
+//! - `peers`: three replicas of one relay (`relay { peers … }`): a CancelRequest sent to any of
+//!   them cancels the query where the session is; forged, replayed, stale and second-hop
+//!   forwards are refused and audited; unknown keys are dropped silently.
 //! - `install_sh`: a self-hosted database's install.sh on a plain (non-Debian) cluster: files,
 //!   include once, restart with pg_ctl, names created, setup.sql; then only reloads.
 //! - `kubernetes`: the Kubernetes manifests of `relay { kubernetes … }` pass a schema validator
-//!   (kubernetes-validate), hold no key, and the relay runs as the Deployment says, in an
-//!   emulated pod (its args, uid 65532, the Secret mounted root-owned 0440, probes, SIGTERM).
+//!   (kubernetes-validate), hold no key, and the relay runs as the StatefulSet says, in an
+//!   emulated pod (its args, peer id from its host name, uid 65532, the Secret mounted
+//!   root-owned 0440, probes, SIGTERM).
 //! - `deploy`: the files of deploy/: systemd's notify protocol against a local NOTIFY_SOCKET,
 //!   the shipped unit verified by `systemd-analyze` and psql through the relay under its
 //!   sandbox (`systemd-run` where systemd is PID 1, else namespaces and `setpriv`), the
@@ -92,6 +97,7 @@ mod install_sh;
 mod kubernetes;
 mod live;
 mod live_cloud;
+mod peers;
 mod plan_apply;
 mod provision;
 mod rds;

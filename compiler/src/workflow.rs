@@ -82,6 +82,10 @@ pub struct Prepared {
     /// `state.json`, and the journal of an interrupted apply if there is one.
     pub record: Record,
     pub state_bytes: Option<Vec<u8>>,
+    /// The live targets (and their warnings), made on the first [`Prepared::live`] and reused
+    /// by the next: an apply that shows the live plan and then applies it logs in with the
+    /// tokens (and Cloud SQL lookups) of the preview, while they are valid, not new ones.
+    live_targets: std::sync::OnceLock<(Vec<live::Target>, Vec<String>)>,
 }
 
 /// Compiles a checked manifest against `out` with the production environment.
@@ -108,6 +112,7 @@ pub fn prepare(
         existing: env.existing,
         record,
         state_bytes,
+        live_targets: std::sync::OnceLock::new(),
     })
 }
 
@@ -124,7 +129,13 @@ impl Prepared {
     /// Runs setup.sql in every database with an admin user (`--live`): rolled back for a plan,
     /// committed for an apply.
     pub fn live(&self, mode: Mode) -> anyhow::Result<LiveReport> {
-        let (targets, warnings) = live::targets(&self.model, &self.artifacts)?;
+        let (targets, warnings) = match self.live_targets.get() {
+            Some(made) => made.clone(),
+            None => {
+                let made = live::targets(&self.model, &self.artifacts)?;
+                self.live_targets.get_or_init(|| made).clone()
+            }
+        };
         let mut report = live::run(targets, mode)?;
         report.warnings.extend(warnings);
         Ok(report)

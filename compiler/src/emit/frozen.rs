@@ -50,6 +50,22 @@ pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
                 disconnect_expired_cert: relay.disconnect_expired_cert,
                 certificates_issued_after: relay.certificates_issued_after,
             },
+            peers: relay.peers.as_ref().map(|peers| frozen::Peers {
+                tls: frozen::PeerTls {
+                    cert: relative(super::layout::RELAY_PEER_CERT),
+                    key: relative(super::layout::RELAY_PEER_KEY),
+                    ca: relative(super::layout::RELAY_PEER_CA),
+                    server_name: super::layout::PEER_SERVER_NAME.into(),
+                },
+                members: peers
+                    .members
+                    .iter()
+                    .map(|(id, address)| frozen::Peer {
+                        id: *id,
+                        address: address.clone(),
+                    })
+                    .collect(),
+            }),
         },
         databases,
         access,

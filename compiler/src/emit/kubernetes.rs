@@ -11,6 +11,10 @@
 //!   period longer than the drain.
 //! - `relay/kubernetes/service.yaml`, `relay/kubernetes/pdb.yaml` — the Service clients reach,
 //!   and a PodDisruptionBudget that lets one replica go at a time.
+//! - With `peers`: `relay/kubernetes/statefulset.yaml` instead of the Deployment (pod
+//!   `dbward-relay-N` is peer N, its id taken from its host name) and
+//!   `relay/kubernetes/peers-service.yaml`, the headless Service that names each pod for the
+//!   others, on the relay's port + 1.
 //!
 //! Every value from the manifest is written as a JSON string, which YAML reads as exactly that
 //! string.
@@ -22,11 +26,15 @@ use crate::model::{Kubernetes, Relay};
 
 pub const KUSTOMIZATION: &str = "relay/kustomization.yaml";
 pub const DEPLOYMENT: &str = "relay/kubernetes/deployment.yaml";
+/// With `peers`: a StatefulSet instead of the Deployment, and the headless Service that gives
+/// each pod the stable name the other replicas forward cancels to.
+pub const STATEFULSET: &str = "relay/kubernetes/statefulset.yaml";
+pub const PEERS_SERVICE: &str = "relay/kubernetes/peers-service.yaml";
 pub const SERVICE: &str = "relay/kubernetes/service.yaml";
 pub const PDB: &str = "relay/kubernetes/pdb.yaml";
 
 /// Name of every object, and of the Secret kustomize generates.
-const NAME: &str = "dbward-relay";
+const NAME: &str = crate::model::KUBERNETES_NAME;
 /// Where the Secret is mounted; frozen.json names its files relative to itself.
 const CONFIG_DIR: &str = "/etc/dbward-relay";
 /// Seconds the pod keeps serving after it is marked for deletion, before SIGTERM: long enough
@@ -45,12 +53,23 @@ pub fn emit(relay: &Relay, kubernetes: &Kubernetes, drain_timeout_ms: u64, out: 
         .filter_map(|path| path.strip_prefix("relay/"))
         .filter(|file| !file.contains('/') && !file.ends_with(".yaml"))
         .collect();
-    let files = [
-        (KUSTOMIZATION, kustomization(kubernetes, &secret_files)),
-        (DEPLOYMENT, deployment(relay, kubernetes, drain_timeout_ms)),
+    let workload = if relay.peers.is_some() {
+        STATEFULSET
+    } else {
+        DEPLOYMENT
+    };
+    let mut files = vec![
+        (
+            KUSTOMIZATION,
+            kustomization(kubernetes, workload, relay.peers.is_some(), &secret_files),
+        ),
+        (workload, deployment(relay, kubernetes, drain_timeout_ms)),
         (SERVICE, service(relay, kubernetes)),
         (PDB, pdb()),
     ];
+    if relay.peers.is_some() {
+        files.push((PEERS_SERVICE, peers_service(relay)));
+    }
     for (path, text) in files {
         out.insert(path.to_owned(), super::Artifact::text(text));
     }
@@ -74,7 +93,12 @@ fn labels(indent: &str) -> String {
     )
 }
 
-fn kustomization(kubernetes: &Kubernetes, secret_files: &[&str]) -> String {
+fn kustomization(
+    kubernetes: &Kubernetes,
+    workload: &str,
+    peers: bool,
+    secret_files: &[&str],
+) -> String {
     let mut out = String::from(HEADER);
     out.push_str(
         "# The Secret is built by kustomize from the relay's files beside this one, so the keys\n\
@@ -85,10 +109,15 @@ fn kustomization(kubernetes: &Kubernetes, secret_files: &[&str]) -> String {
     if let Some(namespace) = &kubernetes.namespace {
         let _ = writeln!(out, "namespace: {}", string(namespace));
     }
-    out.push_str(
-        "resources:\n- kubernetes/deployment.yaml\n- kubernetes/service.yaml\n\
-         - kubernetes/pdb.yaml\nsecretGenerator:\n- name: dbward-relay\n  files:\n",
+    let _ = writeln!(
+        out,
+        "resources:\n- {}\n- kubernetes/service.yaml",
+        workload.trim_start_matches("relay/")
     );
+    if peers {
+        out.push_str("- kubernetes/peers-service.yaml\n");
+    }
+    out.push_str("- kubernetes/pdb.yaml\nsecretGenerator:\n- name: dbward-relay\n  files:\n");
     for file in secret_files {
         let _ = writeln!(out, "  - {}", string(file));
     }
@@ -116,9 +145,30 @@ fn deployment(relay: &Relay, kubernetes: &Kubernetes, drain_timeout_ms: u64) -> 
         ),
         None => (String::new(), String::new()),
     };
+    let (kind, strategy, peer_port) = match &relay.peers {
+        None => (
+            "Deployment",
+            "  strategy:\n    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 0\n"
+                .to_owned(),
+            String::new(),
+        ),
+        Some(_) => (
+            "StatefulSet",
+            format!(
+                "  # Pod {NAME}-N is peer N (relay {{ peers }}): the relay takes its peer id from\n  \
+                 # the ordinal its host name (the pod's name) ends with, and the others reach it\n  \
+                 # as {NAME}-N.{NAME}-peers.\n  serviceName: {NAME}-peers\n  \
+                 podManagementPolicy: Parallel\n  updateStrategy:\n    type: RollingUpdate\n"
+            ),
+            format!(
+                "        - name: peers\n          containerPort: {}\n",
+                crate::model::kubernetes_peer_port(&relay.listen)
+            ),
+        ),
+    };
     format!(
         r#"{HEADER}apiVersion: apps/v1
-kind: Deployment
+kind: {kind}
 metadata:
   name: {NAME}
   labels:
@@ -127,11 +177,7 @@ metadata:
   selector:
     matchLabels:
       app.kubernetes.io/name: {NAME}
-  strategy:
-    rollingUpdate:
-      maxSurge: 1
-      maxUnavailable: 0
-  template:
+{strategy}  template:
     metadata:
       labels:
 {labels6}    spec:
@@ -155,7 +201,7 @@ metadata:
           containerPort: {listen}
         - name: metrics
           containerPort: {metrics}
-        readinessProbe:
+{peer_port}        readinessProbe:
           httpGet:
             path: /readyz
             port: metrics
@@ -217,6 +263,32 @@ metadata:
         labels = labels("    "),
         kind = string(&kubernetes.service_type),
         port = port(Some(&relay.listen)),
+    )
+}
+
+/// The headless Service that names each pod of the StatefulSet for the other replicas. Pods
+/// are listed before they are ready: a replica still starting, or draining, must still get
+/// the cancels of its own sessions.
+fn peers_service(relay: &Relay) -> String {
+    format!(
+        r#"{HEADER}apiVersion: v1
+kind: Service
+metadata:
+  name: {NAME}-peers
+  labels:
+{labels}spec:
+  clusterIP: None
+  publishNotReadyAddresses: true
+  selector:
+    app.kubernetes.io/name: {NAME}
+  ports:
+  - name: peers
+    port: {port}
+    targetPort: peers
+    protocol: TCP
+"#,
+        labels = labels("    "),
+        port = crate::model::kubernetes_peer_port(&relay.listen),
     )
 }
 

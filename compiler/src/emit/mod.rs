@@ -32,11 +32,14 @@
 //! relay/users-ca.crt             what the relay trusts for client certificates
 //! relay/server-ca.crt            what the relay trusts for upstream server certificates
 //! relay/upstream-client.crt|key  what the relay presents to self-hosted upstreams
+//! ca/peer-ca.crt|key             with `relay { peers … }`: signs the replicas' certificate only
+//! relay/peer.crt|key, peer-ca.crt  what replicas present to, and trust from, each other
 //! databases/<db>/…               postgresql.conf, pg_hba.conf, pg_ident.conf, server.crt|key,
 //!                                client-ca.crt, install.sh (self-hosted only) and setup.sql
 //!                                (every kind)
 //! relay/kustomization.yaml        with `relay { kubernetes … }`: `kubectl apply -k OUT/relay`
-//! relay/kubernetes/*.yaml        its Deployment, Service and PodDisruptionBudget
+//! relay/kubernetes/*.yaml        its Deployment (a StatefulSet and a headless Service with
+//!                                `peers`), Service and PodDisruptionBudget
 //! iam/{aws,gcp,azure}/<cloud>.json
 //! ```
 
@@ -212,6 +215,15 @@ pub mod layout {
     pub const RELAY_SERVER_CA: &str = "relay/server-ca.crt";
     pub const RELAY_UPSTREAM_CERT: &str = "relay/upstream-client.crt";
     pub const RELAY_UPSTREAM_KEY: &str = "relay/upstream-client.key";
+    /// With `relay { peers … }`: the CA of the replicas' certificate, and that certificate.
+    pub const PEER_CA_CERT: &str = "ca/peer-ca.crt";
+    pub const PEER_CA_KEY: &str = "ca/peer-ca.key";
+    pub const RELAY_PEER_CA: &str = "relay/peer-ca.crt";
+    pub const RELAY_PEER_CERT: &str = "relay/peer.crt";
+    pub const RELAY_PEER_KEY: &str = "relay/peer.key";
+    /// The name in the replicas' certificate, which each checks on the other's. Under
+    /// `.invalid` (RFC 6761), so no public CA can ever issue it.
+    pub const PEER_SERVER_NAME: &str = "peer.dbward-relay.invalid";
     /// Subject CN of the relay's upstream client certificate, mapped in `pg_ident.conf`.
     pub const RELAY_UPSTREAM_CN: &str = "dbward-relay";
 

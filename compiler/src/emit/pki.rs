@@ -1,5 +1,6 @@
 //! Certificates and keys: the three CAs, the relay's server and upstream-client certificates,
-//! each self-hosted database's server certificate, and person certificates for `cert issue`.
+//! each self-hosted database's server certificate, and person certificates for `cert issue`;
+//! with `relay { peers … }`, a fourth CA and the certificate the relay's replicas share.
 //!
 //! **A certificate is reissued only when what it says changes** (subject, names, usage, issuer,
 //! key) **or its renewal window opens** (the last third of its life). Otherwise the existing
@@ -42,6 +43,7 @@ const BACKDATE: Duration = Duration::from_secs(dbward_frozen::CERTIFICATE_BACKDA
 pub const USERS_CA_CN: &str = "dbward users CA";
 pub const SERVER_CA_CN: &str = "dbward server CA";
 pub const RELAY_CLIENT_CA_CN: &str = "dbward relay client CA";
+pub const PEER_CA_CN: &str = "dbward relay peer CA";
 
 /// Failures issuing certificates.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,9 @@ pub enum Usage {
     Ca,
     Server,
     Client,
+    /// Both: a relay replica's certificate, presented to the other replicas when it forwards
+    /// a cancel and when it accepts one.
+    Peer,
 }
 
 /// A subject alternative name.
@@ -208,6 +213,35 @@ pub fn emit(model: &Model, env: &Env, out: &mut Artifacts) -> Result<(), PkiErro
         layout::RELAY_SERVER_CA.into(),
         Artifact::text(server_ca.cert_pem.clone()),
     );
+
+    if model.relay.peers.is_some() {
+        // A CA of its own: a certificate it signs lets a replica cancel any session, so no
+        // other CA's certificate (a person's, a database's) may ever pass for one.
+        let peer_ca = ca(
+            env,
+            out,
+            layout::PEER_CA_CERT,
+            layout::PEER_CA_KEY,
+            PEER_CA_CN,
+        )?;
+        leaf(
+            env,
+            out,
+            &peer_ca,
+            &CertSpec {
+                cert_path: layout::RELAY_PEER_CERT.into(),
+                key_path: layout::RELAY_PEER_KEY.into(),
+                common_name: layout::PEER_SERVER_NAME.into(),
+                sans: vec![San::Dns(layout::PEER_SERVER_NAME.into())],
+                usage: Usage::Peer,
+                lifetime: LEAF_LIFETIME,
+            },
+        )?;
+        out.insert(
+            layout::RELAY_PEER_CA.into(),
+            Artifact::text(peer_ca.cert_pem.clone()),
+        );
+    }
 
     for (name, database) in &model.databases {
         let DatabaseKind::SelfHosted { server_names, .. } = &database.kind else {
@@ -389,15 +423,18 @@ fn params(
                 KeyUsagePurpose::DigitalSignature,
             ];
         }
-        Usage::Server | Usage::Client => {
+        Usage::Server | Usage::Client | Usage::Peer => {
             params.is_ca = IsCa::ExplicitNoCa;
             params.use_authority_key_identifier_extension = true;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![if spec.usage == Usage::Server {
-                ExtendedKeyUsagePurpose::ServerAuth
-            } else {
-                ExtendedKeyUsagePurpose::ClientAuth
-            }];
+            params.extended_key_usages = match spec.usage {
+                Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+                Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+                _ => vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            };
         }
     }
     Ok(params)
@@ -493,6 +530,7 @@ fn says(spec: &CertSpec, cert: &X509Certificate<'_>) -> bool {
         Usage::Ca => cert.is_ca(),
         Usage::Server => !cert.is_ca() && eku.is_some_and(|e| e.server_auth && !e.client_auth),
         Usage::Client => !cert.is_ca() && eku.is_some_and(|e| e.client_auth && !e.server_auth),
+        Usage::Peer => !cert.is_ca() && eku.is_some_and(|e| e.client_auth && e.server_auth),
     }
 }
 

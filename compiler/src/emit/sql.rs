@@ -60,13 +60,8 @@ pub fn setup(model: &Model, db: &Database) -> Result<String, EmitError> {
          -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one\n\
          -- transaction: running it again changes nothing, a failure changes nothing. Each change\n\
          -- it makes is reported as a NOTICE \"dbward change: ...\". `dbward plan --live` shows\n\
-         -- what it would change, {live}.\n{first}",
+         -- what it would change, `dbward apply --live` runs it as the admin user.\n{first}",
         name = db.name,
-        live = match db.kind {
-            DatabaseKind::CloudSql { .. } =>
-                "`dbward apply --live` will run it (not yet on Cloud SQL)",
-            _ => "`dbward apply --live` runs it as the admin user",
-        },
         first = match db.kind {
             DatabaseKind::AzurePostgres { .. } => {
                 "-- Run it in the `postgres` database first: Entra principals can be created only there.\n"

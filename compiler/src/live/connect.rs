@@ -14,17 +14,24 @@
 //!   ([`dbward_cloud::azure`]): this machine must hold that identity. setup.sql runs in
 //!   `postgres` first (Entra principals are created there), then in the db-names.
 //!
-//! - **Cloud SQL** with `host` and `ca-file` in the manifest (the relay's fixed route): the
-//!   login token of the admin user's service account, by impersonation with this machine's
-//!   Google credentials ([`dbward_cloud::gcp`]), over TLS verified by the instance's name
-//!   ([`InstanceCertCheck`], the relay's check). Without them the relay looks the instance up and
-//!   presents an ephemeral client certificate; that route is not shared yet, and such databases
-//!   are skipped with a warning.
+//! - **Cloud SQL**: the login token of the admin user's service account, by impersonation with
+//!   this machine's Google credentials ([`dbward_cloud::gcp`]), over TLS verified by the
+//!   instance's name ([`InstanceCertCheck`], the relay's check), whatever address is dialled.
+//!   With `host` and `ca-file` in the manifest (the relay's fixed route) that is all. Without
+//!   either, dbward reaches the instance as the relay does: Cloud SQL Admin `connectSettings`
+//!   gives what the manifest leaves out (the address of its `ip-type`, never another type; the
+//!   server CA; the DNS name the certificate must carry), and the connection presents an
+//!   ephemeral client certificate (`generateEphemeralCert`, for a fresh [`ClientKey`], with the
+//!   admin user's login token so it expires with it). This is looked up once per instance and
+//!   admin user per run, with the token, not per database name. The caller needs Token Creator
+//!   on the admin user's service account and, for the lookup, `cloudsql.instances.get` and
+//!   `cloudsql.instances.connect` (Cloud SQL Client): `iam/live/gcp/<cloud>.json`.
 //!
 //! **A token is fetched once per admin user per run** (every database name and retry reuses it
 //! while it has [`MIN_LEFT`] left) and lives only in a [`Secret`]: never printed, never in an
-//! error.
+//! error. The same holds for the client key and certificate of a looked-up Cloud SQL instance.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,7 +39,8 @@ use std::time::{Duration, SystemTime};
 use dbward_cloud::aws::{AwsCredentials, AwsEnv};
 use dbward_cloud::azure::{AzureEnv, Entra};
 use dbward_cloud::gcp::{
-    Gcp, GcpEnv, InstanceCertCheck, InstanceName, SQLSERVICE_LOGIN, service_account_email,
+    ClientKey, Gcp, GcpEnv, GcpError, InstanceCertCheck, InstanceName, IpType, SQLSERVICE_LOGIN,
+    service_account_email,
 };
 use dbward_cloud::{Secret, Token};
 use rustls::pki_types::CertificateDer;
@@ -56,8 +64,26 @@ pub(super) enum Login {
 /// A cloud admin user's token source, and its token once fetched.
 pub(super) struct TokenLogin {
     source: Source,
-    /// The token of this run, reused by every connection while it has [`MIN_LEFT`] left.
-    token: tokio::sync::Mutex<Option<Token>>,
+    /// The token of this run (and, for a looked-up Cloud SQL instance, its route), reused by
+    /// every connection while it has [`MIN_LEFT`] left.
+    token: tokio::sync::Mutex<Option<(Token, Option<Route>)>>,
+}
+
+/// Where a looked-up Cloud SQL instance is dialled, and the TLS that verifies it by its name and
+/// presents this run's ephemeral client certificate.
+#[derive(Clone)]
+pub(super) struct Route {
+    pub(super) host: String,
+    pub(super) tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// When the client certificate expires (no later than the login token).
+    expires_at: SystemTime,
+}
+
+/// What one connection sends: the password, and where to dial when it is not the target's
+/// `host` (a looked-up Cloud SQL instance).
+pub(super) struct Credentials {
+    pub(super) password: Option<Secret>,
+    pub(super) route: Option<Route>,
 }
 
 enum Source {
@@ -78,12 +104,26 @@ enum Source {
         env: AzureEnv,
     },
     CloudSql {
-        /// `project:region:instance`, for messages.
-        instance: String,
+        instance: InstanceName,
         /// The admin user's service account, impersonated for its login token.
         account: String,
         env: GcpEnv,
+        /// `iam/live/gcp/<cloud>.json`, for messages.
+        bindings: String,
+        /// Without `host` or `ca-file` in the manifest: what to look up (`None`: the fixed
+        /// route).
+        lookup: Option<Lookup>,
     },
+}
+
+/// A Cloud SQL instance reached the relay's way, by looking it up.
+struct Lookup {
+    /// The manifest's `host`, dialled instead of the looked-up address when given.
+    host: Option<String>,
+    /// The manifest's `ca-file`, trusted instead of the looked-up server CA when given.
+    ca: Option<rustls::RootCertStore>,
+    /// Which of the instance's addresses to dial (the manifest's `ip-type`).
+    ip_type: IpType,
 }
 
 /// The credential sources of one run, read from this process's environment once and shared by
@@ -92,6 +132,9 @@ pub(super) struct Sources {
     aws: Option<Arc<AwsCredentials>>,
     azure: Option<AzureEnv>,
     gcp: Option<GcpEnv>,
+    /// Cloud SQL logins by instance, admin user and route: databases of one instance share
+    /// one token, one lookup and one client certificate.
+    cloudsql: HashMap<String, Arc<TokenLogin>>,
 }
 
 impl Sources {
@@ -100,6 +143,7 @@ impl Sources {
             aws: None,
             azure: None,
             gcp: None,
+            cloudsql: HashMap::new(),
         }
     }
 
@@ -169,34 +213,62 @@ pub(super) fn cloud(
             }
         }
         (
-            DatabaseKind::CloudSql { .. },
-            dbward_frozen::UpstreamAuth::CloudSqlIam { instance, .. },
+            DatabaseKind::CloudSql { cloud, .. },
+            dbward_frozen::UpstreamAuth::CloudSqlIam {
+                instance, ip_type, ..
+            },
         ) => {
-            // The relay's fixed route: `host` and `ca-file` in the manifest, no Cloud SQL Admin
-            // lookup and no client certificate. The lookup route is not shared yet.
-            let (Some(ca), false) = (&frozen.tls.ca, frozen.host == *instance) else {
-                return Ok(Err(format!(
-                    "database {name}: live changes reach Cloud SQL only with `host` and \
-                     `ca-file` in the manifest for now (no instance lookup); add them, or run \
-                     its setup.sql as the admin user {admin}"
-                )));
-            };
             let parsed = InstanceName::parse(instance).map_err(|e| LiveError::Tls {
                 what: format!("the instance name of database {name}"),
                 reason: e.to_string(),
             })?;
-            let tls = instance_tls(name, ca, parsed.certificate_name())?;
-            return Ok(Ok((
-                Login::Token(Arc::new(TokenLogin {
-                    source: Source::CloudSql {
-                        instance: instance.clone(),
-                        account: service_account_email(admin),
-                        env: sources.gcp(),
-                    },
-                    token: tokio::sync::Mutex::new(None),
-                })),
-                tls,
-            )));
+            // The compiler writes the instance name in place of a `host` the manifest leaves
+            // out, as the relay reads it.
+            let host = (frozen.host != *instance).then(|| frozen.host.clone());
+            let ip_type = match ip_type {
+                dbward_frozen::CloudSqlIpType::Public => IpType::Public,
+                dbward_frozen::CloudSqlIpType::Private => IpType::Private,
+                dbward_frozen::CloudSqlIpType::Psc => IpType::Psc,
+            };
+            let key = format!(
+                "{instance}\0{admin}\0{host:?}\0{:?}\0{}",
+                frozen.tls.ca,
+                ip_type.name()
+            );
+            let (login, tls) = match (&host, &frozen.tls.ca) {
+                // The relay's fixed route: no Cloud SQL Admin lookup, no client certificate.
+                (Some(_), Some(ca)) => (None, instance_tls(name, ca, parsed.certificate_name())?),
+                // Looked up when connecting; this TLS is never used.
+                (_, ca) => (
+                    Some(Lookup {
+                        host: host.clone(),
+                        ca: match ca {
+                            Some(ca) => Some(read_roots(name, ca)?),
+                            None => None,
+                        },
+                        ip_type,
+                    }),
+                    server_tls(name, None)?,
+                ),
+            };
+            let env = sources.gcp();
+            let login = sources
+                .cloudsql
+                .entry(key)
+                .or_insert_with(|| {
+                    Arc::new(TokenLogin {
+                        source: Source::CloudSql {
+                            instance: parsed,
+                            account: service_account_email(admin),
+                            env,
+                            bindings: format!("iam/live/gcp/{cloud}.json"),
+                            lookup: login,
+                        },
+                        token: tokio::sync::Mutex::new(None),
+                    })
+                })
+                .clone();
+            return Ok(Ok((Login::Token(login), tls)));
         }
         _ => {
             return Err(LiveError::Missing(format!(
@@ -296,30 +368,57 @@ fn read_roots(database: &str, path: &Path) -> Result<rustls::RootCertStore, Live
 }
 
 impl Login {
-    /// The password to send: `None` for a client certificate, else the admin user's token
-    /// (fetched on first use in this run). The error names the user, the database's address
-    /// and the credential sources tried.
-    pub(super) async fn password(
+    /// The password to send (`None` for a client certificate, else the admin user's token)
+    /// and, for a looked-up Cloud SQL instance, where to dial and how: fetched on first use in
+    /// this run. The error names the user, the database's address (or instance) and what to
+    /// check.
+    pub(super) async fn credentials(
         &self,
         user: &str,
         host: &str,
         port: u16,
-    ) -> Result<Option<Secret>, String> {
+    ) -> Result<Credentials, String> {
         let Login::Token(login) = self else {
-            return Ok(None);
+            return Ok(Credentials {
+                password: None,
+                route: None,
+            });
         };
         let mut cached = login.token.lock().await;
-        if let Some(token) = &*cached
-            && token.valid_for(MIN_LEFT, login.now())
+        let now = login.now();
+        if let Some((token, route)) = &*cached
+            && token.valid_for(MIN_LEFT, now)
+            && route
+                .as_ref()
+                .is_none_or(|r| now.checked_add(MIN_LEFT).is_some_and(|t| t < r.expires_at))
         {
-            return Ok(Some(token.secret.clone()));
+            return Ok(Credentials {
+                password: Some(token.secret.clone()),
+                route: route.clone(),
+            });
         }
-        let token = login.fetch(user).await.map_err(|e| {
-            format!("cannot get a login token for the admin user {user} of {host}:{port}: {e}")
+        let (token, route) = login.fetch(user).await.map_err(|e| match &login.source {
+            Source::CloudSql {
+                instance,
+                lookup: Some(lookup),
+                ..
+            } => format!(
+                "cannot reach Cloud SQL instance {instance} ({}) as the admin user {user}: {e}",
+                match &lookup.host {
+                    Some(host) => format!("host {host}:{port}"),
+                    None => format!("its {} address, looked up", lookup.ip_type.name()),
+                }
+            ),
+            _ => {
+                format!("cannot get a login token for the admin user {user} of {host}:{port}: {e}")
+            }
         })?;
-        let secret = token.secret.clone();
-        *cached = Some(token);
-        Ok(Some(secret))
+        let credentials = Credentials {
+            password: Some(token.secret.clone()),
+            route: route.clone(),
+        };
+        *cached = Some((token, route));
+        Ok(credentials)
     }
 
     /// The database name setup.sql must run in before the others, whatever the db-names: on
@@ -372,14 +471,33 @@ impl Login {
                     object_id.as_deref().unwrap_or("its object id")
                 ),
                 Source::CloudSql {
-                    instance, account, ..
+                    instance,
+                    account,
+                    bindings,
+                    lookup,
+                    ..
                 } => format!(
                     "check that the Google credentials of this machine \
                      (GOOGLE_APPLICATION_CREDENTIALS or the metadata server) may impersonate \
-                     {account} (roles/iam.serviceAccountTokenCreator on it, see \
-                     iam/live/gcp/), that {user} is a Cloud SQL IAM user of instance \
-                     {instance}, that the server's certificate names the instance, and that \
-                     this machine can reach it"
+                     {account} (roles/iam.serviceAccountTokenCreator on it){}, see {bindings}), \
+                     that {user} is a Cloud SQL IAM user of instance {instance}, that the \
+                     server's certificate names the instance, and that this machine can reach \
+                     {}",
+                    match lookup {
+                        Some(_) => " and may look the instance up and get client certificates \
+                                    for it (cloudsql.instances.get and cloudsql.instances.connect, \
+                                    roles/cloudsql.client in its project"
+                            .to_owned(),
+                        None => String::new(),
+                    },
+                    match lookup {
+                        Some(Lookup {
+                            host: None,
+                            ip_type,
+                            ..
+                        }) => format!("the instance's {} address", ip_type.name()),
+                        _ => "it".to_owned(),
+                    }
                 ),
             },
         }
@@ -395,9 +513,9 @@ impl TokenLogin {
         }
     }
 
-    /// A new token for `user`.
-    async fn fetch(&self, user: &str) -> Result<Token, String> {
-        match &self.source {
+    /// A new token for `user` and, for a looked-up Cloud SQL instance, its route.
+    async fn fetch(&self, user: &str) -> Result<(Token, Option<Route>), String> {
+        let token = match &self.source {
             Source::Rds {
                 endpoint,
                 region,
@@ -417,10 +535,10 @@ impl TokenLogin {
                 if let Some(expiry) = got.expiry {
                     expires_at = expires_at.min(expiry);
                 }
-                Ok(Token {
+                Token {
                     secret: Secret::new(token),
                     expires_at,
-                })
+                }
             }
             Source::Azure {
                 tenant,
@@ -429,16 +547,122 @@ impl TokenLogin {
                 ..
             } => {
                 let entra = Entra::new(env.clone(), tenant).map_err(|e| e.to_string())?;
-                entra.token(client_id).await.map_err(|e| e.to_string())
+                entra.token(client_id).await.map_err(|e| e.to_string())?
             }
-            Source::CloudSql { account, env, .. } => {
+            Source::CloudSql {
+                instance,
+                account,
+                env,
+                bindings,
+                lookup,
+            } => {
+                // One client for the token, the lookup and the certificate: this machine's own
+                // Google token is fetched once.
                 let gcp = Gcp::new(env.clone(), tokio::runtime::Handle::current())
                     .map_err(|e| e.to_string())?;
-                gcp.generate_access_token(account, &[SQLSERVICE_LOGIN])
+                let token = gcp
+                    .generate_access_token(account, &[SQLSERVICE_LOGIN])
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| google(e, bindings))?;
+                let route = match lookup {
+                    Some(lookup) => Some(look_up(&gcp, instance, lookup, &token, bindings).await?),
+                    None => None,
+                };
+                return Ok((token, route));
             }
-        }
+        };
+        Ok((token, None))
+    }
+}
+
+/// `instance` looked up as the relay looks it up: `connectSettings` for the address of the
+/// manifest's `ip-type` (unless the manifest gives `host`) and the server CA (unless it gives
+/// `ca-file`), then an ephemeral client certificate for a fresh key, bound to `login`.
+async fn look_up(
+    gcp: &Gcp,
+    instance: &InstanceName,
+    lookup: &Lookup,
+    login: &Token,
+    bindings: &str,
+) -> Result<Route, String> {
+    let settings = gcp
+        .connect_settings(instance)
+        .await
+        .map_err(|e| google(e, bindings))?;
+    let host = match &lookup.host {
+        Some(host) => host.clone(),
+        None => settings
+            .dial(lookup.ip_type, instance)
+            .map_err(|e| e.to_string())?,
+    };
+    let roots = match &lookup.ca {
+        Some(ca) => ca.clone(),
+        None => dbward_cloud::gcp::verify::roots_from_pem(
+            settings.server_ca_pem.as_bytes(),
+            &format!("the server CA Cloud SQL Admin gives for instance {instance}"),
+        )?,
+    };
+    // An RSA key takes a moment to make: off the runtime's threads.
+    let key = tokio::task::spawn_blocking(ClientKey::generate)
+        .await
+        .map_err(|e| format!("cannot make an RSA client key: {e}"))?
+        .map_err(|e| e.to_string())?;
+    let cert = gcp
+        .ephemeral_cert_for(instance, &key, login)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot get a client certificate for instance {instance} \
+                 (generateEphemeralCert): {}",
+                google(e, bindings)
+            )
+        })?;
+    let identity = key
+        .identity(cert.secret.expose(), instance)
+        .map_err(|e| e.to_string())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let check = InstanceCertCheck::new(
+        roots,
+        provider.clone(),
+        instance.certificate_name(),
+        settings.dns_name.clone(),
+    )
+    .map_err(|e| format!("the server CA of instance {instance} cannot be used: {e}"))?;
+    let config =
+        dbward_cloud::gcp::verify::client_config(provider, Arc::new(check), Some(identity))?;
+    Ok(Route {
+        host,
+        tls: tokio_postgres_rustls::MakeRustlsConnect::new(config),
+        expires_at: cert.expires_at,
+    })
+}
+
+/// A Google error as whoever runs `--live` reads it: the errors that speak of the relay's
+/// identity (the library's wording, made for the relay) speak of this machine's, and say what
+/// to grant, where the bindings file says it.
+fn google(error: GcpError, bindings: &str) -> String {
+    match error {
+        GcpError::NoCredentials { tried } => format!(
+            "no Google credentials found on this machine; give it credentials in one of these \
+             ways: {}",
+            tried.join("; ")
+        ),
+        GcpError::SourceRefused {
+            source_name,
+            detail,
+        } => format!("Google refused this machine's own credentials ({source_name}): {detail}"),
+        GcpError::ImpersonationDenied { account, detail } => format!(
+            "the Google identity of this machine may not impersonate {account}: grant whoever \
+             runs --live roles/iam.serviceAccountTokenCreator on that service account (see \
+             {bindings}; IAM Credentials answered 403: {detail})"
+        ),
+        GcpError::InstanceDenied { instance, detail } => format!(
+            "the Google identity of this machine may not use Cloud SQL instance {instance}: \
+             grant whoever runs --live cloudsql.instances.get and cloudsql.instances.connect on \
+             it (roles/cloudsql.client in its project, see {bindings}), and check that the \
+             instance exists (Cloud SQL Admin answered 403: {detail})"
+        ),
+        other => other.to_string(),
     }
 }
 
@@ -477,6 +701,38 @@ mod tests {
         );
         // Without ca-file: the public roots, as the relay.
         assert!(server_tls("billing", None).is_ok());
+    }
+
+    #[test]
+    fn google_errors_speak_of_whoever_runs_live_and_what_to_grant() {
+        let denied = google(
+            GcpError::InstanceDenied {
+                instance: "p:r:i".into(),
+                detail: "PERMISSION_DENIED".into(),
+            },
+            "iam/live/gcp/g.json",
+        );
+        for part in [
+            "may not use Cloud SQL instance p:r:i",
+            "cloudsql.instances.get",
+            "cloudsql.instances.connect",
+            "roles/cloudsql.client",
+            "iam/live/gcp/g.json",
+            "403",
+        ] {
+            assert!(denied.contains(part), "{part:?} missing from {denied}");
+        }
+        let impersonation = google(
+            GcpError::ImpersonationDenied {
+                account: "a@p.iam.gserviceaccount.com".into(),
+                detail: "x".into(),
+            },
+            "iam/live/gcp/g.json",
+        );
+        for message in [&denied, &impersonation] {
+            assert!(!message.contains("relay"), "{message}");
+        }
+        assert!(impersonation.contains("roles/iam.serviceAccountTokenCreator"));
     }
 
     #[test]

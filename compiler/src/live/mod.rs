@@ -11,7 +11,9 @@
 //! Databases are reached the way the relay reaches them: self-hosted ones over mutual TLS with
 //! the relay's client certificate (which `pg_ident.conf` maps to the admin user), verifying the
 //! server against the CA the compiler issued, for the frozen config's `tls.server_name`; RDS,
-//! Azure and Cloud SQL ones with the admin user's cloud token as the password ([`connect`]).
+//! Azure and Cloud SQL ones with the admin user's cloud token as the password ([`connect`]; a
+//! Cloud SQL instance without `host` or `ca-file` is looked up and presented an ephemeral client
+//! certificate, as the relay does, once per instance and admin user per run).
 //! Databases run in parallel, at most [`PARALLEL`] at once, and so do the database names of
 //! each (an apply converges the first name alone first).
 
@@ -62,6 +64,18 @@ pub struct Target {
     expected: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// How the admin user logs in: the relay's certificate, or a cloud token.
     login: connect::Login,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No token, key or SQL: where and as whom.
+        f.debug_struct("Target")
+            .field("database", &self.database)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("admin_user", &self.admin_user)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Target {
@@ -319,26 +333,36 @@ struct Session {
 
 /// Connects to `db_name` as the admin user.
 async fn connect(target: &Target, db_name: &str) -> Result<Session, String> {
+    let credentials = target
+        .login
+        .credentials(&target.admin_user, &target.host, target.port)
+        .await?;
+    // A looked-up Cloud SQL instance is dialled at the address found, verified by its name.
+    let (host, tls) = match credentials.route {
+        Some(route) => (
+            route.host.clone(),
+            NamedTls {
+                inner: route.tls,
+                server_name: route.host,
+            },
+        ),
+        None => (target.host.clone(), target.tls.clone()),
+    };
     let mut config = tokio_postgres::Config::new();
     config
-        .host(&target.host)
+        .host(&host)
         .port(target.port)
         .user(&target.admin_user)
         .dbname(db_name)
         .application_name("dbward")
         .ssl_mode(tokio_postgres::config::SslMode::Require)
         .connect_timeout(Duration::from_secs(10));
-    if let Some(password) = target
-        .login
-        .password(&target.admin_user, &target.host, target.port)
-        .await?
-    {
+    if let Some(password) = &credentials.password {
         config.password(password.expose());
     }
-    let (client, mut connection) = config.connect(target.tls.clone()).await.map_err(|e| {
+    let (client, mut connection) = config.connect(tls).await.map_err(|e| {
         format!(
-            "cannot connect to database name {db_name} on {}:{} as {}: {}; {}",
-            target.host,
+            "cannot connect to database name {db_name} on {host}:{} as {}: {}; {}",
             target.port,
             target.admin_user,
             describe(&e),

@@ -99,8 +99,19 @@ fn child_strs(node: &Node, name: &str) -> Vec<String> {
 }
 
 fn relay(node: &Node) -> Relay {
+    let kubernetes = node.child("kubernetes").map(|k| Kubernetes {
+        image: k.prop_str("image").unwrap_or_default().to_owned(),
+        replicas: k
+            .prop("replicas")
+            .and_then(|p| p.value.as_int())
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(2),
+        namespace: k.prop_str("namespace").map(str::to_owned),
+        service_type: k.prop_str("service-type").unwrap_or("ClusterIP").to_owned(),
+    });
+    let listen = child_str(node, "listen").unwrap_or_default();
     Relay {
-        listen: child_str(node, "listen").unwrap_or_default(),
+        listen: listen.clone(),
         public_name: child_str(node, "public-name").unwrap_or_default(),
         client_cert_ttl: child_str(node, "client-cert-ttl")
             .and_then(|s| parse_duration(&s).ok())
@@ -119,16 +130,7 @@ fn relay(node: &Node) -> Relay {
                 .unwrap_or(false),
         }),
         metrics: child_str(node, "metrics"),
-        kubernetes: node.child("kubernetes").map(|k| Kubernetes {
-            image: k.prop_str("image").unwrap_or_default().to_owned(),
-            replicas: k
-                .prop("replicas")
-                .and_then(|p| p.value.as_int())
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(2),
-            namespace: k.prop_str("namespace").map(str::to_owned),
-            service_type: k.prop_str("service-type").unwrap_or("ClusterIP").to_owned(),
-        }),
+        kubernetes: kubernetes.clone(),
         revoke_grace: child_str(node, "revoke-grace")
             .and_then(|s| parse_grace(&s).ok())
             .unwrap_or(DEFAULT_REVOKE_GRACE),
@@ -138,6 +140,24 @@ fn relay(node: &Node) -> Relay {
             .and_then(|v| v.as_bool())
             .unwrap_or(true),
         certificates_issued_after: cutoff(node),
+        peers: node.child("peers").map(|p| {
+            let mut members: Vec<(u16, String)> = p
+                .children_named("peer")
+                .filter_map(|peer| {
+                    let id = peer.args.first()?.as_int()?;
+                    Some((
+                        u16::try_from(id).ok()?,
+                        peer.prop_str("address")?.to_owned(),
+                    ))
+                })
+                .collect();
+            members.sort();
+            members.dedup_by_key(|(id, _)| *id);
+            if let (true, Some(kubernetes)) = (members.is_empty(), &kubernetes) {
+                members = kubernetes_peers(&listen, kubernetes);
+            }
+            Peers { members }
+        }),
     }
 }
 

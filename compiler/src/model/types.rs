@@ -94,6 +94,49 @@ pub struct Relay {
     /// `certificates-issued-after` (seconds since the Unix epoch): everyone's older client
     /// certificates are refused.
     pub certificates_issued_after: Option<i64>,
+    /// `peers { peer ID address=… }`: the relay's replicas.
+    pub peers: Option<Peers>,
+}
+
+/// `relay { peers … }`: every replica of the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    /// (id, `host:port`), sorted by id. With `kubernetes` and no `peer` listed, one per replica
+    /// of the StatefulSet ([`kubernetes_peers`]).
+    pub members: Vec<(u16, String)>,
+}
+
+/// The name of the relay's Kubernetes objects; its pods are `dbward-relay-N`.
+pub const KUBERNETES_NAME: &str = "dbward-relay";
+
+/// The port a replica on Kubernetes accepts forwarded cancels on: the relay's port + 1.
+pub fn kubernetes_peer_port(listen: &str) -> u16 {
+    listen
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok())
+        .map_or(0, |port| port.wrapping_add(1))
+}
+
+/// The peers of a relay on Kubernetes: pod `dbward-relay-N` of the StatefulSet is peer N (the
+/// relay takes its id from the ordinal at the end of its host name, the pod's name), reached
+/// through the headless Service `dbward-relay-peers`.
+pub fn kubernetes_peers(listen: &str, kubernetes: &Kubernetes) -> Vec<(u16, String)> {
+    let domain = kubernetes
+        .namespace
+        .as_ref()
+        .map(|ns| format!(".{ns}.svc"))
+        .unwrap_or_default();
+    let port = kubernetes_peer_port(listen);
+    (0..kubernetes
+        .replicas
+        .min(u32::from(dbward_frozen::MAX_PEER_ID) + 1))
+        .map(|i| {
+            (
+                i as u16,
+                format!("{KUBERNETES_NAME}-{i}.{KUBERNETES_NAME}-peers{domain}:{port}"),
+            )
+        })
+        .collect()
 }
 
 /// `relay { kubernetes … }`: write a Deployment, Service and PodDisruptionBudget for the relay.

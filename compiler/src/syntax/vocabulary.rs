@@ -270,6 +270,24 @@ static VOCABULARY: &[NodeSpec] = &[
         )
     },
     NodeSpec {
+        block: Block::Optional,
+        ..node(
+            "relay/peers",
+            "the relay's replicas behind one load balancer, which forward each other's \
+             CancelRequests (with kubernetes: empty, one per pod of the StatefulSet)",
+        )
+    },
+    NodeSpec {
+        args: args(ValueKind::Integer, 1, Some(1), "a peer id from 0 to 4095"),
+        props: &[prop("address", S, true)],
+        repeatable: true,
+        ..node(
+            "relay/peers/peer",
+            "one replica: its id (encoded in the cancel keys it issues) and the \"host:port\" \
+             where it accepts cancels the others forward",
+        )
+    },
+    NodeSpec {
         args: args(NAME, 1, Some(1), "a cloud name"),
         block: Block::Required,
         repeatable: true,

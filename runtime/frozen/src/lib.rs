@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 /// The format version this build writes and reads. A relay refuses any other.
 /// Version 2 added the idle limits to [`Limits`] and made [`Access::grants`] structured;
 /// version 3 added [`Revocation`] and [`Access::certificates_issued_after`].
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The whole frozen configuration, as written to `relay/frozen.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -60,6 +60,45 @@ pub struct Relay {
     pub limits: Limits,
     /// What happens to sessions in flight when their access goes away.
     pub revocation: Revocation,
+    /// The other replicas of this relay, to which CancelRequests for their sessions are
+    /// forwarded (a load balancer may send a client's cancel to any replica).
+    pub peers: Option<Peers>,
+}
+
+/// The peer ids a relay can encode in the cancel keys it issues (12 bits of the key's pid).
+pub const MAX_PEER_ID: u16 = 4095;
+
+/// `relay { peers … }`: the replicas of one relay, each with its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Peers {
+    /// The certificate every replica presents to the others (client and server), its key, and
+    /// the CA that signs it: a forward from anything else is refused.
+    pub tls: PeerTls,
+    /// Every replica, this one included, sorted by id without duplicates.
+    pub members: Vec<Peer>,
+}
+
+/// TLS between replicas: one certificate for the whole fleet, signed by a CA of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// The DNS name in `cert` that each side checks on the other's.
+    pub server_name: String,
+}
+
+/// One replica: its id (0–[`MAX_PEER_ID`]) and where it accepts forwarded cancels. A replica
+/// listens on its own entry's address: that IP address and port, or every address on that
+/// port when the host is a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub id: u16,
+    /// `host:port` of its peer listener.
+    pub address: String,
 }
 
 /// `revoke-grace` when the manifest does not say: 10 seconds, long enough for a statement in
@@ -417,6 +456,11 @@ pub enum LoadError {
         identity: String,
         database: String,
     },
+    #[error(
+        "{path} lists peer {id} out of order, twice or above {MAX_PEER_ID}; regenerate it with \
+         `dbward apply`"
+    )]
+    PeerIds { path: PathBuf, id: u16 },
 }
 
 impl Config {
@@ -481,6 +525,16 @@ impl Config {
                 database: pair[1].database.clone(),
             });
         }
+        if let Some(peers) = &config.relay.peers {
+            let out_of_range = peers.members.iter().find(|p| p.id > MAX_PEER_ID);
+            let unsorted = peers.members.windows(2).find(|p| p[0].id >= p[1].id);
+            if let Some(peer) = out_of_range.or(unsorted.map(|p| &p[1])) {
+                return Err(LoadError::PeerIds {
+                    path: path.to_owned(),
+                    id: peer.id,
+                });
+            }
+        }
         Ok(config)
     }
 
@@ -544,6 +598,7 @@ mod tests {
                 metrics: None,
                 limits: Limits::default(),
                 revocation: Revocation::default(),
+                peers: None,
             },
             databases: BTreeMap::new(),
             access: vec![],

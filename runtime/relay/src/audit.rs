@@ -115,6 +115,12 @@ enum Kind {
         /// `sweep` for a user the sweep retired (no session of this relay); else none.
         reason: Option<&'static str>,
     },
+    /// `cancel.forward_refused`: a cancel another replica (or something posing as one) sent
+    /// to the peer listener was dropped.
+    PeerRefused {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 struct Event {
@@ -432,6 +438,19 @@ impl AuditSink {
         );
     }
 
+    /// `cancel.forward_refused`: a forward from `from` to the peer listener was dropped, for
+    /// `reason` (a [`crate::peer::Refusal`]). No session is involved: the event's session id
+    /// is `<run>-0`. The key it carried is never written.
+    pub fn forward_refused(&self, from: SocketAddr, reason: &'static str, message: &str) {
+        self.send(
+            &Arc::new(SessionInfo::new(0, from)),
+            Kind::PeerRefused {
+                reason,
+                message: message.to_owned(),
+            },
+        );
+    }
+
     /// Switches to another log file (or none) after a reload; also reopens the same path, so
     /// `logrotate` + SIGHUP works.
     pub fn reopen(&self, path: Option<PathBuf>) {
@@ -592,6 +611,11 @@ impl Writer {
                 line.roles = Some(roles);
                 line.outcome = Some(outcome);
                 line.message = message.as_deref();
+            }
+            Kind::PeerRefused { reason, message } => {
+                line.event = "cancel.forward_refused";
+                line.reason = Some(reason);
+                line.message = Some(message);
             }
         }
         // Serializing strings, numbers and an address cannot fail; if it ever did, count the

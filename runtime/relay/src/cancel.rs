@@ -24,14 +24,13 @@ pub struct CancelTarget {
 pub struct CancelMap {
     keys: Mutex<HashMap<ClientKey, CancelTarget>>,
     random: SystemRandom,
+    /// This replica's peer id, encoded in every key it issues ([`crate::peer::encode`]).
+    peer_id: Option<u16>,
 }
 
 impl Default for CancelMap {
     fn default() -> Self {
-        CancelMap {
-            keys: Mutex::new(HashMap::new()),
-            random: SystemRandom::new(),
-        }
+        CancelMap::with_peer_id(None)
     }
 }
 
@@ -55,6 +54,15 @@ impl CancelMap {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A map whose keys carry `peer_id` (`None`: the relay has no peers).
+    pub fn with_peer_id(peer_id: Option<u16>) -> CancelMap {
+        CancelMap {
+            keys: Mutex::new(HashMap::new()),
+            random: SystemRandom::new(),
+            peer_id,
+        }
+    }
+
     /// Issues a fresh random key for a session and remembers where it cancels.
     pub fn register(&self, target: CancelTarget) -> Result<Registration<'_>, CancelError> {
         let mut keys = self.lock();
@@ -63,11 +71,7 @@ impl CancelMap {
             self.random
                 .fill(&mut bytes)
                 .map_err(|_| CancelError::Random)?;
-            // Clients read the pid as a signed int32; keep it positive, like a real pid.
-            let key = ClientKey {
-                pid: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & 0x7fff_ffff,
-                secret: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
-            };
+            let key = crate::peer::encode(self.peer_id, bytes);
             // A pid of 0 looks like "no backend" to some clients; collisions are retried.
             if key.pid != 0 && !keys.contains_key(&key) {
                 keys.insert(key, target);
@@ -90,25 +94,31 @@ impl CancelMap {
         self.len() == 0
     }
 
-    /// Handles a CancelRequest: forwards it upstream when the key is known, and silently does
-    /// nothing otherwise (as PostgreSQL does, so keys cannot be probed).
+    /// Handles a CancelRequest for a key of this replica: forwards it upstream when the key is
+    /// known, and silently does nothing otherwise (as PostgreSQL does, so keys cannot be
+    /// probed).
     pub async fn cancel(&self, key: ClientKey, timeout: Duration) {
         let Some(target) = self.lookup(key) else {
             tracing::debug!("cancel request with an unknown key ignored");
             return;
         };
-        match tokio::time::timeout(
-            timeout,
-            upstream::send_cancel(&target.upstream, target.backend),
-        )
-        .await
-        {
-            Ok(Ok(())) => tracing::debug!(upstream = %target.upstream.address, "cancel forwarded"),
-            Ok(Err(error)) => {
-                tracing::warn!(upstream = %target.upstream.address, %error, "cancel not forwarded")
-            }
-            Err(_) => tracing::warn!(upstream = %target.upstream.address, "cancel timed out"),
+        send(target, timeout).await;
+    }
+}
+
+/// Sends the upstream's CancelRequest for `target`, within `timeout`.
+pub async fn send(target: CancelTarget, timeout: Duration) {
+    match tokio::time::timeout(
+        timeout,
+        upstream::send_cancel(&target.upstream, target.backend),
+    )
+    .await
+    {
+        Ok(Ok(())) => tracing::debug!(upstream = %target.upstream.address, "cancel forwarded"),
+        Ok(Err(error)) => {
+            tracing::warn!(upstream = %target.upstream.address, %error, "cancel not forwarded")
         }
+        Err(_) => tracing::warn!(upstream = %target.upstream.address, "cancel timed out"),
     }
 }
 

@@ -103,6 +103,10 @@ fn verify_files(config_path: &Path, config: &Config) -> Vec<String> {
         certs.push(&identity.cert);
         keys.push(&identity.key);
     }
+    if let Some(peers) = &relay.peers {
+        certs.extend([&peers.tls.cert, &peers.tls.ca]);
+        keys.push(&peers.tls.key);
+    }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let cert_problems = |cert: &Path| -> Vec<String> {
         match tls::load_certs(cert) {

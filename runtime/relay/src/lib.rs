@@ -27,6 +27,7 @@
 //!   [`dbward_cloud::aws`] with ambient credentials, injectable with
 //!   [`state::Loaded::with_aws_credentials`], at AWS's time as learned from AWS's answers).
 //! - [`cancel`]: relay-issued cancel keys and forwarding CancelRequests.
+//! - [`peer`]: cancel forwarding between the replicas of one relay (`relay { peers … }`).
 //! - [`audit`], [`metrics`], [`http`]: what the relay reports (audit log, Prometheus, probes).
 //! - [`config`], [`ops`], [`logging`], [`notify`]: loading and verifying the config, signals and
 //!   drain, systemd readiness notifications, log output — what the `dbward-relay` binary runs;
@@ -41,6 +42,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
+pub mod peer;
 pub mod protocol;
 pub mod provision;
 pub mod readahead;

@@ -66,6 +66,94 @@ pub async fn run_on(
 /// The worker that runs the accept loop.
 const HOME: usize = 0;
 
+/// Forwarded cancels served at once on the peer listener; more are closed at once.
+const PEER_CONNECTIONS: usize = 64;
+
+/// Accepts cancels the other replicas forward (`relay { peers … }`) until `shutdown` is
+/// cancelled. Each connection is one forward: mutual TLS with the fleet's peer certificate,
+/// the forward checked ([`crate::peer::Peering::admit`]), then its key cancelled here like a
+/// local CancelRequest. A refused one is audited (`cancel.forward_refused`) and counted.
+pub async fn run_peers(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    session::tune_socket(&listener);
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (tcp, from) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "peer listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = Slot::take(&open, PEER_CONNECTIONS) else {
+            tracing::debug!(%from, "peer listener: too many forwards at once; closed");
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let limits = &shared.current().config.relay.limits;
+            let (handshake, cancel) = (
+                Duration::from_millis(limits.handshake_timeout_ms),
+                Duration::from_millis(limits.upstream_connect_timeout_ms),
+            );
+            let outcome =
+                tokio::time::timeout(handshake, serve_forward(tcp, &shared, cancel)).await;
+            let refusal = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(refusal)) => Some(refusal),
+                Err(_) => Some(crate::peer::Refusal::Malformed(
+                    "nothing complete within the handshake timeout".into(),
+                )),
+            };
+            if let Some(refusal) = refusal {
+                let message = refusal.to_string();
+                tracing::warn!(%from, reason = refusal.reason(), %message, "forwarded cancel refused");
+                shared.metrics.peer_forward(refusal.reason());
+                shared
+                    .audit
+                    .forward_refused(from, refusal.reason(), &message);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// One forward: the TLS handshake, the checks, then the cancel.
+async fn serve_forward(
+    tcp: TcpStream,
+    shared: &Shared,
+    cancel_timeout: Duration,
+) -> Result<(), crate::peer::Refusal> {
+    use crate::peer::Refusal;
+    let loaded = shared.current();
+    let Some(peers) = loaded.peers.as_ref() else {
+        return Err(Refusal::Malformed(
+            "this relay's config lists no peers (any more)".into(),
+        ));
+    };
+    let mut tls = peers
+        .acceptor()
+        .accept(tcp)
+        .await
+        .map_err(|e| Refusal::Handshake(e.to_string()))?;
+    let forward = crate::peer::receive(&mut tls).await?;
+    shared.peering.admit(&forward, peers)?;
+    crate::peer::acknowledge(&mut tls).await;
+    shared.metrics.peer_forward("served");
+    match shared.cancel.lookup(forward.key) {
+        Some(target) => crate::cancel::send(target, cancel_timeout).await,
+        None => tracing::debug!(
+            peer = forward.origin,
+            "forwarded cancel for a key no session has"
+        ),
+    }
+    Ok(())
+}
+
 /// Connections over the limit negotiated at once (each holds its socket, and a CancelRequest
 /// one more to the upstream, for at most the handshake timeout); further ones are closed at
 /// once.

@@ -55,6 +55,13 @@ struct Args {
     /// Serve /metrics, /livez and /readyz on ADDR (IP:port) instead of the config's `metrics`.
     #[arg(long, value_name = "ADDR", value_parser = socket_addr)]
     metrics: Option<std::net::SocketAddr>,
+    /// This replica's id among the relay's peers (`relay { peers … }` in the manifest): it is
+    /// encoded in the cancel keys this replica issues, so the others forward its cancels here.
+    /// Default: the number at the end of the host name (`relay-2` is 2, as a Kubernetes
+    /// StatefulSet names its pods). Ignored without peers.
+    #[arg(long, value_name = "ID", env = "DBWARD_RELAY_PEER_ID",
+          value_parser = clap::value_parser!(u16).range(0..=4095))]
+    peer_id: Option<u16>,
 }
 
 /// `--listen`/`--metrics`: an IP address and port.
@@ -118,6 +125,7 @@ fn main() -> ExitCode {
     let options = ServeOptions {
         listen: args.listen,
         metrics: args.metrics,
+        peer_id: args.peer_id,
         ..ServeOptions::new(threads, replica)
     };
     match runtime.block_on(ops::serve(args.config, options)) {

@@ -184,6 +184,22 @@ impl Histogram {
     }
 }
 
+/// What happened to a CancelRequest this replica forwarded to another.
+pub const FORWARD_OUTCOMES: [&str; 3] = ["forwarded", "failed", "rate_limited"];
+
+/// What happened to a cancel another replica forwarded here: `served`, or why it was refused
+/// ([`crate::peer::Refusal::reason`]).
+pub const PEER_OUTCOMES: [&str; 8] = [
+    "served",
+    "handshake",
+    "malformed",
+    "unknown_peer",
+    "not_ours",
+    "stale",
+    "replayed",
+    "rate_limited",
+];
+
 /// Every relay metric. All methods take `&self` and cost one or two relaxed atomic adds.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -208,6 +224,10 @@ pub struct Metrics {
     swept: [AtomicU64; 2],
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// CancelRequests for another replica's key, by [`FORWARD_OUTCOMES`].
+    cancel_forwards: [AtomicU64; FORWARD_OUTCOMES.len()],
+    /// Cancels other replicas forwarded here, by [`PEER_OUTCOMES`].
+    peer_forwards: [AtomicU64; PEER_OUTCOMES.len()],
     /// Connections open on each session thread, once the binary's threads have started.
     worker_connections: OnceLock<Vec<Arc<AtomicUsize>>>,
 }
@@ -307,6 +327,20 @@ impl Metrics {
     /// The sweep retired a provisioned user left active: `dropped` or else deactivated.
     pub fn user_swept(&self, dropped: bool) {
         self.swept[usize::from(dropped)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A CancelRequest for another replica's key: `outcome` is one of [`FORWARD_OUTCOMES`].
+    pub fn cancel_forward(&self, outcome: &str) {
+        if let Some(i) = FORWARD_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.cancel_forwards[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A cancel forwarded by another replica: `outcome` is one of [`PEER_OUTCOMES`].
+    pub fn peer_forward(&self, outcome: &str) {
+        if let Some(i) = PEER_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.peer_forwards[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A SIGHUP reload finished, successfully or not.
@@ -415,6 +449,24 @@ impl Metrics {
              state this stays flat while sessions grow.",
             load(&self.admin_connections_opened),
         );
+        let name = "dbward_cancel_forwards_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} CancelRequests for another replica's session, sent to that replica \
+             (relay {{ peers }}), by outcome.\n# TYPE {name} counter"
+        );
+        for (outcome, value) in FORWARD_OUTCOMES.iter().zip(&self.cancel_forwards) {
+            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", load(value));
+        }
+        let name = "dbward_peer_forwards_received_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Cancels other replicas forwarded here: served, or why refused.\n\
+             # TYPE {name} counter"
+        );
+        for (outcome, value) in PEER_OUTCOMES.iter().zip(&self.peer_forwards) {
+            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", load(value));
+        }
         let name = "dbward_provision_swept_total";
         let _ = writeln!(
             out,

@@ -86,6 +86,8 @@ pub enum ServeError {
     Descriptors { open_files: u64, needed: u64 },
     #[error("cannot start the session threads: {0}")]
     Threads(std::io::Error),
+    #[error("{0}")]
+    PeerId(String),
     #[error("the relay stopped: {0}")]
     Run(String),
 }
@@ -101,6 +103,9 @@ pub struct ServeOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// Serve `/metrics`, `/livez`, `/readyz` here instead of the config's `relay.metrics`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--peer-id`: this replica's id when the config lists peers (else the ordinal at the end
+    /// of the host name).
+    pub peer_id: Option<u16>,
 }
 
 impl ServeOptions {
@@ -111,6 +116,7 @@ impl ServeOptions {
             replica,
             listen: None,
             metrics: None,
+            peer_id: None,
         }
     }
 }
@@ -142,11 +148,35 @@ pub fn reload(shared: &Arc<Shared>, config_path: &Path) -> bool {
             let old = shared.current();
             if loaded.config.relay.listen != old.config.relay.listen
                 || loaded.config.relay.metrics != old.config.relay.metrics
+                || shared
+                    .peering
+                    .own()
+                    .and_then(|id| {
+                        let address = |l: &crate::state::Loaded| {
+                            l.peers.as_ref().and_then(|p| p.listen_address(id))
+                        };
+                        (address(&loaded) != address(&old)).then_some(())
+                    })
+                    .is_some()
             {
                 tracing::warn!(
-                    "the new config changes `listen` or `metrics`; addresses change only on \
-                     restart, the rest of the config is in force now"
+                    "the new config changes `listen`, `metrics` or this replica's peer address; \
+                     addresses change only on restart, the rest of the config is in force now"
                 );
+            }
+            if let Some(peers) = &loaded.peers {
+                match shared.peering.own() {
+                    Some(id) if !peers.contains(id) => tracing::warn!(
+                        peer_id = id,
+                        "the new config does not list this replica's peer id; the others \
+                         cannot forward cancels to it"
+                    ),
+                    None => tracing::warn!(
+                        "the new config lists peers; this relay started without them, so it \
+                         forwards no cancels until it is restarted"
+                    ),
+                    _ => {}
+                }
             }
             // Reopen even when the path is unchanged, so `logrotate` + SIGHUP works.
             shared.audit.reopen(config::audit_path(&loaded));
@@ -188,8 +218,26 @@ pub async fn serve(config_path: PathBuf, options: ServeOptions) -> Result<(), Se
         replica,
         listen,
         metrics,
+        peer_id,
     } = options;
     let loaded = config::load(&config_path)?;
+    let own_peer_id = match &loaded.config.relay.peers {
+        Some(peers) => {
+            let members: Vec<u16> = peers.members.iter().map(|p| p.id).collect();
+            Some(crate::peer::own_id(peer_id, &members).map_err(ServeError::PeerId)?)
+        }
+        None => {
+            if let Some(id) = peer_id {
+                tracing::warn!(
+                    peer_id = id,
+                    "--peer-id is ignored: the config lists no peers (relay {{ peers }})"
+                );
+            }
+            None
+        }
+    };
+    let peer_listen =
+        own_peer_id.and_then(|id| loaded.peers.as_ref().and_then(|p| p.listen_address(id)));
     let audit = AuditSink::start(config::audit_path(&loaded), replica.clone())?;
     let listen = listen.map_or_else(|| loaded.config.relay.listen.clone(), |a| a.to_string());
     let metrics_addr = metrics
@@ -202,10 +250,13 @@ pub async fn serve(config_path: PathBuf, options: ServeOptions) -> Result<(), Se
         databases = loaded.config.databases.len(),
         "config loaded"
     );
-    let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()));
+    let shared = Arc::new(Shared::new(loaded, audit, Metrics::new()).with_peer_id(own_peer_id));
     let health = Arc::new(Health::default());
     limit_connections(&shared, threads)?;
 
+    // The peer listener stays open while sessions drain: their cancels may still arrive
+    // through another replica.
+    let peers_shutdown = CancellationToken::new();
     // Install signal handlers before listening, so a SIGTERM right after "listening" drains
     // rather than killing the process with the default action.
     let mut hangup = install(SignalKind::hangup(), "SIGHUP")?;
@@ -228,6 +279,25 @@ pub async fn serve(config_path: PathBuf, options: ServeOptions) -> Result<(), Se
         startup_ms = started.elapsed().as_millis() as u64,
         "dbward-relay listening"
     );
+
+    if let Some(addr) = &peer_listen {
+        let listener = match (bind(addr, "peers").await, addr.strip_prefix("[::]:")) {
+            (Ok(listener), _) => listener,
+            // Every address on a host without IPv6: every IPv4 address.
+            (Err(_), Some(port)) => bind(&format!("0.0.0.0:{port}"), "peers").await?,
+            (Err(error), None) => return Err(error),
+        };
+        tracing::info!(
+            addr = %local(&listener),
+            peer_id = own_peer_id,
+            "accepting cancels forwarded by the other replicas"
+        );
+        tokio::spawn(crate::listener::run_peers(
+            listener,
+            Arc::clone(&shared),
+            peers_shutdown.clone(),
+        ));
+    }
 
     let workers = Workers::start(threads).map_err(ServeError::Threads)?;
     shared.metrics.watch_workers(workers.connections());

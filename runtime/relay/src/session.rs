@@ -170,7 +170,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admis
         Ok(Ok(Negotiated::Done)) => return,
         Ok(Ok(Negotiated::Cancel(key))) => {
             let timeout = Duration::from_millis(limits.upstream_connect_timeout_ms);
-            shared.cancel.cancel(key, timeout).await;
+            route_cancel(&shared, &loaded, key, timeout).await;
             return;
         }
         Ok(Ok(Negotiated::Session {
@@ -206,6 +206,50 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admis
         return refuse(tls, &shared, &info, denial).await;
     }
     session(tls, decided, cert, leftover, target, &loaded, &shared, info).await;
+}
+
+/// Serves a CancelRequest: a key of one of this replica's sessions is cancelled here; a key
+/// another listed replica issued is forwarded to it ([`crate::peer`]); any other key is
+/// dropped without a word, as PostgreSQL drops it, so that keys cannot be probed.
+async fn route_cancel(shared: &Shared, loaded: &Loaded, key: ClientKey, timeout: Duration) {
+    if let Some(target) = shared.cancel.lookup(key) {
+        return crate::cancel::send(target, timeout).await;
+    }
+    let (Some(own), Some(peers)) = (shared.peering.own(), loaded.peers.as_ref()) else {
+        return tracing::debug!("cancel request with an unknown key ignored");
+    };
+    let owner = crate::peer::owner(key);
+    if owner == own || !peers.contains(owner) {
+        return tracing::debug!("cancel request with an unknown key ignored");
+    }
+    if !shared.peering.may_forward() {
+        shared.metrics.cancel_forward("rate_limited");
+        return tracing::warn!(
+            peer = owner,
+            "cancel not forwarded: more than {} forwards a second",
+            crate::peer::FORWARDS_PER_SECOND
+        );
+    }
+    let Some(forward) = shared.peering.stamp(key) else {
+        return tracing::warn!("cancel not forwarded: the random number generator failed");
+    };
+    match tokio::time::timeout(timeout, crate::peer::forward(peers, owner, forward)).await {
+        Ok(Ok(())) => {
+            shared.metrics.cancel_forward("forwarded");
+            tracing::debug!(peer = owner, "cancel forwarded to its replica");
+        }
+        Ok(Err(error)) => {
+            shared.metrics.cancel_forward("failed");
+            tracing::warn!(peer = owner, %error, "cancel not forwarded");
+        }
+        Err(_) => {
+            shared.metrics.cancel_forward("failed");
+            tracing::warn!(
+                peer = owner,
+                "cancel not forwarded: the peer did not answer in time"
+            );
+        }
+    }
 }
 
 /// Reads the first packet(s), answers SSLRequest/GSSENCRequest, runs the TLS handshake and
@@ -1581,6 +1625,7 @@ mod tests {
                 metrics: None,
                 limits: Limits::default(),
                 revocation: Default::default(),
+                peers: None,
             },
             databases: BTreeMap::from([
                 ("shop".into(), database(5432, Some("dbward-admin"))),

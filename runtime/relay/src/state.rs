@@ -16,6 +16,7 @@ use dbward_frozen::Config;
 use crate::audit::AuditSink;
 use crate::cancel::CancelMap;
 use crate::metrics::Metrics;
+use crate::peer::{PeerSet, Peering};
 use crate::tls::{ServerTls, TlsError};
 use crate::upstream::Upstream;
 use dbward_cloud::aws::{AwsCredentials, AwsEnv};
@@ -31,6 +32,8 @@ pub struct Loaded {
     pub server_tls: ServerTls,
     /// How to reach each database, by manifest name.
     pub upstreams: BTreeMap<String, Upstream>,
+    /// The relay's replicas and their TLS, with `relay { peers … }`.
+    pub peers: Option<PeerSet>,
 }
 
 impl Loaded {
@@ -55,11 +58,18 @@ impl Loaded {
                 Upstream::build(path, &config, name, database, &aws, &gcp)?,
             );
         }
+        let peers = config
+            .relay
+            .peers
+            .as_ref()
+            .map(|peers| PeerSet::build(path, peers))
+            .transpose()?;
         Ok(Loaded {
             path: path.to_owned(),
             config,
             server_tls,
             upstreams,
+            peers,
         })
     }
 
@@ -102,6 +112,8 @@ pub struct Shared {
     pub config: ArcSwap<Loaded>,
     /// Relay-issued cancel keys of the sessions alive now.
     pub cancel: CancelMap,
+    /// This replica's peer id, and the checks on cancels other replicas forward to it.
+    pub peering: Peering,
     pub audit: AuditSink,
     pub metrics: Metrics,
     /// Warm admin connections of provisioning databases.
@@ -120,6 +132,7 @@ impl Shared {
         Shared {
             config: ArcSwap::from_pointee(loaded),
             cancel: CancelMap::default(),
+            peering: Peering::new(None),
             audit,
             metrics,
             admin_pool: crate::provision::AdminPool::default(),
@@ -127,6 +140,14 @@ impl Shared {
             next_session_id: AtomicU64::new(1),
             descriptor_cap: AtomicUsize::new(usize::MAX),
         }
+    }
+
+    /// The same state for the replica with peer id `id` (`relay { peers … }`): its cancel keys
+    /// carry the id, and it serves cancels the other replicas forward.
+    pub fn with_peer_id(mut self, id: Option<u16>) -> Shared {
+        self.cancel = CancelMap::with_peer_id(id);
+        self.peering = Peering::new(id);
+        self
     }
 
     /// Caps the connection limit at what the open-file limit leaves room for.

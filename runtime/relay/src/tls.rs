@@ -454,35 +454,17 @@ pub fn cloudsql_upstream(
             .map_err(|e| TlsError::Config(e.to_string()))?,
     );
     UpstreamTls::new(|provider| {
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone());
-        match &identity {
-            Some((certs, key)) => builder
-                .with_client_auth_cert(certs.clone(), key.clone_key())
-                .map_err(|e| {
-                    TlsError::Config(format!("the Cloud SQL client certificate is unusable: {e}"))
-                }),
-            None => Ok(builder.with_no_client_auth()),
-        }
+        let identity = identity
+            .as_ref()
+            .map(|(certs, key)| (certs.clone(), key.clone_key()));
+        dbward_cloud::gcp::verify::client_config(provider, verifier.clone(), identity)
+            .map_err(TlsError::Config)
     })
 }
 
 /// The roots of a PEM CA bundle given as text (Cloud SQL Admin's `serverCaCert`).
 pub fn roots_from_pem(pem: &str, what: &str) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        let cert = cert.map_err(|e| TlsError::Config(format!("{what}: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::Config(format!("{what}: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Config(format!("{what} holds no certificate")));
-    }
-    Ok(roots)
+    dbward_cloud::gcp::verify::roots_from_pem(pem.as_bytes(), what).map_err(TlsError::Config)
 }
 
 /// rustls' WebPKI verification of upstream servers (`verify-full`), remembering chains it

@@ -4,7 +4,9 @@
 //! log in (Cloud SQL Instance User).
 //!
 //! [`live_bindings`] is for whoever runs `dbward plan --live` / `apply --live`: Token Creator
-//! on each admin user's service account, which dbward impersonates to log in as it.
+//! on each admin user's service account, which dbward impersonates to log in as it, and Cloud
+//! SQL Client in the project when an instance is looked up (no `host` or no `ca-file`), as the
+//! relay looks it up.
 
 use std::collections::BTreeSet;
 
@@ -84,14 +86,21 @@ pub fn bindings(cloud: &Cloud, databases: &[&Database]) -> Result<Value, EmitErr
 }
 
 /// The bindings whoever runs `dbward … --live` needs (`iam/live/gcp/<cloud>.json`): Service
-/// Account Token Creator on the service account of every Cloud SQL database's admin user. The
-/// members are left empty (dbward cannot know who runs it); the notes say whom to add. `None`
-/// when no database of this cloud has an admin user.
+/// Account Token Creator on the service account of every Cloud SQL database's admin user, and
+/// Cloud SQL Client in the project (`cloudsql.instances.get` for `connectSettings`,
+/// `cloudsql.instances.connect` for `generateEphemeralCert`) when one of those databases has no
+/// `host` or no `ca-file`, so dbward looks its instance up. The members are left empty (dbward
+/// cannot know who runs it); the notes say whom to add. `None` when no database of this cloud
+/// has an admin user.
 pub fn live_bindings(cloud: &Cloud, databases: &[&Database]) -> Result<Option<Value>, EmitError> {
     let CloudKind::Gcp { project, .. } = &cloud.kind else {
         return Err(super::wrong_cloud(cloud, databases.first().copied(), "gcp"));
     };
-    let admins: BTreeSet<String> = databases
+    let with_admin: Vec<&&Database> = databases
+        .iter()
+        .filter(|db| db.admin_user.is_some())
+        .collect();
+    let admins: BTreeSet<String> = with_admin
         .iter()
         .filter_map(|db| db.admin_user.as_ref())
         .map(|admin| service_account(&admin.name))
@@ -99,21 +108,32 @@ pub fn live_bindings(cloud: &Cloud, databases: &[&Database]) -> Result<Option<Va
     if admins.is_empty() {
         return Ok(None);
     }
-    let bindings: Vec<Value> = admins
-        .iter()
-        .map(|account| {
-            json!({
-                "resource": format!("projects/{project}/serviceAccounts/{account}"),
-                "role": "roles/iam.serviceAccountTokenCreator",
-                "members": [],
-            })
+    let looked_up = with_admin.iter().any(|db| {
+        matches!(&db.kind, DatabaseKind::CloudSql { ca_file, .. }
+            if ca_file.is_none() || db.postgres.host.is_none())
+    });
+    let mut bindings = Vec::new();
+    let mut notes = vec![
+        "Add whoever runs `dbward plan --live` / `dbward apply --live` (`user:you@example.com`, or the CI job's `serviceAccount:…`) to `members`: dbward logs in as each Cloud SQL database's admin user with a login token it gets by impersonating the admin user's service account, with the Google credentials of the machine it runs on (GOOGLE_APPLICATION_CREDENTIALS or the metadata server).".to_owned(),
+    ];
+    if looked_up {
+        bindings.push(json!({
+            "resource": format!("projects/{project}"),
+            "role": "roles/cloudsql.client",
+            "members": [],
+        }));
+        notes.push("Cloud SQL Client is there because a database has no `host` or no `ca-file`: dbward then looks its instance up as the relay does (Cloud SQL Admin connectSettings, cloudsql.instances.get) and presents an ephemeral client certificate (generateEphemeralCert, cloudsql.instances.connect).".to_owned());
+    }
+    bindings.extend(admins.iter().map(|account| {
+        json!({
+            "resource": format!("projects/{project}/serviceAccounts/{account}"),
+            "role": "roles/iam.serviceAccountTokenCreator",
+            "members": [],
         })
-        .collect();
+    }));
     Ok(Some(json!({
         "project": project,
-        "notes": [
-            "Add whoever runs `dbward plan --live` / `dbward apply --live` (`user:you@example.com`, or the CI job's `serviceAccount:…`) to `members`: dbward logs in as each Cloud SQL database's admin user with a login token it gets by impersonating the admin user's service account, with the Google credentials of the machine it runs on (GOOGLE_APPLICATION_CREDENTIALS or the metadata server)."
-        ],
+        "notes": notes,
         "bindings": bindings,
     })))
 }

@@ -26,6 +26,7 @@ pub(crate) fn model(databases: &[&str]) -> Model {
             revoke_grace: Duration::from_secs(10),
             disconnect_expired_cert: true,
             certificates_issued_after: None,
+            peers: None,
         },
         clouds: BTreeMap::new(),
         databases: databases

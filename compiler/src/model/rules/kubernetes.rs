@@ -31,6 +31,39 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
         let Some(kubernetes) = relay.child("kubernetes") else {
             continue;
         };
+        if let Some(peers) = relay.child("peers") {
+            if let Some(peer) = peers.children_named("peer").next() {
+                diags.push(
+                    Diagnostic::error(
+                        "dbward::invalid_kubernetes",
+                        "on Kubernetes the compiler lists the peers: pod dbward-relay-N of the \
+                         StatefulSet is peer N",
+                    )
+                    .label(peer.head_span(), "listed by hand")
+                    .label(kubernetes.span, "deployed on Kubernetes here")
+                    .help("write `peers` alone, without `peer` children"),
+                );
+            }
+            let listen = relay.child("listen").and_then(|n| n.first_str());
+            let metrics = relay.child("metrics").and_then(|n| n.first_str());
+            if let (Some(listen), Some(metrics)) = (listen, metrics) {
+                let peer_port = crate::model::kubernetes_peer_port(listen);
+                if metrics
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    == Some(peer_port)
+                {
+                    diags.push(invalid(
+                        format!(
+                            "on Kubernetes the replicas forward cancels to each other on the \
+                             relay's port + 1 ({peer_port}), which `metrics` uses"
+                        ),
+                        peers.head_span(),
+                        "move `metrics` to another port, like 9187",
+                    ));
+                }
+            }
+        }
         reachable(relay, kubernetes, "listen", diags);
         reachable(relay, kubernetes, "metrics", diags);
         if let Some(replicas) = kubernetes.prop("replicas")
@@ -192,6 +225,28 @@ mod tests {
         absent(
             &with("image=\"r/x:1\" replicas=3 namespace=\"dbward\" service-type=\"LoadBalancer\""),
             "dbward::invalid_kubernetes",
+        );
+        expect(
+            &relay(&format!(
+                "{base}    kubernetes image=\"r/x:1\"\n    peers {{\n        peer 0 address=\"a:1\"\n        \
+                 peer 1 address=\"b:1\"\n    }}\n"
+            )),
+            "dbward::invalid_kubernetes",
+            "on Kubernetes the compiler lists the peers",
+        );
+        absent(
+            &relay(&format!(
+                "{base}    kubernetes image=\"r/x:1\"\n    peers\n"
+            )),
+            "dbward::invalid_kubernetes",
+        );
+        expect(
+            &relay(
+                "    listen \"0.0.0.0:6432\"\n    metrics \"0.0.0.0:6433\"\n    \
+                 kubernetes image=\"r/x:1\"\n    peers\n",
+            ),
+            "dbward::invalid_kubernetes",
+            "port + 1 (6433), which `metrics` uses",
         );
     }
 }

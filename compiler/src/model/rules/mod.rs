@@ -22,6 +22,7 @@ pub mod host_in_server_names;
 pub mod invisible_characters;
 pub mod kubernetes;
 pub mod mixed_script_names;
+pub mod peers;
 pub mod privileges;
 pub mod provision_name_conflict;
 pub mod provisioning;
@@ -59,6 +60,7 @@ pub fn check(manifest: &Manifest, diags: &mut Vec<Diagnostic>) {
     certificate_cutoffs::check(manifest, diags);
     addresses::check(manifest, diags);
     kubernetes::check(manifest, diags);
+    peers::check(manifest, diags);
     host_in_server_names::check(manifest, diags);
     privileges::check(manifest, diags);
     access_blocks::check(manifest, diags);

@@ -6,8 +6,11 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use hyper::Method;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::{Gcp, GcpError, google_error, parse_time};
+use crate::cache::Token;
 use crate::http::Call;
 use crate::secret::Secret;
 
@@ -64,6 +67,17 @@ pub enum IpType {
     Psc,
 }
 
+impl IpType {
+    /// The manifest's word for it (`cloud-sql ip-type=…`), for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            IpType::Public => "public",
+            IpType::Private => "private",
+            IpType::Psc => "psc",
+        }
+    }
+}
+
 /// What `connectSettings` says about an instance.
 #[derive(Debug, Clone)]
 pub struct ConnectSettings {
@@ -86,6 +100,34 @@ impl ConnectSettings {
                 .iter()
                 .find(|(k, _)| *k == kind)
                 .map(|(_, ip)| ip.to_string()),
+        }
+    }
+
+    /// Where to dial for the manifest's `ip-type`: that address and never another type; the
+    /// error names what the instance has and what to change.
+    pub fn dial(&self, kind: IpType, instance: &InstanceName) -> Result<String, GcpError> {
+        self.address(kind).ok_or_else(|| {
+            GcpError::Invalid(format!(
+                "Cloud SQL instance {instance} has no {kind} address (it has: {}); set `ip-type` \
+                 on `cloud-sql` in the manifest to one it has, or give the instance a {kind} \
+                 address",
+                self.available(),
+                kind = kind.name(),
+            ))
+        })
+    }
+
+    /// The address types the instance offers, for messages: "public, private", or "none".
+    pub fn available(&self) -> String {
+        let kinds: Vec<&str> = [IpType::Public, IpType::Private, IpType::Psc]
+            .into_iter()
+            .filter(|kind| self.address(*kind).is_some())
+            .map(IpType::name)
+            .collect();
+        if kinds.is_empty() {
+            "none".to_owned()
+        } else {
+            kinds.join(", ")
         }
     }
 }
@@ -147,6 +189,27 @@ impl ClientKey {
     /// The public key, PEM.
     pub fn public_pem(&self) -> &str {
         &self.public_pem
+    }
+
+    /// The TLS client identity presenting `cert_pem`, an ephemeral certificate Cloud SQL
+    /// issued for this key (for `instance`, named in the error).
+    pub fn identity(
+        &self,
+        cert_pem: &str,
+        instance: &InstanceName,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), GcpError> {
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .filter(|chain| !chain.is_empty())
+            .ok_or_else(|| {
+                GcpError::Invalid(format!(
+                    "Cloud SQL Admin returned an ephemeral certificate for instance {instance} \
+                     that is not a PEM certificate"
+                ))
+            })?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8_der.clone()));
+        Ok((chain, key))
     }
 }
 
@@ -279,6 +342,27 @@ impl Gcp {
         };
         Ok(EphemeralCert {
             cert_pem: answer.ephemeral_cert.cert,
+            expires_at,
+        })
+    }
+
+    /// An ephemeral client certificate for `key` (its PEM in [`Token::secret`], which keeps it
+    /// out of `Debug`), bound to the IAM user whose `login` token is given, and expiring no
+    /// later than that token: a certificate never outlives the login it rides with.
+    pub async fn ephemeral_cert_for(
+        &self,
+        name: &InstanceName,
+        key: &ClientKey,
+        login: &Token,
+    ) -> Result<Token, GcpError> {
+        let cert = self
+            .generate_ephemeral_cert(name, key.public_pem(), Some(&login.secret))
+            .await?;
+        let expires_at = cert
+            .expires_at
+            .map_or(login.expires_at, |t| t.min(login.expires_at));
+        Ok(Token {
+            secret: Secret::new(cert.cert_pem),
             expires_at,
         })
     }

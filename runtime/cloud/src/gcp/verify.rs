@@ -5,8 +5,46 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+/// The roots of a PEM CA bundle (Cloud SQL Admin's `serverCaCert`, or a `ca-file`); `what`
+/// names it in the error. At least one certificate is required.
+pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("{what}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{what}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{what} holds no certificate"));
+    }
+    Ok(roots)
+}
+
+/// A TLS client config for a Cloud SQL instance: the server verified by `check` (never by the
+/// address dialled), presenting `identity` (an ephemeral client certificate and its key) when
+/// given. Shared by the relay and `dbward plan --live`.
+pub fn client_config(
+    provider: Arc<CryptoProvider>,
+    check: Arc<InstanceCertCheck>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<ClientConfig, String> {
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(check);
+    match identity {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("the Cloud SQL client certificate is unusable: {e}")),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
 
 /// Verifies a Cloud SQL server certificate the way Google's connectors do: the chain must lead
 /// to the instance's server CA, and the certificate must name the instance — the SAN dNSName

@@ -34,8 +34,7 @@ use dbward_cloud::gcp::{
 };
 use dbward_cloud::{Secret, TokenCache};
 use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::sync::OnceCell;
 
 use super::UpstreamError;
@@ -261,23 +260,14 @@ impl CloudSqlAuth {
         cert: &Secret,
         key: &ClientKey,
     ) -> Result<Route, UpstreamError> {
-        let chain = CertificateDer::pem_slice_iter(cert.expose().as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .ok()
-            .filter(|chain| !chain.is_empty())
-            .ok_or_else(|| {
-                UpstreamError::Auth(format!(
-                    "Cloud SQL Admin returned an ephemeral certificate for instance {} that is \
-                     not a PEM certificate",
-                    self.instance
-                ))
-            })?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+        let identity = key
+            .identity(cert.expose(), &self.instance)
+            .map_err(|e| UpstreamError::Auth(e.to_string()))?;
         let tls = cloudsql_upstream(
             resolved.roots.clone(),
             self.instance.certificate_name(),
             resolved.dns_name.clone(),
-            Some((chain, key)),
+            Some(identity),
         )
         .map_err(|e| UpstreamError::Auth(e.to_string()))?;
         Ok(Route {
@@ -358,17 +348,9 @@ impl CloudSqlAuth {
     ) -> Result<(Route, RootCertStore), UpstreamError> {
         let host = match &self.host {
             Some(host) => host.clone(),
-            None => settings.address(self.ip_type).ok_or_else(|| {
-                UpstreamError::Auth(format!(
-                    "Cloud SQL instance {} has no {} address (it has: {}); set `ip-type` on \
-                     `cloud-sql` in the manifest to one it has, or give the instance a {} \
-                     address",
-                    self.instance,
-                    ip_type_name(self.ip_type),
-                    available(settings),
-                    ip_type_name(self.ip_type),
-                ))
-            })?,
+            None => settings
+                .dial(self.ip_type, &self.instance)
+                .map_err(|e| UpstreamError::Auth(e.to_string()))?,
         };
         let roots = match &self.ca {
             Some(ca) => ca.clone(),
@@ -507,16 +489,7 @@ async fn ephemeral_cert(
                 .map(Arc::new)
         })
         .await?;
-    let cert = gcp
-        .generate_ephemeral_cert(instance, key.public_pem(), Some(&login.secret))
-        .await?;
-    let expires_at = cert
-        .expires_at
-        .map_or(login.expires_at, |t| t.min(login.expires_at));
-    Ok(Token {
-        secret: Secret::new(cert.cert_pem),
-        expires_at,
-    })
+    gcp.ephemeral_cert_for(instance, key, &login).await
 }
 
 /// The connect settings were dropped between the lookup and their use (a reload): rare.
@@ -524,29 +497,6 @@ fn not_resolved(instance: &InstanceName) -> UpstreamError {
     UpstreamError::Auth(format!(
         "the connect settings of Cloud SQL instance {instance} are not known yet; try again"
     ))
-}
-
-/// The manifest's word for `kind`.
-fn ip_type_name(kind: IpType) -> &'static str {
-    match kind {
-        IpType::Public => "public",
-        IpType::Private => "private",
-        IpType::Psc => "psc",
-    }
-}
-
-/// The address types `settings` offers, for messages: "public, private", or "none".
-fn available(settings: &ConnectSettings) -> String {
-    let kinds: Vec<&str> = [IpType::Public, IpType::Private, IpType::Psc]
-        .into_iter()
-        .filter(|kind| settings.address(*kind).is_some())
-        .map(ip_type_name)
-        .collect();
-    if kinds.is_empty() {
-        "none".to_owned()
-    } else {
-        kinds.join(", ")
-    }
 }
 
 fn password_message(password: &str) -> Vec<u8> {

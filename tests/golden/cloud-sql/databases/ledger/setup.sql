@@ -4,7 +4,7 @@
 -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one
 -- transaction: running it again changes nothing, a failure changes nothing. Each change
 -- it makes is reported as a NOTICE "dbward change: ...". `dbward plan --live` shows
--- what it would change, `dbward apply --live` will run it (not yet on Cloud SQL).
+-- what it would change, `dbward apply --live` runs it as the admin user.
 
 SET standard_conforming_strings = on;
 BEGIN;
@@ -103,6 +103,10 @@ $dbward$;
 -- Create the roles that are missing.
 DO $dbward$
 BEGIN
+  -- The admin user: the login automatic provisioning uses.
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'dbward-admin@acme-prod.iam') THEN
+    RAISE EXCEPTION '%', 'database user dbward-admin@acme-prod.iam does not exist: create the IAM user first with `gcloud sql users create dbward-admin@acme-prod.iam --instance=ledger --project=acme-prod --type=cloud_iam_service_account`, then run setup.sql again';
+  END IF;
   -- db-user `ledger-reader@acme-prod.iam`: people log in as it through the relay.
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'ledger-reader@acme-prod.iam') THEN
     RAISE EXCEPTION '%', 'database user ledger-reader@acme-prod.iam does not exist: create the IAM user first with `gcloud sql users create ledger-reader@acme-prod.iam --instance=ledger --project=acme-prod --type=cloud_iam_service_account`, then run setup.sql again';

@@ -4,7 +4,7 @@
 -- (`psql -v ON_ERROR_STOP=1 -d DBNAME -f setup.sql`). It is idempotent and runs in one
 -- transaction: running it again changes nothing, a failure changes nothing. Each change
 -- it makes is reported as a NOTICE "dbward change: ...". `dbward plan --live` shows
--- what it would change, `dbward apply --live` will run it (not yet on Cloud SQL).
+-- what it would change, `dbward apply --live` runs it as the admin user.
 
 SET standard_conforming_strings = on;
 BEGIN;

@@ -6,6 +6,7 @@
 //! `OUT/relay/`, as each host or pod mounts its own), so the manifest's relative
 //! `audit "audit.jsonl"` is one audit file per replica. They differ only in `--replica-id` (one
 //! through `DBWARD_RELAY_REPLICA_ID`) and in `--listen`/`--metrics`, since they share a host.
+//! [`Fleet::with_peers`] also lists them as the relay's `peers`, each with its `--peer-id`.
 //!
 //! **A machine without HAProxy fails these tests with how to install it; they never skip.**
 
@@ -40,6 +41,10 @@ pub(crate) struct Replica {
     pub(crate) dir: PathBuf,
     pub(crate) port: u16,
     pub(crate) metrics_port: u16,
+    /// Its id in the manifest's `peers` (1, 2, 3) and where it takes forwarded cancels, used
+    /// when the fleet has peers ([`Fleet::with_peers`]).
+    pub(crate) peer_id: u16,
+    pub(crate) peer_port: u16,
     /// `None` once killed.
     pub(crate) process: Option<RelayProcess>,
 }
@@ -79,6 +84,8 @@ pub(crate) struct Fleet {
     pub(crate) rt: tokio::runtime::Runtime,
     /// Lines of the manifest's `relay` block.
     relay_extra: String,
+    /// Whether the manifest lists the replicas as `peers` (each started with `--peer-id`).
+    peers: bool,
     dir: tempfile::TempDir,
     pub(crate) cluster: Cluster,
     /// Held for the fleet's life: the ports its listeners use ([`reserve_port`]).
@@ -88,12 +95,17 @@ pub(crate) struct Fleet {
 impl Fleet {
     /// Starts everything; `relay_extra` goes into the manifest's `relay` block.
     pub(crate) fn start(relay_extra: &str) -> Fleet {
-        Fleet::start_with(|_| relay_extra.to_owned())
+        Fleet::launch(relay_extra, false)
     }
 
-    /// Like [`Fleet::start`], with the `relay` block's extra lines made from the replicas
-    /// (ids, ports), which are known before the manifest is written: e.g. a list of peers.
-    pub(crate) fn start_with(relay_extra: impl FnOnce(&[Replica]) -> String) -> Fleet {
+    /// Like [`Fleet::start`], with the replicas listed as the relay's `peers`, each started
+    /// with its `--peer-id`, so a CancelRequest reaching any replica is forwarded to the
+    /// session's.
+    pub(crate) fn with_peers(relay_extra: &str) -> Fleet {
+        Fleet::launch(relay_extra, true)
+    }
+
+    fn launch(relay_extra: &str, peers: bool) -> Fleet {
         let haproxy = haproxy_path();
         let dir = tempfile::Builder::new()
             .prefix("dbward-fleet-")
@@ -102,15 +114,17 @@ impl Fleet {
         let mut ports = Vec::new();
         let replicas: Vec<Replica> = REPLICAS
             .iter()
-            .map(|id| Replica {
+            .zip(1..)
+            .map(|(id, peer_id)| Replica {
                 id,
                 dir: dir.path().join(id),
                 port: reserve_port(&mut ports),
                 metrics_port: reserve_port(&mut ports),
+                peer_id,
+                peer_port: reserve_port(&mut ports),
                 process: None,
             })
             .collect();
-        let relay_extra = relay_extra(&replicas);
         let mut fleet = Fleet {
             replicas,
             balancer: Balancer {
@@ -124,7 +138,8 @@ impl Fleet {
                 .enable_all()
                 .build()
                 .unwrap(),
-            relay_extra,
+            relay_extra: relay_extra.to_owned(),
+            peers,
             dir,
             cluster: Cluster::init(),
             _ports: ports,
@@ -192,6 +207,7 @@ relay {{
     audit "audit.jsonl"
     metrics "127.0.0.1:{metrics}"
     {relay_extra}
+    {peers}
 }}
 database shop {{
     postgres host="127.0.0.1" port={pg} version=15
@@ -220,6 +236,21 @@ role developer {{
             port = self.replicas[0].port,
             metrics = self.replicas[0].metrics_port,
             relay_extra = self.relay_extra,
+            peers = if self.peers {
+                let list: String = self
+                    .replicas
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "        peer {} address=\"127.0.0.1:{}\"\n",
+                            r.peer_id, r.peer_port
+                        )
+                    })
+                    .collect();
+                format!("peers {{\n{list}    }}")
+            } else {
+                String::new()
+            },
             pg = self.cluster.port,
             config_dir = self.cluster.config_dir().display(),
         );
@@ -266,6 +297,10 @@ role developer {{
         let mut extra = vec!["--listen", &listen, "--metrics", &metrics];
         if index + 1 < REPLICAS.len() {
             extra.extend(["--replica-id", replica.id]);
+        }
+        let peer_id = replica.peer_id.to_string();
+        if self.peers {
+            extra.extend(["--peer-id", &peer_id]);
         }
         // The last replica names itself through the environment, as a pod may.
         let env: &[(&str, &str)] = if index + 1 < REPLICAS.len() {
@@ -1020,4 +1055,77 @@ fn a_locked_out_certificate_is_refused_by_every_replica_and_its_sessions_end() {
     std::thread::sleep(Duration::from_millis(1100));
     fleet.issue("alice", "alice", None);
     assert_eq!(fleet.psql("alice", "app", "select 7"), Ok("7".into()));
+}
+
+#[test]
+fn psql_ctrl_c_cancels_the_query_whatever_replica_the_cancel_request_reaches() {
+    // psql sends its CancelRequest on a new connection, which the balancer sends to the next
+    // replica in turn: most cancels land on another replica than the session's.
+    let fleet = Fleet::with_peers("");
+    let sleeping = |fleet: &Fleet| {
+        dbward_tests::superuser_query(
+            &fleet.cluster,
+            "postgres",
+            "select count(*) from pg_stat_activity \
+             where state = 'active' and query = 'select pg_sleep(20)';",
+        )
+    };
+    const ROUNDS: usize = 6;
+    for round in 0..ROUNDS {
+        let psql = dbward_tests::psql_command(
+            &fleet.conninfo("alice", "app"),
+            "select pg_sleep(20)",
+            fleet.dir.path(),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let running = wait_for(Duration::from_secs(10), || {
+            (sleeping(&fleet) == "1").then_some(())
+        });
+        assert!(running.is_some(), "round {round}: the query never ran");
+        // What Ctrl+C does.
+        let status = Command::new("kill")
+            .args(["-INT", &psql.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let sent = Instant::now();
+        let out = psql.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("canceling statement due to user request"),
+            "round {round}: {stderr}"
+        );
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "round {round}: cancelled {:?} after Ctrl+C",
+            sent.elapsed()
+        );
+        let gone = wait_for(Duration::from_secs(5), || {
+            (sleeping(&fleet) == "0").then_some(())
+        });
+        assert!(gone.is_some(), "round {round}: the query still runs");
+    }
+    // Most cancels went through another replica, and every replica forwarded some.
+    let forwarded: Vec<f64> = (0..REPLICAS.len())
+        .map(|i| fleet.metric(i, "dbward_cancel_forwards_total{outcome=\"forwarded\"}"))
+        .collect();
+    let served: Vec<f64> = (0..REPLICAS.len())
+        .map(|i| fleet.metric(i, "dbward_peer_forwards_received_total{outcome=\"served\"}"))
+        .collect();
+    assert!(
+        forwarded.iter().sum::<f64>() >= (ROUNDS / 2) as f64,
+        "forwarded {forwarded:?}"
+    );
+    assert!(
+        forwarded.iter().filter(|n| **n > 0.0).count() >= 2,
+        "forwarded {forwarded:?}"
+    );
+    assert_eq!(
+        forwarded.iter().sum::<f64>(),
+        served.iter().sum::<f64>(),
+        "forwarded {forwarded:?}, served {served:?}"
+    );
 }

@@ -73,7 +73,8 @@
 //!   `/readyz`): pgbench `-C` through it reaches every replica and each audit event names its
 //!   replica; a replica killed mid-run fails only its own sessions; SIGHUP everywhere ends a
 //!   removed person's sessions on every replica; expiring and locked-out certificates end
-//!   theirs; locked-out ones are refused by each replica.
+//!   theirs; locked-out ones are refused by each replica; with the replicas as peers, psql's
+//!   Ctrl+C cancels its query whatever replica the balancer sends the CancelRequest to.
 //! - `walkthrough`: the README's walkthrough from the build to `select 1`, run exactly as
 //!   written (apply, install.sh, relay, cert issue, psql) on a Debian cluster in namespaces of
 //!   its own; every output line the README shows must appear.

@@ -902,6 +902,52 @@ mod tests {
         );
     }
 
+    /// `diff_models` skips converting entries whose rights and cut-off are equal; it must find
+    /// exactly the changes of comparing the two models' whole tables in the relay's form.
+    #[test]
+    fn comparing_models_is_comparing_their_whole_tables() {
+        let base = full();
+        let alice = "user alice {\n    roles developer analyst\n";
+        let variants = [
+            base.clone(),
+            // Developers reach every database: added entries, and a deny that now matters.
+            base.replacen("databases env=dev", "databases \"*\"", 1),
+            // A certificate cut-off: the same rights, a changed entry.
+            base.replacen(
+                alice,
+                &format!("{alice}    certificates-issued-after \"2026-12-01T00:00:00Z\"\n"),
+                1,
+            ),
+            // bob leaves and carol arrives: a person on one side only.
+            base.replacen("user bob {", "user carol {", 1),
+            // Other privileges: changed permissions.
+            base.replacen("permission SELECT on=", "permission SELECT INSERT on=", 1),
+            // Other rights in the manifest, the same entries in the relay's form: no change.
+            base.replacen("on=table schema=public", "on=all-tables schema=public", 1),
+            // support reaches nothing: bob keeps only what auditor gives.
+            base.replacen(
+                "databases env=prod\n        db-users",
+                "databases env=none\n        db-users",
+                1,
+            ),
+        ];
+        let models: Vec<Model> = variants.iter().map(|text| model(text)).collect();
+        for old in &models {
+            for new in &models {
+                let whole = diff(&Table::of_model(old), &Table::of_model(new));
+                assert_eq!(diff_models(old, new), whole);
+            }
+        }
+        // The variants do exercise each kind of change, and the no-change conversion.
+        let kinds = |d: &AccessDiff| d.counts();
+        assert_eq!(kinds(&diff_models(&models[0], &models[2])), (0, 3, 0));
+        let (added, _, removed) = kinds(&diff_models(&models[0], &models[3]));
+        assert!(added > 0 && removed > 0);
+        assert!(diff_models(&models[0], &models[5]).is_empty());
+        assert_ne!(models[0].access, models[5].access);
+        assert!(kinds(&diff_models(&models[0], &models[6])).1 > 0);
+    }
+
     #[test]
     fn markdown_escapes_and_fences() {
         let m = model(&full());

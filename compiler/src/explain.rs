@@ -457,7 +457,8 @@ mod tests {
 
     #[test]
     fn alice_reaches_ledger_reports_and_analytics_but_not_orders() {
-        let e = explain(&reference(), &Filter::default()).unwrap();
+        let m = reference();
+        let e = explain(&m, &Filter::default()).unwrap();
         let ledger = entry(&e, "alice", "ledger").expect("alice reaches ledger");
         assert_eq!(ledger.db_users, ["cloudsql-user@acme-prod.iam"]);
         assert_eq!(ledger.db_names, Names::Any("*"));
@@ -475,7 +476,8 @@ mod tests {
 
     #[test]
     fn bob_supports_orders_as_readonly() {
-        let e = explain(&reference(), &Filter::default()).unwrap();
+        let m = reference();
+        let e = explain(&m, &Filter::default()).unwrap();
         let orders = entry(&e, "bob", "orders").expect("bob reaches orders");
         assert_eq!(orders.db_users, ["readonly"]);
         let Names::Only(names) = &orders.db_names else {
@@ -506,7 +508,8 @@ mod tests {
             "databases \"*\"",
             1,
         );
-        let e = explain(&model(&text), &Filter::default()).unwrap();
+        let m = model(&text);
+        let e = explain(&m, &Filter::default()).unwrap();
         assert!(entry(&e, "alice", "orders").is_none());
         assert!(entry(&e, "alice", "ledger").is_some());
         let blocked = e
@@ -562,7 +565,8 @@ mod tests {
 
     #[test]
     fn json_is_stable_and_complete() {
-        let e = explain(&reference(), &Filter::default()).unwrap();
+        let m = reference();
+        let e = explain(&m, &Filter::default()).unwrap();
         let json = e.to_json();
         assert_eq!(json["format"], "dbward-explain/1");
         let first = &json["access"][0];

@@ -19,8 +19,8 @@ use frozen::{Grant, GrantOn, NameSet, Privilege, Provision};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::model::{Model, User};
 use crate::model::access::RoleReach;
+use crate::model::{Model, User};
 
 /// One side of a comparison: access entries sorted by (person, database), each with the
 /// roles that give it when known.

@@ -469,7 +469,7 @@ mod tests {
         // analyst provisions a user named after her on analytics (team=data), with `reader`.
         let analytics = entry(&e, "alice", "analytics").expect("alice reaches analytics");
         assert_eq!(analytics.provision, Provision::Keep);
-        assert_eq!(analytics.provisioned_user.as_deref(), Some("alice"));
+        assert_eq!(analytics.provisioned_user, Some("alice"));
         assert_eq!(analytics.db_roles, ["reader"]);
         assert!(analytics.db_users.is_empty());
     }

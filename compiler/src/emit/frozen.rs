@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use dbward_frozen as frozen;
 
 use super::EmitError;
-use crate::model::{Access, CloudKind, Database, DatabaseKind, Grant, Model, ObjectKind, Privilege};
+use crate::model::{
+    Access, CloudKind, Database, DatabaseKind, Grant, Model, ObjectKind, Privilege,
+};
 
 /// The frozen config of a model, sealed (checksum set).
 pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {

@@ -79,6 +79,24 @@ fn load(path: &Path, color: bool) -> Result<Model, String> {
 
 /// Compares two manifests as `dbward diff` does and returns what it would print.
 pub fn diff_files(args: &DiffArgs, color_stderr: bool, color_stdout: bool) -> Outcome {
+    let (outcome, models) = diff_kept(args, color_stderr, color_stdout);
+    // The models are freed at once too, each on its own thread, as they were built.
+    if let Some((old, new)) = models {
+        std::thread::scope(|scope| {
+            scope.spawn(move || drop(old));
+            drop(new);
+        });
+    }
+    outcome
+}
+
+/// [`diff_files`], also handing back the two models, so that [`run`] can exit without freeing
+/// them.
+fn diff_kept(
+    args: &DiffArgs,
+    color_stderr: bool,
+    color_stdout: bool,
+) -> (Outcome, Option<(Model, Model)>) {
     // The two manifests are checked at once, each on its own thread: on two cores a diff
     // then takes about as long as one check.
     let (old, new) = std::thread::scope(|scope| {
@@ -98,19 +116,15 @@ pub fn diff_files(args: &DiffArgs, color_stderr: bool, color_stdout: bool) -> Ou
                     stderr.push_str(&text);
                 }
             }
-            return Outcome {
+            let outcome = Outcome {
                 stdout: String::new(),
                 stderr,
                 code: 1,
             };
+            return (outcome, None);
         }
     };
     let changes: AccessDiff = crate::diff::diff_models(&old_model, &new_model);
-    // The models are freed at once too, each on its own thread, as they were built.
-    std::thread::scope(|scope| {
-        scope.spawn(move || drop(old_model));
-        drop(new_model);
-    });
     let (old_name, new_name) = (args.old.display(), args.new.display());
     let stdout = match args.format {
         DiffFormat::Text => changes.render(color_stdout),
@@ -127,16 +141,18 @@ pub fn diff_files(args: &DiffArgs, color_stderr: bool, color_stdout: bool) -> Ou
     } else {
         0
     };
-    Outcome {
+    let outcome = Outcome {
         stdout,
         stderr: String::new(),
         code,
-    }
+    };
+    (outcome, Some((old_model, new_model)))
 }
 
 pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
-    let outcome = diff_files(&args, use_color(), use_color_stdout());
+    let (outcome, models) = diff_kept(&args, use_color(), use_color_stdout());
     std::io::stdout().write_all(outcome.stdout.as_bytes())?;
     std::io::stderr().write_all(outcome.stderr.as_bytes())?;
+    super::leave_to_exit(models);
     Ok(ExitCode::from(outcome.code))
 }

@@ -84,9 +84,10 @@ impl<'m> Names<'m> {
         }
     }
 
-    fn display(&self) -> Cow<'static, str> {
+    fn display(&self) -> Cow<'m, str> {
         match self {
             Names::Any(star) => Cow::Borrowed(star),
+            Names::Only([one]) => Cow::Borrowed(one),
             Names::Only(names) => Cow::Owned(names.join(", ")),
         }
     }
@@ -286,9 +287,9 @@ impl Explanation<'_> {
     /// The explanation as a table for people, one row per (person, database, login).
     pub fn render(&self) -> String {
         /// What an entry's rows share, computed once per entry (not per row).
-        struct Shared {
-            names: Cow<'static, str>,
-            via: String,
+        struct Shared<'a> {
+            names: Cow<'a, str>,
+            via: Cow<'a, str>,
             /// The provisioned user's login and what it is granted, when provisioning is on.
             provisioned: Option<(String, String)>,
         }
@@ -300,12 +301,15 @@ impl Explanation<'_> {
             "VIA",
             "PROVISIONED USER GETS",
         ];
-        let shared: Vec<Shared> = self
+        let shared: Vec<Shared<'_>> = self
             .access
             .iter()
             .map(|entry| Shared {
                 names: entry.db_names.display(),
-                via: entry.via.join(", "),
+                via: match entry.via.as_slice() {
+                    [one] => Cow::Borrowed(*one),
+                    all => Cow::Owned(all.join(", ")),
+                },
                 provisioned: entry.provisioned_user.as_ref().map(|user| {
                     let mut grants: Vec<String> = Vec::new();
                     if !entry.db_roles.is_empty() {
@@ -333,7 +337,7 @@ impl Explanation<'_> {
                             entry.database,
                             *login,
                             &*shared.names,
-                            shared.via.as_str(),
+                            &*shared.via,
                             "-",
                         ]
                     });
@@ -343,7 +347,7 @@ impl Explanation<'_> {
                             entry.database,
                             login.as_str(),
                             &*shared.names,
-                            shared.via.as_str(),
+                            &*shared.via,
                             grants.as_str(),
                         ]
                     });
@@ -403,6 +407,16 @@ impl Explanation<'_> {
     }
 }
 
+/// Appends `count` spaces (a slice at a time: a table of 200,000 rows pads a million cells).
+fn pad_with_spaces(out: &mut String, mut count: usize) {
+    const SPACES: &str = "                                                                ";
+    while count > 0 {
+        let now = count.min(SPACES.len());
+        out.push_str(&SPACES[..now]);
+        count -= now;
+    }
+}
+
 /// Left-aligned columns, two spaces apart, without trailing spaces. `rows` is called twice:
 /// once to size the columns, once to write them.
 fn table<'a, const N: usize, I>(rows: impl Fn() -> I) -> String
@@ -424,7 +438,7 @@ where
             out.push_str(cell);
             if i + 1 < N {
                 let pad = widths[i] - cell.chars().count() + 2;
-                out.extend(std::iter::repeat_n(' ', pad));
+                pad_with_spaces(&mut out, pad);
             }
         }
         let kept = out[start..].trim_end().len();

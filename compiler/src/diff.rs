@@ -255,6 +255,8 @@ pub fn diff_models(old: &Model, new: &Model) -> AccessDiff {
             .into_iter()
             .flatten()
             .peekable();
+        // The `else` branches below are never taken: `peek` has just seen the entry, and a
+        // person has entries only on a side that has the person.
         loop {
             let order = match (before.peek(), after.peek()) {
                 (Some(a), Some(b)) => a.database.cmp(b.database),

@@ -51,8 +51,19 @@ pub struct Outcome {
 
 /// Checks manifest bytes as `dbward check` does and returns what it would print.
 pub fn check_bytes(name: &str, bytes: Vec<u8>, args: &CheckArgs, color: bool) -> Outcome {
+    check_kept(name, bytes, args, color).0
+}
+
+/// [`check_bytes`], also handing back the model, so that [`run`] can exit without freeing it.
+fn check_kept(
+    name: &str,
+    bytes: Vec<u8>,
+    args: &CheckArgs,
+    color: bool,
+) -> (Outcome, Option<crate::model::Model>) {
     let (source, mut diagnostics) = crate::syntax::decode(name, bytes);
     let mut summary = None;
+    let mut model = None;
     // Text that is not UTF-8 is not parsed further: every later error would be noise.
     if diagnostics.is_empty() {
         let checked = crate::check(&source);
@@ -66,6 +77,7 @@ pub fn check_bytes(name: &str, bytes: Vec<u8>, args: &CheckArgs, color: bool) ->
             )
         });
         diagnostics = checked.diagnostics;
+        model = checked.model;
     }
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics.len() - errors;
@@ -115,7 +127,7 @@ pub fn check_bytes(name: &str, bytes: Vec<u8>, args: &CheckArgs, color: bool) ->
             }
         }
     }
-    out
+    (out, model)
 }
 
 /// Set by the global `--no-color` flag, before any command runs.
@@ -168,9 +180,10 @@ pub fn read_manifest(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let bytes = read_manifest(&args.file)?;
     let name = args.file.display().to_string();
-    let outcome = check_bytes(&name, bytes, &args, use_color());
+    let (outcome, model) = check_kept(&name, bytes, &args, use_color());
     std::io::stdout().write_all(outcome.stdout.as_bytes())?;
     std::io::stderr().write_all(outcome.stderr.as_bytes())?;
+    super::leave_to_exit(model);
     Ok(ExitCode::from(outcome.code))
 }
 

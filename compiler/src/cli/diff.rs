@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use super::check::{MAX_MANIFEST_BYTES, RENDER_WIDTH, use_color, use_color_stdout};
 use crate::diag;
-use crate::diff::{AccessDiff, DiffJson, Table};
+use crate::diff::{AccessDiff, DiffJson};
 use crate::model::Model;
 
 /// How `dbward diff` prints the changes.
@@ -79,18 +79,35 @@ fn load(path: &Path, color: bool) -> Result<Model, String> {
 
 /// Compares two manifests as `dbward diff` does and returns what it would print.
 pub fn diff_files(args: &DiffArgs, color_stderr: bool, color_stdout: bool) -> Outcome {
-    // The two manifests are checked (and their models dropped) at once, each on its own
-    // thread: on two cores a diff then takes about as long as one check.
-    let table = |path: &Path| load(path, color_stderr).map(|model| Table::of_model(&model));
+    let (outcome, models) = diff_kept(args, color_stderr, color_stdout);
+    // The models are freed at once too, each on its own thread, as they were built.
+    if let Some((old, new)) = models {
+        std::thread::scope(|scope| {
+            scope.spawn(move || drop(old));
+            drop(new);
+        });
+    }
+    outcome
+}
+
+/// [`diff_files`], also handing back the two models, so that [`run`] can exit without freeing
+/// them.
+fn diff_kept(
+    args: &DiffArgs,
+    color_stderr: bool,
+    color_stdout: bool,
+) -> (Outcome, Option<(Model, Model)>) {
+    // The two manifests are checked at once, each on its own thread: on two cores a diff
+    // then takes about as long as one check.
     let (old, new) = std::thread::scope(|scope| {
-        let old = scope.spawn(|| table(&args.old));
-        let new = table(&args.new);
+        let old = scope.spawn(|| load(&args.old, color_stderr));
+        let new = load(&args.new, color_stderr);
         let old = old
             .join()
             .unwrap_or_else(|_| Err("error: checking the old manifest failed\n".into()));
         (old, new)
     });
-    let (old_table, new_table) = match (old, new) {
+    let (old_model, new_model) = match (old, new) {
         (Ok(old), Ok(new)) => (old, new),
         (old, new) => {
             let mut stderr = String::new();
@@ -99,14 +116,15 @@ pub fn diff_files(args: &DiffArgs, color_stderr: bool, color_stdout: bool) -> Ou
                     stderr.push_str(&text);
                 }
             }
-            return Outcome {
+            let outcome = Outcome {
                 stdout: String::new(),
                 stderr,
                 code: 1,
             };
+            return (outcome, None);
         }
     };
-    let changes: AccessDiff = crate::diff::diff(&old_table, &new_table);
+    let changes: AccessDiff = crate::diff::diff_models(&old_model, &new_model);
     let (old_name, new_name) = (args.old.display(), args.new.display());
     let stdout = match args.format {
         DiffFormat::Text => changes.render(color_stdout),
@@ -123,16 +141,18 @@ pub fn diff_files(args: &DiffArgs, color_stderr: bool, color_stdout: bool) -> Ou
     } else {
         0
     };
-    Outcome {
+    let outcome = Outcome {
         stdout,
         stderr: String::new(),
         code,
-    }
+    };
+    (outcome, Some((old_model, new_model)))
 }
 
 pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
-    let outcome = diff_files(&args, use_color(), use_color_stdout());
+    let (outcome, models) = diff_kept(&args, use_color(), use_color_stdout());
     std::io::stdout().write_all(outcome.stdout.as_bytes())?;
     std::io::stderr().write_all(outcome.stderr.as_bytes())?;
+    super::leave_to_exit(models);
     Ok(ExitCode::from(outcome.code))
 }

@@ -14,6 +14,7 @@ use anyhow::Context;
 use super::check::{RENDER_WIDTH, use_color};
 use crate::diag;
 use crate::explain::{Filter, explain};
+use crate::model::Model;
 
 /// Arguments of `dbward explain`.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,6 +43,16 @@ pub struct Outcome {
 
 /// Explains manifest bytes as `dbward explain` does and returns what it would print.
 pub fn explain_bytes(name: &str, bytes: Vec<u8>, args: &ExplainArgs, color: bool) -> Outcome {
+    explain_kept(name, bytes, args, color).0
+}
+
+/// [`explain_bytes`], also handing back the model, so that [`run`] can exit without freeing it.
+fn explain_kept(
+    name: &str,
+    bytes: Vec<u8>,
+    args: &ExplainArgs,
+    color: bool,
+) -> (Outcome, Option<Model>) {
     let (source, mut diagnostics) = crate::syntax::decode(name, bytes);
     let mut model = None;
     if diagnostics.is_empty() {
@@ -59,7 +70,7 @@ pub fn explain_bytes(name: &str, bytes: Vec<u8>, args: &ExplainArgs, color: bool
             "{name}: invalid; fix the errors above to see who can reach what\n"
         ));
         out.code = 1;
-        return out;
+        return (out, None);
     };
     let filter = Filter {
         user: args.user.clone(),
@@ -76,16 +87,17 @@ pub fn explain_bytes(name: &str, bytes: Vec<u8>, args: &ExplainArgs, color: bool
             out.code = 1;
         }
     }
-    out
+    (out, Some(model))
 }
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}; check the path", args.file.display()))?;
     let name = args.file.display().to_string();
-    let outcome = explain_bytes(&name, bytes, &args, use_color());
+    let (outcome, model) = explain_kept(&name, bytes, &args, use_color());
     std::io::stdout().write_all(outcome.stdout.as_bytes())?;
     std::io::stderr().write_all(outcome.stderr.as_bytes())?;
+    super::leave_to_exit(model);
     Ok(ExitCode::from(outcome.code))
 }
 

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use dbward_frozen as frozen;
 
 use super::EmitError;
-use crate::model::{CloudKind, Database, DatabaseKind, Grant, Model, ObjectKind, Privilege};
+use crate::model::{
+    Access, CloudKind, Database, DatabaseKind, Grant, Model, ObjectKind, Privilege,
+};
 
 /// The frozen config of a model, sealed (checksum set).
 pub fn build(model: &Model) -> Result<frozen::Config, EmitError> {
@@ -81,22 +83,30 @@ pub fn access_entries(model: &Model) -> Vec<frozen::Access> {
         .access
         .iter()
         .map(|entry| {
-            let rights = entry.rights;
-            frozen::Access {
-                identity: entry.user.to_string(),
-                database: entry.database.to_string(),
-                db_users: rights.db_users.iter().cloned().collect(),
-                db_names: rights.db_names.clone(),
-                provision: rights.provision,
-                db_roles: rights.db_roles.iter().cloned().collect(),
-                grants: rights.permissions.iter().map(frozen_grant).collect(),
-                certificates_issued_after: model
-                    .users
-                    .get(entry.user)
-                    .and_then(|user| user.certificates_issued_after),
-            }
+            let cutoff = model
+                .users
+                .get(entry.user)
+                .and_then(|user| user.certificates_issued_after);
+            access_entry(entry, cutoff)
         })
         .collect()
+}
+
+/// One entry of the access table as the relay reads it, with the person's
+/// `certificates-issued-after`. A function of its arguments only: equal rights and cut-off give
+/// equal entries (what `dbward diff` relies on to skip converting unchanged entries).
+pub fn access_entry(entry: Access<'_>, certificates_issued_after: Option<i64>) -> frozen::Access {
+    let rights = entry.rights;
+    frozen::Access {
+        identity: entry.user.to_string(),
+        database: entry.database.to_string(),
+        db_users: rights.db_users.iter().cloned().collect(),
+        db_names: rights.db_names.clone(),
+        provision: rights.provision,
+        db_roles: rights.db_roles.iter().cloned().collect(),
+        grants: rights.permissions.iter().map(frozen_grant).collect(),
+        certificates_issued_after,
+    }
 }
 
 /// A manifest permission as the relay hands it to `dbward.activate`: names as data, never SQL.

@@ -330,17 +330,21 @@ impl<'m> RoleReach<'m> {
 
     /// The person's roles, in the order they hold them, whose `allow` (or, with `deny`, whose
     /// `deny`) selects the database at `position`.
-    pub fn selecting(&self, user: &User, position: usize, deny: bool) -> Vec<String> {
+    pub fn selecting<'u>(
+        &self,
+        user: &'u User,
+        position: usize,
+        deny: bool,
+    ) -> impl Iterator<Item = &'u str> + use<'_, 'u> {
         user.roles
             .iter()
-            .filter(|r| {
+            .filter(move |r| {
                 self.by_role.get(r.as_str()).is_some_and(|reach| {
                     let list = if deny { &reach.deny } else { &reach.allow };
                     list.binary_search(&position).is_ok()
                 })
             })
-            .cloned()
-            .collect()
+            .map(String::as_str)
     }
 }
 

@@ -259,6 +259,10 @@ pub enum Refusal {
     Malformed(String),
     #[error("forwarded by peer {0}, which the config does not list")]
     UnknownOrigin(u16),
+    #[error(
+        "forwarded as from peer {0}, this replica's own id: a replica never forwards to itself"
+    )]
+    FromItself(u16),
     #[error("the key belongs to peer {owner}, not to this replica; forwards go one hop only")]
     NotOurs { owner: u16 },
     #[error("sent {age_ms} ms from now, outside the {window} s replay window", window = REPLAY_WINDOW.as_secs())]
@@ -275,7 +279,7 @@ impl Refusal {
         match self {
             Refusal::Handshake(_) => "handshake",
             Refusal::Malformed(_) => "malformed",
-            Refusal::UnknownOrigin(_) => "unknown_peer",
+            Refusal::UnknownOrigin(_) | Refusal::FromItself(_) => "unknown_peer",
             Refusal::NotOurs { .. } => "not_ours",
             Refusal::Stale { .. } => "stale",
             Refusal::Replayed => "replayed",
@@ -397,7 +401,10 @@ impl Peering {
 
     /// The checks a received forward must pass before its key is looked up.
     pub fn admit(&self, forward: &Forward, peers: &PeerSet) -> Result<(), Refusal> {
-        if !peers.contains(forward.origin) || Some(forward.origin) == self.own {
+        if Some(forward.origin) == self.own {
+            return Err(Refusal::FromItself(forward.origin));
+        }
+        if !peers.contains(forward.origin) {
             return Err(Refusal::UnknownOrigin(forward.origin));
         }
         let owner = owner(forward.key);
